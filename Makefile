@@ -1,0 +1,42 @@
+# Two commands for a newcomer: `make demo` and `make test`. Everything runs inside .venv.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DATA := data
+# CPU demo: a narrow U-Net trained briefly; see README "Results" for what it reaches and how long it takes.
+DEMO_TRAIN_FLAGS ?= -e 8 -l 0.05 -b 16 --base-channels 8
+RUN ?= demo_$(shell date +%Y%m%d-%H%M%S)
+
+.PHONY: demo setup test lint bench clean-demo
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.dev-installed: requirements-dev.txt $(VENV)/.installed
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+setup: $(VENV)/.installed
+
+$(DATA)/images_training/.complete.json: | $(VENV)/.installed
+	$(PY) -m lib.generate
+
+$(DATA)/patches_s96/.complete.json: $(DATA)/images_training/.complete.json
+	$(PY) -m lib.prepare
+
+demo: $(DATA)/patches_s96/.complete.json
+	$(PY) train.py $(DEMO_TRAIN_FLAGS) -f patches_s96 --name $(RUN)
+	$(PY) predict.py --checkpoint checkpoints/$(RUN)/best.pth --input $(DATA)/images_test/images \
+		--masks $(DATA)/images_test/masks --output $(DATA)/predictions/$(RUN) --metrics checkpoints/$(RUN)/test_metrics.json
+
+test: $(VENV)/.dev-installed
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.dev-installed
+	$(VENV)/bin/ruff check .
+
+bench: $(VENV)/.dev-installed
+	$(PY) -m benchmarks.run_all

@@ -1,0 +1,100 @@
+"""Image/mask pairs: ``<folder>/images/<prefix>ID.png`` matched with ``<folder>/masks/<mask_prefix>ID.png``."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lib.errors import UserError
+from lib.imageio import read_image, read_mask
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+
+
+@dataclass(frozen=True)
+class ImagePair:
+    """One image file and its mask file (``mask`` is None for images to predict without truth)."""
+
+    name: str
+    image: Path
+    mask: Path | None
+
+
+def _natural_key(path: Path) -> list:
+    # i2 before i10, as a person sorts them
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.stem)]
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files of a folder in natural order (hidden and temporary files skipped)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: folder not found")
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")),
+                  key=_natural_key)
+
+
+def _image_id(path: Path, prefix: str) -> str:
+    return path.stem[len(prefix):] if prefix and path.stem.startswith(prefix) else path.stem
+
+
+def find_pairs(folder: str | Path, image_prefix: str = "", mask_prefix: str = "", require_masks: bool = True
+               ) -> list[ImagePair]:
+    """Match the images of ``folder/images`` with the masks of ``folder/masks``.
+
+    Names match after removing the prefixes: with ``image_prefix="Img_"`` and ``mask_prefix="Mask_"``,
+    ``Img_3.png`` pairs with ``Mask_3.png``; with empty prefixes a mask is named like its image.
+
+    Args:
+        folder: holds ``images/`` and (when ``require_masks``) ``masks/``.
+        image_prefix: prefix of image names.
+        mask_prefix: prefix of mask names.
+        require_masks: every image must have a mask, and every mask an image.
+
+    Returns:
+        The pairs, in natural order of the image names.
+
+    Raises:
+        UserError: a folder is missing or empty, or an image has no mask or a mask no image (naming the file).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: data folder not found")
+    images = list_images(folder / "images")
+    if not images:
+        raise UserError(f"{folder / 'images'}: no images found (expected PNG files)")
+    masks: dict[str, Path] = {}
+    if require_masks:
+        for m in list_images(folder / "masks"):
+            masks[_image_id(m, mask_prefix)] = m
+    pairs = []
+    for image in images:
+        key = _image_id(image, image_prefix)
+        mask = masks.pop(key, None)
+        if require_masks and mask is None:
+            raise UserError(f"{image}: no mask for this image (expected {folder / 'masks' / (mask_prefix + key)}.png)")
+        pairs.append(ImagePair(image.stem, image, mask))
+    if masks:
+        orphan = next(iter(masks.values()))
+        expected = folder / "images" / f"{image_prefix}{_image_id(orphan, mask_prefix)}.png"
+        raise UserError(f"{orphan}: mask without an image (expected {expected})")
+    return pairs
+
+
+def load_pair(pair: ImagePair, colors: list[tuple[int, int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Read an image (uint8 H×W or H×W×3) and its mask (uint8 H×W of class indices).
+
+    Raises:
+        UserError: a file is unreadable, the sizes differ, or the mask holds a value that is no class.
+    """
+    image = read_image(pair.image)
+    if pair.mask is None:
+        raise UserError(f"{pair.image}: no mask")
+    mask = read_mask(pair.mask, colors)
+    if image.shape[:2] != mask.shape:
+        raise UserError(f"{pair.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
+                        f"{image.shape[1]}x{image.shape[0]} (width x height)")
+    return image, mask

@@ -1,0 +1,1 @@
+"""Synthetic data, patch preparation, metrics, inference and visualisation."""

@@ -1,0 +1,73 @@
+"""Device and precision: CUDA, then MPS, then CPU; bf16 autocast on CPUs that support it, fp16/bf16 AMP on CUDA."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+
+from lib.errors import UserError
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then MPS, then CPU; a named device that is not available is an error.
+
+    Raises:
+        UserError: the requested device is not available.
+    """
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("--device mps: no MPS device is available")
+    if name not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device {name}: expected auto, cpu, cuda or mps")
+    return torch.device(name)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX), where bf16 autocast pays off."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device, amp: bool = False) -> str:
+    """The precision a run uses: ``fp32``, ``bf16`` or ``fp16``.
+
+    ``auto`` means bf16 on a CPU with native bf16 and fp32 on other CPUs; on CUDA it means fp32 unless ``amp``
+    (then bf16 where supported, else fp16 with a gradient scaler); on MPS fp32.
+
+    Raises:
+        UserError: fp16 on CPU (PyTorch has no fp16 CPU autocast worth using).
+    """
+    if precision == "auto":
+        if device.type == "cpu":
+            return "bf16" if cpu_has_bf16() else "fp32"
+        if device.type == "cuda" and amp:
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"
+    if precision == "fp16" and device.type == "cpu":
+        raise UserError("--precision fp16: not supported on CPU (use bf16 or fp32)")
+    return precision
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The autocast context for a precision (a no-op for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def memory_format(device: torch.device) -> torch.memory_format:
+    """channels_last on CPU and CUDA (faster convolutions with oneDNN and cuDNN), contiguous elsewhere."""
+    return torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format

@@ -1,0 +1,38 @@
+"""One kind of error for bad user input, and a CLI wrapper that turns it into one line and exit code 2."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """Bad input from the user (a file, a key, a value): reported as one line, never as a traceback."""
+
+
+def cli_main(main: Callable[..., T]) -> Callable[..., T]:
+    """Wrap a command-line entry point: a :class:`UserError` prints ``error: ...`` and exits with code 2.
+
+    Args:
+        main: the entry point.
+
+    Returns:
+        The wrapped entry point.
+    """
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UserError as err:
+            message = " ".join(str(err).split())  # always one line
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(EXIT_USAGE)
+
+    return wrapper

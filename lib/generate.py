@@ -1,0 +1,84 @@
+"""Generate the synthetic data set: ``python -m lib.generate [--out DIR] [--n N] [--seed S] [--overwrite]``.
+
+Writes ``DIR/images_training/{images,masks}/i<k>.png`` (N images) and ``DIR/images_test/...`` (``data.n_test``),
+8-bit gray images and palette masks named like their image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from tqdm import tqdm
+
+from lib.errors import cli_main
+from lib.imageio import save_gray, save_mask
+from lib.jobs import finish_job, start_job
+from lib.params import Params, load_params, replace
+from lib.synthetic import image_rng, synthetic_pair
+
+OWNED = ["images/*.png", "masks/*.png"]
+
+
+def generate_split(out: str | Path, split: str, n: int, params: Params, overwrite: bool = False,
+                   progress: bool = True) -> Path:
+    """Write ``n`` synthetic image/mask pairs of one split (``"training"`` or ``"test"``) into ``out``.
+
+    Args:
+        out: the split's folder (gets ``images/`` and ``masks/``).
+        split: selects the random stream, so the splits never share images.
+        n: number of pairs.
+        params: data ranges (``params.data``) and class colours.
+        overwrite: replace a finished or foreign folder.
+        progress: show a tqdm bar.
+
+    Returns:
+        The folder.
+
+    Raises:
+        UserError: the folder is not empty and ``overwrite`` is false, or cannot be written.
+    """
+    out = Path(out)
+    signature = {"split": split, "n": n, "data": dataclasses.asdict(params.data)}
+    resumed = start_job(out, signature, OWNED, overwrite)
+    (out / "images").mkdir(exist_ok=True)
+    (out / "masks").mkdir(exist_ok=True)
+    for i in tqdm(range(n), desc=f"generate {split}", disable=not progress, unit="img"):
+        name = f"i{i}.png"
+        if resumed and (out / "masks" / name).is_file():
+            continue  # written whole by the interrupted run (the mask goes last)
+        image, mask = synthetic_pair(image_rng(params.data.seed, split, i), params.data)
+        save_gray(out / "images" / name, image)
+        save_mask(out / "masks" / name, mask, params.class_colors)
+    finish_job(out)
+    return out
+
+
+def generate_dataset(params: Params, out: str | Path | None = None, overwrite: bool = False,
+                     progress: bool = True) -> tuple[Path, Path]:
+    """Write the training and test splits under ``out`` (default ``params.data.root``); return their folders."""
+    root = Path(out if out is not None else params.data.root)
+    d = params.data
+    train = generate_split(root / d.training_folder, "training", d.n_training, params, overwrite, progress)
+    test = generate_split(root / d.test_folder, "test", d.n_test, params, overwrite, progress)
+    return train, test
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lib.generate", description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default=None, help="parameters file (default: parameters.json)")
+    parser.add_argument("--out", default=None, help="data root (default: data.root)")
+    parser.add_argument("--n", type=int, default=None, help="number of training images (default: data.n_training)")
+    parser.add_argument("--n-test", type=int, default=None, help="number of test images (default: data.n_test)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default: data.seed)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output")
+    args = parser.parse_args(argv)
+    params = replace(load_params(args.params), "data", n_training=args.n, n_test=args.n_test, seed=args.seed)
+    train, test = generate_dataset(params, args.out, args.overwrite)
+    print(f"wrote {params.data.n_training} training images to {train} and {params.data.n_test} test images to {test}")
+
+
+if __name__ == "__main__":
+    main()

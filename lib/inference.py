@@ -1,0 +1,141 @@
+"""Sliding-window inference (Orobix's patch inference): windows of the patch size slide over an image with a stride of
+half a patch, and the class probabilities of overlapping windows are averaged."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from lib.device import autocast
+
+BLENDS = ("mean", "gaussian")
+
+
+def window_starts(size: int, window: int, stride: int) -> list[int]:
+    """Start offsets along one axis: every ``stride`` from 0, plus one window flush with the far border.
+
+    Every position of ``0..size-1`` is covered; a side no longer than the window has the single start 0.
+    """
+    if size <= window:
+        return [0]
+    starts = list(range(0, size - window + 1, stride))
+    if starts[-1] != size - window:
+        starts.append(size - window)
+    return starts
+
+
+def gaussian_weights(window: int, sigma_scale: float = 0.125, device: torch.device | None = None) -> torch.Tensor:
+    """Importance map for Gaussian blending: ``exp(-d² / 2σ²)`` with σ = ``sigma_scale`` × window (nnU-Net, MONAI),
+    normalised to a maximum of 1. It is positive everywhere, also at the window edge."""
+    coords = torch.arange(window, dtype=torch.float64, device=device) - (window - 1) / 2
+    g = torch.exp(-(coords**2) / (2 * (sigma_scale * window) ** 2))
+    weights = torch.outer(g, g)
+    weights = weights / weights.max()
+    return weights.clamp(min=torch.finfo(torch.float32).tiny).float()
+
+
+def reflect_pad(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Pad C×H×W at the bottom and right to at least ``height`` × ``width`` by mirroring the image (repeated
+    mirroring for images much smaller than the window; a 1-pixel side is repeated)."""
+    while x.shape[-2] < height or x.shape[-1] < width:
+        h, w = x.shape[-2:]
+        ph, pw = min(height - h, h - 1) if h < height else 0, min(width - w, w - 1) if w < width else 0
+        if (h < height and ph == 0) or (w < width and pw == 0):
+            x = F.pad(x[None], [0, max(0, width - w), 0, max(0, height - h)], mode="replicate")[0]
+        else:
+            x = F.pad(x[None], [0, pw, 0, ph], mode="reflect")[0]
+    return x
+
+
+def _flip_views(x: torch.Tensor, tta: bool) -> list[tuple[int, ...]]:
+    return [(), (-1,), (-2,), (-2, -1)] if tta else [()]
+
+
+@torch.inference_mode()
+def sliding_window_predict(
+    predictor: Callable[[torch.Tensor], torch.Tensor],
+    image: torch.Tensor,
+    window: int = 96,
+    overlap: float = 0.5,
+    batch_size: int = 32,
+    blend: str = "mean",
+    tta: bool = False,
+    activation: str | None = "softmax",
+    precision: str = "fp32",
+    device: torch.device | str | None = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    sigma_scale: float = 0.125,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Segment a whole image of any size by sliding windows over it and averaging their class probabilities.
+
+    Windows of ``window`` × ``window`` start every ``stride = round(window × (1 - overlap))`` pixels; the last
+    window of a row or column is placed flush with the border, so every pixel is predicted from real image content.
+    An image smaller than a window is reflect-padded and the result cropped back. Windows go through ``predictor``
+    ``batch_size`` at a time; memory is the accumulators (C × H × W) plus one batch of windows, whatever the image
+    size.
+
+    Args:
+        predictor: maps N×C_in×P×P inputs to N×C×P×P outputs (logits of a U-Net in eval mode).
+        image: C_in×H×W float tensor, already normalised.
+        window: window side (the patch size the model was trained on).
+        overlap: fraction of a window shared with the next, in [0, 1).
+        batch_size: windows per forward pass.
+        blend: ``"mean"`` (equal weights, the published method) or ``"gaussian"`` (σ = ``sigma_scale`` × window).
+        tta: also predict the left/right, up/down and double flips of every window and average (4× the work).
+        activation: ``"softmax"`` over classes before averaging, or None to average the raw outputs.
+        precision: ``fp32``, ``bf16`` or ``fp16`` autocast for the forward passes (accumulation stays fp32).
+        device: where the predictor runs (default: the image's device).
+        memory_format: memory format of the window batches (``torch.channels_last`` for a channels_last model).
+        sigma_scale: σ of the Gaussian blend as a fraction of the window.
+
+    Returns:
+        ``(probabilities, labels)``: C×H×W float32 on the image's device, and the H×W int64 argmax.
+
+    Raises:
+        ValueError: a bad option or an image that is not C×H×W.
+    """
+    if image.ndim != 3:
+        raise ValueError(f"image must be C×H×W, got shape {tuple(image.shape)}")
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    if blend not in BLENDS:
+        raise ValueError(f"blend must be one of {BLENDS}, got {blend!r}")
+    if window < 1 or batch_size < 1:
+        raise ValueError("window and batch_size must be positive")
+    if activation not in ("softmax", None):
+        raise ValueError(f"activation must be 'softmax' or None, got {activation!r}")
+    device = torch.device(device) if device is not None else image.device
+    height, width = image.shape[-2:]
+    padded = reflect_pad(image, window, window)
+    ph, pw = padded.shape[-2:]
+    stride = max(1, round(window * (1 - overlap)))
+    corners = [(y, x) for y in window_starts(ph, window, stride) for x in window_starts(pw, window, stride)]
+    weights = gaussian_weights(window, sigma_scale, padded.device) if blend == "gaussian" else None
+    acc = None
+    norm = torch.zeros(ph, pw, dtype=torch.float32, device=padded.device)
+    for start in range(0, len(corners), batch_size):
+        batch_corners = corners[start:start + batch_size]
+        windows = torch.stack([padded[:, y:y + window, x:x + window] for y, x in batch_corners])
+        windows = windows.to(device).contiguous(memory_format=memory_format)
+        out = None
+        for dims in _flip_views(windows, tta):
+            with autocast(device, precision):
+                logits = predictor(windows.flip(dims) if dims else windows)
+            logits = logits.float()
+            probs = logits.softmax(1) if activation == "softmax" else logits
+            probs = probs.flip(dims) if dims else probs
+            out = probs if out is None else out + probs
+        if tta:
+            out = out / 4
+        out = out.to(padded.device)
+        if acc is None:
+            acc = torch.zeros(out.shape[1], ph, pw, dtype=torch.float32, device=padded.device)
+        if weights is not None:
+            out = out * weights
+        for k, (y, x) in enumerate(batch_corners):
+            acc[:, y:y + window, x:x + window] += out[k]
+            norm[y:y + window, x:x + window] += weights if weights is not None else 1.0
+    probabilities = (acc / norm)[:, :height, :width].contiguous()
+    return probabilities, probabilities.argmax(0)

@@ -1,0 +1,79 @@
+"""Output folders that survive a kill: a marker says a folder is being written or is complete.
+
+``.in_progress.json`` is written before the first file and replaced by ``.complete.json`` after the last. Every file in
+between is written atomically, so a killed job leaves only whole files; rerunning the same job (same signature) resumes
+it, and a finished folder is never overwritten or mixed into without ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lib.atomic import atomic_write_text
+from lib.errors import UserError
+
+IN_PROGRESS = ".in_progress.json"
+COMPLETE = ".complete.json"
+
+
+def is_complete(folder: str | Path) -> bool:
+    """Whether a job finished writing ``folder``."""
+    return (Path(folder) / COMPLETE).is_file()
+
+
+def _clear(folder: Path, owned: list[str]) -> None:
+    for pattern in owned + [IN_PROGRESS, COMPLETE]:
+        for path in folder.glob(pattern):
+            if path.is_file():
+                path.unlink()
+
+
+def start_job(folder: str | Path, signature: dict, owned: list[str], overwrite: bool,
+              flag: str = "--overwrite") -> bool:
+    """Claim ``folder`` for a job described by ``signature``.
+
+    Args:
+        folder: the output folder (created if missing).
+        signature: what the job writes (parameters, seed); a resumed job must have the same.
+        owned: glob patterns, relative to ``folder``, of the files the job writes (removed by ``overwrite``).
+        overwrite: replace whatever the folder holds.
+        flag: the flag to name in the error.
+
+    Returns:
+        True when an interrupted job with the same signature is resumed (existing files are kept).
+
+    Raises:
+        UserError: the folder holds other files, or a finished job, and ``overwrite`` is false.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder}: exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{folder}: cannot create folder ({err.strerror or err})") from None
+    marker = folder / IN_PROGRESS
+    resumed = False
+    if overwrite:
+        _clear(folder, owned)
+    elif marker.is_file() and _read(marker) == json.loads(json.dumps(signature)):
+        resumed = True
+    elif any(folder.iterdir()):
+        state = "holds a finished job" if is_complete(folder) else "is not empty"
+        raise UserError(f"{folder}: output folder {state}; pass {flag} to replace it")
+    atomic_write_text(marker, json.dumps(signature, indent=1, sort_keys=True))
+    return resumed
+
+
+def finish_job(folder: str | Path) -> None:
+    """Mark ``folder`` complete (atomically turns the in-progress marker into the completion marker)."""
+    folder = Path(folder)
+    (folder / IN_PROGRESS).replace(folder / COMPLETE)
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None

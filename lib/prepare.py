@@ -1,0 +1,106 @@
+"""Cut training patches: ``python -m lib.prepare [--src DIR] [--out DIR] [--patch-size P] [--per-image K] [--seed S]
+[--overwrite]``.
+
+Writes ``OUT/images/p<k>.png``, ``OUT/masks/p<k>.png`` and ``OUT/manifest.csv`` (one row per patch: file, source
+image, top, left, flip, rot90), so that training can hold out whole source images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from dataloader.pairs import find_pairs, load_pair
+from lib.atomic import atomic_write_text
+from lib.errors import cli_main
+from lib.imageio import save_gray, save_mask
+from lib.jobs import finish_job, start_job
+from lib.params import Params, load_params, replace
+from lib.patches import apply_augmentation, augmentations, pad_to_patch, sample_positions
+
+MANIFEST = "manifest.csv"
+MANIFEST_FIELDS = ["file", "source", "top", "left", "flip", "rot90"]
+OWNED = ["images/*.png", "masks/*.png", MANIFEST]
+
+
+def prepare_patches(src: str | Path, out: str | Path, params: Params, overwrite: bool = False,
+                    progress: bool = True) -> int:
+    """Cut ``patches.per_image`` random windows of ``patches.size`` from every image of ``src``, in each augmentation.
+
+    Images smaller than a patch are reflect-padded at the bottom and right first (the manifest's coordinates refer to
+    the padded image). Each source image has its own random stream, so the output is byte-identical for a seed.
+
+    Args:
+        src: folder with ``images/`` and ``masks/``.
+        out: output folder.
+        params: patch parameters, class colours, and the name rule of ``data``.
+        overwrite: replace a finished or foreign output folder.
+        progress: show a tqdm bar.
+
+    Returns:
+        The number of patches written.
+
+    Raises:
+        UserError: bad input data (naming the file) or an output folder that is not empty.
+    """
+    out = Path(out)
+    p = params.patches
+    pairs = find_pairs(src, params.data.image_prefix, params.data.mask_prefix)
+    variants = augmentations(p.flips, p.rotate90)
+    signature = {"src": str(Path(src).resolve()), "patches": dataclasses.asdict(p),
+                 "sources": [pair.name for pair in pairs]}
+    resumed = start_job(out, signature, OWNED, overwrite)
+    (out / "images").mkdir(exist_ok=True)
+    (out / "masks").mkdir(exist_ok=True)
+    rows = []
+    k = 0
+    for s, pair in enumerate(tqdm(pairs, desc="prepare patches", disable=not progress, unit="img")):
+        image, mask = load_pair(pair, params.class_colors)
+        image, mask = pad_to_patch(image, p.size), pad_to_patch(mask, p.size)
+        rng = np.random.default_rng([p.seed, s])
+        for top, left in sample_positions(rng, mask, p.size, p.per_image, p.foreground_fraction):
+            window = (slice(top, top + p.size), slice(left, left + p.size))
+            for flip, rot in variants:
+                name = f"p{k}.png"
+                rows.append({"file": name, "source": pair.name, "top": top, "left": left, "flip": flip, "rot90": rot})
+                if not (resumed and (out / "masks" / name).is_file()):
+                    save_gray(out / "images" / name, apply_augmentation(image[window], flip, rot))
+                    save_mask(out / "masks" / name, apply_augmentation(mask[window], flip, rot), params.class_colors)
+                k += 1
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, MANIFEST_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / MANIFEST, buffer.getvalue())
+    finish_job(out)
+    return k
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lib.prepare", description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default=None, help="parameters file (default: parameters.json)")
+    parser.add_argument("--src", default=None, help="image/mask folder (default: data.root/data.training_folder)")
+    parser.add_argument("--out", default=None, help="output folder (default: data.root/patches_s<P>)")
+    parser.add_argument("--patch-size", type=int, default=None, help="patch side (default: patches.size)")
+    parser.add_argument("--per-image", type=int, default=None, help="patches per image (default: patches.per_image)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default: patches.seed)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output")
+    args = parser.parse_args(argv)
+    params = replace(load_params(args.params), "patches", size=args.patch_size, per_image=args.per_image,
+                     seed=args.seed)
+    root = Path(params.data.root)
+    src = Path(args.src) if args.src else root / params.data.training_folder
+    out = Path(args.out) if args.out else root / params.patches.folder
+    n = prepare_patches(src, out, params, args.overwrite)
+    print(f"wrote {n} patches of {params.patches.size}x{params.patches.size} to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Pieces of train.py that tests and other scripts reuse: batching, evaluation, run folders."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from lib.device import autocast
+from lib.distributed import DistInfo, all_reduce_sum
+from lib.errors import UserError
+from lib.metrics import confusion_matrix
+from lib.normalization import normalize
+
+
+def batches(indices: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    """Consecutive slices of ``indices`` of ``batch_size`` (the last one may be shorter)."""
+    for start in range(0, len(indices), batch_size):
+        yield indices[start:start + batch_size]
+
+
+def make_inputs(images: torch.Tensor, idx: torch.Tensor, normalization: dict, device: torch.device,
+                memory_format: torch.memory_format) -> torch.Tensor:
+    """Normalised float inputs of the patches ``idx`` on ``device``, in the given memory format."""
+    x = normalize(images[idx].to(device, non_blocking=True), normalization)
+    return x.contiguous(memory_format=memory_format)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, indices: torch.Tensor,
+             normalization: dict, loss_fn: nn.Module, n_classes: int, device: torch.device, precision: str,
+             memory_format: torch.memory_format, batch_size: int = 64, info: DistInfo = DistInfo(),
+             ) -> tuple[float, torch.Tensor]:
+    """Mean loss and confusion matrix over the patches ``indices`` (each process takes every world_size-th patch;
+    the sums are reduced over processes, so the result equals a single-process evaluation).
+
+    Returns:
+        ``(mean loss per batch-weighted pixel, confusion matrix)``.
+    """
+    was_training = model.training
+    model.eval()
+    shard = indices[info.rank::info.world_size]
+    cm = torch.zeros(n_classes, n_classes, dtype=torch.long, device=device)
+    totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss × patches, patches
+    for idx in batches(shard, batch_size):
+        x = make_inputs(images, idx, normalization, device, memory_format)
+        y = masks[idx].to(device).long()
+        with autocast(device, precision):
+            logits = model(x)
+        loss = loss_fn(logits.float(), y)
+        totals += torch.tensor([float(loss) * len(idx), len(idx)], dtype=torch.float64, device=device)
+        cm += confusion_matrix(y, logits.argmax(1), n_classes)
+    all_reduce_sum(cm, info)
+    all_reduce_sum(totals, info)
+    model.train(was_training)
+    return float(totals[0] / totals[1].clamp(min=1)), cm.cpu()
+
+
+def predict_labels(model: nn.Module, images: torch.Tensor, idx: torch.Tensor, normalization: dict,
+                   device: torch.device, precision: str, memory_format: torch.memory_format) -> torch.Tensor:
+    """Argmax labels of a few patches (for the TensorBoard figure)."""
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode(), autocast(device, precision):
+        labels = model(make_inputs(images, idx, normalization, device, memory_format)).argmax(1).cpu()
+    model.train(was_training)
+    return labels
+
+
+def new_run_name(folder: str, name: str | None, checkpoints_dir: Path, runs_dir: Path) -> str:
+    """A run name that exists in neither ``runs/`` nor ``checkpoints/`` (nothing of an earlier run is overwritten).
+
+    Raises:
+        UserError: an explicitly chosen ``name`` is taken or not a plain folder name.
+    """
+    if name is not None:
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", name) or name in (".", ".."):
+            raise UserError(f"--name {name!r}: expected a plain folder name (letters, digits, . _ -)")
+        if (checkpoints_dir / name).exists() or (runs_dir / name).exists():
+            raise UserError(f"--name {name}: a run of that name exists; choose another name or --load to resume it")
+        return name
+    base = f"{Path(folder).name}_{time.strftime('%Y%m%d-%H%M%S')}"
+    candidate, k = base, 1
+    while (checkpoints_dir / candidate).exists() or (runs_dir / candidate).exists():
+        k += 1
+        candidate = f"{base}_{k}"
+    return candidate

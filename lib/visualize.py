@@ -1,0 +1,123 @@
+"""Figures: masks in class colours, image/mask pairs, patch grids, flips, and the six-panel prediction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg") if matplotlib.get_backend().lower() in ("", "agg") else None
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def colorize(mask: np.ndarray, colors: Sequence[tuple[int, int, int]]) -> np.ndarray:
+    """An H×W×3 uint8 picture of a class-index mask in the class colours."""
+    palette = np.asarray(colors, dtype=np.uint8)
+    return palette[np.asarray(mask, dtype=np.int64)]
+
+
+def _show(ax, image: np.ndarray, title: str | None = None) -> None:
+    if image.ndim == 2:
+        ax.imshow(image, cmap="gray", vmin=0, vmax=255 if image.dtype == np.uint8 else 1, interpolation="nearest")
+    else:
+        ax.imshow(image, interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+
+
+def show_pairs(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], colors: Sequence[tuple[int, int, int]],
+               titles: Sequence[str] | None = None) -> plt.Figure:
+    """Images (top row) above their masks in class colours (bottom row)."""
+    n = len(images)
+    fig, axes = plt.subplots(2, n, figsize=(2.2 * n, 6), squeeze=False)
+    for i in range(n):
+        _show(axes[0, i], images[i], titles[i] if titles else None)
+        _show(axes[1, i], colorize(masks[i], colors))
+    fig.tight_layout()
+    return fig
+
+
+def show_patch_grid(images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
+                    colors: Sequence[tuple[int, int, int]], columns: int = 8) -> plt.Figure:
+    """A grid of patches, each followed below by its mask."""
+    n = len(images)
+    rows = (n + columns - 1) // columns
+    fig, axes = plt.subplots(2 * rows, columns, figsize=(1.4 * columns, 2.8 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for i in range(n):
+        r, c = divmod(i, columns)
+        _show(axes[2 * r, c], images[i])
+        _show(axes[2 * r + 1, c], colorize(masks[i], colors))
+    fig.tight_layout()
+    return fig
+
+
+def show_variants(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], labels: Sequence[str],
+                  colors: Sequence[tuple[int, int, int]]) -> plt.Figure:
+    """One patch in each of its augmentations (flips), image above mask."""
+    fig = show_patch_grid(images, masks, colors, columns=len(images))
+    for ax, label in zip(fig.axes[: len(labels)], labels):
+        ax.set_title(label, fontsize=9)
+    return fig
+
+
+def show_validation(images: np.ndarray, truths: np.ndarray, preds: np.ndarray,
+                    colors: Sequence[tuple[int, int, int]]) -> plt.Figure:
+    """Rows of (image, ground truth, prediction) for a few validation patches (used in TensorBoard)."""
+    n = len(images)
+    fig, axes = plt.subplots(n, 3, figsize=(6, 2 * n), squeeze=False)
+    for i in range(n):
+        _show(axes[i, 0], images[i], "image" if i == 0 else None)
+        _show(axes[i, 1], colorize(truths[i], colors), "ground truth" if i == 0 else None)
+        _show(axes[i, 2], colorize(preds[i], colors), "prediction" if i == 0 else None)
+    fig.tight_layout()
+    return fig
+
+
+def show_prediction(image: np.ndarray, truth: np.ndarray | None, probabilities: np.ndarray,
+                    class_names: Sequence[str], colors: Sequence[tuple[int, int, int]],
+                    class_iou: Sequence[float] | None = None, miou: float | None = None) -> plt.Figure:
+    """The published six-panel figure: original, ground truth, prediction, then one probability map per class."""
+    labels = probabilities.argmax(0)
+    panels = [(image, "original")]
+    if truth is not None:
+        panels.append((colorize(truth, colors), "ground truth"))
+    panels.append((colorize(labels, colors), "prediction"))
+    panels += [(probabilities[c], f"prob {name}") for c, name in enumerate(class_names)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 5.2), squeeze=False)
+    for ax, (picture, title) in zip(axes[0], panels):
+        if picture.ndim == 2 and picture.dtype != np.uint8:
+            ax.imshow(picture, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_axis_off()
+            ax.set_title(title, fontsize=10)
+        else:
+            _show(ax, picture, title)
+    if class_iou is not None and miou is not None:
+        ious = "  ".join(f"{n} {v:.3f}" for n, v in zip(class_names, class_iou))
+        fig.suptitle(f"class IoU: {ious}   |   mean IoU: {miou:.3f}", fontsize=11, family="monospace")
+    fig.tight_layout()
+    return fig
+
+
+def add_class_legend(fig: plt.Figure, class_names: Sequence[str], colors: Sequence[tuple[int, int, int]]
+                     ) -> plt.Figure:
+    """Add a legend of the class colours (one swatch per class name) below a figure; return the figure."""
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=np.asarray(c) / 255.0, edgecolor="gray", label=n) for n, c in zip(class_names, colors)]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=9,
+               bbox_to_anchor=(0.5, 0.0))
+    fig.subplots_adjust(bottom=max(fig.subplotpars.bottom, 0.08))
+    return fig
+
+
+def class_shares(masks: Sequence[np.ndarray], n_classes: int) -> np.ndarray:
+    """The fraction of all pixels of ``masks`` that belongs to each class (sums to 1; zeros for no pixels)."""
+    counts = np.zeros(n_classes, dtype=np.int64)
+    for mask in masks:
+        counts += np.bincount(np.asarray(mask, dtype=np.int64).ravel(), minlength=n_classes)[:n_classes]
+    total = counts.sum()
+    return counts / total if total else counts.astype(np.float64)

@@ -1,0 +1,80 @@
+"""Checkpoints: plain data (tensors, numbers, strings), written atomically, read with ``weights_only=True``."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lib.atomic import atomic_write_bytes
+from lib.errors import UserError
+from model.unet_model import UNet
+
+REQUIRED_KEYS = ("model_state", "model_config", "class_names", "class_colors", "normalization")
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Serialise ``state`` in memory, then write it to ``path`` atomically (a kill never leaves half a file).
+
+    Raises:
+        UserError: the folder is not writable or the disk is full; the previous file at ``path`` is left intact.
+    """
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint with ``torch.load(weights_only=True)``: a file carrying code is refused, never run.
+
+    Raises:
+        UserError: the file is missing, truncated, not a checkpoint, or lacks the model entries (naming the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        lines = [ln.strip() for ln in str(err).splitlines() if "Unsupported" in ln or "WeightsUnpickler" in ln]
+        reason = lines[0].removeprefix("WeightsUnpickler error: ")[:160] if lines else "unsafe content"
+        raise UserError(f"{path}: refused, not a plain-data checkpoint ({reason})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError, KeyError) as err:
+        raise UserError(f"{path}: not a readable checkpoint ({err.__class__.__name__})") from None
+    if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
+        raise UserError(f"{path}: not a checkpoint of this project (expected keys {', '.join(REQUIRED_KEYS)})")
+    return state
+
+
+def model_from_checkpoint(state: dict[str, Any], path: str | Path = "checkpoint") -> UNet:
+    """Rebuild the U-Net a checkpoint describes and load its weights.
+
+    Raises:
+        UserError: the configuration or the weights do not fit a U-Net.
+    """
+    config = state["model_config"]
+    try:
+        model = UNet(**config)
+        model.load_state_dict(state["model_state"])
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise UserError(f"{path}: weights do not fit the model {config} ({str(err).splitlines()[0][:160]})") from None
+    return model
+
+
+def check_compatible(state: dict[str, Any], n_channels: int, n_classes: int, path: str | Path) -> None:
+    """Refuse a checkpoint trained for another number of input channels or classes.
+
+    Raises:
+        UserError: naming the file and both numbers.
+    """
+    config = state["model_config"]
+    if config.get("n_channels") != n_channels:
+        raise UserError(f"{path}: checkpoint expects {config.get('n_channels')} input channel(s), "
+                        f"the data has {n_channels}")
+    if config.get("n_classes") != n_classes:
+        raise UserError(f"{path}: checkpoint was trained for {config.get('n_classes')} classes, "
+                        f"parameters.json has {n_classes}")

@@ -1,0 +1,80 @@
+"""Shared fixtures: tiny parameter sets and data sets, and a runner for the real commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from lib.params import load_params  # noqa: E402
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None
+            ) -> subprocess.CompletedProcess:
+    """Run ``python ARGS`` (a script or ``-m module``) from the repository, capturing its output."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run([sys.executable, *args], cwd=cwd or REPO, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
+
+
+def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    """Exit code 2, one line on stderr naming the culprit, no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stdout[-2000:], result.stderr[-2000:])
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip() and "%|" not in ln]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert lines[0].startswith("error: ")
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def tiny_params_dict(root: Path, **groups: dict) -> dict:
+    """parameters.json with a small data set under ``root`` (fast tests), with optional per-group changes."""
+    raw = json.loads((REPO / "parameters.json").read_text())
+    raw["data"].update(root=str(root), n_training=4, n_test=2, height=120, width=72, line_length=[20, 72])
+    raw["patches"].update(size=48, per_image=3)
+    raw["model"].update(base_channels=4)
+    raw["training"].update(folder="patches_s48", epochs=2, batch_size=8, checkpoints_dir=str(root / "checkpoints"),
+                           runs_dir=str(root / "runs"), figure_patches=2, val_fraction=0.25)
+    raw["inference"].update(batch_size=8)
+    for group, changes in groups.items():
+        raw[group].update(changes)
+    return raw
+
+
+def write_params(path: Path, raw: dict) -> Path:
+    path.write_text(json.dumps(raw, indent=1))
+    return path
+
+
+@pytest.fixture
+def tiny_params_file(tmp_path: Path) -> Path:
+    return write_params(tmp_path / "params.json", tiny_params_dict(tmp_path / "data"))
+
+
+@pytest.fixture
+def tiny_params(tiny_params_file: Path):
+    return load_params(tiny_params_file)
+
+
+@pytest.fixture(scope="session")
+def tiny_patches(tmp_path_factory) -> tuple[Path, Path]:
+    """A generated and prepared tiny data set, shared by the tests: ``(params file, data root)``."""
+    from lib.generate import generate_dataset
+    from lib.prepare import prepare_patches
+
+    root = tmp_path_factory.mktemp("tiny")
+    raw = tiny_params_dict(root / "data")
+    raw["data"]["n_training"] = 8
+    params_file = write_params(root / "params.json", raw)
+    params = load_params(params_file)
+    train, _ = generate_dataset(params, progress=False)
+    prepare_patches(train, root / "data" / "patches_s48", params, progress=False)
+    return params_file, root / "data"

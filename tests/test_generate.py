@@ -1,0 +1,124 @@
+"""The synthetic benchmark: sizes, values, determinism, class shares, borders, overwrite protection."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lib.errors import UserError
+from lib.generate import generate_dataset, generate_split
+from lib.params import load_params, replace
+from lib.synthetic import ELLIPSE, LINE, ellipse_mask, image_rng, line_mask, synthetic_pair
+from tests.conftest import REPO, assert_user_error, run_cli
+
+DEFAULT = load_params(REPO / "parameters.json")
+
+
+def _digest(folder):
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*.png"))}
+
+
+def test_published_size_dtype_and_palette(tmp_path):
+    params = replace(DEFAULT, "data", n_training=2, n_test=1)
+    train, test = generate_dataset(params, tmp_path, progress=False)
+    img = Image.open(train / "images" / "i0.png")
+    mask = Image.open(train / "masks" / "i0.png")
+    assert img.mode == "L" and img.size == (200, 400)  # 200 wide, 400 high
+    assert mask.mode == "P" and mask.size == (200, 400)
+    palette = mask.getpalette()[:9]
+    assert palette == [v for c in DEFAULT.class_colors for v in c]
+    assert set(np.unique(np.asarray(mask))) <= {0, 1, 2}
+    assert sorted(p.name for p in (test / "images").iterdir()) == ["i0.png"]
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path):
+    params = replace(DEFAULT, "data", n_training=3, n_test=2, height=120, width=80)
+    generate_dataset(params, tmp_path / "a", progress=False)
+    generate_dataset(params, tmp_path / "b", progress=False)
+    generate_dataset(replace(params, "data", seed=1), tmp_path / "c", progress=False)
+    a, b, c = _digest(tmp_path / "a"), _digest(tmp_path / "b"), _digest(tmp_path / "c")
+    assert a == b
+    assert set(a) == set(c) and all(a[k] != c[k] for k in a)
+
+
+def test_training_and_test_streams_differ():
+    train = synthetic_pair(image_rng(0, "training", 0), DEFAULT.data)[0]
+    test = synthetic_pair(image_rng(0, "test", 0), DEFAULT.data)[0]
+    assert not np.array_equal(train, test)
+
+
+def test_background_statistics_and_class_shares():
+    shares, kinds = [], set()
+    for i in range(30):
+        image, mask = synthetic_pair(image_rng(0, "training", i), DEFAULT.data)
+        background = image[mask == 0] / 255.0
+        assert 0.6 - 1e-9 <= background.min() and background.max() <= 1.0 + 1e-9
+        assert 0.66 < background.mean() < 0.92
+        shares.append(np.bincount(mask.ravel(), minlength=3) / mask.size)
+        kinds |= set(np.unique(mask).tolist())
+    mean_share = np.mean(shares, axis=0)
+    assert 0.90 <= mean_share[0] <= 0.97, mean_share
+    assert kinds == {0, 1, 2}
+
+
+def test_shapes_are_flat_and_lines_drawn_over_ellipses():
+    p = replace(DEFAULT, "data", n_lines=[1, 1], n_ellipses=[1, 1]).data
+    for i in range(20):
+        image, mask = synthetic_pair(image_rng(3, "training", i), p)
+        for cls in (LINE, ELLIPSE):
+            values = np.unique(image[mask == cls])
+            assert len(values) <= 1  # each shape has its own flat gray level
+
+
+@pytest.mark.parametrize("cy,cx", [(0, 0), (0, 199), (399, 0), (399, 199), (200, 0), (0, 100)])
+def test_nothing_wraps_across_the_border(cy, cx):
+    shape = (400, 200)
+    for inside in (ellipse_mask(shape, cy, cx, 20, 10, 0.7), line_mask(shape, cy, cx, 150, 5, 0.3)):
+        ys, xs = np.nonzero(inside)
+        assert len(ys)
+        # a shape centred at a corner or edge stays near it: nothing appears on the opposite side
+        assert np.abs(ys - cy).max() <= 80 and np.abs(xs - cx).max() <= 80
+
+
+def test_ellipse_and_line_geometry():
+    e = ellipse_mask((100, 100), 50, 50, 20, 10, 0.0)
+    assert e[50, 30] and e[50, 70] and not e[50, 29] and e[40, 50] and not e[39, 50]
+    line = line_mask((100, 100), 50, 50, 40, 4, 0.0)
+    assert line[50, 30] and line[50, 70] and not line[50, 71] and line[52, 50] and not line[53, 50]
+
+
+def test_overwrite_protection_and_resume(tmp_path):
+    params = replace(DEFAULT, "data", n_training=2, n_test=1, height=64, width=64, line_length=[20, 64])
+    out = tmp_path / "split"
+    generate_split(out, "training", 2, params, progress=False)
+    before = _digest(out)
+    with pytest.raises(UserError, match="--overwrite"):
+        generate_split(out, "training", 2, params, progress=False)
+    assert _digest(out) == before
+    generate_split(out, "training", 2, params, overwrite=True, progress=False)
+    assert _digest(out) == before
+    # a killed run: in-progress marker, one image missing; rerunning finishes the job
+    (out / ".complete.json").rename(out / ".in_progress.json")
+    (out / "masks" / "i1.png").unlink()
+    generate_split(out, "training", 2, params, progress=False)
+    assert _digest(out) == before and (out / ".complete.json").exists()
+
+
+def test_foreign_non_empty_folder_is_refused(tmp_path):
+    (tmp_path / "images_training").mkdir()
+    (tmp_path / "images_training" / "notes.txt").write_text("mine")
+    result = run_cli("-m", "lib.generate", "--out", str(tmp_path), "--n", "1")
+    assert_user_error(result, "images_training", "--overwrite")
+    assert (tmp_path / "images_training" / "notes.txt").read_text() == "mine"
+
+
+def test_cli_writes_both_splits(tmp_path, tiny_params_file):
+    result = run_cli("-m", "lib.generate", "--params", str(tiny_params_file), "--out", str(tmp_path / "d"),
+                     "--n", "3", "--seed", "5")
+    assert result.returncode == 0, result.stderr
+    assert len(list((tmp_path / "d" / "images_training" / "images").glob("*.png"))) == 3
+    assert len(list((tmp_path / "d" / "images_test" / "masks").glob("*.png"))) == 2

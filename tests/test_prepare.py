@@ -1,0 +1,121 @@
+"""Patch preparation: count, manifest, every patch equals its source region under its recorded flip."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+
+import numpy as np
+import pytest
+
+from dataloader.pairs import ImagePair, find_pairs, load_pair
+from lib.errors import UserError
+from lib.generate import generate_split
+from lib.imageio import read_image
+from lib.params import load_params, replace
+from lib.patches import apply_augmentation, augmentations, pad_to_patch, sample_positions
+from lib.prepare import prepare_patches
+from tests.conftest import REPO, assert_user_error, run_cli
+
+DEFAULT = load_params(REPO / "parameters.json")
+SMALL = replace(replace(DEFAULT, "data", height=120, width=72, line_length=[20, 72]), "patches", size=48, per_image=3)
+
+
+@pytest.fixture
+def source(tmp_path):
+    return generate_split(tmp_path / "src", "training", 3, SMALL, progress=False)
+
+
+def _rows(folder):
+    with open(folder / "manifest.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_count_and_every_patch_matches_its_source_region(tmp_path, source):
+    out = tmp_path / "patches"
+    n = prepare_patches(source, out, SMALL, progress=False)
+    assert n == 3 * 3 * 4
+    rows = _rows(out)
+    assert len(rows) == n and len(list((out / "images").glob("*.png"))) == n
+    assert {r["flip"] for r in rows} == {"none", "lr", "ud", "lrud"}
+    sources = {p.name: load_pair(p, SMALL.class_colors) for p in find_pairs(source)}
+    for r in rows:
+        image, mask = sources[r["source"]]
+        top, left = int(r["top"]), int(r["left"])
+        assert 0 <= top <= image.shape[0] - 48 and 0 <= left <= image.shape[1] - 48
+        window = (slice(top, top + 48), slice(left, left + 48))
+        patch_img, patch_mask = load_pair(ImagePair("p", out / "images" / r["file"], out / "masks" / r["file"]),
+                                          SMALL.class_colors)
+        assert np.array_equal(patch_img, apply_augmentation(image[window], r["flip"], int(r["rot90"])))
+        assert np.array_equal(patch_mask, apply_augmentation(mask[window], r["flip"], int(r["rot90"])))
+
+
+def test_flipped_twins_are_flips_of_each_other(tmp_path, source):
+    out = tmp_path / "patches"
+    prepare_patches(source, out, SMALL, progress=False)
+    rows = _rows(out)
+    base = read_image(out / "images" / rows[0]["file"])
+    for r, expected in zip(rows[:4], [base, base[:, ::-1], base[::-1], base[::-1, ::-1]]):
+        assert np.array_equal(read_image(out / "images" / r["file"]), expected)
+
+
+def test_same_seed_same_bytes(tmp_path, source):
+    prepare_patches(source, tmp_path / "a", SMALL, progress=False)
+    prepare_patches(source, tmp_path / "b", SMALL, progress=False)
+    prepare_patches(source, tmp_path / "c", replace(SMALL, "patches", seed=9), progress=False)
+
+    def digest(folder):
+        return [hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*.png"))] + \
+               [(folder / "manifest.csv").read_text()]
+
+    assert digest(tmp_path / "a") == digest(tmp_path / "b")
+    assert digest(tmp_path / "a") != digest(tmp_path / "c")
+
+
+def test_overwrite_protection(tmp_path, source):
+    out = tmp_path / "patches"
+    prepare_patches(source, out, SMALL, progress=False)
+    manifest = (out / "manifest.csv").read_text()
+    with pytest.raises(UserError, match="--overwrite"):
+        prepare_patches(source, out, replace(SMALL, "patches", seed=3), progress=False)
+    assert (out / "manifest.csv").read_text() == manifest
+    prepare_patches(source, out, replace(SMALL, "patches", seed=3), overwrite=True, progress=False)
+    assert (out / "manifest.csv").read_text() != manifest
+
+
+def test_rotations_give_the_eight_symmetries():
+    variants = augmentations(True, True)
+    assert len(variants) == 8
+    patch = np.arange(16).reshape(4, 4)
+    outs = {apply_augmentation(patch, f, k).tobytes() for f, k in variants}
+    assert len(outs) == 8
+    assert augmentations(True, False) == [("none", 0), ("lr", 0), ("ud", 0), ("lrud", 0)]
+    assert augmentations(False, False) == [("none", 0)]
+
+
+def test_small_images_are_padded_to_a_patch():
+    image = np.arange(30 * 20, dtype=np.uint8).reshape(30, 20)
+    padded = pad_to_patch(image, 48)
+    assert padded.shape == (48, 48) and np.array_equal(padded[:30, :20], image)
+    tiny = pad_to_patch(np.ones((3, 2), dtype=np.uint8), 48)
+    assert tiny.shape == (48, 48)
+
+
+def test_foreground_sampling_centres_on_foreground():
+    mask = np.zeros((200, 200), dtype=np.uint8)
+    mask[150:152, 20:22] = 2
+    rng = np.random.default_rng(0)
+    positions = sample_positions(rng, mask, 48, 10, foreground_fraction=1.0)
+    for top, left in positions:
+        assert top <= 150 < top + 48 and left <= 20 < left + 48
+    assert len(sample_positions(rng, np.zeros((60, 60), np.uint8), 48, 5, 1.0)) == 5  # no foreground: uniform
+
+
+def test_cli_defaults_and_flags(tmp_path, tiny_params_file):
+    assert run_cli("-m", "lib.generate", "--params", str(tiny_params_file)).returncode == 0
+    result = run_cli("-m", "lib.prepare", "--params", str(tiny_params_file), "--per-image", "2", "--patch-size", "32")
+    assert result.returncode == 0, result.stderr
+    out = tiny_params_file.parent / "data" / "patches_s32"
+    assert len(_rows(out)) == 4 * 2 * 4
+    again = run_cli("-m", "lib.prepare", "--params", str(tiny_params_file), "--per-image", "2", "--patch-size", "32")
+    assert_user_error(again, "patches_s32", "--overwrite")
