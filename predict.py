@@ -104,7 +104,7 @@ def check_writable(folder: Path) -> None:
 
 def format_table(metrics: dict) -> str:
     """Per-class IoU, mIoU over the set, and the mean of per-image mIoU, as a small text table."""
-    width = max(len(n) for n in metrics["iou"]) + 2
+    width = max(len(n) for n in [*metrics["iou"], "mean of per-image mIoU"]) + 2
     lines = [f"{'class':<{width}}IoU"]
     lines += [f"{name:<{width}}{value:.4f}" for name, value in metrics["iou"].items()]
     lines.append(f"{'mIoU':<{width}}{metrics['miou']:.4f}   (one confusion matrix over {metrics['n_images']} images)")

@@ -66,7 +66,7 @@ class Segmenter:
         Raises:
             UserError: the image has a channel count the model cannot take.
         """
-        x = torch.from_numpy(np.ascontiguousarray(image))
+        x = torch.from_numpy(np.array(image, dtype=np.uint8))  # a writable copy (decoded images are read-only)
         x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)
         if x.shape[0] != self.n_channels:
             if x.shape[0] == 3 and self.n_channels == 1:

@@ -17,6 +17,8 @@ class UNet(nn.Module):
             the loss and the inference apply the softmax).
         base_channels: channels of the first level (64 in the paper, ≈31 M parameters), doubled at each level down.
         bilinear: bilinear upsampling instead of transposed convolutions (fewer parameters).
+
+    Any input of at least 16 × 16 pixels works, divisible by 16 or not: ``Up`` pads to the skip connection's size.
     """
 
     def __init__(self, n_channels: int, n_classes: int, base_channels: int = 64, bilinear: bool = False):
@@ -39,6 +41,8 @@ class UNet(nn.Module):
         self.outc = OutConv(c, n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if min(x.shape[-2:]) < 16:  # four 2×2 poolings need at least 16 pixels per side
+            raise ValueError(f"input sides must be at least 16 pixels, got {tuple(x.shape[-2:])}")
         x1 = self.inc(x)
         x2 = self.down1(x1)
         x3 = self.down2(x2)

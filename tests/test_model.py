@@ -1,0 +1,50 @@
+"""U-Net: output shapes for many sizes and widths, logits (no activation), parameter count at width 64."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model import UNet
+from model.unet_parts import DoubleConv, Down, OutConv, Up
+
+
+@pytest.mark.parametrize("size", [(16, 16), (96, 96), (97, 61), (33, 50), (20, 100), (16, 23)])
+@pytest.mark.parametrize("width,bilinear", [(4, False), (8, True)])
+def test_output_shape_for_any_input_size(size, width, bilinear):
+    model = UNet(1, 3, width, bilinear).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 1, *size))
+    assert out.shape == (2, 3, *size)
+
+
+def test_inputs_smaller_than_16_are_refused_clearly():
+    with pytest.raises(ValueError, match="at least 16"):
+        UNet(1, 3, 4)(torch.randn(1, 1, 15, 40))
+
+
+def test_rgb_input_and_many_classes():
+    with torch.no_grad():
+        assert UNet(3, 7, 4).eval()(torch.randn(1, 3, 48, 40)).shape == (1, 7, 48, 40)
+
+
+def test_returns_logits_not_probabilities():
+    torch.manual_seed(0)
+    out = UNet(1, 3, 4).eval()(torch.randn(1, 1, 32, 32)).detach()
+    assert out.min() < 0 or out.max() > 1 or not torch.allclose(out.sum(1), torch.ones(1, 32, 32))
+
+
+@pytest.mark.parametrize("bilinear,expected", [(False, 31_037_763), (True, 17_263_107)])
+def test_parameter_count_at_width_64(bilinear, expected):
+    n = sum(p.numel() for p in UNet(3, 3, 64, bilinear).parameters())
+    assert n == expected  # milesial's Pytorch-UNet, n_channels=3, n_classes=3
+
+
+def test_parts_are_the_published_blocks():
+    conv = DoubleConv(2, 5)
+    kinds = [type(m).__name__ for m in conv.double_conv]
+    assert kinds == ["Conv2d", "BatchNorm2d", "ReLU", "Conv2d", "BatchNorm2d", "ReLU"]
+    assert isinstance(Down(2, 4).maxpool_conv[0], torch.nn.MaxPool2d)
+    assert isinstance(Up(8, 4).up, torch.nn.ConvTranspose2d) and isinstance(Up(8, 4, True).up, torch.nn.Upsample)
+    assert OutConv(4, 3).conv.kernel_size == (1, 1)
+    assert UNet(1, 3, 4, True).config() == {"n_channels": 1, "n_classes": 3, "base_channels": 4, "bilinear": True}

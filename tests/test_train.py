@@ -1,0 +1,166 @@
+"""train.py end to end on a tiny patch set: learning, TensorBoard tags, checkpoints, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from model.checkpoint import save_checkpoint
+from tests.conftest import REPO, assert_user_error, run_cli
+
+
+def _train(params_file: Path, data: Path, *extra: str) -> subprocess.CompletedProcess:
+    return run_cli("train.py", "--params", str(params_file), "-f", str(data / "patches_s48"), *extra)
+
+
+def _weights(path: Path) -> dict:
+    return torch.load(path, weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_patches):
+    params_file, data = tiny_patches
+    result = _train(params_file, data, "-e", "3", "-l", "0.05", "--name", "reference", "--precision", "fp32")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return params_file, data, result
+
+
+def test_loss_falls_and_checkpoints_load_with_weights_only(trained):
+    params_file, data, result = trained
+    ckpt = data / "checkpoints" / "reference"
+    last, best = _weights(ckpt / "last.pth"), _weights(ckpt / "best.pth")
+    history = last["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert last["model_config"] == {"n_channels": 1, "n_classes": 3, "base_channels": 4, "bilinear": False}
+    assert last["class_names"] == ["background", "line", "ellipse"] and len(last["class_colors"]) == 3
+    assert set(last["normalization"]) == {"mean", "std"}
+    for key in ("optimizer_state", "scheduler_state", "rng", "params", "epoch", "git_commit", "versions", "seed"):
+        assert key in last
+    assert last["epoch"] == 3 and last["params"]["training"]["epochs"] == 3
+    assert best["best_miou"] == max(h["val_miou"] for h in history)
+    assert "epoch 3/3" in result.stdout and "val mIoU" in result.stdout
+
+
+def test_validation_holds_out_whole_source_images(trained):
+    params_file, data, _ = trained
+    import csv
+
+    last = _weights(data / "checkpoints" / "reference" / "last.pth")
+    with open(data / "patches_s48" / "manifest.csv") as handle:
+        sources = {row["source"] for row in csv.DictReader(handle)}
+    assert len(last["val_sources"]) == 2 and set(last["val_sources"]) < sources
+
+
+def test_tensorboard_holds_the_tags(trained):
+    _, data, _ = trained
+    acc = EventAccumulator(str(data / "runs" / "reference"), size_guidance={"images": 0, "scalars": 0}).Reload()
+    scalars = set(acc.Tags()["scalars"])
+    expected = {"train/loss_iter", "train/loss", "train/lr", "val/loss", "val/miou", "val/iou_background",
+                "val/iou_line", "val/iou_ellipse"}
+    assert expected <= scalars, scalars
+    assert len(acc.Scalars("val/miou")) == 3
+    assert len(acc.Scalars("train/loss_iter")) == 3 * len(acc.Scalars("train/loss_iter")) // 3 > 3
+    assert "val/examples" in acc.Tags()["images"]
+    hparams = EventAccumulator(str(data / "runs" / "reference")).Reload()
+    assert "hparam/val_miou" in hparams.Tags()["scalars"]
+
+
+def test_resume_after_ctrl_c_equals_an_uninterrupted_run(trained, tmp_path):
+    params_file, data, _ = trained
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "train.py", "--params", str(params_file), "-f", str(data / "patches_s48"), "-e", "3",
+           "-l", "0.05", "--name", "resumed", "--precision", "fp32"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("run resumed"):
+            time.sleep(0.3)  # somewhere inside the first epochs
+            proc.send_signal(signal.SIGINT)
+            break
+    out, err = proc.communicate(timeout=120)
+    ckpt = data / "checkpoints" / "resumed"
+    if proc.returncode == 130:
+        assert "resume with: python train.py --load" in err
+        resumed = subprocess.run([*cmd[:2], "--load", str(ckpt / "interrupted.pth")], cwd=REPO, env=env,
+                                 capture_output=True, text=True, timeout=120)
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+    else:  # the machine was fast enough to finish first: still compare
+        assert proc.returncode == 0, err[-2000:]
+    reference = _weights(data / "checkpoints" / "reference" / "last.pth")
+    final = _weights(ckpt / "last.pth")
+    assert [h["train_loss"] for h in final["history"]] == [h["train_loss"] for h in reference["history"]]
+    assert [h["val_loss"] for h in final["history"]] == [h["val_loss"] for h in reference["history"]]
+    for key, value in reference["model_state"].items():
+        assert torch.equal(final["model_state"][key], value), key
+
+
+def _snapshot(root: Path) -> dict:
+    return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+BAD_INPUTS = [
+    ("folder-missing", ["-f", "/nonexistent/patches"], ["/nonexistent/patches", "not found"]),
+    ("epochs-0", ["-e", "0"], ["training.epochs", ">= 1"]),
+    ("lr-negative", ["-l", "-0.1"], ["training.learning_rate", "> 0"]),
+    ("batch-0", ["-b", "0"], ["training.batch_size", ">= 1"]),
+    ("batch-too-large", ["-b", "100000"], ["--batch-size 100000", "larger than the training set"]),
+]
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input_exit_2_and_nothing_written(tiny_patches, case):
+    params_file, data = tiny_patches
+    _, flags, fragments = case
+    before = _snapshot(data)
+    result = run_cli("train.py", "--params", str(params_file), "-f", str(data / "patches_s48"), *flags,
+                     "--name", f"bad-{case[0]}")
+    assert_user_error(result, *fragments)
+    assert _snapshot(data) == before
+    assert not (data / "checkpoints" / f"bad-{case[0]}").exists() and not (data / "runs" / f"bad-{case[0]}").exists()
+
+
+def test_empty_folder_and_missing_manifest(tiny_patches, tmp_path):
+    params_file, _ = tiny_patches
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_user_error(run_cli("train.py", "--params", str(params_file), "-f", str(empty)), str(empty), "empty")
+    (empty / "images").mkdir()
+    (empty / "images" / "p0.png").write_bytes(b"")
+    assert_user_error(run_cli("train.py", "--params", str(params_file), "-f", str(empty)), "manifest.csv")
+
+
+def test_bad_checkpoints(trained, tmp_path):
+    params_file, data, _ = trained
+    folder = ["--params", str(params_file), "-f", str(data / "patches_s48")]
+    text = tmp_path / "notes.pth"
+    text.write_text("not a checkpoint")
+    assert_user_error(run_cli("train.py", *folder, "--load", str(text)), str(text), "checkpoint")
+    good = (data / "checkpoints" / "reference" / "last.pth").read_bytes()
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(good[: len(good) // 2])
+    assert_user_error(run_cli("train.py", *folder, "--load", str(truncated)), str(truncated))
+    state = _weights(data / "checkpoints" / "reference" / "last.pth")
+    state["model_config"] = {**state["model_config"], "n_classes": 4}
+    other = tmp_path / "four_classes.pth"
+    save_checkpoint(other, state)
+    assert_user_error(run_cli("train.py", *folder, "--load", str(other)), str(other), "4 classes")
+    finished = run_cli("train.py", *folder, "--load", str(data / "checkpoints" / "reference" / "last.pth"))
+    assert_user_error(finished, "already finished")
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_patches):
+    params_file, data = tiny_patches
+    result = _train(params_file, data, "-e", "2", "-l", "1e30", "--name", "diverge", "--precision", "fp32")
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert "non-finite loss" in result.stderr and "Traceback" not in result.stderr
+    assert not (data / "checkpoints" / "diverge" / "last.pth").exists() or \
+        json.dumps(_weights(data / "checkpoints" / "diverge" / "last.pth")["history"])
