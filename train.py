@@ -31,7 +31,7 @@ from lib.metrics import iou_per_class, mean_iou
 from lib.normalization import compute_normalization
 from lib.params import Params, load_params, params_from_dict, replace
 from lib.provenance import git_commit, versions
-from lib.schedule import make_scheduler
+from lib.schedule import lr_factor, make_scheduler
 from lib.training import batches, evaluate, make_inputs, new_run_name, predict_labels
 from model.checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from model.unet_model import UNet
@@ -138,6 +138,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_rng_state(resumed["rng"]["torch"])
         start_epoch, start_step, best = resumed["epoch"], resumed["step_in_epoch"], resumed["best_miou"]
         history, carried = list(resumed["history"]), tuple(resumed["epoch_loss"])
+        # the schedule follows the (possibly overridden) epochs and base rate
+        scheduler.base_lrs = [t.learning_rate for _ in optimizer.param_groups]
+        for group in optimizer.param_groups:
+            group["initial_lr"] = t.learning_rate
+            group["lr"] = t.learning_rate * lr_factor(min(start_epoch, t.epochs - 1), t.epochs, t.lr_final_factor)
     if start_epoch >= t.epochs:
         raise UserError(f"{args.load}: the run already finished its {t.epochs} epochs (pass -e with more to extend)")
 
@@ -169,13 +174,13 @@ def main(argv: list[str] | None = None) -> int:
             "versions": versions(),
         }
 
+    stop = StopRequest()  # before the first line, so a Ctrl-C from here on is handled
     if info.is_main:
         print(f"run {run}: {len(train_idx)} training / {len(val_idx)} validation patches from {folder}, "
               f"U-Net width {params.model.base_channels} ({sum(p.numel() for p in net.parameters()):,} parameters), "
               f"{device.type} {precision}, {info.world_size} process(es), epochs {start_epoch + 1}..{t.epochs}")
     sampler = DistributedSampler(range(len(train_idx)), num_replicas=info.world_size, rank=info.rank,
                                  shuffle=True, seed=t.seed)
-    stop = StopRequest()
     model.train()
     for epoch in range(start_epoch, t.epochs):
         sampler.set_epoch(epoch)

@@ -1,0 +1,156 @@
+"""predict.py end to end: masks written, metrics against a hand-computed case, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lib.generate import generate_split
+from lib.imageio import save_mask
+from lib.params import load_params
+from model import UNet
+from model.checkpoint import save_checkpoint
+from tests.conftest import REPO, assert_user_error, run_cli
+
+PARAMS = load_params(REPO / "parameters.json")
+
+
+def constant_checkpoint(path: Path, label: int, n_classes: int = 3, n_channels: int = 1) -> Path:
+    """A checkpoint whose U-Net predicts ``label`` everywhere (zero last-layer weights, a large bias)."""
+    model = UNet(n_channels, n_classes, 4)
+    with torch.no_grad():
+        model.outc.conv.weight.zero_()
+        model.outc.conv.bias.copy_(torch.nn.functional.one_hot(torch.tensor(label), n_classes).float() * 20)
+    params = PARAMS.to_dict()
+    params["patches"]["size"] = 48
+    save_checkpoint(path, {
+        "model_state": model.state_dict(), "model_config": model.config(), "class_names": PARAMS.class_names,
+        "class_colors": [list(c) for c in PARAMS.class_colors], "params": params,
+        "normalization": {"mean": [0.5] * n_channels, "std": [0.2] * n_channels}})
+    return path
+
+
+@pytest.fixture(scope="module")
+def test_set(tmp_path_factory):
+    from lib.params import replace
+
+    root = tmp_path_factory.mktemp("predict")
+    params = replace(PARAMS, "data", height=100, width=60, line_length=[20, 60])
+    folder = generate_split(root / "test", "test", 3, params, progress=False)
+    return root, folder
+
+
+def _hand_metrics(masks: list[np.ndarray], label: int) -> dict:
+    """IoU of a prediction that says ``label`` everywhere, from the class pixel counts of the masks."""
+    counts = np.bincount(np.concatenate([m.ravel() for m in masks]), minlength=3)
+    total = counts.sum()
+    iou = [0.0, 0.0, 0.0]
+    iou[label] = counts[label] / total  # TP = pixels of that class, union = all pixels
+    return {"iou": iou, "miou": float(np.mean(iou))}
+
+
+def test_masks_and_metrics_match_a_hand_computed_case(test_set, tmp_path):
+    root, folder = test_set
+    ckpt = constant_checkpoint(tmp_path / "bg.pth", label=0)
+    out, metrics_file = tmp_path / "out", tmp_path / "m.json"
+    result = run_cli("predict.py", "--checkpoint", str(ckpt), "--input", str(folder / "images"), "--output",
+                     str(out), "--masks", str(folder / "masks"), "--metrics", str(metrics_file), "--quiet")
+    assert result.returncode == 0, result.stderr
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["i0.png", "i1.png", "i2.png"]
+    first = Image.open(out / "i0.png")
+    assert first.mode == "P" and first.size == (60, 100) and set(np.unique(np.asarray(first))) == {0}
+    assert first.getpalette()[:9] == [v for c in PARAMS.class_colors for v in c]
+    masks = [np.asarray(Image.open(folder / "masks" / f"i{i}.png")) for i in range(3)]
+    expected = _hand_metrics(masks, 0)
+    metrics = json.loads(metrics_file.read_text())
+    assert metrics["n_images"] == 3
+    assert metrics["miou"] == pytest.approx(expected["miou"])
+    assert [metrics["iou"][n] for n in PARAMS.class_names] == pytest.approx(expected["iou"])
+    per_image = [_hand_metrics([m], 0)["miou"] for m in masks]
+    assert metrics["mean_image_miou"] == pytest.approx(np.mean(per_image))
+    assert "mIoU" in result.stdout and "background" in result.stdout
+
+
+def test_single_file_probabilities_and_options(test_set, tmp_path):
+    _, folder = test_set
+    ckpt = constant_checkpoint(tmp_path / "line.pth", label=1)
+    result = run_cli("predict.py", "--checkpoint", str(ckpt), "--input", str(folder / "images" / "i1.png"),
+                     "--output", str(tmp_path / "o"), "--save-probabilities", "--overlap", "0.25", "--blend",
+                     "gaussian", "--tta", "--quiet")
+    assert result.returncode == 0, result.stderr
+    probs = np.load(tmp_path / "o" / "i1_probabilities.npy")
+    assert probs.shape == (3, 100, 60) and np.allclose(probs.sum(0), 1, atol=1e-4) and (probs[1] > 0.99).all()
+    assert set(np.unique(np.asarray(Image.open(tmp_path / "o" / "i1.png")))) == {1}
+
+
+@pytest.fixture
+def broken(test_set, tmp_path):
+    """A copy of the test split to damage, and a good checkpoint."""
+    _, folder = test_set
+    copy = tmp_path / "set"
+    for sub in ("images", "masks"):
+        (copy / sub).mkdir(parents=True)
+        for p in (folder / sub).iterdir():
+            (copy / sub / p.name).write_bytes(p.read_bytes())
+    return copy, constant_checkpoint(tmp_path / "ok.pth", 0)
+
+
+def _predict(ckpt, data, out, *extra):
+    return run_cli("predict.py", "--checkpoint", str(ckpt), "--input", str(data / "images"), "--output", str(out),
+                   "--masks", str(data / "masks"), "--quiet", *extra)
+
+
+def test_bad_checkpoints(broken, tmp_path):
+    data, _ = broken
+    assert_user_error(_predict(tmp_path / "none.pth", data, tmp_path / "o"), "none.pth", "not found")
+    (tmp_path / "text.pth").write_text("hello")
+    assert_user_error(_predict(tmp_path / "text.pth", data, tmp_path / "o"), "text.pth", "checkpoint")
+    assert not (tmp_path / "o").exists()
+
+
+def test_unreadable_image(broken, tmp_path):
+    data, ckpt = broken
+    (data / "images" / "i1.png").write_text("not a png")
+    assert_user_error(_predict(ckpt, data, tmp_path / "o"), "i1.png", "not a readable image")
+    assert not (tmp_path / "o").exists()
+
+
+def test_truncated_image(broken, tmp_path):
+    data, ckpt = broken
+    raw = (data / "images" / "i2.png").read_bytes()
+    (data / "images" / "i2.png").write_bytes(raw[: len(raw) // 2])
+    result = _predict(ckpt, data, tmp_path / "o")
+    assert_user_error(result, "i2.png")
+    assert not list((tmp_path / "o").glob("*.tmp")) and not list((tmp_path / "o").glob(".*"))
+
+
+def test_mask_missing(broken, tmp_path):
+    data, ckpt = broken
+    (data / "masks" / "i0.png").unlink()
+    assert_user_error(_predict(ckpt, data, tmp_path / "o"), "i0.png", "no mask")
+
+
+def test_mask_of_another_size(broken, tmp_path):
+    data, ckpt = broken
+    save_mask(data / "masks" / "i0.png", np.zeros((10, 10), np.uint8), PARAMS.class_colors)
+    assert_user_error(_predict(ckpt, data, tmp_path / "o"), "i0.png", "10x10")
+
+
+def test_mask_values_outside_the_classes(broken, tmp_path):
+    data, ckpt = broken
+    mask = np.zeros((100, 60), np.uint8)
+    mask[5, 5] = 7
+    Image.fromarray(mask, mode="L").save(data / "masks" / "i2.png")
+    assert_user_error(_predict(ckpt, data, tmp_path / "o"), "i2.png", "[7]")
+
+
+def test_output_path_is_a_file(broken, tmp_path):
+    data, ckpt = broken
+    (tmp_path / "file").write_text("x")
+    assert_user_error(_predict(ckpt, data, tmp_path / "file"), "file", "not writable")
