@@ -7,7 +7,7 @@ DATA := data
 DEMO_TRAIN_FLAGS ?= -e 8 -l 0.05 -b 16 --base-channels 8
 RUN ?= demo_$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: demo setup test lint bench clean-demo
+.PHONY: demo setup test lint bench figures
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -40,3 +40,7 @@ lint: $(VENV)/.dev-installed
 
 bench: $(VENV)/.dev-installed
 	$(PY) -m benchmarks.run_all
+
+# README figures from the newest trained run (or CHECKPOINT=...)
+figures: $(VENV)/.installed
+	$(PY) -m figures.make_figures --checkpoint $(or $(CHECKPOINT),$(shell ls -t checkpoints/*/best.pth | head -1))

@@ -121,3 +121,23 @@ def class_shares(masks: Sequence[np.ndarray], n_classes: int) -> np.ndarray:
         counts += np.bincount(np.asarray(mask, dtype=np.int64).ravel(), minlength=n_classes)[:n_classes]
     total = counts.sum()
     return counts / total if total else counts.astype(np.float64)
+
+
+def plot_history(history: Sequence[dict]) -> plt.Figure:
+    """Training curve from a checkpoint's history: training and validation loss, validation mIoU per epoch."""
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_iou) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="training loss")
+    if all("val_loss" in h for h in history):
+        ax_loss.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation loss")
+        ax_iou.plot(epochs, [h["val_miou"] for h in history], "o-", color="k", label="mIoU")
+        for name in history[0]["val_iou"]:
+            ax_iou.plot(epochs, [h["val_iou"][name] for h in history], ".--", label=name)
+    ax_loss.set_yscale("log")
+    for ax, label in ((ax_loss, "loss"), (ax_iou, "validation IoU")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

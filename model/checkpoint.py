@@ -78,3 +78,15 @@ def check_compatible(state: dict[str, Any], n_channels: int, n_classes: int, pat
     if config.get("n_classes") != n_classes:
         raise UserError(f"{path}: checkpoint was trained for {config.get('n_classes')} classes, "
                         f"parameters.json has {n_classes}")
+
+
+def latest_checkpoint(folder: str | Path = "checkpoints", name: str = "best.pth") -> Path:
+    """The most recently written ``<run>/<name>`` under ``folder`` (e.g. the last ``make demo``'s best model).
+
+    Raises:
+        UserError: there is none.
+    """
+    candidates = sorted(Path(folder).glob(f"*/{name}"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise UserError(f"{folder}: no {name} found in any run folder (train a model first)")
+    return candidates[-1]

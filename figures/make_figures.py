@@ -1,0 +1,60 @@
+"""Write the README figures from the data on disk and a trained checkpoint.
+
+    python -m figures.make_figures --checkpoint checkpoints/demo/best.pth
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from dataloader.pairs import find_pairs, load_pair
+from dataloader.patches import read_manifest
+from lib.errors import cli_main
+from lib.imageio import read_image, read_mask
+from lib.metrics import iou_per_class, mean_iou
+from lib.params import load_params
+from lib.segmenter import Segmenter, image_confusion
+from lib.visualize import plot_history, show_pairs, show_patch_grid, show_prediction
+from model.checkpoint import load_checkpoint
+
+HERE = Path(__file__).resolve().parent
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--params", default=None)
+    parser.add_argument("--example", type=int, default=0, help="test image shown in the prediction figure")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    root, colors = Path(params.data.root), params.class_colors
+
+    pairs = find_pairs(root / params.data.training_folder)[:5]
+    loaded = [load_pair(p, colors) for p in pairs]
+    show_pairs([i for i, _ in loaded], [m for _, m in loaded], colors, [p.name for p in pairs]).savefig(
+        HERE / "input_data.png", dpi=80)
+
+    folder = root / params.patches.folder
+    rows = read_manifest(folder)[: 4 * 8]
+    images = [read_image(folder / "images" / r["file"]) for r in rows]
+    masks = [read_mask(folder / "masks" / r["file"], colors) for r in rows]
+    show_patch_grid(images, masks, colors, columns=8).savefig(HERE / "patches.png", dpi=80)
+
+    plot_history(load_checkpoint(args.checkpoint)["history"]).savefig(HERE / "training_curve.png", dpi=80)
+
+    segmenter = Segmenter.from_checkpoint(args.checkpoint)
+    pair = find_pairs(root / params.data.test_folder)[args.example]
+    image, truth = load_pair(pair, colors)
+    probabilities, labels = segmenter.predict(image)
+    cm = image_confusion(labels, truth, len(segmenter.class_names))
+    show_prediction(image, truth, probabilities.numpy().astype(np.float32), segmenter.class_names, colors,
+                    iou_per_class(cm).tolist(), mean_iou(cm)).savefig(HERE / "prediction.png", dpi=80)
+    print(f"wrote figures to {HERE}")
+
+
+if __name__ == "__main__":
+    main()
