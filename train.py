@@ -99,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         device = torch.device("cuda", info.local_rank)
     precision = resolve_precision(t.precision, device, args.amp)
     mem = memory_format(device)
+    if args.sync_bn and device.type != "cuda":
+        raise UserError(f"--sync-bn: SyncBatchNorm needs CUDA devices, this run is on {device.type}")
     torch.use_deterministic_algorithms(args.deterministic)
 
     # ---- data: every check happens before anything is written ----

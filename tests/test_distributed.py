@@ -1,0 +1,70 @@
+"""torchrun with gloo on CPU: two processes train, rank 0 alone writes, metrics reduce exactly, checkpoints load
+in a single process and resume there."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from dataloader.patches import PatchDataset
+from lib.device import memory_format
+from lib.losses import make_loss
+from lib.metrics import mean_iou
+from lib.params import params_from_dict
+from lib.training import evaluate
+from model.checkpoint import load_checkpoint, model_from_checkpoint
+from tests.conftest import assert_user_error, run_cli
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tiny_patches):
+    params_file, data = tiny_patches
+    result = run_cli("-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "train.py",
+                     "--params", str(params_file), "-f", str(data / "patches_s48"), "-e", "2", "-l", "0.05",
+                     "--name", "ddp", "--precision", "fp32", env={"OMP_NUM_THREADS": "1"}, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return params_file, data, result
+
+
+def test_two_processes_train_and_rank_0_alone_writes(ddp_run):
+    _, data, result = ddp_run
+    assert "2 process(es)" in result.stdout
+    assert result.stdout.count("epoch 2/2  train loss") == 1  # one summary line: rank 0 only
+    assert sorted(p.name for p in (data / "checkpoints" / "ddp").iterdir()) == ["best.pth", "last.pth"]
+    events = list((data / "runs" / "ddp").glob("events.out.tfevents.*"))
+    assert events and len({re.split(r"\.", p.name)[4] for p in events}) == 1  # all from one process (pid)
+    state = load_checkpoint(data / "checkpoints" / "ddp" / "last.pth")
+    assert state["world_size"] == 2
+    assert not any(k.startswith("module.") for k in state["model_state"])
+
+
+def test_reduced_validation_miou_equals_a_single_process_evaluation(ddp_run):
+    _, data, _ = ddp_run
+    state = load_checkpoint(data / "checkpoints" / "ddp" / "last.pth")
+    params = params_from_dict(state["params"])
+    model = model_from_checkpoint(state).eval()
+    patches = PatchDataset(state["patch_folder"], params.class_colors)
+    val_idx = patches.subset_indices(state["val_sources"])
+    cpu = torch.device("cpu")
+    loss, cm = evaluate(model, patches.images, patches.masks, val_idx, state["normalization"],
+                        make_loss("ce", None, cpu), params.n_classes, cpu, "fp32", memory_format(cpu))
+    assert mean_iou(cm) == pytest.approx(state["history"][-1]["val_miou"], abs=1e-12)
+    assert loss == pytest.approx(state["history"][-1]["val_loss"], rel=1e-5)
+
+
+def test_a_distributed_checkpoint_resumes_in_a_single_process(ddp_run):
+    params_file, data, _ = ddp_run
+    result = run_cli("train.py", "--load", str(data / "checkpoints" / "ddp" / "last.pth"), "-e", "3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = load_checkpoint(data / "checkpoints" / "ddp" / "last.pth")
+    assert state["epoch"] == 3 and state["world_size"] == 1 and len(state["history"]) == 3
+
+
+def test_sync_batchnorm_is_refused_clearly_without_cuda(tiny_patches):
+    params_file, data = tiny_patches
+    result = run_cli("train.py", "--params", str(params_file), "-f", str(data / "patches_s48"), "--sync-bn",
+                     "--device", "cpu", "--name", "syncbn")
+    assert_user_error(result, "--sync-bn", "CUDA")
+    assert not (data / "checkpoints" / "syncbn").exists()
