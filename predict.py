@@ -36,8 +36,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--input", required=True, help="an image, or a folder of images (or a folder holding images/)")
     p.add_argument("--output", required=True, help="folder for the predicted masks")
     p.add_argument("--masks", help="folder of ground-truth masks, named like the images: evaluate")
-    p.add_argument("--mask-prefix", default="", help="masks are named <prefix><id> (e.g. Mask_) ...")
-    p.add_argument("--image-prefix", default="", help="... for images named <prefix><id> (e.g. Img_)")
+    p.add_argument("--mask-prefix", help="masks are named <prefix><id> (e.g. Mask_; default: data.mask_prefix) ...")
+    p.add_argument("--image-prefix", help="... for images named <prefix><id> (e.g. Img_; default: data.image_prefix)")
     p.add_argument("--metrics", help="write the metrics as JSON to this file")
     p.add_argument("--overlap", type=float, help="window overlap in [0, 1) (default: the checkpoint's, 0.5)")
     p.add_argument("--blend", choices=["mean", "gaussian"], help="probability blending of overlapping windows")
@@ -128,7 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.masks:
         if not Path(args.masks).is_dir():
             raise UserError(f"{args.masks}: masks folder not found")
-        masks = {im: mask_path(Path(args.masks), im, args.image_prefix, args.mask_prefix) for im in images}
+        data = segmenter.params.data  # the name rule the model was trained with, unless overridden
+        image_prefix = data.image_prefix if args.image_prefix is None else args.image_prefix
+        mask_prefix = data.mask_prefix if args.mask_prefix is None else args.mask_prefix
+        masks = {im: mask_path(Path(args.masks), im, image_prefix, mask_prefix) for im in images}
     check_inputs(images, masks)
     out = Path(args.output)
     check_writable(out)

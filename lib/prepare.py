@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from dataloader.pairs import find_pairs, load_pair
 from lib.atomic import atomic_write_text
-from lib.errors import cli_main
+from lib.errors import UserError, cli_main
 from lib.imageio import save_gray, save_mask
 from lib.jobs import finish_job, start_job
 from lib.params import Params, load_params, replace
@@ -60,8 +60,14 @@ def prepare_patches(src: str | Path, out: str | Path, params: Params, overwrite:
     (out / "masks").mkdir(exist_ok=True)
     rows = []
     k = 0
+    channels = None
     for s, pair in enumerate(tqdm(pairs, desc="prepare patches", disable=not progress, unit="img")):
         image, mask = load_pair(pair, params.class_colors)
+        channels = channels or image.ndim
+        if image.ndim != channels:
+            kinds = {2: "gray", 3: "colour"}
+            raise UserError(f"{pair.image}: a {kinds[image.ndim]} image among {kinds[channels]} ones "
+                            "(a data set must be all gray or all colour)")
         image, mask = pad_to_patch(image, p.size), pad_to_patch(mask, p.size)
         rng = np.random.default_rng([p.seed, s])
         for top, left in sample_positions(rng, mask, p.size, p.per_image, p.foreground_fraction):
@@ -91,10 +97,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--patch-size", type=int, default=None, help="patch side (default: patches.size)")
     parser.add_argument("--per-image", type=int, default=None, help="patches per image (default: patches.per_image)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: patches.seed)")
+    parser.add_argument("--foreground-fraction", type=float, default=None,
+                        help="share of patches centred on a foreground pixel (default: patches.foreground_fraction)")
+    parser.add_argument("--rotate90", action=argparse.BooleanOptionalAction, default=None,
+                        help="also write the 90-degree rotations (default: patches.rotate90)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output")
     args = parser.parse_args(argv)
     params = replace(load_params(args.params), "patches", size=args.patch_size, per_image=args.per_image,
-                     seed=args.seed)
+                     seed=args.seed, foreground_fraction=args.foreground_fraction, rotate90=args.rotate90)
     root = Path(params.data.root)
     src = Path(args.src) if args.src else root / params.data.training_folder
     out = Path(args.out) if args.out else root / params.patches.folder

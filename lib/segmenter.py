@@ -13,7 +13,7 @@ from lib.errors import UserError
 from lib.inference import sliding_window_predict
 from lib.metrics import confusion_matrix, iou_per_class, mean_iou
 from lib.normalization import normalize
-from lib.params import InferenceParams, params_from_dict
+from lib.params import InferenceParams, Params, params_from_dict
 from model.checkpoint import load_checkpoint, model_from_checkpoint
 from model.unet_model import UNet
 
@@ -33,6 +33,7 @@ class Segmenter:
     device: torch.device
     precision: str
     inference: InferenceParams
+    params: Params
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", precision: str = "auto",
@@ -54,7 +55,7 @@ class Segmenter:
         params = params_from_dict(state["params"])
         return cls(model, state["normalization"], list(state["class_names"]),
                    [tuple(c) for c in state["class_colors"]], params.patches.size, dev,
-                   resolve_precision(precision, dev, amp=True), inference or params.inference)
+                   resolve_precision(precision, dev, amp=True), inference or params.inference, params)
 
     @property
     def n_channels(self) -> int:
