@@ -156,7 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     if info.is_main:
         from torch.utils.tensorboard import SummaryWriter
 
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        for folder_ in (ckpt_dir, run_dir):
+            try:
+                folder_.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise UserError(f"{folder_}: cannot create the output folder ({err.strerror or err})") from None
         writer = SummaryWriter(str(run_dir))
         writer.add_text("run/config", f"seed {t.seed}, git {git_commit()}, {versions()}, precision {precision}, "
                         f"processes {info.world_size}, parameters: {params.to_dict()}", 0)

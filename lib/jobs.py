@@ -59,6 +59,9 @@ def start_job(folder: str | Path, signature: dict, owned: list[str], overwrite: 
         _clear(folder, owned)
     elif marker.is_file() and _read(marker) == json.loads(json.dumps(signature)):
         resumed = True
+        for parent in {(folder / pattern).parent for pattern in owned}:
+            for stale in parent.glob(".*.tmp"):  # temporary files of writes the kill interrupted
+                stale.unlink()
     elif any(folder.iterdir()):
         state = "holds a finished job" if is_complete(folder) else "is not empty"
         raise UserError(f"{folder}: output folder {state}; pass {flag} to replace it")

@@ -1,0 +1,76 @@
+"""Run a project command and SIGKILL it (or fail a write) at a chosen moment, to test what survives.
+
+    FAULT=KIND:N python tests/fault_injection.py train.py ARGS...      (or -m lib.generate ARGS...)
+
+KIND is ``replace`` (killed just before the N-th atomic rename: the temporary file is whole, the target untouched),
+``partial`` (killed while writing the N-th file: half of it is on disk under its temporary name), ``step`` (killed
+before the N-th training step) or ``enospc`` (the N-th atomic write fails with "No space left on device").
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import runpy
+import signal
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import lib.atomic as atomic  # noqa: E402
+import lib.training as training  # noqa: E402
+
+kind, count = os.environ["FAULT"].split(":")
+count = int(count)
+calls = {"n": 0}
+
+
+def _due() -> bool:
+    calls["n"] += 1
+    return calls["n"] == count
+
+
+def _kill() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+if kind == "replace":
+    real_replace = atomic.os.replace
+
+    def replace(src, dst):
+        if _due():
+            _kill()
+        return real_replace(src, dst)
+
+    atomic.os.replace = replace
+elif kind in ("partial", "enospc"):
+    real_fsync = atomic.os.fsync
+
+    def fsync(fd):
+        if _due():
+            if kind == "enospc":
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            os.ftruncate(fd, os.fstat(fd).st_size // 2)
+            _kill()
+        return real_fsync(fd)
+
+    atomic.os.fsync = fsync
+elif kind == "step":
+    real_make_inputs = training.make_inputs
+
+    def make_inputs(*args, **kwargs):
+        if _due():
+            _kill()
+        return real_make_inputs(*args, **kwargs)
+
+    training.make_inputs = make_inputs
+else:
+    raise SystemExit(f"unknown fault kind {kind!r}")
+
+target, sys.argv = sys.argv[1], sys.argv[1:]
+if target == "-m":
+    sys.argv = sys.argv[1:]
+    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+else:
+    runpy.run_path(target, run_name="__main__")

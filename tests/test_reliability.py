@@ -1,0 +1,206 @@
+"""Faults: kills at many moments, a full disk, unwritable outputs; reproducibility; checkpoints carry no code."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import pickle
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import lib.atomic as atomic
+from lib.errors import UserError
+from lib.imageio import read_image
+from model.checkpoint import load_checkpoint, save_checkpoint
+from tests.conftest import REPO, assert_user_error, run_cli
+
+FAULT = str(REPO / "tests" / "fault_injection.py")
+
+
+def _faulty(fault: str, *args: str) -> subprocess.CompletedProcess:
+    return run_cli(FAULT, *args, env={"FAULT": fault})
+
+
+def _weights(path: Path) -> dict:
+    return torch.load(path, weights_only=True)
+
+
+def _digest(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_patches):
+    params_file, data = tiny_patches
+    train = ["train.py", "--params", str(params_file), "-f", str(data / "patches_s48"), "-e", "4", "-l", "0.05",
+             "--precision", "fp32"]
+    result = run_cli(*train, "--name", "kill-reference")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return train, data, _weights(data / "checkpoints" / "kill-reference" / "last.pth")
+
+
+# (fault, what it hits) — a training step, a checkpoint half written, a checkpoint whole but not yet renamed
+KILLS = [("step", "first epoch, no checkpoint yet"), ("partial", "first last.pth half written"),
+         ("replace", "first best.pth written, not renamed"), ("step", "second epoch"),
+         ("replace", "third epoch's last.pth"), ("partial", "a later best.pth half written"),
+         ("step", "last epoch")]
+KILL_COUNTS = [3, 1, 2, 20, 4, 6, 40]
+
+
+@pytest.mark.parametrize("case", range(len(KILLS)), ids=[f"{k}:{n}" for (k, _), n in zip(KILLS, KILL_COUNTS)])
+def test_sigkill_at_any_moment_keeps_loadable_checkpoints_and_resume_is_exact(reference, case):
+    train, data, expected = reference
+    kind, count = KILLS[case][0], KILL_COUNTS[case]
+    name = f"kill-{case}"
+    killed = _faulty(f"{kind}:{count}", *train, "--name", name)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    folder = data / "checkpoints" / name
+    for ckpt in ("last.pth", "best.pth"):
+        if (folder / ckpt).exists():
+            load_checkpoint(folder / ckpt)  # always whole
+    if not (folder / "last.pth").exists():
+        assert not any(p.suffix == ".pth" for p in folder.iterdir())
+        return
+    resumed = run_cli("train.py", "--load", str(folder / "last.pth"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    final = _weights(folder / "last.pth")
+    assert [h["train_loss"] for h in final["history"]] == [h["train_loss"] for h in expected["history"]]
+    for key, value in expected["model_state"].items():
+        assert torch.equal(final["model_state"][key], value), key
+
+
+def test_two_runs_with_the_same_seed_are_identical_also_with_deterministic_algorithms(reference):
+    train, data, expected = reference
+    result = run_cli(*train, "--name", "repeat", "--deterministic")
+    assert result.returncode == 0, result.stderr[-2000:]
+    again = _weights(data / "checkpoints" / "repeat" / "last.pth")
+    assert [h["val_loss"] for h in again["history"]] == [h["val_loss"] for h in expected["history"]]
+    assert all(torch.equal(again["model_state"][k], v) for k, v in expected["model_state"].items())
+    assert again["seed"] == expected["seed"] and again["params"] == expected["params"]
+    assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?|unknown", again["git_commit"])
+    assert set(again["versions"]) == {"python", "torch", "numpy"}
+
+
+def test_full_disk_gives_a_clear_error_and_keeps_the_previous_checkpoint(reference):
+    train, data, _ = reference
+    result = _faulty("enospc:3", *train, "--name", "disk-full")  # epoch 1: last + best; epoch 2's last fails
+    assert_user_error(result, "last.pth", "No space left on device")
+    kept = load_checkpoint(data / "checkpoints" / "disk-full" / "last.pth")
+    assert kept["epoch"] == 1
+    assert not list((data / "checkpoints" / "disk-full").glob(".*.tmp"))
+
+
+def test_output_folder_that_cannot_be_created(reference, tmp_path):
+    train, _, _ = reference
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    params_file = Path(train[2])
+    raw = json.loads(params_file.read_text())
+    raw["training"]["checkpoints_dir"] = str(blocker / "checkpoints")
+    bad = tmp_path / "p.json"
+    bad.write_text(json.dumps(raw))
+    result = run_cli(*[bad.as_posix() if a == str(params_file) else a for a in train], "--name", "nowhere")
+    assert_user_error(result, "cannot create the output folder")
+
+
+def test_in_process_write_failure_leaves_the_old_file(tmp_path, monkeypatch):
+
+    path = tmp_path / "c.pth"
+    save_checkpoint(path, {"a": torch.ones(2)})
+    before = path.read_bytes()
+
+    def failing_fsync(fd):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(atomic.os, "fsync", failing_fsync)
+    with pytest.raises(UserError, match="Read-only file system"):
+        save_checkpoint(path, {"a": torch.zeros(2)})
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["c.pth"]
+
+
+@pytest.mark.parametrize("fault", ["replace:5", "partial:6"])
+def test_killed_generation_and_preparation_leave_whole_files_and_rerun_finishes(tiny_params_file, tmp_path, fault):
+    params = ["--params", str(tiny_params_file)]
+    clean = tmp_path / "clean"
+    assert run_cli("-m", "lib.generate", *params, "--out", str(clean)).returncode == 0
+    assert run_cli("-m", "lib.prepare", *params, "--src", str(clean / "images_training"),
+                   "--out", str(clean / "patches")).returncode == 0
+    out = tmp_path / "killed"
+    for module, args in (("lib.generate", ["--out", str(out)]),
+                         ("lib.prepare", ["--src", str(clean / "images_training"), "--out", str(out / "patches")])):
+        killed = _faulty(fault, "-m", module, *params, *args)
+        assert killed.returncode == -9
+        for png in out.rglob("*.png"):
+            if not png.name.startswith("."):
+                Image.open(png).load()  # every visible PNG is whole
+        assert not list(out.rglob(".complete.json")) or module == "lib.prepare"
+        if module == "lib.prepare":
+            assert not (out / "patches" / "manifest.csv").exists()
+            assert_user_error(run_cli("train.py", *params, "-f", str(out / "patches")), "interrupted")
+        rerun = run_cli("-m", module, *params, *args)
+        assert rerun.returncode == 0, rerun.stderr
+    assert _digest(out) == _digest(clean)  # byte-identical to an uninterrupted run
+
+
+def test_killed_prediction_leaves_whole_masks(reference, tmp_path):
+    _, data, _ = reference
+    ckpt = data / "checkpoints" / "kill-reference" / "best.pth"
+    args = ["predict.py", "--checkpoint", str(ckpt), "--input", str(data / "images_test" / "images"),
+            "--output", str(tmp_path / "o"), "--quiet"]
+    assert _faulty("partial:2", *args).returncode == -9
+    visible = [p for p in (tmp_path / "o").iterdir() if not p.name.startswith(".")]
+    assert [p.name for p in visible] == ["i0.png"]
+    Image.open(visible[0]).load()
+    assert run_cli(*args).returncode == 0
+    assert sorted(p.name for p in (tmp_path / "o").glob("*.png")) == ["i0.png", "i1.png"]
+
+
+class _RunsCode:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_carrying_code_is_refused_without_running_it(tmp_path, reference):
+    _, data, _ = reference
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pth"
+    torch.save({"model_state": _RunsCode(marker)}, evil)
+    with pytest.raises(UserError, match="refused"):
+        load_checkpoint(evil)
+    result = run_cli("predict.py", "--checkpoint", str(evil), "--input", str(data / "images_test" / "images"),
+                     "--output", str(tmp_path / "o"))
+    assert_user_error(result, "evil.pth", "refused")
+    assert not marker.exists()
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(evil, weights_only=True)
+
+
+def test_every_load_is_weights_only_and_no_shell_is_used():
+    sources = [p for p in REPO.rglob("*.py") if ".venv" not in p.parts and "tests" not in p.parts]
+    for path in sources:
+        text = path.read_text()
+        assert "shell=True" not in text, path
+        for call in re.findall(r"torch\.load\(([^)]*)\)", text):
+            assert "weights_only=True" in call, (path, call)
+        assert "pickle.load" not in text, path
+
+
+def test_sixteen_bit_and_rgba_inputs_are_converted_as_documented(tmp_path):
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 0
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    assert read_image(tmp_path / "a.png").shape == (4, 4, 3) and int(read_image(tmp_path / "a.png")[0, 0, 0]) == 200
+    Image.fromarray(np.full((4, 4), 65535, np.uint16)).save(tmp_path / "b.png")
+    assert int(read_image(tmp_path / "b.png").max()) == 255
