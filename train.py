@@ -64,6 +64,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def resolve_params(args: argparse.Namespace, resumed: dict | None) -> Params:
     """parameters.json (or, when resuming, the parameters the run was started with), overridden by the flags."""
     params = params_from_dict(resumed["params"]) if resumed else load_params(args.params)
+    if resumed and args.params:  # resuming keeps the run's parameters; the classes must agree with the user's file
+        theirs = load_params(args.params)
+        if theirs.n_classes != params.n_classes:
+            raise UserError(f"{args.load}: checkpoint was trained for {params.n_classes} classes, "
+                            f"{args.params} has {theirs.n_classes}")
     params = replace(params, "training", epochs=args.epochs, learning_rate=args.learning_rate,
                      batch_size=args.batch_size, folder=args.folder, seed=args.seed, device=args.device,
                      precision=args.precision, val_fraction=args.val_fraction, loss=args.loss)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from dataloader.pairs import find_pairs, load_pair
+from dataloader.pairs import ImagePair, find_pairs, load_pair
 from lib.atomic import atomic_write_text
 from lib.errors import UserError, cli_main
 from lib.imageio import save_gray, save_mask
@@ -53,6 +53,7 @@ def prepare_patches(src: str | Path, out: str | Path, params: Params, overwrite:
     p = params.patches
     pairs = find_pairs(src, params.data.image_prefix, params.data.mask_prefix)
     variants = augmentations(p.flips, p.rotate90)
+    loaded = _load_all(pairs, params, progress)  # every input is checked before anything is written
     signature = {"src": str(Path(src).resolve()), "patches": dataclasses.asdict(p),
                  "sources": [pair.name for pair in pairs]}
     resumed = start_job(out, signature, OWNED, overwrite)
@@ -60,14 +61,8 @@ def prepare_patches(src: str | Path, out: str | Path, params: Params, overwrite:
     (out / "masks").mkdir(exist_ok=True)
     rows = []
     k = 0
-    channels = None
-    for s, pair in enumerate(tqdm(pairs, desc="prepare patches", disable=not progress, unit="img")):
-        image, mask = load_pair(pair, params.class_colors)
-        channels = channels or image.ndim
-        if image.ndim != channels:
-            kinds = {2: "gray", 3: "colour"}
-            raise UserError(f"{pair.image}: a {kinds[image.ndim]} image among {kinds[channels]} ones "
-                            "(a data set must be all gray or all colour)")
+    for s, (pair, (image, mask)) in enumerate(zip(tqdm(pairs, desc="cut patches", disable=not progress,
+                                                       unit="img"), loaded)):
         image, mask = pad_to_patch(image, p.size), pad_to_patch(mask, p.size)
         rng = np.random.default_rng([p.seed, s])
         for top, left in sample_positions(rng, mask, p.size, p.per_image, p.foreground_fraction):
@@ -86,6 +81,19 @@ def prepare_patches(src: str | Path, out: str | Path, params: Params, overwrite:
     atomic_write_text(out / MANIFEST, buffer.getvalue())
     finish_job(out)
     return k
+
+
+def _load_all(pairs: list[ImagePair], params: Params, progress: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Read and check every pair (readable, same size, mask values are classes, all gray or all colour)."""
+    loaded = []
+    for pair in tqdm(pairs, desc="read images", disable=not progress, unit="img"):
+        image, mask = load_pair(pair, params.class_colors)
+        if loaded and image.ndim != loaded[0][0].ndim:
+            kinds = {2: "gray", 3: "colour"}
+            raise UserError(f"{pair.image}: a {kinds[image.ndim]} image among {kinds[loaded[0][0].ndim]} ones "
+                            "(a data set must be all gray or all colour)")
+        loaded.append((image, mask))
+    return loaded
 
 
 @cli_main

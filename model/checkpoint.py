@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         lines = [ln.strip() for ln in str(err).splitlines() if "Unsupported" in ln or "WeightsUnpickler" in ln]
         reason = lines[0].removeprefix("WeightsUnpickler error: ")[:160] if lines else "unsafe content"
         raise UserError(f"{path}: refused, not a plain-data checkpoint ({reason})") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError, KeyError) as err:
+    except Exception as err:  # noqa: BLE001 - any other failure of the unpickler means "not a checkpoint"
         raise UserError(f"{path}: not a readable checkpoint ({err.__class__.__name__})") from None
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
         raise UserError(f"{path}: not a checkpoint of this project (expected keys {', '.join(REQUIRED_KEYS)})")

@@ -13,7 +13,13 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import torch  # noqa: E402
+
 from lib.params import load_params  # noqa: E402
+from model import UNet  # noqa: E402
+from model.checkpoint import save_checkpoint  # noqa: E402
+
+_DEFAULT = load_params(REPO / "parameters.json")
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None
@@ -33,6 +39,25 @@ def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> N
     assert lines[0].startswith("error: ")
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
+
+
+def constant_checkpoint(path: Path, label: int, n_classes: int = 3, n_channels: int = 1) -> Path:
+    """A checkpoint whose U-Net predicts ``label`` everywhere (zero last-layer weights, a large bias)."""
+    model = UNet(n_channels, n_classes, 4)
+    with torch.no_grad():
+        model.outc.conv.weight.zero_()
+        model.outc.conv.bias.copy_(torch.nn.functional.one_hot(torch.tensor(label), n_classes).float() * 20)
+    params = _DEFAULT.to_dict()
+    params["patches"]["size"] = 48
+    params["model"]["base_channels"] = 4
+    params["classes"] = [{"name": f"class{i}", "index": i, "color": [i, 255 - i, i]} for i in range(n_classes)] \
+        if n_classes != 3 else params["classes"]
+    save_checkpoint(path, {
+        "model_state": model.state_dict(), "model_config": model.config(),
+        "class_names": [c["name"] for c in params["classes"]],
+        "class_colors": [c["color"] for c in params["classes"]], "params": params,
+        "normalization": {"mean": [0.5] * n_channels, "std": [0.2] * n_channels}})
+    return path
 
 
 def tiny_params_dict(root: Path, **groups: dict) -> dict:

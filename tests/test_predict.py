@@ -3,36 +3,17 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from lib.generate import generate_split
 from lib.imageio import save_mask
 from lib.params import load_params
-from model import UNet
-from model.checkpoint import save_checkpoint
-from tests.conftest import REPO, assert_user_error, run_cli
+from tests.conftest import REPO, assert_user_error, constant_checkpoint, run_cli
 
 PARAMS = load_params(REPO / "parameters.json")
-
-
-def constant_checkpoint(path: Path, label: int, n_classes: int = 3, n_channels: int = 1) -> Path:
-    """A checkpoint whose U-Net predicts ``label`` everywhere (zero last-layer weights, a large bias)."""
-    model = UNet(n_channels, n_classes, 4)
-    with torch.no_grad():
-        model.outc.conv.weight.zero_()
-        model.outc.conv.bias.copy_(torch.nn.functional.one_hot(torch.tensor(label), n_classes).float() * 20)
-    params = PARAMS.to_dict()
-    params["patches"]["size"] = 48
-    save_checkpoint(path, {
-        "model_state": model.state_dict(), "model_config": model.config(), "class_names": PARAMS.class_names,
-        "class_colors": [list(c) for c in PARAMS.class_colors], "params": params,
-        "normalization": {"mean": [0.5] * n_channels, "std": [0.2] * n_channels}})
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,200 @@
+"""One table of bad inputs through the real commands: each gives exit code 2, one line naming the culprit, no
+traceback, and leaves every file that existed before unchanged."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lib.generate import generate_dataset
+from lib.params import load_params
+from lib.prepare import prepare_patches
+from model.checkpoint import save_checkpoint
+from tests.conftest import assert_user_error, constant_checkpoint, run_cli, tiny_params_dict, write_params
+
+
+@pytest.fixture(scope="module")
+def world_template(tmp_path_factory) -> Path:
+    """Parameters, generated images, patches and a good checkpoint: the world each case damages a copy of."""
+    root = tmp_path_factory.mktemp("world")
+    params_file = write_params(root / "params.json", tiny_params_dict(root / "data"))
+    params = load_params(params_file)
+    train, _ = generate_dataset(params, progress=False)
+    prepare_patches(train, root / "data" / "patches_s48", params, progress=False)
+    constant_checkpoint(root / "good.pth", 0)
+    return root
+
+
+@pytest.fixture
+def world(world_template, tmp_path) -> Path:
+    root = tmp_path / "w"
+    shutil.copytree(world_template, root)
+    raw = json.loads((root / "params.json").read_text().replace(str(world_template), str(root)))
+    (root / "params.json").write_text(json.dumps(raw))
+    return root
+
+
+def _params(w: Path, mutate: Callable[[dict], None]) -> Path:
+    raw = json.loads((w / "params.json").read_text())
+    mutate(raw)
+    path = w / "bad_params.json"
+    path.write_text(json.dumps(raw))
+    return path
+
+
+def _gen(w, *a):
+    return ["-m", "lib.generate", "--params", str(w / "params.json"), "--out", str(w / "new"), *a]
+
+
+def _prep(w, *a):
+    return ["-m", "lib.prepare", "--params", str(w / "params.json"), "--src", str(w / "data" / "images_training"),
+            "--out", str(w / "patches_new"), *a]
+
+
+def _train(w, *a):
+    return ["train.py", "--params", str(w / "params.json"), "-f", str(w / "data" / "patches_s48"), *a]
+
+
+def _predict(w, *a):
+    test = w / "data" / "images_test"
+    return ["predict.py", "--checkpoint", str(w / "good.pth"), "--input", str(test / "images"), "--masks",
+            str(test / "masks"), "--output", str(w / "pred"), "--quiet", *a]
+
+
+def _swap(args: list[str], flag: str, value: str) -> list[str]:
+    i = args.index(flag)
+    return [*args[: i + 1], value, *args[i + 2:]]
+
+
+def _text_png(path: Path) -> None:
+    path.write_text("this is not an image")
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+
+
+def _mask_value(path: Path, value: int) -> None:
+    mask = np.asarray(Image.open(path)).copy()
+    mask[0, 0] = value
+    Image.fromarray(mask, "L").save(path)
+
+
+def _ckpt_other(w: Path, **config) -> Path:
+    state = torch.load(w / "good.pth", weights_only=True)
+    state["model_config"] = {**state["model_config"], **config}
+    save_checkpoint(w / "other.pth", state)
+    return w / "other.pth"
+
+
+TRAIN = "data/images_training"
+# (id, setup(world) -> argv, fragments the one-line message must contain)
+CASES = [
+    ("params-missing", lambda w: _swap(_gen(w), "--params", str(w / "nope.json")), ["nope.json", "not found"]),
+    ("params-not-json", lambda w: (w.joinpath("p.json").write_text("{oops"), _swap(_train(w), "--params",
+                                   str(w / "p.json")))[1], ["p.json", "invalid JSON", "line 1"]),
+    ("params-unknown-key", lambda w: _swap(_prep(w), "--params", str(_params(w, lambda r: r["patches"].update(
+        sizes=3)))), ["patches.sizes", "unknown key"]),
+    ("params-wrong-type", lambda w: _swap(_gen(w), "--params", str(_params(w, lambda r: r["data"].update(
+        n_test="ten")))), ["data.n_test", "integer"]),
+    ("params-out-of-range", lambda w: _swap(_train(w), "--params", str(_params(w, lambda r: r["training"].update(
+        val_fraction=2.0)))), ["training.val_fraction", "[0.0, 0.9]"]),
+    ("data-folder-missing", lambda w: _swap(_prep(w), "--src", str(w / "nowhere")), ["nowhere", "not found"]),
+    ("data-folder-empty", lambda w: ((w / "empty" / "images").mkdir(parents=True), _swap(_prep(w), "--src",
+                                     str(w / "empty")))[1], ["empty/images", "no images"]),
+    ("image-without-mask", lambda w: ((w / TRAIN / "masks" / "i1.png").unlink(), _prep(w))[1],
+     ["i1.png", "no mask"]),
+    ("mask-without-image", lambda w: ((w / TRAIN / "images" / "i2.png").unlink(), _prep(w))[1],
+     ["masks/i2.png", "mask without an image"]),
+    ("sizes-differ", lambda w: (Image.new("L", (30, 30)).save(w / TRAIN / "masks" / "i0.png"), _prep(w))[1],
+     ["i0.png", "30x30", "72x120"]),
+    ("mask-value-outside-classes", lambda w: (_mask_value(w / TRAIN / "masks" / "i3.png", 9), _prep(w))[1],
+     ["i3.png", "[9]"]),
+    ("truncated-png", lambda w: (_truncate(w / TRAIN / "images" / "i0.png"), _prep(w))[1],
+     ["i0.png", "not a readable image"]),
+    ("text-file-named-png", lambda w: (_text_png(w / TRAIN / "masks" / "i1.png"), _prep(w))[1],
+     ["masks/i1.png", "not a readable image"]),
+    ("32-bit-float-image", lambda w: (Image.fromarray(np.zeros((120, 72), np.float32)).save(
+        w / TRAIN / "images" / "i0.tiff"), (w / TRAIN / "images" / "i0.png").unlink(), _prep(w))[2],
+     ["i0.tiff", "unsupported image mode"]),
+    ("patch-folder-missing", lambda w: _swap(_train(w), "-f", str(w / "gone")), ["gone", "not found"]),
+    ("patch-folder-empty", lambda w: ((w / "hollow").mkdir(), _swap(_train(w), "-f", str(w / "hollow")))[1],
+     ["hollow", "empty"]),
+    ("no-manifest", lambda w: ((w / "data" / "patches_s48" / "manifest.csv").unlink(), _train(w))[1],
+     ["manifest.csv", "not found"]),
+    ("epochs-0", lambda w: _train(w, "-e", "0"), ["training.epochs", ">= 1"]),
+    ("negative-lr", lambda w: _train(w, "-l", "-0.01"), ["training.learning_rate", "> 0"]),
+    ("batch-size-0", lambda w: _train(w, "-b", "0"), ["training.batch_size", ">= 1"]),
+    ("checkpoint-truncated", lambda w: (_truncate(w / "good.pth"), _predict(w))[1],
+     ["good.pth", "not a readable checkpoint"]),
+    ("checkpoint-not-one", lambda w: (_text_png(w / "good.pth"), _train(w, "--load", str(w / "good.pth")))[1],
+     ["good.pth", "checkpoint"]),
+    ("checkpoint-other-classes", lambda w: _train(w, "--load", str(constant_checkpoint(w / "c4.pth", 0, 4))),
+     ["c4.pth", "4 classes"]),
+    ("checkpoint-other-channels", lambda w: _train(w, "--load", str(_ckpt_other(w, n_channels=3))),
+     ["other.pth", "3 input channel"]),
+    ("predict-image-unreadable", lambda w: (_text_png(w / "data/images_test/images/i1.png"), _predict(w))[1],
+     ["i1.png", "not a readable image"]),
+    ("predict-mask-other-size", lambda w: (Image.new("L", (5, 7)).save(w / "data/images_test/masks/i0.png"),
+                                           _predict(w))[1], ["i0.png", "5x7"]),
+    ("predict-mask-outside-classes", lambda w: (_mask_value(w / "data/images_test/masks/i0.png", 200),
+                                                _predict(w))[1], ["i0.png", "[200]"]),
+    ("predict-output-is-a-file", lambda w: ((w / "pred").write_text("x"), _predict(w))[1], ["pred", "not writable"]),
+]
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(world, case):
+    _, setup, fragments = case
+    argv = setup(world)
+    before = _snapshot(world)
+    result = run_cli(*argv)
+    assert_user_error(result, *fragments)
+    after = _snapshot(world)
+    assert {k: v for k, v in after.items() if k in before} == before  # nothing that existed changed
+    assert not (world / "patches_new").exists() and not (world / "new").exists()
+
+
+ACCEPTED = [
+    ("16-bit-gray", lambda a: (a.astype(np.uint16) * 257), "scaled to 8 bit"),
+    ("rgba-of-gray", lambda a: np.stack([a, a, a, np.full_like(a, 255)], axis=-1), "alpha dropped"),
+]
+
+
+@pytest.mark.parametrize("case", ACCEPTED, ids=[c[0] for c in ACCEPTED])
+def test_documented_conversions_are_accepted(world, case):
+    _, convert, _ = case
+    folder = world / TRAIN / "images"
+    for path in folder.glob("*.png"):
+        Image.fromarray(convert(np.asarray(Image.open(path)))).save(path)
+    result = run_cli(*_prep(world))
+    assert result.returncode == 0, result.stderr
+
+
+def test_images_smaller_than_a_patch_are_padded_in_preparation(world):
+    folder = world / TRAIN
+    for sub in ("images", "masks"):
+        for path in (folder / sub).glob("*.png"):
+            img = Image.open(path)
+            img.crop((0, 0, 30, 20)).save(path)
+    result = run_cli(*_prep(world))
+    assert result.returncode == 0, result.stderr
+    assert Image.open(world / "patches_new" / "images" / "p0.png").size == (48, 48)
+
+
+def test_case_count():
+    assert len(CASES) + len(ACCEPTED) + 1 == 31  # reported in the README
