@@ -26,7 +26,7 @@ def batches(indices: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
 def make_inputs(images: torch.Tensor, idx: torch.Tensor, normalization: dict, device: torch.device,
                 memory_format: torch.memory_format) -> torch.Tensor:
     """Normalised float inputs of the patches ``idx`` on ``device``, in the given memory format."""
-    x = normalize(images[idx].to(device, non_blocking=True), normalization)
+    x = normalize(images[idx.to(images.device)].to(device, non_blocking=True), normalization)
     return x.contiguous(memory_format=memory_format)
 
 
@@ -48,7 +48,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, indice
     totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss × patches, patches
     for idx in batches(shard, batch_size):
         x = make_inputs(images, idx, normalization, device, memory_format)
-        y = masks[idx].to(device).long()
+        y = masks[idx.to(masks.device)].to(device).long()
         with autocast(device, precision):
             logits = model(x)
         loss = loss_fn(logits.float(), y)
