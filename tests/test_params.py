@@ -22,10 +22,13 @@ def test_repository_parameters_load_with_published_values():
     assert red[0] > 200 and red[1] < 100 and green[1] > 200 and green[0] < 200
 
 
-def _modified(path, mutate):
-    raw = json.loads((REPO / "parameters.json").read_text())
-    mutate(raw)
-    path.write_text(json.dumps(raw))
+def _write_case(path, content):
+    """Write a bad case: literal file text, or the repository's parameters changed by a function."""
+    if callable(content):
+        raw = json.loads((REPO / "parameters.json").read_text())
+        content(raw)
+        content = json.dumps(raw)
+    path.write_text(content)
     return path
 
 
@@ -51,11 +54,7 @@ BAD_CASES = [
 @pytest.mark.parametrize("case", BAD_CASES, ids=[c[0] for c in BAD_CASES])
 def test_bad_parameters_are_refused_in_process(tmp_path, case):
     _, content, fragments = case
-    path = tmp_path / "p.json"
-    if callable(content):
-        _modified(path, content)
-    else:
-        path.write_text(content)
+    path = _write_case(tmp_path / "p.json", content)
     with pytest.raises(UserError) as err:
         load_params(path)
     for fragment in fragments:
@@ -67,11 +66,7 @@ def test_bad_parameters_are_refused_in_process(tmp_path, case):
                          ids=["not-json", "unknown-key", "wrong-type", "out-of-range"])
 def test_bad_parameters_stop_the_command_with_exit_2(tmp_path, case):
     _, content, fragments = case
-    path = tmp_path / "p.json"
-    if callable(content):
-        _modified(path, content)
-    else:
-        path.write_text(content)
+    path = _write_case(tmp_path / "p.json", content)
     result = run_cli("-m", "lib.generate", "--params", str(path), "--out", str(tmp_path / "data"))
     assert_user_error(result, str(path), *fragments)
     assert not (tmp_path / "data").exists()
