@@ -26,14 +26,38 @@ def window_starts(size: int, window: int, stride: int) -> list[int]:
     return starts
 
 
+def _gaussian_profile(window: int, sigma_scale: float, device: torch.device | None) -> torch.Tensor:
+    """``exp(-d² / 2σ²)`` along one side of a window (float64), d the distance from the window's centre."""
+    coords = torch.arange(window, dtype=torch.float64, device=device) - (window - 1) / 2
+    return torch.exp(-(coords**2) / (2 * (sigma_scale * window) ** 2))
+
+
 def gaussian_weights(window: int, sigma_scale: float = 0.125, device: torch.device | None = None) -> torch.Tensor:
     """Importance map for Gaussian blending: ``exp(-d² / 2σ²)`` with σ = ``sigma_scale`` × window (nnU-Net, MONAI),
     normalised to a maximum of 1. It is positive everywhere, also at the window edge."""
-    coords = torch.arange(window, dtype=torch.float64, device=device) - (window - 1) / 2
-    g = torch.exp(-(coords**2) / (2 * (sigma_scale * window) ** 2))
+    g = _gaussian_profile(window, sigma_scale, device)
     weights = torch.outer(g, g)
     weights = weights / weights.max()
     return weights.clamp(min=torch.finfo(torch.float32).tiny).float()
+
+
+def axis_weight_sums(size: int, starts: list[int], window: int, blend: str, sigma_scale: float = 0.125,
+                     device: torch.device | None = None) -> torch.Tensor:
+    """Sum over the windows starting at ``starts`` of their blend weights along one axis (float32, length ``size``).
+
+    The blend weights of a window are separable (:func:`gaussian_weights` is the outer product of a 1-D Gaussian
+    with itself; the mean blend is all ones) and the windows form a grid, so the sum of the weights of all windows at
+    a pixel is ``outer(axis_weight_sums(rows), axis_weight_sums(columns))``: integer window counts for the mean blend.
+    """
+    if blend == "gaussian":
+        g = _gaussian_profile(window, sigma_scale, device)
+        weights = g / g.max()
+    else:
+        weights = torch.ones(window, dtype=torch.float64, device=device)
+    sums = torch.zeros(size, dtype=torch.float64, device=device)
+    for start in starts:
+        sums[start:start + window] += weights
+    return sums.float()
 
 
 def reflect_pad(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -73,8 +97,8 @@ def sliding_window_predict(
     Windows of ``window`` × ``window`` start every ``stride = round(window × (1 - overlap))`` pixels; the last
     window of a row or column is placed flush with the border, so every pixel is predicted from real image content.
     An image smaller than a window is reflect-padded and the result cropped back. Windows go through ``predictor``
-    ``batch_size`` at a time; memory is the accumulators (C × H × W) plus one batch of windows, whatever the image
-    size.
+    ``batch_size`` at a time; memory is the accumulator (C × H × W) plus one batch of windows, whatever the image
+    size, and the outputs.
 
     Args:
         predictor: maps N×C_in×P×P inputs to N×C×P×P outputs (logits of a U-Net in eval mode).
@@ -111,10 +135,10 @@ def sliding_window_predict(
     padded = reflect_pad(image, window, window)
     ph, pw = padded.shape[-2:]
     stride = max(1, round(window * (1 - overlap)))
-    corners = [(y, x) for y in window_starts(ph, window, stride) for x in window_starts(pw, window, stride)]
+    ys, xs = window_starts(ph, window, stride), window_starts(pw, window, stride)
+    corners = [(y, x) for y in ys for x in xs]
     weights = gaussian_weights(window, sigma_scale, padded.device) if blend == "gaussian" else None
     acc = None
-    norm = torch.zeros(ph, pw, dtype=torch.float32, device=padded.device)
     for start in range(0, len(corners), batch_size):
         batch_corners = corners[start:start + batch_size]
         windows = torch.stack([padded[:, y:y + window, x:x + window] for y, x in batch_corners])
@@ -136,6 +160,10 @@ def sliding_window_predict(
             out = out * weights
         for k, (y, x) in enumerate(batch_corners):
             acc[:, y:y + window, x:x + window] += out[k]
-            norm[y:y + window, x:x + window] += weights if weights is not None else 1.0
-    probabilities = (acc / norm)[:, :height, :width].contiguous()
-    return probabilities, probabilities.argmax(0)
+    # the summed weights are separable (see axis_weight_sums): no H×W accumulator while the windows run, and the
+    # division is in place
+    acc /= torch.outer(axis_weight_sums(ph, ys, window, blend, sigma_scale, padded.device),
+                       axis_weight_sums(pw, xs, window, blend, sigma_scale, padded.device))
+    probabilities = acc[:, :height, :width].contiguous()
+    # max(0).indices is argmax(0) (the first maximum on ties), and many times faster on CPU over a leading dimension
+    return probabilities, probabilities.max(0).indices

@@ -1,0 +1,1 @@
+"""Benchmarks of training, inference and the demo (see ``python -m benchmarks.run_all --help``)."""

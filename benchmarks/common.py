@@ -1,0 +1,142 @@
+"""Shared helpers of the benchmarks: interleaved timing, machine information, JSON results and tables.
+
+Timing method: every variant gets ``warmup`` untimed calls, then ``repeats`` rounds in which each variant runs once,
+in an order that rotates from round to round, so that load from other processes hits all variants alike. A variant's
+cost is the minimum over the rounds (noise only ever adds time); the median is recorded as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO / "benchmarks" / "results"
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    """An argument parser with the flags every benchmark has: ``--tiny``, ``--repeats``, ``--warmup``, ``--out-dir``."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--tiny", action="store_true", help="tiny sizes and one repeat (a smoke test of a few seconds)")
+    p.add_argument("--repeats", type=int, default=None, help="timed rounds per variant (default: per benchmark)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls per variant before timing")
+    p.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="folder of the JSON result")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    return p
+
+
+def apply_threads(threads: int | None) -> None:
+    """Set torch's intra-op thread count when asked."""
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (or the platform's answer)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def cpu_flags() -> list[str]:
+    """The bf16-related CPU flags (AVX-512 BF16, AMX) present."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    return [flag for flag in ("avx512f", "avx512_bf16", "amx_bf16") if flag in text]
+
+
+def load_average() -> list[float]:
+    """1, 5 and 15 minute load averages (empty where unknown)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def machine_info() -> dict:
+    """What the numbers depend on: CPU, cores, threads, versions, load."""
+    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cpu_flags": cpu_flags(), "torch": torch.__version__, "python": platform.python_version(),
+            "platform": platform.platform(), "load_average": load_average()}
+    try:
+        info["monai"] = metadata.version("monai")  # without importing it (seconds)
+    except metadata.PackageNotFoundError:
+        pass
+    return info
+
+
+def summarize(times: Sequence[float]) -> dict:
+    """min, median and all times of one variant, in seconds."""
+    return {"min_s": min(times), "median_s": statistics.median(times), "times_s": list(times)}
+
+
+def interleaved(variants: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Time each variant ``repeats`` times, interleaving them in rotating order after ``warmup`` untimed calls each."""
+    names = list(variants)
+    for name in names:
+        for _ in range(warmup):
+            variants[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            tic = time.perf_counter()
+            variants[name]()
+            times[name].append(time.perf_counter() - tic)
+    return times
+
+
+def verdict(value: float, target: float, higher_is_better: bool = True) -> str:
+    """``met`` or ``MISSED`` for a value against a target."""
+    ok = value >= target if higher_is_better else value <= target
+    return "met" if ok else "MISSED"
+
+
+def write_json(name: str, payload: dict, out_dir: Path = RESULTS_DIR) -> Path:
+    """Write ``out_dir/<name>.json`` with the machine information added; return its path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.json"
+    record = {"benchmark": name, "machine": machine_info(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **payload}
+    path.write_text(json.dumps(record, indent=1, default=str) + "\n")
+    return path
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain-text table: columns right-aligned except the first."""
+    cells = [[str(h) for h in headers]] + [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+
+    def line(row: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+
+    return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths), *(line(r) for r in cells[1:])])
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1e-2 and value != 0 else f"{value:,.2f}"
+    return str(value)
+
+
+def print_header(title: str) -> None:
+    """A title line with the machine, so a pasted table says where it was measured."""
+    m = machine_info()
+    print(f"\n== {title} ==")
+    print(f"{m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, torch {m['torch']}, "
+          f"flags {' '.join(m['cpu_flags']) or 'none'}, load average {m['load_average']}")
+    sys.stdout.flush()

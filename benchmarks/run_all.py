@@ -1,0 +1,80 @@
+"""Run the training-step, inference and overhead benchmarks (each in a fresh process) and summarise their targets.
+
+    python -m benchmarks.run_all [--tiny] [--only train_step inference overhead] [--out-dir DIR] [--threads N]
+
+``make bench`` runs this. time_to_accuracy is not part of it (about 7 minutes; run it on its own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.common import REPO, RESULTS_DIR, format_table, write_json
+
+BENCHMARKS = ("train_step", "inference", "overhead")
+
+
+def run_benchmark(name: str, args: argparse.Namespace) -> float:
+    """``python -m benchmarks.<name>`` with the shared flags, its output passed through; returns the wall time."""
+    cmd = [sys.executable, "-m", f"benchmarks.{name}", "--out-dir", str(args.out_dir)]
+    cmd += ["--tiny"] if args.tiny else []
+    cmd += ["--threads", str(args.threads)] if args.threads else []
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    tic = time.perf_counter()
+    subprocess.run(cmd, cwd=REPO, env=env, check=True)
+    return time.perf_counter() - tic
+
+
+def target_rows(name: str, result: dict) -> list[list[str]]:
+    """``[benchmark, what, value, target, verdict]`` rows of one benchmark's JSON."""
+    if name == "train_step":
+        return [[name, f"width {r['width']}: {r['precision']} vs fp32 speed-up", f"{r['speedup']:.2f}×",
+                 f"≥{r['target']}×", "met" if r["met"] else "MISSED"] for r in result["results"]]
+    if name == "inference":
+        rows = []
+        for label, targets in result["targets"].items():
+            for what, t in targets.items():
+                value = f"{t['value']:.2e}" if what.startswith("max_abs") else f"{t['value']:.2f}×"
+                rows.append([name, f"{label}: {what}", value, t["target"], t["verdict"]])
+        return rows
+    if name == "overhead":
+        limit = f"≤{100 * result['target_overhead']:.0f}%"
+        return [[name, f"{t['megapixels']:.2f} MP: stitching overhead", f"{100 * t['overhead']:.1f}%", limit,
+                 "met" if t["met"] else "MISSED"] for t in result["timings"]]
+    return []
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tiny", action="store_true", help="tiny sizes, one repeat (smoke test)")
+    p.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS), help="benchmarks to run")
+    p.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="folder of the JSON results")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    seconds = {name: run_benchmark(name, args) for name in args.only}
+    rows = []
+    for name in args.only:
+        rows += target_rows(name, json.loads((args.out_dir / f"{name}.json").read_text()))
+    print("\n== targets ==")
+    print(format_table(["benchmark", "measure", "value", "target", "verdict"], rows))
+    print("wall time: " + ", ".join(f"{name} {s:.0f} s" for name, s in seconds.items())
+          + f", total {sum(seconds.values()):.0f} s")
+    keys = ["benchmark", "measure", "value", "target", "verdict"]
+    path = write_json("run_all", {"seconds": seconds, "targets": [dict(zip(keys, r)) for r in rows],
+                                  "tiny": args.tiny}, args.out_dir)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""The benchmarks run on their tiny setting and write their JSON with the expected keys (no timing assertions).
+
+They run with one torch thread: on a shared machine two threads can be many times slower (oversubscription).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import run_cli
+
+MACHINE_KEYS = {"cpu", "cores", "torch", "torch_threads"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread in this process for each test, then the other tests get theirs back."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def read_result(folder: Path, name: str) -> dict:
+    result = json.loads((folder / f"{name}.json").read_text())
+    assert result["benchmark"] == name
+    assert MACHINE_KEYS <= set(result["machine"])
+    return result
+
+
+def test_run_all_runs_train_step_and_summarises(tmp_path: Path, capsys):
+    from benchmarks import run_all
+
+    assert run_all.main(["--tiny", "--only", "train_step", "--threads", "1", "--out-dir", str(tmp_path)]) == 0
+    step = read_result(tmp_path, "train_step")
+    (width,) = step["results"]
+    assert {"width", "precision", "project", "plain", "speedup", "target", "met"} <= set(width)
+    assert {"min_s", "median_s", "times_s", "patches_per_s"} <= set(width["project"])
+    summary = read_result(tmp_path, "run_all")
+    assert set(summary["seconds"]) == {"train_step"} and summary["targets"]
+    assert "== targets ==" in capsys.readouterr().out
+
+
+def test_inference_tiny(tmp_path: Path):
+    from benchmarks import inference
+
+    assert inference.main(["--tiny", "--threads", "1", "--out-dir", str(tmp_path)]) == 0
+    result = read_result(tmp_path, "inference")
+    assert [r["label"] for r in result["results"]] == ["test-size images", "large image"]
+    for r in result["results"]:
+        assert set(r["variants"]) == {"ours", "ours_fp32_cl", "ours_fp32", "monai_fp32", "loop"}
+        assert {"images_per_s", "min_s", "median_s", "extrapolated"} <= set(r["variants"]["ours"])
+        assert {"ours_vs_monai", "ours_fp32_vs_monai_fp32", "ours_vs_loop"} <= set(r["ratios"])
+        assert r["max_abs_diff_fp32"] <= 1e-5  # equal precision, images larger than a window: same windows
+    assert result["results"][1]["variants"]["loop"]["extrapolated"]
+    assert set(result["targets"]["large image"]) == {"ours_vs_monai", "ours_fp32_vs_monai_fp32", "max_abs_diff_fp32"}
+
+
+def test_per_window_loop_matches_the_sliding_window_where_windows_tile_the_image():
+    from benchmarks.inference import per_window_loop
+    from lib.inference import sliding_window_predict
+    from model import UNet
+
+    torch.manual_seed(0)
+    model = UNet(1, 3, 4).eval()
+    image = torch.randn(1, 144, 192)  # 96 + k × 48 on both sides: no padding, the same windows
+    loop, stats = per_window_loop(model, image)
+    ours, _ = sliding_window_predict(model, image, batch_size=4)
+    assert stats["done"] == stats["total"] == 6
+    torch.testing.assert_close(loop, ours)
+
+
+def test_overhead_tiny(tmp_path: Path):
+    from benchmarks import overhead
+
+    assert overhead.main(["--tiny", "--threads", "1", "--memory-at", "0.04", "--out-dir", str(tmp_path)]) == 0
+    result = read_result(tmp_path, "overhead")
+    assert [round(t["megapixels"], 2) for t in result["timings"]] == [0.02, 0.04]
+    for t in result["timings"]:
+        assert {"shape", "windows", "call", "model", "overhead", "call_s_per_megapixel", "met"} <= set(t)
+    (memory,) = result["memory"]
+    assert {"shape", "rss_before", "peak_increase", "hwm_increase", "expected", "peak_vs_expected"} <= set(memory)
+    assert memory["peak_increase"] >= 0 and memory["expected"]["total"] > 0
+
+
+def test_time_to_accuracy_tiny(tmp_path: Path):
+    done = run_cli("-m", "benchmarks.time_to_accuracy", "--tiny", "--threads", "1", "--out-dir", str(tmp_path))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = read_result(tmp_path, "time_to_accuracy")
+    assert set(result["seconds"]) == {"generate", "prepare", "train", "evaluate"}  # --tiny skips the setup
+    assert {"total_s", "test_miou", "target_miou", "target_seconds", "met"} <= set(result)
+    assert 0.0 <= result["test_miou"] <= 1.0
