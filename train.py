@@ -23,6 +23,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from dataloader.patches import PatchDataset, split_sources
+from lib.allocator import retain_freed_memory
 from lib.device import autocast, memory_format, resolve_precision, select_device
 from lib.distributed import DistInfo, all_reduce_sum, broadcast_flag, cleanup, init_distributed
 from lib.errors import UserError, cli_main
@@ -104,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         device = torch.device("cuda", info.local_rank)
     precision = resolve_precision(t.precision, device, args.amp)
     mem = memory_format(device)
+    if device.type == "cpu":
+        retain_freed_memory()
     if args.sync_bn and device.type != "cuda":
         raise UserError(f"--sync-bn: SyncBatchNorm needs CUDA devices, this run is on {device.type}")
     torch.use_deterministic_algorithms(args.deterministic)

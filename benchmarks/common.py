@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from lib.allocator import retain_freed_memory
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "benchmarks" / "results"
 
@@ -36,7 +38,9 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 
 
 def apply_threads(threads: int | None) -> None:
-    """Set torch's intra-op thread count when asked."""
+    """Set torch's intra-op thread count when asked, and the allocator setting the project's commands use (it applies
+    to every variant of a benchmark alike, MONAI's included)."""
+    retain_freed_memory()
     if threads:
         torch.set_num_threads(threads)
 

@@ -132,7 +132,8 @@ def sliding_window_predict(
         raise ValueError(f"activation must be 'softmax' or None, got {activation!r}")
     device = torch.device(device) if device is not None else image.device
     height, width = image.shape[-2:]
-    padded = reflect_pad(image, window, window)
+    # the accumulator lives where the model runs: on a GPU no window goes back to the host
+    padded = reflect_pad(image, window, window).to(device)
     ph, pw = padded.shape[-2:]
     stride = max(1, round(window * (1 - overlap)))
     ys, xs = window_starts(ph, window, stride), window_starts(pw, window, stride)
@@ -166,4 +167,5 @@ def sliding_window_predict(
                        axis_weight_sums(pw, xs, window, blend, sigma_scale, padded.device))
     probabilities = acc[:, :height, :width].contiguous()
     # max(0).indices is argmax(0) (the first maximum on ties), and many times faster on CPU over a leading dimension
-    return probabilities, probabilities.max(0).indices
+    labels = probabilities.max(0).indices
+    return probabilities.to(image.device), labels.to(image.device)

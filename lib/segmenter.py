@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lib.allocator import retain_freed_memory
 from lib.device import memory_format, resolve_precision, select_device
 from lib.errors import UserError
 from lib.inference import sliding_window_predict
@@ -51,6 +52,8 @@ class Segmenter:
         """
         state = load_checkpoint(path)
         dev = select_device(device)
+        if dev.type == "cpu":
+            retain_freed_memory()
         model = model_from_checkpoint(state, path).to(dev, memory_format=memory_format(dev)).eval()
         params = params_from_dict(state["params"])
         return cls(model, state["normalization"], list(state["class_names"]),
