@@ -73,7 +73,8 @@ def reflect_pad(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return x
 
 
-def _flip_views(x: torch.Tensor, tta: bool) -> list[tuple[int, ...]]:
+def _flip_views(tta: bool) -> list[tuple[int, ...]]:
+    """Flip dimensions of the test-time views: none, or the identity and the three flips."""
     return [(), (-1,), (-2,), (-2, -1)] if tta else [()]
 
 
@@ -145,7 +146,7 @@ def sliding_window_predict(
         windows = torch.stack([padded[:, y:y + window, x:x + window] for y, x in batch_corners])
         windows = windows.to(device).contiguous(memory_format=memory_format)
         out = None
-        for dims in _flip_views(windows, tta):
+        for dims in _flip_views(tta):
             with autocast(device, precision):
                 logits = predictor(windows.flip(dims) if dims else windows)
             logits = logits.float()
