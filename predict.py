@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from dataloader.pairs import list_images
+from dataloader.pairs import image_id, list_images
 from lib.atomic import atomic_write_bytes, atomic_write_text
 from lib.errors import UserError, cli_main
 from lib.imageio import read_image, read_mask, save_mask
@@ -66,7 +66,8 @@ def input_images(path: Path) -> list[Path]:
 
 
 def mask_path(masks: Path, image: Path, image_prefix: str, mask_prefix: str) -> Path:
-    stem = image.stem[len(image_prefix):] if image_prefix and image.stem.startswith(image_prefix) else image.stem
+    """The mask of ``image`` in ``masks`` under the prefix rule of dataloader.pairs."""
+    stem = image_id(image, image_prefix)
     for suffix in (".png", image.suffix):
         candidate = masks / f"{mask_prefix}{stem}{suffix}"
         if candidate.is_file():

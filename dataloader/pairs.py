@@ -37,7 +37,8 @@ def list_images(folder: str | Path) -> list[Path]:
                   key=_natural_key)
 
 
-def _image_id(path: Path, prefix: str) -> str:
+def image_id(path: Path, prefix: str) -> str:
+    """The part of a file's stem that an image and its mask share (the stem without its prefix)."""
     return path.stem[len(prefix):] if prefix and path.stem.startswith(prefix) else path.stem
 
 
@@ -69,17 +70,17 @@ def find_pairs(folder: str | Path, image_prefix: str = "", mask_prefix: str = ""
     masks: dict[str, Path] = {}
     if require_masks:
         for m in list_images(folder / "masks"):
-            masks[_image_id(m, mask_prefix)] = m
+            masks[image_id(m, mask_prefix)] = m
     pairs = []
     for image in images:
-        key = _image_id(image, image_prefix)
+        key = image_id(image, image_prefix)
         mask = masks.pop(key, None)
         if require_masks and mask is None:
             raise UserError(f"{image}: no mask for this image (expected {folder / 'masks' / (mask_prefix + key)}.png)")
         pairs.append(ImagePair(image.stem, image, mask))
     if masks:
         orphan = next(iter(masks.values()))
-        expected = folder / "images" / f"{image_prefix}{_image_id(orphan, mask_prefix)}.png"
+        expected = folder / "images" / f"{image_prefix}{image_id(orphan, mask_prefix)}.png"
         raise UserError(f"{orphan}: mask without an image (expected {expected})")
     return pairs
 
