@@ -31,9 +31,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--example", type=int, default=0, help="test image shown in the prediction figure")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    root, colors = Path(params.data.root), params.class_colors
+    d, colors = params.data, params.class_colors
+    root = Path(d.root)
 
-    pairs = find_pairs(root / params.data.training_folder)[:5]
+    pairs = find_pairs(root / d.training_folder, d.image_prefix, d.mask_prefix)[:5]
     loaded = [load_pair(p, colors) for p in pairs]
     show_pairs([i for i, _ in loaded], [m for _, m in loaded], colors, [p.name for p in pairs]).savefig(
         HERE / "input_data.png", dpi=80)
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     plot_history(load_checkpoint(args.checkpoint)["history"]).savefig(HERE / "training_curve.png", dpi=80)
 
     segmenter = Segmenter.from_checkpoint(args.checkpoint)
-    pair = find_pairs(root / params.data.test_folder)[args.example]
+    pair = find_pairs(root / d.test_folder, d.image_prefix, d.mask_prefix)[args.example]
     image, truth = load_pair(pair, colors)
     probabilities, labels = segmenter.predict(image)
     cm = image_confusion(labels, truth, len(segmenter.class_names))
