@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from dataloader.patches import PatchDataset, split_sources
 from lib.allocator import retain_freed_memory
+from lib.atomic import make_folder
 from lib.device import autocast, memory_format, resolve_precision, select_device
 from lib.distributed import DistInfo, all_reduce_sum, broadcast_flag, cleanup, init_distributed
 from lib.errors import UserError, cli_main
@@ -166,11 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     if info.is_main:
         from torch.utils.tensorboard import SummaryWriter
 
-        for folder_ in (ckpt_dir, run_dir):
-            try:
-                folder_.mkdir(parents=True, exist_ok=True)
-            except OSError as err:
-                raise UserError(f"{folder_}: cannot create the output folder ({err.strerror or err})") from None
+        make_folder(ckpt_dir)
+        make_folder(run_dir)
         writer = SummaryWriter(str(run_dir))
         writer.add_text("run/config", f"seed {t.seed}, git {git_commit()}, {versions()}, precision {precision}, "
                         f"processes {info.world_size}, parameters: {params.to_dict()}", 0)

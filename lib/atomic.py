@@ -44,6 +44,20 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         raise
 
 
+def make_folder(path: str | Path) -> Path:
+    """Create an output folder (and its parents) if missing.
+
+    Raises:
+        UserError: it cannot be created (a file in the way, no permission), naming the folder.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{path}: cannot create the output folder ({err.strerror or err})") from None
+    return path
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (see :func:`atomic_open`)."""
     with atomic_open(path, "wb") as handle:

@@ -144,7 +144,7 @@ def sliding_window_predict(
     for start in range(0, len(corners), batch_size):
         batch_corners = corners[start:start + batch_size]
         windows = torch.stack([padded[:, y:y + window, x:x + window] for y, x in batch_corners])
-        windows = windows.to(device).contiguous(memory_format=memory_format)
+        windows = windows.contiguous(memory_format=memory_format)  # already on the device, like ``padded``
         out = None
         for dims in _flip_views(tta):
             with autocast(device, precision):
@@ -155,7 +155,6 @@ def sliding_window_predict(
             out = probs if out is None else out + probs
         if tta:
             out = out / 4
-        out = out.to(padded.device)
         if acc is None:
             acc = torch.zeros(out.shape[1], ph, pw, dtype=torch.float32, device=padded.device)
         if weights is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lib.atomic import atomic_write_text
+from lib.atomic import atomic_write_text, make_folder
 from lib.errors import UserError
 
 IN_PROGRESS = ".in_progress.json"
@@ -49,10 +49,7 @@ def start_job(folder: str | Path, signature: dict, owned: list[str], overwrite: 
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{folder}: exists and is not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"{folder}: cannot create folder ({err.strerror or err})") from None
+    make_folder(folder)
     marker = folder / IN_PROGRESS
     resumed = False
     if overwrite:
