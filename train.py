@@ -26,7 +26,7 @@ from dataloader.patches import PatchDataset, split_sources
 from lib.allocator import retain_freed_memory
 from lib.atomic import make_folder
 from lib.device import autocast, memory_format, resolve_precision, select_device
-from lib.distributed import DistInfo, all_reduce_sum, broadcast_flag, cleanup, init_distributed
+from lib.distributed import DistInfo, all_reduce_sum, broadcast_flag, cleanup, exit_process, init_distributed
 from lib.errors import UserError, cli_main
 from lib.losses import make_loss
 from lib.metrics import iou_per_class, mean_iou
@@ -218,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
                 if info.is_main:
                     print(f"error: non-finite loss at epoch {epoch + 1}, step {step + 1}; stopped. The last good "
                           f"checkpoint is {ckpt_dir / 'last.pth'} (try a lower learning rate)", file=sys.stderr)
+                if writer:
+                    writer.close()
                 cleanup(info)
                 return EXIT_NONFINITE
             optimizer.zero_grad(set_to_none=True)
@@ -310,4 +312,8 @@ def interrupt(writer, info: DistInfo, ckpt_dir: Path, state: dict) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        status = main()
+    except SystemExit as stop:  # a UserError leaves main() through cli_main's sys.exit(2)
+        status = stop.code
+    exit_process(status)

@@ -1,5 +1,5 @@
 """torchrun with gloo on CPU: two processes train, rank 0 alone writes, metrics reduce exactly, checkpoints load
-in a single process and resume there."""
+in a single process and resume there; a worker exits without finalisation."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from tests.conftest import assert_user_error, run_cli
 @pytest.fixture(scope="module")
 def ddp_run(tiny_patches):
     params_file, data = tiny_patches
-    result = run_cli("-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "train.py",
+    result = run_cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
                      "--params", str(params_file), "-f", str(data / "patches_s48"), "-e", "2", "-l", "0.05",
                      "--name", "ddp", "--precision", "fp32", env={"OMP_NUM_THREADS": "1"}, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -68,3 +68,21 @@ def test_sync_batchnorm_is_refused_clearly_without_cuda(tiny_patches):
                      "--device", "cpu", "--name", "syncbn")
     assert_user_error(result, "--sync-bn", "CUDA")
     assert not (data / "checkpoints" / "syncbn").exists()
+
+
+EXIT_SCRIPT = "import sys; from lib.distributed import exit_process; print('unflushed', end=''); exit_process({code})"
+
+
+@pytest.mark.parametrize("world_size", ["1", "2"])
+@pytest.mark.parametrize("code, status, stderr", [("None", 0, ""), ("130", 130, ""), ("'a message'", 1, "a message")])
+def test_exit_process_keeps_sys_exit_semantics_and_flushes_output(world_size, code, status, stderr):
+    """A torchrun worker leaves with os._exit (no finalisation); its status and buffered output are kept."""
+    result = run_cli("-c", EXIT_SCRIPT.format(code=code), env={"WORLD_SIZE": world_size})
+    assert (result.returncode, result.stdout, result.stderr.strip()) == (status, "unflushed", stderr)
+
+
+def test_a_torchrun_worker_skips_finalisation():
+    """atexit handlers run only in a plain process: the worker really leaves before finalisation."""
+    script = "import atexit; atexit.register(print, 'finalised'); " + EXIT_SCRIPT.format(code=0)
+    plain, worker = (run_cli("-c", script, env={"WORLD_SIZE": w}) for w in ("1", "2"))
+    assert plain.stdout == "unflushedfinalised\n" and worker.stdout == "unflushed"
