@@ -4,6 +4,7 @@ masks, Img_i/Mask_i names — prepare → train → predict → evaluate through
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +69,9 @@ def own_data(tmp_path_factory) -> tuple[Path, Path]:
     return root, params
 
 
-def test_prepare_train_predict_evaluate(own_data):
+@pytest.fixture(scope="module")
+def own_trained(own_data) -> tuple[Path, Path, Path]:
+    """Patches cut and a U-Net trained by the real commands: ``(root, params file, best checkpoint)``."""
     root, params = own_data
     prepared = run_cli("-m", "lib.prepare", "--params", str(params))
     assert prepared.returncode == 0, prepared.stderr
@@ -81,9 +84,14 @@ def test_prepare_train_predict_evaluate(own_data):
     trained = run_cli("train.py", "--params", str(params), "--name", "own")
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert "val mIoU" in trained.stdout and "vessel" in trained.stdout
+    return root, params, root / "checkpoints" / "own" / "best.pth"
+
+
+def test_prepare_train_predict_evaluate(own_trained):
+    root, _, checkpoint = own_trained
 
     out, metrics_file = root / "pred", root / "metrics.json"
-    predicted = run_cli("predict.py", "--checkpoint", str(root / "checkpoints" / "own" / "best.pth"),
+    predicted = run_cli("predict.py", "--checkpoint", str(checkpoint),
                         "--input", str(root / "test" / "images"), "--masks", str(root / "test" / "masks"),
                         "--output", str(out), "--metrics", str(metrics_file), "--quiet")
     assert predicted.returncode == 0, predicted.stderr[-3000:]
@@ -93,6 +101,29 @@ def test_prepare_train_predict_evaluate(own_data):
         mask = Image.open(out / f"Img_{i}.png")
         assert mask.size == (w, h) and mask.mode == "P"
         assert mask.getpalette()[:12] == [v for c in CLASSES for v in c["color"]]
+
+
+def test_notebooks_prepare_and_segment_own_data(own_trained, tmp_path, monkeypatch):
+    """The preparation and inference notebooks take the own set's parameters file: RGB images, Img_/Mask_ names,
+    colour masks and four classes, with no edit to a notebook."""
+    from tests.test_notebooks import n_figures, run_notebook, text
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    root, params, checkpoint = own_trained
+    prepared = run_notebook("image_preparation.ipynb", tmp_path, params_file=str(params), data_root=str(root),
+                            patch_size=32, per_image=2, seed=5, overwrite=True, n_show=8)
+    assert n_figures(prepared) >= 2
+    assert "96 patches of 32x32" in text(prepared)  # 6 images × 2 windows × 8 symmetries
+    assert read_image(root / "patches_s32" / "images" / "p0.png").shape == (32, 32, 3)
+    assert "8 variants, all equal to apply_augmentation of the original: True" in text(prepared)
+
+    segmented = run_notebook("inference.ipynb", tmp_path, checkpoint=str(checkpoint), params_file=str(params),
+                             data_root=str(root), example=2, device="cpu", precision="fp32")
+    printed = text(segmented)
+    assert n_figures(segmented) >= 1 and "segmented 3 test images" in printed
+    assert "Img_2: mIoU" in printed
+    for name in ("background", "cell", "nucleus", "vessel"):
+        assert re.search(rf"^{name}\s+\S+$", printed, re.MULTILINE), printed
 
 
 def _bad_set(tmp_path: Path) -> Path:
