@@ -50,7 +50,7 @@ from benchmarks.common import (
     write_json,
 )
 from lib.device import autocast, memory_format, resolve_precision
-from lib.inference import reflect_pad, sliding_window_predict, window_starts
+from lib.inference import cut_windows, reflect_pad, sliding_window_predict, window_grid
 from model.unet_model import UNet
 
 WINDOW, OVERLAP, N_CLASSES = 96, 0.5, 3
@@ -85,11 +85,10 @@ def window_batches(image: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     """The window batches ``sliding_window_predict`` feeds the model, cut beforehand."""
     _, _, mem = settings()
     padded = reflect_pad(image, WINDOW, WINDOW)
-    stride = max(1, round(WINDOW * (1 - OVERLAP)))
-    corners = [(y, x) for y in window_starts(padded.shape[-2], WINDOW, stride)
-               for x in window_starts(padded.shape[-1], WINDOW, stride)]
-    return [torch.stack([padded[:, y:y + WINDOW, x:x + WINDOW] for y, x in corners[i:i + batch_size]])
-            .contiguous(memory_format=mem) for i in range(0, len(corners), batch_size)]
+    ys, xs = window_grid(*padded.shape[-2:], WINDOW, OVERLAP)
+    corners = [(y, x) for y in ys for x in xs]
+    return [cut_windows(padded, corners[i:i + batch_size], WINDOW).contiguous(memory_format=mem)
+            for i in range(0, len(corners), batch_size)]
 
 
 def model_alone(model: UNet, batches: list[torch.Tensor]) -> None:

@@ -26,6 +26,18 @@ def window_starts(size: int, window: int, stride: int) -> list[int]:
     return starts
 
 
+def window_grid(height: int, width: int, window: int, overlap: float) -> tuple[list[int], list[int]]:
+    """Row and column starts of the windows over an image of at least ``window`` × ``window`` pixels: a stride of
+    ``round(window × (1 - overlap))`` (at least 1), the last window flush with the border (:func:`window_starts`)."""
+    stride = max(1, round(window * (1 - overlap)))
+    return window_starts(height, window, stride), window_starts(width, window, stride)
+
+
+def cut_windows(image: torch.Tensor, corners: list[tuple[int, int]], window: int) -> torch.Tensor:
+    """The N×C×``window``×``window`` batch of the windows of a C×H×W image with top-left ``corners``."""
+    return torch.stack([image[:, y:y + window, x:x + window] for y, x in corners])
+
+
 def _gaussian_profile(window: int, sigma_scale: float, device: torch.device | None) -> torch.Tensor:
     """``exp(-d² / 2σ²)`` along one side of a window (float64), d the distance from the window's centre."""
     coords = torch.arange(window, dtype=torch.float64, device=device) - (window - 1) / 2
@@ -136,15 +148,14 @@ def sliding_window_predict(
     # the accumulator lives where the model runs: on a GPU no window goes back to the host
     padded = reflect_pad(image, window, window).to(device)
     ph, pw = padded.shape[-2:]
-    stride = max(1, round(window * (1 - overlap)))
-    ys, xs = window_starts(ph, window, stride), window_starts(pw, window, stride)
+    ys, xs = window_grid(ph, pw, window, overlap)
     corners = [(y, x) for y in ys for x in xs]
     weights = gaussian_weights(window, sigma_scale, padded.device) if blend == "gaussian" else None
     acc = None
     for start in range(0, len(corners), batch_size):
         batch_corners = corners[start:start + batch_size]
-        windows = torch.stack([padded[:, y:y + window, x:x + window] for y, x in batch_corners])
-        windows = windows.contiguous(memory_format=memory_format)  # already on the device, like ``padded``
+        # already on the device, like ``padded``
+        windows = cut_windows(padded, batch_corners, window).contiguous(memory_format=memory_format)
         out = None
         for dims in _flip_views(tta):
             with autocast(device, precision):
