@@ -25,7 +25,7 @@ from tqdm import tqdm
 from dataloader.patches import PatchDataset, split_sources
 from lib.allocator import retain_freed_memory
 from lib.atomic import make_folder
-from lib.device import autocast, memory_format, resolve_precision, select_device
+from lib.device import memory_format, resolve_precision, select_device
 from lib.distributed import DistInfo, all_reduce_sum, broadcast_flag, cleanup, exit_process, init_distributed
 from lib.errors import UserError, cli_main
 from lib.losses import make_loss
@@ -34,7 +34,7 @@ from lib.normalization import compute_normalization
 from lib.params import Params, load_params, params_from_dict, replace
 from lib.provenance import git_commit, versions
 from lib.schedule import lr_factor, make_scheduler
-from lib.training import batches, evaluate, make_inputs, new_run_name, predict_labels
+from lib.training import batches, evaluate, forward_loss, new_run_name, optimizer_step, predict_labels
 from model.checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from model.unet_model import UNet
 
@@ -208,12 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         for step in range(first, len(steps)):
             if broadcast_flag(stop.requested, info, device):
                 return interrupt(writer, info, ckpt_dir, checkpoint(epoch, step, loss_sum, loss_count))
-            idx = steps[step]
-            x = make_inputs(images, idx, normalization, device, mem)
-            y = masks[idx.to(masks.device)].long()
-            with autocast(device, precision):
-                logits = model(x)
-            loss = loss_fn(logits.float(), y)
+            _, _, loss = forward_loss(model, loss_fn, images, masks, steps[step], normalization, device, precision,
+                                      mem)
             if broadcast_flag(not bool(torch.isfinite(loss)), info, device):
                 if info.is_main:
                     print(f"error: non-finite loss at epoch {epoch + 1}, step {step + 1}; stopped. The last good "
@@ -222,10 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                     writer.close()
                 cleanup(info)
                 return EXIT_NONFINITE
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            optimizer_step(loss, optimizer, scaler)
             loss_value = loss.item()
             loss_sum, loss_count = loss_sum + loss_value, loss_count + 1
             if writer:

@@ -3,9 +3,10 @@
     python -m benchmarks.train_step [--widths 16 64] [--batch-size 16] [--patch 96] [--repeats N] [--tiny]
 
 ``project``: precision ``resolve_precision("auto", cpu)`` (bf16 autocast on CPUs with native bf16), channels_last
-model and inputs, cross-entropy on ``logits.float()``, SGD with momentum through the (disabled on CPU) GradScaler,
-exactly the body of train.py's loop. ``plain``: the same model initialisation, batch, loss and optimiser in fp32 with
-contiguous memory. Both start from the same weights; a timed round is ``--steps`` optimiser steps.
+model and inputs, cross-entropy on ``logits.float()``, SGD with momentum through the (disabled on CPU) GradScaler:
+train.py's own ``forward_loss`` and ``optimizer_step`` (lib/training.py). ``plain``: the same model initialisation,
+batch, loss and optimiser in fp32 with contiguous memory. Both start from the same weights; a timed round is
+``--steps`` optimiser steps.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from benchmarks.common import (
     verdict,
     write_json,
 )
-from lib.device import autocast, memory_format, resolve_precision
+from lib.device import memory_format, resolve_precision
 from lib.normalization import compute_normalization, normalize
-from lib.training import make_inputs
+from lib.training import forward_loss, optimizer_step
 from model.unet_model import UNet
 
 TARGET = 2.0
@@ -62,15 +63,8 @@ def project_step(width: int, images: torch.Tensor, masks: torch.Tensor, norm: di
     idx = torch.arange(len(images))
 
     def step() -> float:
-        x = make_inputs(images, idx, norm, device, mem)
-        y = masks[idx].to(device).long()
-        with autocast(device, precision):
-            logits = model(x)
-        loss = loss_fn(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        _, _, loss = forward_loss(model, loss_fn, images, masks, idx, norm, device, precision, mem)
+        optimizer_step(loss, optimizer, scaler)
         return loss.item()
 
     return step, precision

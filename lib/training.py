@@ -30,6 +30,30 @@ def make_inputs(images: torch.Tensor, idx: torch.Tensor, normalization: dict, de
     return x.contiguous(memory_format=memory_format)
 
 
+def forward_loss(model: nn.Module, loss_fn: nn.Module, images: torch.Tensor, masks: torch.Tensor, idx: torch.Tensor,
+                 normalization: dict, device: torch.device, precision: str, memory_format: torch.memory_format,
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The forward pass of train.py and of the evaluation on the patches ``idx``: normalised inputs, the model under
+    ``precision`` autocast, the loss on float32 logits.
+
+    Returns:
+        ``(logits, targets, loss)``: N×C×P×P logits, N×P×P int64 class indices on ``device``, the scalar loss.
+    """
+    x = make_inputs(images, idx, normalization, device, memory_format)
+    y = masks[idx.to(masks.device)].to(device).long()
+    with autocast(device, precision):
+        logits = model(x)
+    return logits, y, loss_fn(logits.float(), y)
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+    """Backward pass and SGD update through the GradScaler (a pass-through unless training in fp16)."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
 @torch.inference_mode()
 def evaluate(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, indices: torch.Tensor,
              normalization: dict, loss_fn: nn.Module, n_classes: int, device: torch.device, precision: str,
@@ -47,11 +71,8 @@ def evaluate(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, indice
     cm = torch.zeros(n_classes, n_classes, dtype=torch.long, device=device)
     totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss × patches, patches
     for idx in batches(shard, batch_size):
-        x = make_inputs(images, idx, normalization, device, memory_format)
-        y = masks[idx.to(masks.device)].to(device).long()
-        with autocast(device, precision):
-            logits = model(x)
-        loss = loss_fn(logits.float(), y)
+        logits, y, loss = forward_loss(model, loss_fn, images, masks, idx, normalization, device, precision,
+                                       memory_format)
         totals += torch.tensor([float(loss) * len(idx), len(idx)], dtype=torch.float64, device=device)
         cm += confusion_matrix(y, logits.argmax(1), n_classes)
     all_reduce_sum(cm, info)
