@@ -3,7 +3,6 @@ traceback, and leaves every file that existed before unchanged."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -18,7 +17,14 @@ from lib.generate import generate_dataset
 from lib.params import load_params
 from lib.prepare import prepare_patches
 from model.checkpoint import save_checkpoint
-from tests.conftest import assert_user_error, constant_checkpoint, run_cli, tiny_params_dict, write_params
+from tests.conftest import (
+    assert_user_error,
+    constant_checkpoint,
+    file_digests,
+    run_cli,
+    tiny_params_dict,
+    write_params,
+)
 
 
 @pytest.fixture(scope="module")
@@ -152,19 +158,14 @@ CASES = [
 ]
 
 
-def _snapshot(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in root.rglob("*") if p.is_file()}
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input(world, case):
     _, setup, fragments = case
     argv = setup(world)
-    before = _snapshot(world)
+    before = file_digests(world)
     result = run_cli(*argv)
     assert_user_error(result, *fragments)
-    after = _snapshot(world)
+    after = file_digests(world)
     assert {k: v for k, v in after.items() if k in before} == before  # nothing that existed changed
     assert not (world / "patches_new").exists() and not (world / "new").exists()
 

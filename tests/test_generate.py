@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -12,14 +10,9 @@ from lib.errors import UserError
 from lib.generate import generate_dataset, generate_split
 from lib.params import load_params, replace
 from lib.synthetic import ELLIPSE, LINE, ellipse_mask, image_rng, line_mask, synthetic_pair
-from tests.conftest import REPO, assert_user_error, run_cli
+from tests.conftest import REPO, assert_user_error, file_digests, run_cli
 
 DEFAULT = load_params(REPO / "parameters.json")
-
-
-def _digest(folder):
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*.png"))}
 
 
 def test_published_size_dtype_and_palette(tmp_path):
@@ -40,7 +33,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     generate_dataset(params, tmp_path / "a", progress=False)
     generate_dataset(params, tmp_path / "b", progress=False)
     generate_dataset(replace(params, "data", seed=1), tmp_path / "c", progress=False)
-    a, b, c = _digest(tmp_path / "a"), _digest(tmp_path / "b"), _digest(tmp_path / "c")
+    a, b, c = (file_digests(tmp_path / name, "*.png") for name in "abc")
     assert a == b
     assert set(a) == set(c) and all(a[k] != c[k] for k in a)
 
@@ -95,17 +88,17 @@ def test_overwrite_protection_and_resume(tmp_path):
     params = replace(DEFAULT, "data", n_training=2, n_test=1, height=64, width=64, line_length=[20, 64])
     out = tmp_path / "split"
     generate_split(out, "training", 2, params, progress=False)
-    before = _digest(out)
+    before = file_digests(out, "*.png")
     with pytest.raises(UserError, match="--overwrite"):
         generate_split(out, "training", 2, params, progress=False)
-    assert _digest(out) == before
+    assert file_digests(out, "*.png") == before
     generate_split(out, "training", 2, params, overwrite=True, progress=False)
-    assert _digest(out) == before
+    assert file_digests(out, "*.png") == before
     # a killed run: in-progress marker, one image missing; rerunning finishes the job
     (out / ".complete.json").rename(out / ".in_progress.json")
     (out / "masks" / "i1.png").unlink()
     generate_split(out, "training", 2, params, progress=False)
-    assert _digest(out) == before and (out / ".complete.json").exists()
+    assert file_digests(out, "*.png") == before and (out / ".complete.json").exists()
 
 
 def test_foreign_non_empty_folder_is_refused(tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import pickle
@@ -20,7 +19,7 @@ import lib.atomic as atomic
 from lib.errors import UserError
 from lib.imageio import read_image
 from model.checkpoint import load_checkpoint, save_checkpoint
-from tests.conftest import REPO, assert_user_error, run_cli
+from tests.conftest import REPO, assert_user_error, file_digests, run_cli
 
 FAULT = str(REPO / "tests" / "fault_injection.py")
 
@@ -31,11 +30,6 @@ def _faulty(fault: str, *args: str) -> subprocess.CompletedProcess:
 
 def _weights(path: Path) -> dict:
     return torch.load(path, weights_only=True)
-
-
-def _digest(folder: Path) -> dict:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +142,7 @@ def test_killed_generation_and_preparation_leave_whole_files_and_rerun_finishes(
             assert_user_error(run_cli("train.py", *params, "-f", str(out / "patches")), "interrupted")
         rerun = run_cli("-m", module, *params, *args)
         assert rerun.returncode == 0, rerun.stderr
-    assert _digest(out) == _digest(clean)  # byte-identical to an uninterrupted run
+    assert file_digests(out) == file_digests(clean)  # byte-identical to an uninterrupted run
 
 
 def test_killed_prediction_leaves_whole_masks(reference, tmp_path):
