@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import REPO, base_parser, format_table, print_header, verdict, write_json
+from lib.params import load_params
 
 TARGET_MIOU, TARGET_SECONDS = 0.98, 600.0
 TINY_DATA = {"height": 120, "width": 72, "line_length": [20, 72], "n_training": 4, "n_test": 2}
@@ -50,7 +51,7 @@ def write_params(work: Path, tiny: bool) -> Path:
 def stage_commands(args, work: Path, params: Path) -> dict[str, list[list[str]]]:
     """The command lines of every stage, in order."""
     py, data = sys.executable, work / "data"
-    patches = data / f"patches_s{json.loads(params.read_text())['patches']['size']}"
+    patches = data / load_params(params).patches.folder
     ckpt_dir = work / "checkpoints" / args.name
     commands = {
         "generate": [[py, "-m", "lib.generate", "--params", str(params), "--out", str(data)]],
