@@ -12,6 +12,7 @@ import numpy as np
 
 from dataloader.pairs import find_pairs, load_pair
 from dataloader.patches import read_manifest
+from lib.atomic import atomic_open
 from lib.errors import cli_main
 from lib.imageio import read_image, read_mask
 from lib.metrics import iou_per_class, mean_iou
@@ -21,6 +22,12 @@ from lib.visualize import plot_history, show_pairs, show_patch_grid, show_predic
 from model.checkpoint import load_checkpoint
 
 HERE = Path(__file__).resolve().parent
+
+
+def save_figure(fig, name: str) -> None:
+    """Write ``figures/<name>`` atomically: a figure already there is replaced whole or not at all."""
+    with atomic_open(HERE / name, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=80)
 
 
 @cli_main
@@ -36,24 +43,24 @@ def main(argv: list[str] | None = None) -> None:
 
     pairs = find_pairs(root / d.training_folder, d.image_prefix, d.mask_prefix)[:5]
     loaded = [load_pair(p, colors) for p in pairs]
-    show_pairs([i for i, _ in loaded], [m for _, m in loaded], colors, [p.name for p in pairs]).savefig(
-        HERE / "input_data.png", dpi=80)
+    save_figure(show_pairs([i for i, _ in loaded], [m for _, m in loaded], colors, [p.name for p in pairs]),
+                "input_data.png")
 
     folder = root / params.patches.folder
     rows = read_manifest(folder)[: 4 * 8]
     images = [read_image(folder / "images" / r["file"]) for r in rows]
     masks = [read_mask(folder / "masks" / r["file"], colors) for r in rows]
-    show_patch_grid(images, masks, colors, columns=8).savefig(HERE / "patches.png", dpi=80)
+    save_figure(show_patch_grid(images, masks, colors, columns=8), "patches.png")
 
-    plot_history(load_checkpoint(args.checkpoint)["history"]).savefig(HERE / "training_curve.png", dpi=80)
+    save_figure(plot_history(load_checkpoint(args.checkpoint)["history"]), "training_curve.png")
 
     segmenter = Segmenter.from_checkpoint(args.checkpoint)
     pair = find_pairs(root / d.test_folder, d.image_prefix, d.mask_prefix)[args.example]
     image, truth = load_pair(pair, colors)
     probabilities, labels = segmenter.predict(image)
     cm = image_confusion(labels, truth, len(segmenter.class_names))
-    show_prediction(image, truth, probabilities.numpy().astype(np.float32), segmenter.class_names, colors,
-                    iou_per_class(cm).tolist(), mean_iou(cm)).savefig(HERE / "prediction.png", dpi=80)
+    save_figure(show_prediction(image, truth, probabilities.numpy().astype(np.float32), segmenter.class_names, colors,
+                                iou_per_class(cm).tolist(), mean_iou(cm)), "prediction.png")
     print(f"wrote figures to {HERE}")
 
 
