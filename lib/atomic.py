@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
 from lib.errors import UserError
+
+
+def _file_mode(path: Path) -> int:
+    """The permissions ``open(path, "w")`` would leave: those of the file it replaces, else 0666 less the umask."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 @contextlib.contextmanager
@@ -29,6 +40,7 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     except OSError as err:
         raise UserError(f"{path}: cannot write ({err.strerror or err})") from None
     try:
+        os.fchmod(fd, _file_mode(path))  # mkstemp's 0600 would hide every output from other users
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
