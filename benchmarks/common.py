@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from lib.allocator import retain_freed_memory
+from lib.atomic import atomic_write_text, make_folder
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "benchmarks" / "results"
@@ -113,10 +114,9 @@ def verdict(value: float, target: float, higher_is_better: bool = True) -> str:
 
 def write_json(name: str, payload: dict, out_dir: Path = RESULTS_DIR) -> Path:
     """Write ``out_dir/<name>.json`` with the machine information added; return its path."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{name}.json"
+    path = make_folder(out_dir) / f"{name}.json"
     record = {"benchmark": name, "machine": machine_info(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **payload}
-    path.write_text(json.dumps(record, indent=1, default=str) + "\n")
+    atomic_write_text(path, json.dumps(record, indent=1, default=str) + "\n")
     return path
 
 
