@@ -20,13 +20,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from dataloader.pairs import image_id, list_images
 from lib.atomic import atomic_write_bytes, atomic_write_text
 from lib.errors import UserError, cli_main
-from lib.imageio import read_image, read_mask, save_mask
+from lib.imageio import read_header, read_image, read_mask, save_mask
 from lib.segmenter import Segmenter, image_confusion, summarize
 
 
@@ -61,7 +60,7 @@ def input_images(path: Path) -> list[Path]:
     if not images and (path / "images").is_dir():
         images = list_images(path / "images")
     if not images:
-        raise UserError(f"{path}: no images found (expected PNG files)")
+        raise UserError(f"{path}: no images found (expected PNG or TIFF files)")
     return images
 
 
@@ -75,23 +74,17 @@ def mask_path(masks: Path, image: Path, image_prefix: str, mask_prefix: str) -> 
     raise UserError(f"{image}: no mask found (expected {masks / (mask_prefix + stem)}.png)")
 
 
-def check_inputs(images: list[Path], masks: dict[Path, Path]) -> None:
-    """Sizes of every image and mask, read from their headers before any output is written."""
+def check_inputs(images: list[Path], masks: dict[Path, Path], segmenter: Segmenter) -> None:
+    """Every image fits the model (pixel type, channels) and its mask's size, read from the headers before any
+    output is written."""
     for image in images:
-        try:
-            with Image.open(image) as img:
-                size = img.size
-        except (OSError, ValueError, SyntaxError):
-            raise UserError(f"{image}: not a readable image") from None
+        header = read_header(image, **segmenter.params.data.read_options)
+        segmenter.check_image(header, str(image))
         if image in masks:
-            try:
-                with Image.open(masks[image]) as m:
-                    msize = m.size
-            except (OSError, ValueError, SyntaxError):
-                raise UserError(f"{masks[image]}: not a readable mask") from None
-            if msize != size:
-                raise UserError(f"{masks[image]}: mask is {msize[0]}x{msize[1]} but its image is "
-                                f"{size[0]}x{size[1]} (width x height)")
+            mask = read_header(masks[image])
+            if (mask.height, mask.width) != (header.height, header.width):
+                raise UserError(f"{masks[image]}: mask is {mask.width}x{mask.height} but its image is "
+                                f"{header.width}x{header.height} (width x height)")
 
 
 def check_writable(folder: Path) -> None:
@@ -133,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         image_prefix = data.image_prefix if args.image_prefix is None else args.image_prefix
         mask_prefix = data.mask_prefix if args.mask_prefix is None else args.mask_prefix
         masks = {im: mask_path(Path(args.masks), im, image_prefix, mask_prefix) for im in images}
-    check_inputs(images, masks)
+    check_inputs(images, masks, segmenter)
     out = Path(args.output)
     check_writable(out)
     if args.metrics:
@@ -141,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     n_classes = len(segmenter.class_names)
     confusions = []
     for image_path in tqdm(images, desc="predict", unit="img", disable=args.quiet, file=sys.stderr):
-        image = read_image(image_path)
+        image = read_image(image_path, **segmenter.params.data.read_options)
         truth = read_mask(masks[image_path], segmenter.class_colors) if image_path in masks else None
         probabilities, labels = segmenter.predict(image, str(image_path))
         save_mask(out / f"{image_path.stem}.png", labels.cpu().numpy().astype(np.uint8), segmenter.class_colors)

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from dataloader.patches import PatchDataset, split_sources
+from dataloader.patches import SOURCES, PatchDataset, split_sources
 from lib.allocator import retain_freed_memory
 from lib.atomic import make_folder
 from lib.device import memory_format, resolve_precision, select_device
@@ -30,7 +30,7 @@ from lib.distributed import DistInfo, all_reduce_sum, broadcast_flag, cleanup, e
 from lib.errors import UserError, cli_main
 from lib.losses import make_loss
 from lib.metrics import iou_per_class, mean_iou
-from lib.normalization import compute_normalization
+from lib.normalization import as_spec, compute_normalization
 from lib.params import Params, load_params, params_from_dict, replace
 from lib.provenance import git_commit, versions
 from lib.schedule import lr_factor, make_scheduler
@@ -120,10 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     if t.batch_size > len(train_idx):
         raise UserError(f"--batch-size {t.batch_size}: larger than the training set ({len(train_idx)} patches)")
     if resumed:
-        check_compatible(resumed, data.n_channels, params.n_classes, args.load)
-    normalization = resumed["normalization"] if resumed else compute_normalization(data.images[train_idx])
+        check_compatible(resumed, data.n_channels, params.n_classes, args.load, data.dtype)
+    normalization = resumed["normalization"] if resumed else compute_normalization(
+        data.images[train_idx], params.data.normalization, params.data.percentiles)
+    image_stats = patch_image_stats(data, normalization)
     # all patches live on the device (74 MB for the published set): no loader, no copy per step on a GPU
     images, masks = data.images.to(device), data.masks.to(device)
+    device_stats = image_stats.to(device) if image_stats is not None else None
 
     # ---- model, loss, optimiser, schedule ----
     torch.manual_seed(t.seed)
@@ -209,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             if broadcast_flag(stop.requested, info, device):
                 return interrupt(writer, info, ckpt_dir, checkpoint(epoch, step, loss_sum, loss_count))
             _, _, loss = forward_loss(model, loss_fn, images, masks, steps[step], normalization, device, precision,
-                                      mem)
+                                      mem, device_stats)
             if broadcast_flag(not bool(torch.isfinite(loss)), info, device):
                 if info.is_main:
                     print(f"error: non-finite loss at epoch {epoch + 1}, step {step + 1}; stopped. The last good "
@@ -232,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         record = {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr, "seconds": time.perf_counter() - tic}
         if len(val_idx):
             val_loss, cm = evaluate(model, images, masks, val_idx, normalization, loss_fn,
-                                    params.n_classes, device, precision, mem, info=info)
+                                    params.n_classes, device, precision, mem, info=info, image_stats=device_stats)
             iou = iou_per_class(cm)
             record.update(val_loss=val_loss, val_miou=mean_iou(cm),
                           val_iou={n: float(v) for n, v in zip(params.class_names, iou)})
@@ -240,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         if info.is_main:
             improved = record.get("val_miou", -math.inf) > best
             best = max(best, record.get("val_miou", -math.inf))
-            log_epoch(writer, record, data, figure_idx, model, normalization, device, precision, mem, params)
+            log_epoch(writer, record, data, figure_idx, model, normalization, device, precision, mem, params,
+                      image_stats)
             state = checkpoint(epoch + 1, 0, 0.0, 0)
             save_checkpoint(ckpt_dir / "last.pth", state)
             if improved:
@@ -263,8 +267,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def patch_image_stats(data: PatchDataset, normalization: dict) -> torch.Tensor | None:
+    """The source-image statistics of every patch, where the normalisation works per image (else None).
+
+    Raises:
+        UserError: the patch folder has no ``sources.json`` (written by preparation since the modes exist).
+    """
+    if as_spec(normalization)["mode"] != "image":
+        return None
+    if data.image_stats is None:
+        raise UserError(f"{data.folder / SOURCES}: not found; normalisation 'image' needs the statistics of each "
+                        "source image (rerun python -m lib.prepare --overwrite)")
+    return data.image_stats
+
+
 def log_epoch(writer, record: dict, data: PatchDataset, figure_idx: torch.Tensor, model, normalization: dict,
-              device: torch.device, precision: str, mem: torch.memory_format, params: Params) -> None:
+              device: torch.device, precision: str, mem: torch.memory_format, params: Params,
+              image_stats: torch.Tensor | None = None) -> None:
     """Per-epoch scalars, and a figure of a few validation patches (image, truth, prediction)."""
     e = record["epoch"]
     writer.add_scalar("train/loss", record["train_loss"], e)
@@ -277,7 +296,7 @@ def log_epoch(writer, record: dict, data: PatchDataset, figure_idx: torch.Tensor
     if len(figure_idx):
         from lib.visualize import show_validation
 
-        labels = predict_labels(model, data.images, figure_idx, normalization, device, precision, mem)
+        labels = predict_labels(model, data.images, figure_idx, normalization, device, precision, mem, image_stats)
         images = data.images[figure_idx].permute(0, 2, 3, 1).squeeze(-1).numpy()
         writer.add_figure("val/examples", show_validation(images, data.masks[figure_idx].numpy(), labels.numpy(),
                                                            params.class_colors), e)

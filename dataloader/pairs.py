@@ -66,7 +66,7 @@ def find_pairs(folder: str | Path, image_prefix: str = "", mask_prefix: str = ""
         raise UserError(f"{folder}: data folder not found")
     images = list_images(folder / "images")
     if not images:
-        raise UserError(f"{folder / 'images'}: no images found (expected PNG files)")
+        raise UserError(f"{folder / 'images'}: no images found (expected PNG or TIFF files)")
     masks: dict[str, Path] = {}
     if require_masks:
         for m in list_images(folder / "masks"):
@@ -85,13 +85,15 @@ def find_pairs(folder: str | Path, image_prefix: str = "", mask_prefix: str = ""
     return pairs
 
 
-def load_pair(pair: ImagePair, colors: list[tuple[int, int, int]]) -> tuple[np.ndarray, np.ndarray]:
-    """Read an image (uint8 H×W or H×W×3) and its mask (uint8 H×W of class indices).
+def load_pair(pair: ImagePair, colors: list[tuple[int, int, int]], keep_alpha: bool = False,
+              channel_axis: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """Read an image as stored (H×W or H×W×C, see :func:`lib.imageio.read_image`) and its mask (uint8 H×W of class
+    indices). ``keep_alpha`` and ``channel_axis`` are ``read_image``'s (``params.data.read_options``).
 
     Raises:
         UserError: a file is unreadable, the sizes differ, or the mask holds a value that is no class.
     """
-    image = read_image(pair.image)
+    image = read_image(pair.image, keep_alpha, channel_axis)
     if pair.mask is None:
         raise UserError(f"{pair.image}: no mask")
     mask = read_mask(pair.mask, colors)

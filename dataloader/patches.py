@@ -1,20 +1,27 @@
-"""A patch folder (images/, masks/, manifest.csv) decoded once into memory as uint8 tensors."""
+"""A patch folder (images/, masks/, manifest.csv, sources.json) decoded once into memory, in the stored dtype."""
 
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from lib.errors import UserError
 from lib.imageio import read_image, read_mask
 from lib.jobs import IN_PROGRESS
 
 MANIFEST = "manifest.csv"
+MANIFEST_FIELDS = ["file", "source", "top", "left", "flip", "rot90"]
+SOURCES = "sources.json"
+
+
+def mask_file(image_file: str) -> str:
+    """The mask of patch ``images/<image_file>`` is ``masks/<stem>.png`` (masks are always palette PNGs)."""
+    return str(Path(image_file).with_suffix(".png"))
 
 
 def read_manifest(folder: str | Path) -> list[dict]:
@@ -32,7 +39,7 @@ def read_manifest(folder: str | Path) -> list[dict]:
     if not path.is_file():
         if not any(folder.iterdir()):
             raise UserError(f"{folder}: patch folder is empty (run python -m lib.prepare first)")
-        raise UserError(f"{path}: manifest not found (expected a CSV with columns file,source,top,left,flip)")
+        raise UserError(f"{path}: manifest not found (expected a CSV with columns {','.join(MANIFEST_FIELDS)})")
     with path.open(newline="") as handle:
         reader = csv.DictReader(handle)
         missing = {"file", "source"} - set(reader.fieldnames or [])
@@ -44,55 +51,70 @@ def read_manifest(folder: str | Path) -> list[dict]:
     return rows
 
 
-class PatchDataset(Dataset):
-    """All patches of a folder in memory: ``images`` (N×C×P×P uint8), ``masks`` (N×P×P uint8), ``sources`` (N).
+class PatchDataset:
+    """All patches of a folder in memory, in the dtype they were stored in.
 
-    Items are ``(image, mask)`` with the image as float in [0, 1] and the mask as int64 class indices.
+    Attributes:
+        images: N×C×P×P tensor of the stored dtype (uint8, uint16, int16 or float32).
+        masks: N×P×P uint8 class indices.
+        sources: the source image of each patch (N names).
+        image_stats: N×2×C float64, the mean and std of each patch's whole source image (from ``sources.json``;
+            None for a folder written before it existed).
 
     Args:
         folder: a folder written by ``python -m lib.prepare``.
         colors: the class colours (a mask value or colour outside them is an error).
-        indices: keep only these rows of the manifest (used by :meth:`subset`).
 
     Raises:
-        UserError: missing or malformed folder, manifest or file; a patch of another size or a mask value that is no
-            class (naming the file).
+        UserError: missing or malformed folder, manifest, ``sources.json`` or file; a patch of another size, dtype or
+            channel count, or a mask value that is no class (naming the file).
     """
 
-    def __init__(self, folder: str | Path, colors: Sequence[tuple[int, int, int]],
-                 indices: Iterable[int] | None = None):
+    def __init__(self, folder: str | Path, colors: Sequence[tuple[int, int, int]]):
         self.folder = Path(folder)
-        rows = read_manifest(self.folder)
-        if indices is not None:
-            rows = [rows[i] for i in indices]
-        self.rows = rows
-        self.sources = [r["source"] for r in rows]
+        self.rows = read_manifest(self.folder)
+        self.sources = [r["source"] for r in self.rows]
         images, masks = [], []
-        for r in rows:
-            image = read_image(self.folder / "images" / r["file"])
-            mask = read_mask(self.folder / "masks" / r["file"], list(colors))
-            if image.shape[:2] != mask.shape or (images and image.shape != images[0].shape):
-                raise UserError(f"{self.folder / 'images' / r['file']}: patch size {image.shape} differs from "
-                                f"{images[0].shape if images else mask.shape}")
+        for r in self.rows:
+            path = self.folder / "images" / r["file"]
+            image = read_image(path)
+            mask = read_mask(self.folder / "masks" / mask_file(r["file"]), list(colors))
+            if image.shape[:2] != mask.shape or (images and (image.shape, image.dtype) != (images[0].shape,
+                                                                                          images[0].dtype)):
+                raise UserError(f"{path}: patch of shape {image.shape} and type {image.dtype} differs from "
+                                f"{images[0].shape if images else mask.shape} {images[0].dtype if images else ''}")
             images.append(image)
             masks.append(mask)
         stacked = np.stack(images)
-        if stacked.ndim == 3:
-            stacked = stacked[:, None]
-        else:
-            stacked = stacked.transpose(0, 3, 1, 2)
+        stacked = stacked[:, None] if stacked.ndim == 3 else stacked.transpose(0, 3, 1, 2)
         self.images = torch.from_numpy(np.ascontiguousarray(stacked))
         self.masks = torch.from_numpy(np.stack(masks))
+        self.image_stats = self._image_stats()
 
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[i].float() / 255.0, self.masks[i].long()
+    def _image_stats(self) -> torch.Tensor | None:
+        path = self.folder / SOURCES
+        if not path.is_file():
+            return None
+        try:
+            summary = json.loads(path.read_text())
+            per_source = {name: [s["mean"], s["std"]] for name, s in summary["images"].items()}
+            stats = torch.tensor([per_source[name] for name in self.sources], dtype=torch.float64)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise UserError(f"{path}: malformed ({err.__class__.__name__}: {err}); rerun python -m lib.prepare "
+                            "--overwrite") from None
+        if stats.shape[-1] != self.n_channels or summary.get("dtype") != self.dtype:
+            raise UserError(f"{path}: describes {summary.get('dtype')} images of {stats.shape[-1]} channel(s), the "
+                            f"patches are {self.dtype} with {self.n_channels}")
+        return stats
 
     @property
     def n_channels(self) -> int:
         return int(self.images.shape[1])
+
+    @property
+    def dtype(self) -> str:
+        """The stored pixel type, e.g. ``uint16``."""
+        return str(self.images.dtype).removeprefix("torch.")
 
     def source_names(self) -> list[str]:
         """The distinct source images, in manifest order."""

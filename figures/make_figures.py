@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from dataloader.pairs import find_pairs, load_pair
-from dataloader.patches import read_manifest
+from dataloader.patches import mask_file, read_manifest
 from lib.atomic import atomic_open
 from lib.errors import cli_main
 from lib.imageio import read_image, read_mask
@@ -42,21 +42,21 @@ def main(argv: list[str] | None = None) -> None:
     root = Path(d.root)
 
     pairs = find_pairs(root / d.training_folder, d.image_prefix, d.mask_prefix)[:5]
-    loaded = [load_pair(p, colors) for p in pairs]
+    loaded = [load_pair(p, colors, **d.read_options) for p in pairs]
     save_figure(show_pairs([i for i, _ in loaded], [m for _, m in loaded], colors, [p.name for p in pairs]),
                 "input_data.png")
 
     folder = root / params.patches.folder
     rows = read_manifest(folder)[: 4 * 8]
     images = [read_image(folder / "images" / r["file"]) for r in rows]
-    masks = [read_mask(folder / "masks" / r["file"], colors) for r in rows]
+    masks = [read_mask(folder / "masks" / mask_file(r["file"]), colors) for r in rows]
     save_figure(show_patch_grid(images, masks, colors, columns=8), "patches.png")
 
     save_figure(plot_history(load_checkpoint(args.checkpoint)["history"]), "training_curve.png")
 
     segmenter = Segmenter.from_checkpoint(args.checkpoint)
     pair = find_pairs(root / d.test_folder, d.image_prefix, d.mask_prefix)[args.example]
-    image, truth = load_pair(pair, colors)
+    image, truth = load_pair(pair, colors, **d.read_options)
     probabilities, labels = segmenter.predict(image)
     cm = image_confusion(labels, truth, len(segmenter.class_names))
     save_figure(show_prediction(image, truth, probabilities.numpy().astype(np.float32), segmenter.class_names, colors,

@@ -13,7 +13,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from lib.errors import cli_main
-from lib.imageio import save_gray, save_mask
+from lib.imageio import save_image, save_mask
 from lib.jobs import finish_job, start_job
 from lib.params import Params, load_params, replace
 from lib.synthetic import image_rng, synthetic_pair
@@ -49,7 +49,7 @@ def generate_split(out: str | Path, split: str, n: int, params: Params, overwrit
         if resumed and (out / "masks" / name).is_file():
             continue  # written whole by the interrupted run (the mask goes last)
         image, mask = synthetic_pair(image_rng(params.data.seed, split, i), params.data)
-        save_gray(out / "images" / name, image)
+        save_image(out / "images" / name, image)
         save_mask(out / "masks" / name, mask, params.class_colors)
     finish_job(out)
     return out

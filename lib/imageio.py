@@ -1,8 +1,16 @@
-"""PNG reading and writing: gray or colour images, and label masks as palette PNGs (values = class indices)."""
+"""Reading and writing images and label masks, keeping every bit of the data as stored.
+
+Images are read in their stored dtype (uint8, uint16, int16 or float32) with their channels: H×W for one channel,
+H×W×C for more. PNG, JPEG and BMP go through Pillow (16-bit colour PNGs through pypng, since Pillow reduces them to
+8 bit); TIFF goes through tifffile, the reader of microscopy and remote sensing. Label masks are H×W uint8 class
+indices, written as palette PNGs (values = class indices, palette = class colours).
+"""
 
 from __future__ import annotations
 
 import io
+import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +19,14 @@ from PIL import Image
 from lib.atomic import atomic_write_bytes
 from lib.errors import UserError
 
+IMAGE_DTYPES = ("uint8", "uint16", "int16", "float32")
+CHANNEL_AXES = ("auto", "first", "last")
+TIFF_SUFFIXES = (".tif", ".tiff")
+MAX_AUTO_CHANNELS = 16  # with generic TIFF axes, the channel axis is the one of at most this many planes
+# Pillow stops at 89 MP by default (a "decompression bomb" guard against hostile files); our users' images are
+# legitimately that large, so the guard is lifted here, where every image is opened
+Image.MAX_IMAGE_PIXELS = None
+
 
 def _encode_png(img: Image.Image) -> bytes:
     buffer = io.BytesIO()
@@ -18,10 +34,287 @@ def _encode_png(img: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def save_gray(path: str | Path, image: np.ndarray) -> None:
-    """Save an 8-bit gray (H×W) or RGB (H×W×3) image as PNG, atomically."""
-    atomic_write_bytes(path, _encode_png(Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))))
+def _reason(err: BaseException) -> str:
+    return " ".join(str(err).split()) or err.__class__.__name__
 
+
+# ---- images in ----
+
+def read_image(path: str | Path, keep_alpha: bool = False, channel_axis: str = "auto") -> np.ndarray:
+    """Read an image as stored: H×W (one channel) or H×W×C, dtype uint8, uint16, int16 or float32.
+
+    Conversions (documented in the README): 1-bit images become uint8 0/255; palette images become RGB; CMYK and
+    YCbCr become RGB; the alpha channel of RGBA and gray+alpha images is dropped unless ``keep_alpha``. Nothing is
+    rescaled. A TIFF holds one 2-D image: axes YX, YXS (samples last) or CYX/SYX (one plane per channel); a TIFF
+    whose axes tifffile cannot name (pages of generic planes) is read by ``channel_axis`` (see :func:`_tiff_plan`).
+
+    Args:
+        path: the image file (PNG, TIFF, JPEG or BMP).
+        keep_alpha: keep the alpha channel of RGBA (and gray+alpha) images as a channel.
+        channel_axis: where the channels are in a TIFF without named axes: ``auto``, ``first`` or ``last``.
+
+    Returns:
+        The pixel array, C-contiguous.
+
+    Raises:
+        UserError: the file is missing, unreadable or truncated; holds an unsupported dtype, layout or mode; or a
+            float image holds NaN or infinite values (naming the file).
+    """
+    path = Path(path)
+    if channel_axis not in CHANNEL_AXES:
+        raise ValueError(f"channel_axis must be one of {CHANNEL_AXES}, got {channel_axis!r}")
+    if path.suffix.lower() in TIFF_SUFFIXES and _is_tiff(path):
+        array, alpha = _read_tiff(path, channel_axis)
+        if alpha and not keep_alpha:
+            array = np.ascontiguousarray(array[..., :-1])
+    elif _png_16bit_colour(path):
+        array = _read_png16(path)
+        if array.shape[2] in (2, 4) and not keep_alpha:
+            array = np.ascontiguousarray(array[..., :-1])
+    else:
+        array = _pillow_array(open_png(path), path, keep_alpha)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    return check_pixels(array, path)
+
+
+def check_pixels(array: np.ndarray, path: str | Path) -> np.ndarray:
+    """Check that an image array has a supported dtype and, if float, only finite values; return it contiguous.
+
+    Raises:
+        UserError: naming the file and the dtype, or the number of NaN/infinite pixels.
+    """
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8) * 255
+    if array.dtype.name not in IMAGE_DTYPES:
+        raise _unsupported_dtype(path, array.dtype.name)
+    if array.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        if bad:
+            raise UserError(f"{path}: {bad} pixel value(s) are NaN or infinite (expected finite values)")
+    return np.ascontiguousarray(array)
+
+
+def _unsupported_dtype(path: str | Path, dtype: str) -> UserError:
+    return UserError(f"{path}: unsupported pixel type {dtype} (expected one of {', '.join(IMAGE_DTYPES)})")
+
+
+def open_png(path: str | Path) -> Image.Image:
+    """Open and fully decode an image with Pillow, turning every decoding problem into a :class:`UserError`."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.copy()
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except (OSError, ValueError, SyntaxError, struct.error) as err:
+        raise UserError(f"{path}: not a readable image ({_reason(err)})") from None
+
+
+def _pillow_array(img: Image.Image, path: Path, keep_alpha: bool) -> np.ndarray:
+    mode = img.mode
+    if mode in ("L", "RGB", "F"):
+        return np.asarray(img)
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        return np.asarray(img).astype(np.uint16)
+    if mode == "I" and _fits_uint16(img):  # Pillow opens some 16-bit gray files as 32-bit "I"
+        return np.asarray(img).astype(np.uint16)
+    if mode == "1":
+        return np.asarray(img.convert("L"))
+    if mode == "LA":
+        return np.asarray(img) if keep_alpha else np.asarray(img.convert("L"))
+    if mode in ("RGBA", "PA") or (mode == "P" and keep_alpha and "transparency" in img.info):
+        return np.asarray(img.convert("RGBA")) if keep_alpha else np.asarray(img.convert("RGB"))
+    if mode in ("P", "CMYK", "YCbCr"):
+        return np.asarray(img.convert("RGB"))
+    raise UserError(f"{path}: unsupported image mode {mode!r} (expected 8- or 16-bit gray, RGB or RGBA, or a TIFF)")
+
+
+def _fits_uint16(img: Image.Image) -> bool:
+    array = np.asarray(img)
+    return bool(array.size) and int(array.min()) >= 0 and int(array.max()) <= 65535
+
+
+def _png_16bit_colour(path: Path) -> bool:
+    """A PNG of 16 bits per sample in colour or gray+alpha (IHDR colour type 2, 4 or 6), which Pillow reduces."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(26)
+    except OSError:
+        return False
+    return head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) == 26 and head[24] == 16 and head[25] in (2, 4, 6)
+
+
+def _read_png16(path: Path) -> np.ndarray:
+    import png
+
+    try:
+        width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+        array = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows])
+    except (png.Error, OSError, ValueError) as err:
+        raise UserError(f"{path}: not a readable image ({_reason(err)})") from None
+    return array.reshape(height, width, info["planes"])
+
+
+def _is_tiff(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            return handle.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except OSError as err:
+        raise UserError(f"{path}: not a readable image ({_reason(err)})") from None
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image file holds, read without decoding its pixels: as :func:`read_image` would return it."""
+
+    height: int
+    width: int
+    channels: int
+    dtype: str
+
+
+def _tiff_open(path: Path, read: bool, channel_axis: str) -> tuple[np.ndarray | None, ImageHeader, bool]:
+    """The first series of a TIFF: its pixels (if ``read``) brought to H×W or H×W×C, its header, whether the last
+    channel is alpha."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            axes, shape, dtype = series.axes, tuple(series.shape), np.dtype(series.dtype)
+            tag = tif.pages[0].tags.get("ExtraSamples")
+            array = series.asarray() if read else None
+    except (tifffile.TiffFileError, OSError, ValueError, IndexError, struct.error) as err:
+        raise UserError(f"{path}: not a readable image ({_reason(err)})") from None
+    kept, first = _tiff_plan(axes, shape, channel_axis, path)
+    height, width, channels = (kept[1], kept[2], kept[0]) if first else (*kept, 1)[:3]
+    extra = tag.value if tag is not None else ()
+    alpha = channels in (2, 4) and any(int(v) in (1, 2) for v in (extra if isinstance(extra, tuple) else (extra,)))
+    if array is not None:
+        array = array.reshape(kept)
+        array = np.ascontiguousarray(np.moveaxis(array, 0, -1) if first else array)
+    return array, ImageHeader(height, width, channels, dtype.name), alpha
+
+
+def _read_tiff(path: Path, channel_axis: str) -> tuple[np.ndarray, bool]:
+    array, _, alpha = _tiff_open(path, True, channel_axis)
+    return array, alpha
+
+
+def _tiff_plan(axes: str, shape: tuple[int, ...], channel_axis: str, path: Path) -> tuple[list[int], bool]:
+    """How a TIFF's array becomes H×W or H×W×C: the shape without its length-1 axes, and whether the channels come
+    first (to be moved last).
+
+    The rule: axes of length 1 are dropped. Two axes are YX. Of three, samples last (``YXS``) is H×W×C and one plane
+    per channel (``SYX``, ``CYX``) is C×H×W. Where the file does not say (pages of generic planes, tifffile's ``Q``
+    or ``I``), ``channel_axis`` decides: ``first`` or ``last``; ``auto`` takes the axis of at most 16 planes, the
+    first if both are. Anything else (a Z stack, a time series, 4-D data) is refused.
+
+    Raises:
+        UserError: unsupported axes, or generic axes whose channel axis ``auto`` cannot tell.
+    """
+    keep = [i for i, n in enumerate(shape) if n != 1]
+    named, kept = "".join(axes[i] for i in keep), [shape[i] for i in keep]
+    if len(kept) == 2:
+        return kept, False
+    if len(kept) != 3 or not ((named[1:] == "YX" and named[0] in "SCQI") or (named[:2] == "YX" and named[2] in "SCQ")):
+        raise UserError(f"{path}: unsupported TIFF axes {axes!r} of shape {shape} (expected one 2-D image: YX, "
+                        "YXS (samples last) or CYX (one plane per channel))")
+    if named[0] in "SC":
+        return kept, True
+    if named[2] in "SC":
+        return kept, False
+    if channel_axis != "auto":
+        return kept, channel_axis == "first"
+    if kept[0] <= MAX_AUTO_CHANNELS or kept[2] <= MAX_AUTO_CHANNELS:
+        return kept, kept[0] <= MAX_AUTO_CHANNELS
+    raise UserError(f"{path}: TIFF axes {axes!r} of shape {shape}: cannot tell the channel axis (no side has at "
+                    f"most {MAX_AUTO_CHANNELS} planes); set data.channel_axis to 'first' or 'last'")
+
+
+# Pillow modes: (channels, channels with alpha kept, dtype) as read_image returns them
+_PILLOW_MODES = {"1": (1, 1, "uint8"), "L": (1, 1, "uint8"), "LA": (1, 2, "uint8"), "RGB": (3, 3, "uint8"),
+                 "RGBA": (3, 4, "uint8"), "PA": (3, 4, "uint8"), "P": (3, 3, "uint8"), "CMYK": (3, 3, "uint8"),
+                 "YCbCr": (3, 3, "uint8"), "I;16": (1, 1, "uint16"), "I;16B": (1, 1, "uint16"),
+                 "I;16L": (1, 1, "uint16"), "I;16N": (1, 1, "uint16"), "I": (1, 1, "uint16"),
+                 "F": (1, 1, "float32")}
+
+
+def read_header(path: str | Path, keep_alpha: bool = False, channel_axis: str = "auto") -> ImageHeader:
+    """Size, channel count and dtype of an image as :func:`read_image` would return it, from the file's header
+    (no pixel is decoded), so that a whole input set is checked before any output is written.
+
+    Raises:
+        UserError: the file is missing, not a readable image, or of an unsupported layout or mode.
+    """
+    path = Path(path)
+    if path.suffix.lower() in TIFF_SUFFIXES and _is_tiff(path):
+        _, header, alpha = _tiff_open(path, False, channel_axis)
+        if header.dtype not in IMAGE_DTYPES and header.dtype != "bool":
+            raise _unsupported_dtype(path, header.dtype)
+        dtype = "uint8" if header.dtype == "bool" else header.dtype
+        return ImageHeader(header.height, header.width, header.channels - (alpha and not keep_alpha), dtype)
+    if _png_16bit_colour(path):
+        with path.open("rb") as handle:
+            head = handle.read(26)
+        width, height = struct.unpack(">II", head[16:24])
+        planes = {2: 3, 4: 2, 6: 4}[head[25]]
+        return ImageHeader(height, width, planes - (planes in (2, 4) and not keep_alpha), "uint16")
+    try:
+        with Image.open(path) as img:
+            (width, height), mode, info = img.size, img.mode, img.info
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except (OSError, ValueError, SyntaxError, struct.error) as err:
+        raise UserError(f"{path}: not a readable image ({_reason(err)})") from None
+    if mode not in _PILLOW_MODES:
+        raise UserError(f"{path}: unsupported image mode {mode!r} (expected 8- or 16-bit gray, RGB or RGBA, or a TIFF)")
+    plain, with_alpha, dtype = _PILLOW_MODES[mode]
+    if mode == "P" and "transparency" in info:
+        with_alpha = 4
+    return ImageHeader(height, width, with_alpha if keep_alpha else plain, dtype)
+
+
+# ---- images out ----
+
+def image_suffix(dtype: np.dtype | str, channels: int) -> str:
+    """The file format that keeps an image exactly: ``.png`` for 8-bit gray or RGB (the published layout) and for
+    16-bit gray, ``.tif`` (uncompressed, tifffile) for every other dtype and channel count."""
+    name = np.dtype(dtype).name
+    if (name == "uint8" and channels in (1, 3)) or (name == "uint16" and channels == 1):
+        return ".png"
+    return ".tif"
+
+
+def encode_image(image: np.ndarray) -> bytes:
+    """The bytes of ``image`` (H×W or H×W×C) in the format :func:`image_suffix` chooses; decoding gives it back
+    exactly."""
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    image = np.ascontiguousarray(image)
+    if image_suffix(image.dtype, channels) == ".png":
+        return _encode_png(Image.fromarray(image))
+    import tifffile
+
+    buffer = io.BytesIO()
+    # minisblack + contig: C samples per pixel, never C pages or an RGB interpretation
+    tifffile.imwrite(buffer, image, photometric="minisblack", planarconfig="contig" if image.ndim == 3 else None)
+    return buffer.getvalue()
+
+
+def save_image(path: str | Path, image: np.ndarray) -> None:
+    """Save an image atomically, exactly (the format follows :func:`image_suffix`; ``path`` must carry it)."""
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    suffix = image_suffix(image.dtype, channels)
+    if Path(path).suffix.lower() != suffix:
+        raise ValueError(f"{path}: a {image.dtype} image of {channels} channel(s) is saved as {suffix}")
+    atomic_write_bytes(path, encode_image(image))
+
+
+# ---- masks ----
 
 def palette_bytes(colors: list[tuple[int, int, int]]) -> list[int]:
     """A 256-entry PIL palette whose first entries are the class colours (the rest gray ramp, to spot stray values)."""
@@ -40,69 +333,37 @@ def save_mask(path: str | Path, mask: np.ndarray, colors: list[tuple[int, int, i
     atomic_write_bytes(path, _encode_png(img))
 
 
-def open_png(path: str | Path) -> Image.Image:
-    """Open and fully decode an image, turning every decoding problem into a :class:`UserError` naming the file."""
-    path = Path(path)
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img.copy()
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
-    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as err:
-        reason = " ".join(str(err).split()) or err.__class__.__name__
-        raise UserError(f"{path}: not a readable image ({reason})") from None
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image as uint8 H×W (gray) or H×W×3 (colour).
-
-    Conversions (documented in the README): palette and gray+alpha become gray or RGB, RGBA drops its alpha channel,
-    16-bit gray is scaled to 8 bit by its full range (value >> 8), 32-bit integer and float modes are refused.
-
-    Raises:
-        UserError: the file is missing, unreadable, truncated, or of an unsupported mode.
-    """
-    img = open_png(path)
-    mode = img.mode
-    if mode in ("L", "RGB"):
-        return np.asarray(img)
-    if mode == "1":
-        return np.asarray(img.convert("L"))
-    if mode in ("LA",):
-        return np.asarray(img.convert("L"))
-    if mode in ("RGBA", "P", "PA", "CMYK", "YCbCr"):
-        return np.asarray(img.convert("RGB"))
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N") or (mode == "I" and _is_16bit(img)):
-        return (np.asarray(img, dtype=np.uint32) >> 8).astype(np.uint8)
-    raise UserError(f"{path}: unsupported image mode {mode!r} (expected 8- or 16-bit gray, RGB or RGBA)")
-
-
-def _is_16bit(img: Image.Image) -> bool:
-    array = np.asarray(img)
-    return bool(array.size) and int(array.min()) >= 0 and int(array.max()) <= 65535
-
-
 def read_mask(path: str | Path, colors: list[tuple[int, int, int]]) -> np.ndarray:
     """Read a label mask as uint8 H×W of class indices.
 
-    Index masks (L or P: pixel value = class index) are read as they are; colour masks (RGB/RGBA) are mapped through
-    the class colours.
+    Index masks (8- or 16-bit gray or palette PNG, or an integer TIFF: pixel value = class index) are read as they
+    are; colour masks (8-bit RGB/RGBA) are mapped through the class colours.
 
     Raises:
         UserError: the file is unreadable, or holds a value or colour that is no class (naming both).
     """
-    img = open_png(path)
+    path = Path(path)
     n = len(colors)
-    if img.mode in ("L", "P", "1"):
-        mask = np.asarray(img if img.mode != "1" else img.convert("L"))
-        if mask.size and int(mask.max()) >= n:
-            bad = sorted(int(v) for v in np.unique(mask[mask >= n]))[:5]
-            raise UserError(f"{path}: mask values {bad} are not class indices (expected 0..{n - 1})")
-        return mask.astype(np.uint8, copy=False)
-    if img.mode in ("RGB", "RGBA"):
-        return _colors_to_indices(np.asarray(img.convert("RGB")), colors, path)
-    raise UserError(f"{path}: unsupported mask mode {img.mode!r} (expected an index PNG (L or P) or an RGB colour PNG)")
+    if path.suffix.lower() in TIFF_SUFFIXES and _is_tiff(path):
+        array, _ = _read_tiff(path, "auto")
+    else:
+        img = open_png(path)
+        if img.mode in ("L", "P", "1", "I;16", "I;16B", "I;16L", "I;16N", "I"):
+            array = np.asarray(img if img.mode != "1" else img.convert("L"))
+        elif img.mode in ("RGB", "RGBA"):
+            array = np.asarray(img.convert("RGB"))
+        else:
+            raise UserError(f"{path}: unsupported mask mode {img.mode!r} (expected an index image (8- or 16-bit gray "
+                            "or palette) or an RGB colour image)")
+    if array.ndim == 3 and array.shape[2] in (3, 4) and array.dtype == np.uint8:
+        return _colors_to_indices(array[..., :3], colors, path)
+    if array.ndim != 2 or array.dtype.kind not in "iub":
+        raise UserError(f"{path}: unsupported mask of shape {array.shape} and type {array.dtype.name} (expected an "
+                        "H×W image of integer class indices, or an 8-bit RGB colour image)")
+    if array.size and (int(array.max()) >= n or int(array.min()) < 0):
+        bad = sorted(int(v) for v in np.unique(array[(array >= n) | (array < 0)]))[:5]
+        raise UserError(f"{path}: mask values {bad} are not class indices (expected 0..{n - 1})")
+    return array.astype(np.uint8)
 
 
 def _colors_to_indices(rgb: np.ndarray, colors: list[tuple[int, int, int]], path: Path) -> np.ndarray:

@@ -1,20 +1,183 @@
-"""Input normalisation: per-channel mean and standard deviation of the training patches, stored in checkpoints."""
+"""Input normalisation learnt from the training data, stored in checkpoints, applied by one function everywhere.
+
+Three modes (``data.normalization``), each per channel:
+
+- ``zscore`` (default): mean and std over the training patches; ``x' = (x / scale - mean) / std``. On 8-bit data
+  (scale 255) this is the published ``/255`` followed by a z-score, unchanged.
+- ``percentile``: each channel clipped to its ``[low, high]`` percentiles over the training patches
+  (``data.percentiles``, 0.5 and 99.5 by default), then z-scored with the mean and std of the clipped values
+  (nnU-Net's scheme for CT).
+- ``image``: every image z-scored with its own mean and std (nnU-Net's default for other modalities); a training
+  patch uses the statistics of the whole image it was cut from (``sources.json`` of the patch folder).
+
+``scale`` is 255 for uint8, 65535 for uint16, 32768 for int16 and 1 for float32: it only sets the units in which
+``mean`` and ``std`` are stored. The settings travel as a plain dict (the checkpoint's ``normalization`` entry).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 
-
-def compute_normalization(images: torch.Tensor) -> dict[str, list[float]]:
-    """Per-channel mean and std (in [0, 1] units) of uint8 images N×C×H×W."""
-    x = images.double() / 255.0
-    mean = x.mean(dim=(0, 2, 3))
-    std = x.std(dim=(0, 2, 3)).clamp(min=1e-3)
-    return {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+MODES = ("zscore", "percentile", "image")
+SCALES = {"uint8": 255.0, "uint16": 65535.0, "int16": 32768.0, "float32": 1.0}
+_EXACT_PERCENTILE_VALUES = 1 << 25  # float data with more values per channel is subsampled (strided) for percentiles
+_CHUNK = 256  # patches per chunk when computing statistics (bounded float64 temporaries)
 
 
-def normalize(images: torch.Tensor, normalization: dict[str, list[float]]) -> torch.Tensor:
-    """uint8 (or [0, 255] float) images N×C×H×W → float32 ``(x / 255 - mean) / std``."""
-    mean = torch.tensor(normalization["mean"], dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
-    std = torch.tensor(normalization["std"], dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
-    return (images.float() / 255.0 - mean) / std
+def _floor(std: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    # a constant channel has std 0: a tiny floor, relative to the values, keeps the division finite
+    return np.maximum(std, 1e-8 * np.maximum(1.0, np.abs(mean)))
+
+
+def _merge(a: tuple[np.ndarray, np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray, np.ndarray]
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Chan et al.'s merge of (count, mean, sum of squared deviations): exact, no cancellation."""
+    (na, ma, sa), (nb, mb, sb) = a, b
+    n = na + nb
+    delta = mb - ma
+    return n, ma + delta * nb / n, sa + sb + delta**2 * na * nb / n
+
+
+def _moments(chunk: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    x = chunk.astype(np.float64)
+    n = np.full(x.shape[-1] if axes == (0, 1) else x.shape[1], float(np.prod([x.shape[a] for a in axes])))
+    mean = x.mean(axis=axes)
+    dev = x - (mean if axes == (0, 1) else mean.reshape(1, -1, 1, 1))
+    return n, mean, (dev * dev).sum(axis=axes)
+
+
+def image_statistics(image: np.ndarray, rows: int = 1024) -> tuple[list[float], list[float]]:
+    """Per-channel mean and (unbiased) std of an H×W or H×W×C image in its stored units, computed in bands of rows
+    (float64 temporaries of one band only)."""
+    image = image[..., None] if image.ndim == 2 else image
+    total = None
+    for top in range(0, image.shape[0], rows):
+        part = _moments(image[top:top + rows], (0, 1))
+        total = part if total is None else _merge(total, part)
+    n, mean, m2 = total
+    std = np.sqrt(m2 / np.maximum(n - 1, 1))
+    return [float(v) for v in mean], [float(v) for v in _floor(std, mean)]
+
+
+def _channel_values(images: torch.Tensor, c: int) -> np.ndarray:
+    values = images[:, c].numpy().reshape(-1)
+    step = max(1, -(-values.size // _EXACT_PERCENTILE_VALUES))
+    return values[::step]
+
+
+def _percentiles(images: torch.Tensor, q: Sequence[float]) -> tuple[list[float], list[float]]:
+    """Per-channel ``q[0]`` and ``q[1]`` percentiles (NumPy's linear rule) of N×C×H×W images: exact from a histogram
+    for integer data; for float data exact up to 2^25 values per channel, from a strided subsample beyond."""
+    low, high = [], []
+    for c in range(images.shape[1]):
+        if images.dtype.is_floating_point:
+            lo, hi = np.percentile(_channel_values(images, c), q)
+        else:
+            offset = 32768 if images.dtype == torch.int16 else 0
+            counts = torch.zeros(1 << 16, dtype=torch.int64)
+            for start in range(0, len(images), _CHUNK):
+                flat = images[start:start + _CHUNK, c].reshape(-1).to(torch.int32) + offset
+                counts += torch.bincount(flat, minlength=1 << 16)
+            cumulative = counts.cumsum(0).numpy()
+            n = int(cumulative[-1])
+
+            def order_statistic(k: int, cumulative=cumulative, offset=offset) -> int:
+                return int(np.searchsorted(cumulative, k, side="right")) - offset
+
+            lo, hi = (_interpolate(order_statistic, p / 100 * (n - 1)) for p in q)
+        low.append(float(lo))
+        high.append(float(hi))
+    return low, high
+
+
+def _interpolate(order_statistic, rank: float) -> float:
+    below, frac = int(np.floor(rank)), rank - np.floor(rank)
+    a = order_statistic(below)
+    return float(a + frac * (order_statistic(below + 1) - a)) if frac else float(a)
+
+
+def compute_normalization(images: torch.Tensor, mode: str = "zscore",
+                          percentiles: Sequence[float] = (0.5, 99.5)) -> dict:
+    """The normalisation of a data set, learnt from its training patches.
+
+    Args:
+        images: N×C×H×W training patches in their stored dtype (uint8, uint16, int16 or float32), on the CPU.
+        mode: ``zscore``, ``percentile`` or ``image`` (see the module docstring).
+        percentiles: the clipping percentiles of ``percentile`` mode, in [0, 100].
+
+    Returns:
+        ``{"mode", "dtype", "scale", "mean", "std", "low", "high"}``: per-channel lists (``mean``/``std`` in units of
+        ``scale``, ``low``/``high`` in stored units; None where the mode has none).
+
+    Raises:
+        ValueError: an unknown mode or dtype, bad percentiles, or no images.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    dtype = str(images.dtype).removeprefix("torch.")
+    if dtype not in SCALES:
+        raise ValueError(f"images must be one of {tuple(SCALES)}, got {dtype}")
+    if images.ndim != 4 or not len(images):
+        raise ValueError(f"images must be a non-empty N×C×H×W tensor, got shape {tuple(images.shape)}")
+    if not 0 <= percentiles[0] < percentiles[1] <= 100:
+        raise ValueError(f"percentiles must be 0 <= low < high <= 100, got {list(percentiles)}")
+    spec = {"mode": mode, "dtype": dtype, "scale": SCALES[dtype], "mean": None, "std": None, "low": None,
+            "high": None}
+    if mode == "image":
+        return spec
+    if mode == "percentile":
+        spec["low"], spec["high"] = _percentiles(images, percentiles)
+    low = np.array(spec["low"]).reshape(1, -1, 1, 1) if spec["low"] else None
+    high = np.array(spec["high"]).reshape(1, -1, 1, 1) if spec["high"] else None
+    total = None
+    for start in range(0, len(images), _CHUNK):
+        chunk = images[start:start + _CHUNK].numpy()
+        if low is not None:
+            chunk = np.clip(chunk.astype(np.float64), low, high)
+        part = _moments(chunk, (0, 2, 3))
+        total = part if total is None else _merge(total, part)
+    n, mean, m2 = total
+    mean, std = mean / spec["scale"], np.sqrt(m2 / np.maximum(n - 1, 1)) / spec["scale"]
+    spec["mean"], spec["std"] = [float(v) for v in mean], [float(v) for v in _floor(std, mean)]
+    return spec
+
+
+def as_spec(normalization: dict) -> dict:
+    """A stored normalisation in today's form; a checkpoint written before the modes existed holds only ``mean`` and
+    ``std`` of 8-bit data in [0, 1] units, which is ``zscore`` with scale 255."""
+    if "mode" in normalization:
+        return normalization
+    return {"mode": "zscore", "dtype": "uint8", "scale": 255.0, "mean": list(normalization["mean"]),
+            "std": list(normalization["std"]), "low": None, "high": None}
+
+
+def normalize(images: torch.Tensor, normalization: dict, image_stats: torch.Tensor | None = None) -> torch.Tensor:
+    """The one normalisation rule: N×C×H×W images in their stored dtype → float32 network inputs.
+
+    Args:
+        images: N×C×H×W, any supported dtype, on any device.
+        normalization: a dict of :func:`compute_normalization` (or a checkpoint's, see :func:`as_spec`).
+        image_stats: for ``image`` mode, N×2×C: the mean and std (stored units) of each patch's whole image.
+
+    Raises:
+        ValueError: ``image`` mode without ``image_stats``.
+    """
+    spec = as_spec(normalization)
+    x = images.float()
+    kw = {"dtype": torch.float32, "device": images.device}
+    if spec["mode"] == "percentile":
+        x = torch.clamp(x, torch.tensor(spec["low"], **kw).view(1, -1, 1, 1),
+                        torch.tensor(spec["high"], **kw).view(1, -1, 1, 1))
+    x = x / spec["scale"]
+    if spec["mode"] == "image":
+        if image_stats is None:
+            raise ValueError("normalization mode 'image' needs the statistics of each image (image_stats)")
+        stats = image_stats.to(**kw) / spec["scale"]
+        mean, std = stats[:, 0, :, None, None], stats[:, 1, :, None, None]
+    else:
+        mean = torch.tensor(spec["mean"], **kw).view(1, -1, 1, 1)
+        std = torch.tensor(spec["std"], **kw).view(1, -1, 1, 1)
+    return (x - mean) / std

@@ -46,6 +46,10 @@ class DataParams:
     test_folder: str = _spec("images_test")
     image_prefix: str = _spec("")
     mask_prefix: str = _spec("")
+    normalization: str = _spec("zscore", choices=("zscore", "percentile", "image"))
+    percentiles: tuple[float, float] = _spec((0.5, 99.5), 0.0, 100.0)
+    keep_alpha: bool = _spec(False)
+    channel_axis: str = _spec("auto", choices=("auto", "first", "last"))
     seed: int = _spec(0, 0)
     n_training: int = _spec(100, 1)
     n_test: int = _spec(10, 0)
@@ -61,6 +65,11 @@ class DataParams:
     ellipse_radius: tuple[float, float] = _spec((5.0, 20.0), 1.0)
     ellipse_axis_ratio: tuple[float, float] = _spec((0.5, 2.0), 0.0, lo_open=True)
     shape_gray: tuple[float, float] = _spec((0.0, 0.7), 0.0, 1.0)
+
+    @property
+    def read_options(self) -> dict[str, Any]:
+        """How images of this data set are read (the keyword arguments of ``lib.imageio.read_image``)."""
+        return {"keep_alpha": self.keep_alpha, "channel_axis": self.channel_axis}
 
 
 @dataclass(frozen=True)
@@ -253,6 +262,9 @@ def _check_consistency(params: Params) -> None:
     colors = [tuple(c.color) for c in classes]
     if len(set(colors)) != len(colors):
         raise _Invalid("classes", "expected a distinct colour for each class")
+    low, high = params.data.percentiles
+    if low >= high:
+        raise _Invalid("data.percentiles", f"expected [low, high] with low < high, got {[low, high]}")
     weights = params.training.class_weights
     if weights is not None and len(weights) != len(classes):
         raise _Invalid("training.class_weights", f"expected {len(classes)} weights (one per class), got {len(weights)}")

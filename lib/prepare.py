@@ -1,8 +1,9 @@
 """Cut training patches: ``python -m lib.prepare [--src DIR] [--out DIR] [--patch-size P] [--per-image K] [--seed S]
 [--overwrite]``.
 
-Writes ``OUT/images/p<k>.png``, ``OUT/masks/p<k>.png`` and ``OUT/manifest.csv`` (one row per patch: file, source
-image, top, left, flip, rot90), so that training can hold out whole source images.
+Writes ``OUT/images/p<k>.png`` (``.tif`` where PNG cannot hold the data exactly, see ``lib.imageio.image_suffix``),
+``OUT/masks/p<k>.png``, ``OUT/manifest.csv`` (one row per patch: file, source image, top, left, flip, rot90), so that
+training can hold out whole source images, and ``OUT/sources.json`` (dtype, channels and per-image statistics).
 """
 
 from __future__ import annotations
@@ -11,22 +12,23 @@ import argparse
 import csv
 import dataclasses
 import io
+import json
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from dataloader.pairs import ImagePair, find_pairs, load_pair
+from dataloader.patches import MANIFEST, MANIFEST_FIELDS, SOURCES, mask_file
 from lib.atomic import atomic_write_text
 from lib.errors import UserError, cli_main
-from lib.imageio import save_gray, save_mask
+from lib.imageio import image_suffix, save_image, save_mask
 from lib.jobs import finish_job, start_job
+from lib.normalization import image_statistics
 from lib.params import Params, load_params, replace
 from lib.patches import apply_augmentation, augmentations, pad_to_patch, sample_positions
 
-MANIFEST = "manifest.csv"
-MANIFEST_FIELDS = ["file", "source", "top", "left", "flip", "rot90"]
-OWNED = ["images/*.png", "masks/*.png", MANIFEST]
+OWNED = ["images/*.png", "images/*.tif", "masks/*.png", MANIFEST, SOURCES]
 
 
 def prepare_patches(src: str | Path, out: str | Path, params: Params, overwrite: bool = False,
@@ -59,6 +61,8 @@ def prepare_patches(src: str | Path, out: str | Path, params: Params, overwrite:
     resumed = start_job(out, signature, OWNED, overwrite)
     (out / "images").mkdir(exist_ok=True)
     (out / "masks").mkdir(exist_ok=True)
+    first = loaded[0][0]
+    suffix = image_suffix(first.dtype, 1 if first.ndim == 2 else first.shape[2])
     rows = []
     k = 0
     for s, (pair, (image, mask)) in enumerate(zip(tqdm(pairs, desc="cut patches", disable=not progress,
@@ -68,30 +72,49 @@ def prepare_patches(src: str | Path, out: str | Path, params: Params, overwrite:
         for top, left in sample_positions(rng, mask, p.size, p.per_image, p.foreground_fraction):
             window = (slice(top, top + p.size), slice(left, left + p.size))
             for flip, rot in variants:
-                name = f"p{k}.png"
+                name = f"p{k}{suffix}"
                 rows.append({"file": name, "source": pair.name, "top": top, "left": left, "flip": flip, "rot90": rot})
-                if not (resumed and (out / "masks" / name).is_file()):
-                    save_gray(out / "images" / name, apply_augmentation(image[window], flip, rot))
-                    save_mask(out / "masks" / name, apply_augmentation(mask[window], flip, rot), params.class_colors)
+                if not (resumed and (out / "masks" / mask_file(name)).is_file()):
+                    save_image(out / "images" / name, apply_augmentation(image[window], flip, rot))
+                    save_mask(out / "masks" / mask_file(name), apply_augmentation(mask[window], flip, rot),
+                              params.class_colors)
                 k += 1
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, MANIFEST_FIELDS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
+    atomic_write_text(out / SOURCES, json.dumps(source_summary(pairs, [image for image, _ in loaded]), indent=1))
     atomic_write_text(out / MANIFEST, buffer.getvalue())
     finish_job(out)
     return k
 
 
+def source_summary(pairs: list[ImagePair], images: list[np.ndarray]) -> dict:
+    """``sources.json``: the data set's dtype and channel count, and each source image's size and per-channel mean
+    and std in stored units (the statistics of ``image`` normalisation)."""
+    first = images[0]
+    summary = {"dtype": first.dtype.name, "channels": 1 if first.ndim == 2 else int(first.shape[2]), "images": {}}
+    for pair, image in zip(pairs, images):
+        mean, std = image_statistics(image)
+        summary["images"][pair.name] = {"height": int(image.shape[0]), "width": int(image.shape[1]),
+                                        "mean": mean, "std": std}
+    return summary
+
+
+def describe(image: np.ndarray) -> str:
+    """``uint16, 4 channels``: what a data set must share."""
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    return f"{image.dtype.name}, {channels} channel{'s' if channels > 1 else ''}"
+
+
 def _load_all(pairs: list[ImagePair], params: Params, progress: bool) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Read and check every pair (readable, same size, mask values are classes, all gray or all colour)."""
+    """Read and check every pair (readable, same size, mask values are classes, one dtype and channel count)."""
     loaded = []
     for pair in tqdm(pairs, desc="read images", disable=not progress, unit="img"):
-        image, mask = load_pair(pair, params.class_colors)
-        if loaded and image.ndim != loaded[0][0].ndim:
-            kinds = {2: "gray", 3: "colour"}
-            raise UserError(f"{pair.image}: a {kinds[image.ndim]} image among {kinds[loaded[0][0].ndim]} ones "
-                            "(a data set must be all gray or all colour)")
+        image, mask = load_pair(pair, params.class_colors, **params.data.read_options)
+        if loaded and describe(image) != describe(loaded[0][0]):
+            raise UserError(f"{pair.image}: image of {describe(image)} among images of {describe(loaded[0][0])} "
+                            f"({pairs[0].image.name}); a data set has one pixel type and one channel count")
         loaded.append((image, mask))
     return loaded
 

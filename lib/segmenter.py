@@ -11,9 +11,10 @@ import torch
 from lib.allocator import retain_freed_memory
 from lib.device import memory_format, resolve_precision, select_device
 from lib.errors import UserError
+from lib.imageio import ImageHeader
 from lib.inference import sliding_window_predict
 from lib.metrics import confusion_matrix, iou_per_class, mean_iou
-from lib.normalization import normalize
+from lib.normalization import as_spec, image_statistics, normalize
 from lib.params import InferenceParams, Params, params_from_dict
 from model.checkpoint import load_checkpoint, model_from_checkpoint
 from model.unet_model import UNet
@@ -23,7 +24,7 @@ from model.unet_model import UNet
 class Segmenter:
     """Everything inference needs, read from a checkpoint alone.
 
-    Use :meth:`from_checkpoint`, then :meth:`predict` on uint8 images.
+    Use :meth:`from_checkpoint`, then :meth:`predict` on images as :func:`lib.imageio.read_image` returns them.
     """
 
     model: UNet
@@ -64,25 +65,49 @@ class Segmenter:
     def n_channels(self) -> int:
         return self.model.n_channels
 
-    def to_input(self, image: np.ndarray, name: str = "image") -> torch.Tensor:
-        """uint8 H×W or H×W×C image → normalised C×H×W float tensor; gray/colour converted to the model's channels.
+    @property
+    def dtype(self) -> str:
+        """The pixel type the model was trained on (e.g. ``uint8``)."""
+        return as_spec(self.normalization)["dtype"]
+
+    def check_image(self, header: ImageHeader, name: str = "image") -> None:
+        """Refuse an image the model cannot take: another pixel type than the training data, or another channel
+        count (except 8-bit gray for an RGB model and 8-bit RGB for a gray model, converted by :meth:`to_input`).
 
         Raises:
-            UserError: the image has a channel count the model cannot take.
+            UserError: naming ``name`` and both pixel types or channel counts.
         """
-        x = torch.from_numpy(np.array(image, dtype=np.uint8))  # a writable copy (decoded images are read-only)
+        if header.dtype != self.dtype:
+            raise UserError(f"{name}: image is {header.dtype}, the model was trained on {self.dtype} images")
+        convertible = header.dtype == "uint8" and {header.channels, self.n_channels} == {1, 3}
+        if header.channels != self.n_channels and not convertible:
+            raise UserError(f"{name}: image has {header.channels} channel(s), the model expects {self.n_channels}")
+
+    def to_input(self, image: np.ndarray, name: str = "image") -> torch.Tensor:
+        """H×W or H×W×C image in its stored dtype → normalised C×H×W float tensor (:func:`normalize`, with the image's
+        own statistics in ``image`` mode). An 8-bit gray image given to an RGB model is repeated over the channels,
+        and an 8-bit RGB image given to a gray model is converted to luma (ITU-R 601), as before.
+
+        Raises:
+            UserError: the image has another pixel type than the training data, or a channel count the model cannot
+                take (naming ``name``).
+        """
+        self.check_image(ImageHeader(image.shape[0], image.shape[1], 1 if image.ndim == 2 else image.shape[2],
+                                     image.dtype.name), name)
+        x = torch.from_numpy(np.array(image))  # a writable copy (decoded images are read-only)
         x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)
-        if x.shape[0] != self.n_channels:
-            if x.shape[0] == 3 and self.n_channels == 1:
-                x = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]).round().clamp(0, 255)[None]
-            elif x.shape[0] == 1 and self.n_channels == 3:
-                x = x.expand(3, -1, -1)
-            else:
-                raise UserError(f"{name}: has {x.shape[0]} channels, the model expects {self.n_channels}")
-        return normalize(x[None], self.normalization)[0]
+        if x.shape[0] == 3 and self.n_channels == 1:
+            x = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]).round().clamp(0, 255)[None]
+        elif x.shape[0] == 1 and self.n_channels == 3:
+            x = x.expand(3, -1, -1)
+        stats = None
+        if as_spec(self.normalization)["mode"] == "image":
+            mean, std = image_statistics(x.permute(1, 2, 0).numpy())
+            stats = torch.tensor([[mean, std]], dtype=torch.float64)
+        return normalize(x[None], self.normalization, stats)[0]
 
     def predict(self, image: np.ndarray, name: str = "image") -> tuple[torch.Tensor, torch.Tensor]:
-        """Class probabilities (C×H×W) and labels (H×W) of a whole uint8 image, by :func:`sliding_window_predict`."""
+        """Class probabilities (C×H×W) and labels (H×W) of a whole image, by :func:`sliding_window_predict`."""
         p = self.inference
         return sliding_window_predict(self.model, self.to_input(image, name), window=self.window,
                                       overlap=p.overlap, batch_size=p.batch_size, blend=p.blend, tta=p.tta,

@@ -24,22 +24,26 @@ def batches(indices: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
 
 
 def make_inputs(images: torch.Tensor, idx: torch.Tensor, normalization: dict, device: torch.device,
-                memory_format: torch.memory_format) -> torch.Tensor:
-    """Normalised float inputs of the patches ``idx`` on ``device``, in the given memory format."""
-    x = normalize(images[idx.to(images.device)].to(device, non_blocking=True), normalization)
+                memory_format: torch.memory_format, image_stats: torch.Tensor | None = None) -> torch.Tensor:
+    """Normalised float inputs of the patches ``idx`` on ``device``, in the given memory format.
+
+    ``image_stats`` (N×2×C, beside ``images``) are the source-image statistics that ``image`` normalisation needs.
+    """
+    stats = image_stats[idx.to(image_stats.device)].to(device) if image_stats is not None else None
+    x = normalize(images[idx.to(images.device)].to(device, non_blocking=True), normalization, stats)
     return x.contiguous(memory_format=memory_format)
 
 
 def forward_loss(model: nn.Module, loss_fn: nn.Module, images: torch.Tensor, masks: torch.Tensor, idx: torch.Tensor,
                  normalization: dict, device: torch.device, precision: str, memory_format: torch.memory_format,
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 image_stats: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The forward pass of train.py and of the evaluation on the patches ``idx``: normalised inputs, the model under
     ``precision`` autocast, the loss on float32 logits.
 
     Returns:
         ``(logits, targets, loss)``: N×C×P×P logits, N×P×P int64 class indices on ``device``, the scalar loss.
     """
-    x = make_inputs(images, idx, normalization, device, memory_format)
+    x = make_inputs(images, idx, normalization, device, memory_format, image_stats)
     y = masks[idx.to(masks.device)].to(device).long()
     with autocast(device, precision):
         logits = model(x)
@@ -58,12 +62,12 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler:
 def evaluate(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, indices: torch.Tensor,
              normalization: dict, loss_fn: nn.Module, n_classes: int, device: torch.device, precision: str,
              memory_format: torch.memory_format, batch_size: int = 64, info: DistInfo = DistInfo(),
-             ) -> tuple[float, torch.Tensor]:
+             image_stats: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
     """Mean loss and confusion matrix over the patches ``indices`` (each process takes every world_size-th patch;
     the sums are reduced over processes, so the result equals a single-process evaluation).
 
     Returns:
-        ``(mean loss per batch-weighted pixel, confusion matrix)``.
+        ``(mean loss per patch, confusion matrix)``.
     """
     was_training = model.training
     model.eval()
@@ -72,7 +76,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, indice
     totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss × patches, patches
     for idx in batches(shard, batch_size):
         logits, y, loss = forward_loss(model, loss_fn, images, masks, idx, normalization, device, precision,
-                                       memory_format)
+                                       memory_format, image_stats)
         totals += torch.tensor([float(loss) * len(idx), len(idx)], dtype=torch.float64, device=device)
         cm += confusion_matrix(y, logits.argmax(1), n_classes)
     all_reduce_sum(cm, info)
@@ -82,12 +86,13 @@ def evaluate(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, indice
 
 
 def predict_labels(model: nn.Module, images: torch.Tensor, idx: torch.Tensor, normalization: dict,
-                   device: torch.device, precision: str, memory_format: torch.memory_format) -> torch.Tensor:
+                   device: torch.device, precision: str, memory_format: torch.memory_format,
+                   image_stats: torch.Tensor | None = None) -> torch.Tensor:
     """Argmax labels of a few patches (for the TensorBoard figure)."""
     was_training = model.training
     model.eval()
     with torch.inference_mode(), autocast(device, precision):
-        labels = model(make_inputs(images, idx, normalization, device, memory_format)).argmax(1).cpu()
+        labels = model(make_inputs(images, idx, normalization, device, memory_format, image_stats)).argmax(1).cpu()
     model.train(was_training)
     return labels
 

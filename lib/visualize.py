@@ -1,4 +1,7 @@
-"""Figures: masks in class colours, image/mask pairs, patch grids, flips, and the six-panel prediction."""
+"""Figures: masks in class colours, image/mask pairs, patch grids, flips, and the six-panel prediction.
+
+Images of any dtype and channel count are shown through one display rule, :func:`display_image`.
+"""
 
 from __future__ import annotations
 
@@ -17,30 +20,72 @@ def colorize(mask: np.ndarray, colors: Sequence[tuple[int, int, int]]) -> np.nda
     return palette[np.asarray(mask, dtype=np.int64)]
 
 
-def _show(ax, image: np.ndarray, title: str | None = None) -> None:
-    if image.ndim == 2:
-        ax.imshow(image, cmap="gray", vmin=0, vmax=255 if image.dtype == np.uint8 else 1, interpolation="nearest")
+def display_image(image: np.ndarray, channels: Sequence[int] | None = None,
+                  percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
+    """The display rule: an image of any dtype and channel count as uint8 H×W (gray) or H×W×3 (colour).
+
+    8-bit data is shown as stored. Other data is contrast-stretched per channel between its ``percentiles`` (so a
+    12-bit image in a narrow band fills the gray range). Of more than three channels, ``channels`` picks the three
+    shown as red, green and blue (default: the first three); two channels are shown as red and green.
+
+    Raises:
+        ValueError: a channel index outside the image.
+    """
+    image = np.asarray(image)
+    x = image[..., None] if image.ndim == 2 else image
+    chosen = list(channels) if channels is not None else list(range(min(x.shape[2], 3)))
+    if any(not 0 <= c < x.shape[2] for c in chosen) or not 1 <= len(chosen) <= 3:
+        raise ValueError(f"channels {chosen}: expected 1 to 3 indices below {x.shape[2]}")
+    x = x[..., chosen]
+    if x.dtype != np.uint8:
+        shown = np.empty(x.shape, np.uint8)
+        for c in range(x.shape[2]):
+            lo, hi = np.percentile(x[..., c], percentiles)
+            scaled = (x[..., c].astype(np.float64) - lo) / (hi - lo if hi > lo else 1.0)
+            shown[..., c] = np.round(np.clip(scaled, 0, 1) * 255)
+        x = shown
+    if x.shape[2] == 2:
+        x = np.concatenate([x, np.zeros_like(x[..., :1])], axis=2)
+    return x[..., 0] if x.shape[2] == 1 else x
+
+
+def _show(ax, image: np.ndarray, title: str | None = None, channels: Sequence[int] | None = None) -> None:
+    picture = display_image(image, channels)
+    if picture.ndim == 2:
+        ax.imshow(picture, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     else:
-        ax.imshow(image, interpolation="nearest")
+        ax.imshow(picture, interpolation="nearest")
     ax.set_axis_off()
     if title:
         ax.set_title(title, fontsize=9)
 
 
+def show_channels(image: np.ndarray, names: Sequence[str] | None = None) -> plt.Figure:
+    """One panel per channel of an image, each contrast-stretched as :func:`display_image` does."""
+    x = image[..., None] if image.ndim == 2 else image
+    n = x.shape[2]
+    fig, axes = plt.subplots(1, n, figsize=(2.4 * n, 3.2), squeeze=False)
+    for c in range(n):
+        _show(axes[0, c], x[..., c], names[c] if names else f"channel {c}")
+    fig.tight_layout()
+    return fig
+
+
 def show_pairs(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], colors: Sequence[tuple[int, int, int]],
-               titles: Sequence[str] | None = None) -> plt.Figure:
+               titles: Sequence[str] | None = None, channels: Sequence[int] | None = None) -> plt.Figure:
     """Images (top row) above their masks in class colours (bottom row)."""
     n = len(images)
     fig, axes = plt.subplots(2, n, figsize=(2.2 * n, 6), squeeze=False)
     for i in range(n):
-        _show(axes[0, i], images[i], titles[i] if titles else None)
+        _show(axes[0, i], images[i], titles[i] if titles else None, channels)
         _show(axes[1, i], colorize(masks[i], colors))
     fig.tight_layout()
     return fig
 
 
 def show_patch_grid(images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
-                    colors: Sequence[tuple[int, int, int]], columns: int = 8) -> plt.Figure:
+                    colors: Sequence[tuple[int, int, int]], columns: int = 8,
+                    channels: Sequence[int] | None = None) -> plt.Figure:
     """A grid of patches, each followed below by its mask."""
     n = len(images)
     rows = (n + columns - 1) // columns
@@ -49,28 +94,28 @@ def show_patch_grid(images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
         ax.set_axis_off()
     for i in range(n):
         r, c = divmod(i, columns)
-        _show(axes[2 * r, c], images[i])
+        _show(axes[2 * r, c], images[i], channels=channels)
         _show(axes[2 * r + 1, c], colorize(masks[i], colors))
     fig.tight_layout()
     return fig
 
 
 def show_variants(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], labels: Sequence[str],
-                  colors: Sequence[tuple[int, int, int]]) -> plt.Figure:
+                  colors: Sequence[tuple[int, int, int]], channels: Sequence[int] | None = None) -> plt.Figure:
     """One patch in each of its augmentations (flips), image above mask."""
-    fig = show_patch_grid(images, masks, colors, columns=len(images))
+    fig = show_patch_grid(images, masks, colors, columns=len(images), channels=channels)
     for ax, label in zip(fig.axes[: len(labels)], labels):
         ax.set_title(label, fontsize=9)
     return fig
 
 
 def show_validation(images: np.ndarray, truths: np.ndarray, preds: np.ndarray,
-                    colors: Sequence[tuple[int, int, int]]) -> plt.Figure:
+                    colors: Sequence[tuple[int, int, int]], channels: Sequence[int] | None = None) -> plt.Figure:
     """Rows of (image, ground truth, prediction) for a few validation patches (used in TensorBoard)."""
     n = len(images)
     fig, axes = plt.subplots(n, 3, figsize=(6, 2 * n), squeeze=False)
     for i in range(n):
-        _show(axes[i, 0], images[i], "image" if i == 0 else None)
+        _show(axes[i, 0], images[i], "image" if i == 0 else None, channels)
         _show(axes[i, 1], colorize(truths[i], colors), "ground truth" if i == 0 else None)
         _show(axes[i, 2], colorize(preds[i], colors), "prediction" if i == 0 else None)
     fig.tight_layout()
@@ -79,10 +124,11 @@ def show_validation(images: np.ndarray, truths: np.ndarray, preds: np.ndarray,
 
 def show_prediction(image: np.ndarray, truth: np.ndarray | None, probabilities: np.ndarray,
                     class_names: Sequence[str], colors: Sequence[tuple[int, int, int]],
-                    class_iou: Sequence[float] | None = None, miou: float | None = None) -> plt.Figure:
+                    class_iou: Sequence[float] | None = None, miou: float | None = None,
+                    channels: Sequence[int] | None = None) -> plt.Figure:
     """The published six-panel figure: original, ground truth, prediction, then one probability map per class."""
     labels = probabilities.argmax(0)
-    panels = [(image, "original")]
+    panels = [(display_image(image, channels), "original")]
     if truth is not None:
         panels.append((colorize(truth, colors), "ground truth"))
     panels.append((colorize(labels, colors), "prediction"))

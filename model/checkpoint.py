@@ -11,6 +11,7 @@ import torch
 
 from lib.atomic import atomic_write_bytes
 from lib.errors import UserError
+from lib.normalization import as_spec
 from model.unet_model import UNet
 
 REQUIRED_KEYS = ("model_state", "model_config", "class_names", "class_colors", "normalization")
@@ -64,13 +65,18 @@ def model_from_checkpoint(state: dict[str, Any], path: str | Path = "checkpoint"
     return model
 
 
-def check_compatible(state: dict[str, Any], n_channels: int, n_classes: int, path: str | Path) -> None:
-    """Refuse a checkpoint trained for another number of input channels or classes.
+def check_compatible(state: dict[str, Any], n_channels: int, n_classes: int, path: str | Path,
+                     dtype: str | None = None) -> None:
+    """Refuse a checkpoint trained for another number of input channels or classes, or (given ``dtype``) on images
+    of another pixel type.
 
     Raises:
-        UserError: naming the file and both numbers.
+        UserError: naming the file and both numbers (or types).
     """
     config = state["model_config"]
+    trained = as_spec(state["normalization"])["dtype"]
+    if dtype is not None and trained != dtype:
+        raise UserError(f"{path}: checkpoint was trained on {trained} images, the data is {dtype}")
     if config.get("n_channels") != n_channels:
         raise UserError(f"{path}: checkpoint expects {config.get('n_channels')} input channel(s), "
                         f"the data has {n_channels}")

@@ -95,6 +95,19 @@ def _mask_value(path: Path, value: int) -> None:
     Image.fromarray(mask, "L").save(path)
 
 
+def _as_tiff(png_path: Path, dtype, channels: int = 1, nan: bool = False, **kw) -> None:
+    """Replace an image by a TIFF of the same pixels in another dtype, channel count or layout."""
+    import tifffile
+
+    a = np.asarray(Image.open(png_path)).astype(dtype)
+    a = np.stack([a] * channels, axis=0 if kw.get("imagej") else -1) if channels > 1 else a
+    if nan:
+        a[0, 0] = np.nan
+    extra = {"photometric": "minisblack", "planarconfig": "contig"} if channels > 1 and not kw else {}
+    tifffile.imwrite(png_path.with_suffix(".tif"), a, **extra, **kw)
+    png_path.unlink()
+
+
 def _ckpt_other(w: Path, **config) -> Path:
     state = torch.load(w / "good.pth", weights_only=True)
     state["model_config"] = {**state["model_config"], **config}
@@ -129,9 +142,15 @@ CASES = [
      ["i0.png", "not a readable image"]),
     ("text-file-named-png", lambda w: (_text_png(w / TRAIN / "masks" / "i1.png"), _prep(w))[1],
      ["masks/i1.png", "not a readable image"]),
-    ("32-bit-float-image", lambda w: (Image.fromarray(np.zeros((120, 72), np.float32)).save(
-        w / TRAIN / "images" / "i0.tiff"), (w / TRAIN / "images" / "i0.png").unlink(), _prep(w))[2],
-     ["i0.tiff", "unsupported image mode"]),
+    ("mixed-dtypes", lambda w: (_as_tiff(w / TRAIN / "images" / "i0.png", np.float32), _prep(w))[1],
+     ["i1.png", "image of uint8, 1 channel among images of float32, 1 channel (i0.tif)", "one pixel type"]),
+    ("mixed-channel-counts", lambda w: (_as_tiff(w / TRAIN / "images" / "i2.png", np.uint8, 2), _prep(w))[1],
+     ["i2.tif", "uint8, 2 channels among images of uint8, 1 channel"]),
+    ("tiff-unsupported-axes", lambda w: (_as_tiff(w / TRAIN / "images" / "i0.png", np.uint16, 5, imagej=True,
+                                                  metadata={"axes": "ZYX"}), _prep(w))[1],
+     ["i0.tif", "unsupported TIFF axes 'ZYX'"]),
+    ("float-image-nan", lambda w: (_as_tiff(w / TRAIN / "images" / "i0.png", np.float32, nan=True), _prep(w))[1],
+     ["i0.tif", "1 pixel value(s) are NaN or infinite"]),
     ("patch-folder-missing", lambda w: _swap(_train(w), "-f", str(w / "gone")), ["gone", "not found"]),
     ("patch-folder-empty", lambda w: ((w / "hollow").mkdir(), _swap(_train(w), "-f", str(w / "hollow")))[1],
      ["hollow", "empty"]),
@@ -154,6 +173,12 @@ CASES = [
                                            _predict(w))[1], ["i0.png", "5x7"]),
     ("predict-mask-outside-classes", lambda w: (_mask_value(w / "data/images_test/masks/i0.png", 200),
                                                 _predict(w))[1], ["i0.png", "[200]"]),
+    ("predict-channels-differ", lambda w: (_as_tiff(w / "data/images_test/images/i1.png", np.uint8, 4),
+                                           _predict(w))[1], ["i1.tif", "4 channel(s)", "the model expects 1"]),
+    ("predict-dtype-differs", lambda w: (_as_tiff(w / "data/images_test/images/i0.png", np.uint16), _predict(w))[1],
+     ["i0.tif", "image is uint16", "trained on uint8 images"]),
+    ("params-percentiles-equal", lambda w: _swap(_train(w), "--params", str(_params(w, lambda r: r["data"].update(
+        percentiles=[5, 5])))), ["data.percentiles", "low < high"]),
     ("predict-output-is-a-file", lambda w: ((w / "pred").write_text("x"), _predict(w))[1], ["pred", "not writable"]),
 ]
 
@@ -168,22 +193,36 @@ def test_bad_input(world, case):
     after = file_digests(world)
     assert {k: v for k, v in after.items() if k in before} == before  # nothing that existed changed
     assert not (world / "patches_new").exists() and not (world / "new").exists()
+    assert not (world / "pred").is_dir() or not any((world / "pred").iterdir())  # predict.py wrote no mask
 
 
+# (id, conversion of each training image, what the first patch must be: dtype and channels); its pixels must be the
+# converted image's window exactly
 ACCEPTED = [
-    ("16-bit-gray", lambda a: (a.astype(np.uint16) * 257), "scaled to 8 bit"),
-    ("rgba-of-gray", lambda a: np.stack([a, a, a, np.full_like(a, 255)], axis=-1), "alpha dropped"),
+    ("16-bit-gray", lambda a: (a.astype(np.uint16) * 16 + 7), ("uint16", 1)),
+    ("rgba-of-gray", lambda a: np.stack([a, a, a, np.full_like(a, 255)], axis=-1), ("uint8", 3)),
 ]
 
 
 @pytest.mark.parametrize("case", ACCEPTED, ids=[c[0] for c in ACCEPTED])
 def test_documented_conversions_are_accepted(world, case):
-    _, convert, _ = case
+    from dataloader.patches import read_manifest
+    from lib.imageio import read_image
+
+    _, convert, (dtype, channels) = case
     folder = world / TRAIN / "images"
+    converted = {}
     for path in folder.glob("*.png"):
-        Image.fromarray(convert(np.asarray(Image.open(path)))).save(path)
+        converted[path.stem] = convert(np.asarray(Image.open(path)))
+        Image.fromarray(converted[path.stem]).save(path)
     result = run_cli(*_prep(world))
     assert result.returncode == 0, result.stderr
+    row = read_manifest(world / "patches_new")[0]
+    patch = read_image(world / "patches_new" / "images" / row["file"])
+    top, left, size = int(row["top"]), int(row["left"]), patch.shape[0]
+    assert patch.dtype.name == dtype and (1 if patch.ndim == 2 else patch.shape[2]) == channels
+    assert np.array_equal(patch, converted[row["source"]][top:top + size, left:left + size, ...][..., :3]
+                          if channels == 3 else converted[row["source"]][top:top + size, left:left + size])
 
 
 def test_images_smaller_than_a_patch_are_padded_in_preparation(world):
@@ -198,4 +237,4 @@ def test_images_smaller_than_a_patch_are_padded_in_preparation(world):
 
 
 def test_case_count():
-    assert len(CASES) + len(ACCEPTED) + 1 == 31  # reported in the README
+    assert len(CASES) + len(ACCEPTED) + 1 == 37  # reported in the README

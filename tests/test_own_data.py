@@ -169,10 +169,12 @@ def test_size_mismatch_and_mixed_gray_and_colour(own_data, tmp_path):
     assert_user_error(_prepare(params, src, tmp_path / "out"), "Mask_1.png", "10x10")
     src2 = _bad_set(tmp_path / "b")
     Image.fromarray(np.zeros((64, 100), np.uint8)).save(src2 / "images" / "Img_1.png")
-    assert_user_error(_prepare(params, src2, tmp_path / "out2"), "Img_1.png", "gray image among colour")
+    assert_user_error(_prepare(params, src2, tmp_path / "out2"), "Img_1.png",
+                      "image of uint8, 1 channel among images of uint8, 3 channels")
 
 
-def test_sixteen_bit_gray_is_scaled_to_eight_bit(tmp_path):
+def test_sixteen_bit_gray_is_kept_as_stored(tmp_path):
     values = np.array([[0, 256, 65535], [4096, 32768, 1000]], dtype=np.uint16)
     Image.fromarray(values).save(tmp_path / "g16.png")
-    assert read_image(tmp_path / "g16.png").tolist() == [[0, 1, 255], [16, 128, 3]]
+    got = read_image(tmp_path / "g16.png")
+    assert got.dtype == np.uint16 and got.tolist() == values.tolist()

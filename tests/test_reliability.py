@@ -191,10 +191,12 @@ def test_every_load_is_weights_only_and_no_shell_is_used():
         assert "pickle.load" not in text, path
 
 
-def test_sixteen_bit_and_rgba_inputs_are_converted_as_documented(tmp_path):
+def test_sixteen_bit_and_rgba_inputs_are_read_as_documented(tmp_path):
     rgba = np.zeros((4, 4, 4), np.uint8)
     rgba[..., 0], rgba[..., 3] = 200, 0
     Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
     assert read_image(tmp_path / "a.png").shape == (4, 4, 3) and int(read_image(tmp_path / "a.png")[0, 0, 0]) == 200
+    assert np.array_equal(read_image(tmp_path / "a.png", keep_alpha=True), rgba)
     Image.fromarray(np.full((4, 4), 65535, np.uint16)).save(tmp_path / "b.png")
-    assert int(read_image(tmp_path / "b.png").max()) == 255
+    b = read_image(tmp_path / "b.png")
+    assert b.dtype == np.uint16 and int(b.max()) == 65535  # kept, not scaled to 8 bit

@@ -41,7 +41,10 @@ def test_loss_falls_and_checkpoints_load_with_weights_only(trained):
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert last["model_config"] == {"n_channels": 1, "n_classes": 3, "base_channels": 4, "bilinear": False}
     assert last["class_names"] == ["background", "line", "ellipse"] and len(last["class_colors"]) == 3
-    assert set(last["normalization"]) == {"mean", "std"}
+    norm = last["normalization"]
+    assert set(norm) == {"mode", "dtype", "scale", "mean", "std", "low", "high"}
+    assert (norm["mode"], norm["dtype"], norm["scale"], norm["low"]) == ("zscore", "uint8", 255.0, None)
+    assert 0 < norm["mean"][0] < 1 and 0 < norm["std"][0] < 1  # [0, 1] units, as before the modes
     for key in ("optimizer_state", "scheduler_state", "rng", "params", "epoch", "git_commit", "versions", "seed"):
         assert key in last
     assert last["epoch"] == 3 and last["params"]["training"]["epochs"] == 3

@@ -1,0 +1,186 @@
+"""Images in as they are stored: every dtype, channel count and format reads back bit for bit; masks in 8 and 16 bit,
+PNG and TIFF; each unsupported file gets one clear error naming it."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import png
+import pytest
+import tifffile
+from PIL import Image
+
+from lib.errors import UserError
+from lib.imageio import encode_image, image_suffix, read_header, read_image, read_mask, save_image
+
+RNG = np.random.default_rng(0)
+
+
+def _values(dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    if dtype == "float32":
+        return RNG.uniform(-1000, 3000, shape).astype(np.float32)
+    info = np.iinfo(dtype)
+    return RNG.integers(info.min, info.max, shape, endpoint=True).astype(dtype)
+
+
+def _pillow(path: Path, a: np.ndarray, mode: str | None = None) -> None:
+    Image.fromarray(a, mode).save(path) if mode else Image.fromarray(a).save(path)
+
+
+def _png16(path: Path, a: np.ndarray) -> None:
+    h, w, c = a.shape
+    png.Writer(w, h, greyscale=c in (1, 2), alpha=c in (2, 4), bitdepth=16).write(path.open("wb"), a.reshape(h, -1))
+
+
+def _tiff(path: Path, a: np.ndarray, **kw) -> None:
+    tifffile.imwrite(path, a, **kw)
+
+
+# (id, file name, writer, stored array, expected array) — reading gives the expected array exactly
+ROUND_TRIPS = [
+    ("png-8-gray", "a.png", _pillow, _values("uint8", (9, 7)), None),
+    ("png-8-rgb", "a.png", _pillow, _values("uint8", (9, 7, 3)), None),
+    ("png-16-gray-12-bit", "a.png", _pillow, _values("uint16", (9, 7)) >> 4, None),
+    ("png-16-gray-full", "a.png", _pillow, _values("uint16", (9, 7)), None),
+    ("png-16-rgb", "a.png", _png16, _values("uint16", (9, 7, 3)), None),
+    ("tiff-uint8-gray", "a.tif", _tiff, _values("uint8", (9, 7)), None),
+    ("tiff-uint16-gray", "a.tif", _tiff, _values("uint16", (9, 7)), None),
+    ("tiff-int16-gray", "a.tiff", _tiff, _values("int16", (9, 7)), None),
+    ("tiff-float32-gray", "a.tif", _tiff, _values("float32", (9, 7)), None),
+    ("tiff-uint16-rgb", "a.tif", _tiff, _values("uint16", (9, 7, 3)), None),
+    ("tiff-uint16-4ch-samples", "a.tif", lambda p, a: _tiff(p, a, photometric="minisblack", planarconfig="contig"),
+     _values("uint16", (9, 7, 4)), None),
+    ("tiff-float32-5ch-samples", "a.tif", lambda p, a: _tiff(p, a, photometric="minisblack", planarconfig="contig"),
+     _values("float32", (9, 7, 5)), None),
+    ("tiff-uint16-cyx-imagej", "a.tif", lambda p, a: _tiff(p, np.moveaxis(a, -1, 0), imagej=True,
+                                                             metadata={"axes": "CYX"}),
+     _values("uint16", (9, 7, 3)), None),
+    ("tiff-uint16-pages-as-channels", "a.tif", lambda p, a: _tiff(p, np.moveaxis(a, -1, 0),
+                                                                    photometric="minisblack"),
+     _values("uint16", (30, 20, 4)), None),
+    ("tiff-uint16-planar-rgb", "a.tif", lambda p, a: _tiff(p, np.moveaxis(a, -1, 0), photometric="rgb",
+                                                             planarconfig="separate"),
+     _values("uint16", (9, 7, 3)), None),
+]
+
+
+@pytest.mark.parametrize("case", ROUND_TRIPS, ids=[c[0] for c in ROUND_TRIPS])
+def test_images_read_back_exactly(tmp_path, case):
+    _, name, write, stored, expected = case
+    write(tmp_path / name, stored)
+    got = read_image(tmp_path / name)
+    expected = stored if expected is None else expected
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    assert np.array_equal(got, expected)
+    header = read_header(tmp_path / name)
+    assert (header.height, header.width, header.channels, header.dtype) == (
+        *expected.shape[:2], 1 if expected.ndim == 2 else expected.shape[2], expected.dtype.name)
+
+
+ALPHA = [
+    ("png-rgba", lambda p, a: _pillow(p, a, "RGBA"), _values("uint8", (6, 5, 4))),
+    ("png-16-rgba", _png16, _values("uint16", (6, 5, 4))),
+    ("png-gray-alpha", lambda p, a: _pillow(p, a, "LA"), _values("uint8", (6, 5, 2))),
+    ("tiff-rgba", lambda p, a: _tiff(p, a, photometric="rgb", extrasamples=["unassalpha"]),
+     _values("uint16", (6, 5, 4))),
+]
+
+
+@pytest.mark.parametrize("case", ALPHA, ids=[c[0] for c in ALPHA])
+@pytest.mark.parametrize("keep_alpha", [False, True])
+def test_alpha_is_dropped_unless_kept(tmp_path, case, keep_alpha):
+    _, write, stored = case
+    write(tmp_path / "a.png" if "png" in case[0] else tmp_path / "a.tif", stored)
+    path = next(tmp_path.iterdir())
+    got = read_image(path, keep_alpha=keep_alpha)
+    expected = stored if keep_alpha else stored[..., :-1]
+    assert read_header(path, keep_alpha=keep_alpha).channels == expected.shape[2]
+    assert np.array_equal(got, expected[..., 0] if expected.shape[2] == 1 else expected)
+
+
+def test_channel_axis_decides_generic_tiff_pages(tmp_path):
+    """Five pages of 20×30 are five channels (auto); 20 pages of 30×5 are an H×W×C array written naively."""
+    a = _values("uint16", (20, 30, 5))
+    _tiff(tmp_path / "naive.tif", a, photometric="minisblack")  # tifffile writes 20 pages of 30×5
+    assert read_image(tmp_path / "naive.tif").shape == (20, 30, 5)  # auto: the side of ≤ 16 planes
+    assert np.array_equal(read_image(tmp_path / "naive.tif", channel_axis="last"), a)
+    assert read_image(tmp_path / "naive.tif", channel_axis="first").shape == (30, 5, 20)
+
+
+def test_written_images_read_back_exactly_in_the_chosen_format(tmp_path):
+    for dtype in ("uint8", "uint16", "int16", "float32"):
+        for channels in (1, 2, 3, 4, 5):
+            shape = (11, 13) if channels == 1 else (11, 13, channels)
+            a = _values(dtype, shape)
+            suffix = image_suffix(dtype, channels)
+            assert suffix == (".png" if (dtype, channels) in (("uint8", 1), ("uint8", 3), ("uint16", 1)) else ".tif")
+            save_image(tmp_path / f"{dtype}_{channels}{suffix}", a)
+            got = read_image(tmp_path / f"{dtype}_{channels}{suffix}")
+            assert got.dtype == a.dtype and np.array_equal(got, a), (dtype, channels)
+
+
+def test_eight_bit_png_bytes_are_those_of_the_published_layout():
+    a = _values("uint8", (16, 16))
+    buffer = io.BytesIO()
+    Image.fromarray(a).save(buffer, format="PNG", optimize=False, compress_level=6)
+    assert encode_image(a) == buffer.getvalue()
+
+
+COLORS = [(0, 0, 0), (255, 0, 0), (0, 255, 0)]
+MASKS = [
+    ("png-8-index", "m.png", lambda p, a: _pillow(p, a.astype(np.uint8))),
+    ("png-16-index", "m.png", lambda p, a: _pillow(p, a.astype(np.uint16))),
+    ("tiff-8-index", "m.tif", lambda p, a: _tiff(p, a.astype(np.uint8))),
+    ("tiff-16-index", "m.tif", lambda p, a: _tiff(p, a.astype(np.uint16))),
+    ("png-colour", "m.png", lambda p, a: _pillow(p, np.array(COLORS, np.uint8)[a])),
+    ("tiff-colour", "m.tif", lambda p, a: _tiff(p, np.array(COLORS, np.uint8)[a], photometric="rgb")),
+]
+
+
+@pytest.mark.parametrize("case", MASKS, ids=[c[0] for c in MASKS])
+def test_masks_of_every_kind(tmp_path, case):
+    _, name, write = case
+    labels = RNG.integers(0, 3, (8, 6))
+    write(tmp_path / name, labels)
+    got = read_mask(tmp_path / name, COLORS)
+    assert got.dtype == np.uint8 and np.array_equal(got, labels)
+
+
+@pytest.mark.parametrize("name, write", [("m.png", lambda p, a: _pillow(p, a)), ("m.tif", _tiff)])
+def test_sixteen_bit_mask_value_that_is_no_class(tmp_path, name, write):
+    labels = RNG.integers(0, 3, (8, 6)).astype(np.uint16)
+    labels[2, 3] = 1000
+    write(tmp_path / name, labels)
+    with pytest.raises(UserError, match=rf"{name}: mask values \[1000\] are not class indices \(expected 0..2\)"):
+        read_mask(tmp_path / name, COLORS)
+
+
+# (id, writer of a bad file at path, fragment of the message)
+REFUSED = [
+    ("tiff-z-stack", lambda p: _tiff(p, _values("uint16", (5, 8, 8)), imagej=True, metadata={"axes": "ZYX"}),
+     "unsupported TIFF axes 'ZYX'"),
+    ("tiff-4d", lambda p: _tiff(p, _values("uint16", (2, 3, 8, 8)), photometric="minisblack"),
+     "unsupported TIFF axes"),
+    ("tiff-no-channel-axis", lambda p: _tiff(p, _values("uint16", (20, 30, 40)), photometric="minisblack"),
+     "cannot tell the channel axis"),
+    ("tiff-float64", lambda p: _tiff(p, np.zeros((8, 8))), "unsupported pixel type float64"),
+    ("tiff-int32", lambda p: _tiff(p, np.zeros((8, 8), np.int32)), "unsupported pixel type int32"),
+    ("tiff-nan", lambda p: _tiff(p, np.where(np.eye(8) > 0, np.nan, 1).astype(np.float32)),
+     "8 pixel value(s) are NaN or infinite"),
+    ("tiff-inf", lambda p: _tiff(p, np.full((8, 8), np.inf, np.float32)), "64 pixel value(s) are NaN or infinite"),
+    ("tiff-truncated", lambda p: p.write_bytes(encode_image(_values("float32", (64, 64)))[:300]),
+     "not a readable image"),
+    ("text-named-tif", lambda p: p.write_text("not an image"), "not a readable image"),
+]
+
+
+@pytest.mark.parametrize("case", REFUSED, ids=[c[0] for c in REFUSED])
+def test_unsupported_images_are_refused_naming_the_file(tmp_path, case):
+    _, write, fragment = case
+    write(tmp_path / "bad.tif")
+    with pytest.raises(UserError) as err:
+        read_image(tmp_path / "bad.tif")
+    message = str(err.value)
+    assert message.startswith(str(tmp_path / "bad.tif")) and fragment in message and "\n" not in message

@@ -1,0 +1,106 @@
+"""Normalisation learnt from the training data: the three modes against NumPy, 8-bit results unchanged, and the one
+``normalize`` function used everywhere."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lib.normalization import as_spec, compute_normalization, image_statistics, normalize
+
+RNG = np.random.default_rng(0)
+
+
+def _images(dtype: str, shape=(40, 2, 12, 12)) -> torch.Tensor:
+    if dtype == "float32":
+        a = RNG.normal(1000, 400, shape).astype(np.float32)
+        a.flat[::97] = 3000  # outliers for the percentiles to clip
+    else:
+        lo, hi = {"uint8": (0, 255), "uint16": (0, 4095), "int16": (-1000, 3000)}[dtype]
+        a = RNG.integers(lo, hi, shape, endpoint=True).astype(dtype)
+    return torch.from_numpy(a)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "float32"])
+def test_zscore_matches_numpy_per_channel(dtype):
+    x = _images(dtype)
+    spec = compute_normalization(x, "zscore")
+    values = x.numpy().astype(np.float64) / spec["scale"]
+    assert np.allclose(spec["mean"], values.mean(axis=(0, 2, 3)), rtol=1e-12, atol=1e-12)
+    assert np.allclose(spec["std"], values.std(axis=(0, 2, 3), ddof=1), rtol=1e-10)
+    out = normalize(x, spec).double()
+    assert torch.allclose(out.mean(dim=(0, 2, 3)), torch.zeros(2, dtype=torch.float64), atol=1e-5)
+    assert torch.allclose(out.std(dim=(0, 2, 3)), torch.ones(2, dtype=torch.float64), atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "float32"])
+@pytest.mark.parametrize("q", [(0.5, 99.5), (0.0, 100.0), (5.0, 95.0)])
+def test_percentiles_match_numpy_and_clip(dtype, q):
+    x = _images(dtype)
+    spec = compute_normalization(x, "percentile", q)
+    for c in range(2):
+        assert np.allclose([spec["low"][c], spec["high"][c]], np.percentile(x[:, c].numpy(), q), rtol=1e-6)
+    clipped = np.clip(x.numpy().astype(np.float64), np.array(spec["low"]).reshape(1, -1, 1, 1),
+                      np.array(spec["high"]).reshape(1, -1, 1, 1)) / spec["scale"]
+    assert np.allclose(spec["mean"], clipped.mean(axis=(0, 2, 3)), rtol=1e-10)
+    expected = (clipped - np.array(spec["mean"]).reshape(1, -1, 1, 1)) / np.array(spec["std"]).reshape(1, -1, 1, 1)
+    assert np.allclose(normalize(x, spec).numpy(), expected, atol=1e-4)
+
+
+def test_eight_bit_zscore_is_the_published_rule_bit_for_bit():
+    """A checkpoint written before the modes ({mean, std} in [0, 1] units) and a new one give the same inputs."""
+    x = _images("uint8")
+    legacy = {"mean": [float(v) for v in (x.double() / 255).mean(dim=(0, 2, 3))],
+              "std": [float(v) for v in (x.double() / 255).std(dim=(0, 2, 3))]}
+    published = (x.float() / 255.0 - torch.tensor(legacy["mean"]).view(1, -1, 1, 1)) / torch.tensor(
+        legacy["std"]).view(1, -1, 1, 1)
+    assert torch.equal(normalize(x, legacy), published)
+    spec = compute_normalization(x)
+    assert np.allclose(spec["mean"], legacy["mean"], rtol=1e-14) and np.allclose(spec["std"], legacy["std"], rtol=1e-12)
+    assert as_spec(legacy)["dtype"] == "uint8" and as_spec(spec) is spec
+
+
+def test_zscore_removes_an_affine_change_of_the_stored_values():
+    """12-bit data in a narrow band (2000 + 4·v) gives the network the same inputs as the 8-bit values v."""
+    x8 = _images("uint8")
+    x12 = (2000 + 4 * x8.to(torch.int32)).to(torch.uint16)
+    a, b = normalize(x8, compute_normalization(x8)), normalize(x12, compute_normalization(x12))
+    assert (a - b).abs().max() < 1e-4
+
+
+def test_image_mode_uses_each_image_statistics():
+    x = _images("uint16", (3, 2, 10, 10))
+    stats = torch.tensor([[list(m), list(s)] for m, s in (image_statistics(img.permute(1, 2, 0).numpy())
+                                                          for img in x)], dtype=torch.float64)
+    spec = compute_normalization(x, "image")
+    assert spec["mean"] is None and spec["dtype"] == "uint16"
+    out = normalize(x, spec, stats).double()
+    assert torch.allclose(out.mean(dim=(2, 3)), torch.zeros(3, 2, dtype=torch.float64), atol=1e-5)
+    assert torch.allclose(out.std(dim=(2, 3)), torch.ones(3, 2, dtype=torch.float64), atol=1e-5)
+    with pytest.raises(ValueError, match="image_stats"):
+        normalize(x, spec)
+
+
+def test_image_statistics_in_bands_equal_the_whole_image():
+    image = RNG.normal(3000, 5, (2500, 30, 3)).astype(np.float32)  # large mean, small spread: no cancellation
+    mean, std = image_statistics(image, rows=64)
+    values = image.astype(np.float64)
+    assert np.allclose(mean, values.mean(axis=(0, 1)), rtol=1e-13)
+    assert np.allclose(std, values.std(axis=(0, 1), ddof=1), rtol=1e-9)
+    assert image_statistics(np.full((4, 4), 7, np.uint8))[1][0] > 0  # a constant image: a floor, not 0
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"mode": "minmax"}, "mode must be one of"),
+    ({"percentiles": (50, 50)}, "percentiles"),
+    ({"percentiles": (-1, 50)}, "percentiles"),
+])
+def test_bad_options_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        compute_normalization(_images("uint8"), **{"mode": "percentile", **kwargs})
+
+
+def test_unsupported_dtype_is_refused():
+    with pytest.raises(ValueError, match="int32"):
+        compute_normalization(torch.zeros(2, 1, 4, 4, dtype=torch.int32))
