@@ -21,7 +21,8 @@ SOURCES = "sources.json"
 
 def mask_file(image_file: str) -> str:
     """The mask of patch ``images/<image_file>`` is ``masks/<stem>.png`` (masks are always palette PNGs)."""
-    return str(Path(image_file).with_suffix(".png"))
+    stem, dot, _ = image_file.rpartition(".")
+    return f"{stem if dot else image_file}.png"
 
 
 def read_manifest(folder: str | Path) -> list[dict]:

@@ -67,12 +67,12 @@ def read_image(path: str | Path, keep_alpha: bool = False, channel_axis: str = "
         array, alpha = _read_tiff(path, channel_axis)
         if alpha and not keep_alpha:
             array = np.ascontiguousarray(array[..., :-1])
-    elif _png_16bit_colour(path):
-        array = _read_png16(path)
-        if array.shape[2] in (2, 4) and not keep_alpha:
-            array = np.ascontiguousarray(array[..., :-1])
     else:
-        array = _pillow_array(open_png(path), path, keep_alpha)
+        decoded = _decode(path)
+        if isinstance(decoded, np.ndarray):  # a 16-bit colour PNG
+            array = decoded[..., :-1] if decoded.shape[2] in (2, 4) and not keep_alpha else decoded
+        else:
+            array = _pillow_array(decoded, path, keep_alpha)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]
     return check_pixels(array, path)
@@ -101,15 +101,54 @@ def _unsupported_dtype(path: str | Path, dtype: str) -> UserError:
 
 def open_png(path: str | Path) -> Image.Image:
     """Open and fully decode an image with Pillow, turning every decoding problem into a :class:`UserError`."""
-    path = Path(path)
+    decoded = _decode(Path(path), sixteen_bit_colour=False)
+    assert isinstance(decoded, Image.Image)
+    return decoded
+
+
+def _decode(path: Path, sixteen_bit_colour: bool = True) -> Image.Image | np.ndarray:
+    """Decode a file with Pillow; a PNG of 16 bits per sample in colour or gray+alpha, which Pillow would reduce to
+    8 bits, with pypng instead (as an H×W×planes uint16 array) when ``sixteen_bit_colour``.
+
+    Raises:
+        UserError: the file is missing or unreadable, or its decoded pixels would not fit in the available memory.
+    """
     try:
         with Image.open(path) as img:
+            check_fits(path, img.size[1], img.size[0], len(img.getbands()) * (2 if ";16" in img.mode else 4
+                                                                               if img.mode in ("I", "F") else 1))
+            if sixteen_bit_colour and _png_16bit_colour(img):
+                return _read_png16(path)
             img.load()
             return img.copy()
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
     except (OSError, ValueError, SyntaxError, struct.error) as err:
         raise UserError(f"{path}: not a readable image ({_reason(err)})") from None
+
+
+def available_memory() -> int:
+    """Bytes of memory available to this process now (MemAvailable), or 0 where the system does not say."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def check_fits(path: str | Path, height: int, width: int, bytes_per_pixel: int) -> None:
+    """Refuse an image whose decoded pixels would not fit in the available memory (PNG, JPEG and BMP are decoded
+    whole; Pillow's decompression-bomb limit is lifted on purpose, this check takes its place).
+
+    Raises:
+        UserError: naming the file, its size and the memory it needs and has.
+    """
+    need, have = height * width * bytes_per_pixel, available_memory()
+    if have and need > have:
+        raise UserError(f"{path}: a {width}x{height} image needs {need / 2**30:.1f} GiB of memory decoded, "
+                        f"{have / 2**30:.1f} GiB is available")
 
 
 def _pillow_array(img: Image.Image, path: Path, keep_alpha: bool) -> np.ndarray:
@@ -136,14 +175,10 @@ def _fits_uint16(img: Image.Image) -> bool:
     return bool(array.size) and int(array.min()) >= 0 and int(array.max()) <= 65535
 
 
-def _png_16bit_colour(path: Path) -> bool:
-    """A PNG of 16 bits per sample in colour or gray+alpha (IHDR colour type 2, 4 or 6), which Pillow reduces."""
-    try:
-        with path.open("rb") as handle:
-            head = handle.read(26)
-    except OSError:
-        return False
-    return head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) == 26 and head[24] == 16 and head[25] in (2, 4, 6)
+def _png_16bit_colour(img: Image.Image) -> bool:
+    """An opened, not yet decoded PNG of 16 bits per sample in colour or gray+alpha (raw mode RGB;16B, RGBA;16B or
+    LA;16B), which Pillow would reduce to 8 bits."""
+    return img.format == "PNG" and bool(img.tile) and str(img.tile[0][3]) in ("RGB;16B", "RGBA;16B", "LA;16B")
 
 
 def _read_png16(path: Path) -> np.ndarray:
@@ -258,19 +293,17 @@ def read_header(path: str | Path, keep_alpha: bool = False, channel_axis: str = 
             raise _unsupported_dtype(path, header.dtype)
         dtype = "uint8" if header.dtype == "bool" else header.dtype
         return ImageHeader(header.height, header.width, header.channels - (alpha and not keep_alpha), dtype)
-    if _png_16bit_colour(path):
-        with path.open("rb") as handle:
-            head = handle.read(26)
-        width, height = struct.unpack(">II", head[16:24])
-        planes = {2: 3, 4: 2, 6: 4}[head[25]]
-        return ImageHeader(height, width, planes - (planes in (2, 4) and not keep_alpha), "uint16")
     try:
         with Image.open(path) as img:
             (width, height), mode, info = img.size, img.mode, img.info
+            raw = str(img.tile[0][3]) if _png_16bit_colour(img) else None
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
     except (OSError, ValueError, SyntaxError, struct.error) as err:
         raise UserError(f"{path}: not a readable image ({_reason(err)})") from None
+    if raw is not None:
+        planes = {"RGB;16B": 3, "LA;16B": 2, "RGBA;16B": 4}[raw]
+        return ImageHeader(height, width, planes - (planes in (2, 4) and not keep_alpha), "uint16")
     if mode not in _PILLOW_MODES:
         raise UserError(f"{path}: unsupported image mode {mode!r} (expected 8- or 16-bit gray, RGB or RGBA, or a TIFF)")
     plain, with_alpha, dtype = _PILLOW_MODES[mode]
@@ -360,10 +393,10 @@ def read_mask(path: str | Path, colors: list[tuple[int, int, int]]) -> np.ndarra
     if array.ndim != 2 or array.dtype.kind not in "iub":
         raise UserError(f"{path}: unsupported mask of shape {array.shape} and type {array.dtype.name} (expected an "
                         "H×W image of integer class indices, or an 8-bit RGB colour image)")
-    if array.size and (int(array.max()) >= n or int(array.min()) < 0):
+    if array.size and (int(array.max()) >= n or (array.dtype.kind == "i" and int(array.min()) < 0)):
         bad = sorted(int(v) for v in np.unique(array[(array >= n) | (array < 0)]))[:5]
         raise UserError(f"{path}: mask values {bad} are not class indices (expected 0..{n - 1})")
-    return array.astype(np.uint8)
+    return array.astype(np.uint8, copy=False)
 
 
 def _colors_to_indices(rgb: np.ndarray, colors: list[tuple[int, int, int]], path: Path) -> np.ndarray:

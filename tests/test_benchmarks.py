@@ -94,3 +94,17 @@ def test_time_to_accuracy_tiny(tmp_path: Path):
     assert set(result["seconds"]) == {"generate", "prepare", "train", "evaluate"}  # --tiny skips the setup
     assert {"total_s", "test_miou", "target_miou", "target_seconds", "met"} <= set(result)
     assert 0.0 <= result["test_miou"] <= 1.0
+
+
+def test_patch_loading_tiny(tmp_path: Path):
+    """8-bit PNG and 4-channel uint16 TIFF patch folders load through PatchDataset, in their dtype, in a worker."""
+    from benchmarks import patch_loading
+
+    assert patch_loading.main(["--tiny", "--out-dir", str(tmp_path)]) == 0
+    result = read_result(tmp_path, "patch_loading")
+    eight, sixteen = result["results"]
+    assert (eight["dtype"], eight["channels"]) == ("torch.uint8", 1)
+    assert (sixteen["dtype"], sixteen["channels"]) == ("torch.uint16", 4)
+    assert eight["patches"] == sixteen["patches"] == 4 * 2 * 4
+    for r in result["results"]:
+        assert r["load_s"]["min"] > 0 and r["step_ms"]["min"] > 0

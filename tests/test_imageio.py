@@ -184,3 +184,16 @@ def test_unsupported_images_are_refused_naming_the_file(tmp_path, case):
         read_image(tmp_path / "bad.tif")
     message = str(err.value)
     assert message.startswith(str(tmp_path / "bad.tif")) and fragment in message and "\n" not in message
+
+
+def test_an_image_that_cannot_fit_in_memory_is_refused(tmp_path, monkeypatch):
+    """Pillow's decompression-bomb limit is lifted; the available memory takes its place."""
+    import lib.imageio
+
+    _pillow(tmp_path / "big.png", _values("uint16", (300, 200)))
+    assert read_image(tmp_path / "big.png").shape == (300, 200)  # 60,000 pixels: Pillow would accept it anyway
+    monkeypatch.setattr(lib.imageio, "available_memory", lambda: 100_000)
+    with pytest.raises(UserError, match=r"big.png: a 200x300 image needs 0.0 GiB of memory decoded, 0.0 GiB"):
+        read_image(tmp_path / "big.png")
+    monkeypatch.setattr(lib.imageio, "available_memory", lambda: 120_000)  # 300 × 200 × 2 bytes fit
+    assert read_image(tmp_path / "big.png").dtype == np.uint16
