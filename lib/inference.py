@@ -3,7 +3,7 @@ half a patch, and the class probabilities of overlapping windows are averaged.""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -90,6 +90,118 @@ def _flip_views(tta: bool) -> list[tuple[int, ...]]:
     return [(), (-1,), (-2,), (-2, -1)] if tta else [()]
 
 
+def _check_options(overlap: float, blend: str, window: int, batch_size: int, activation: str | None) -> None:
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    if blend not in BLENDS:
+        raise ValueError(f"blend must be one of {BLENDS}, got {blend!r}")
+    if window < 1 or batch_size < 1:
+        raise ValueError("window and batch_size must be positive")
+    if activation not in ("softmax", None):
+        raise ValueError(f"activation must be 'softmax' or None, got {activation!r}")
+
+
+def _predict_windows(predictor: Callable[[torch.Tensor], torch.Tensor], windows: torch.Tensor, tta: bool,
+                     activation: str | None, precision: str, device: torch.device) -> torch.Tensor:
+    """Class probabilities (or raw outputs) of a batch of windows, averaged over the test-time flips, float32."""
+    out = None
+    for dims in _flip_views(tta):
+        with autocast(device, precision):
+            logits = predictor(windows.flip(dims) if dims else windows)
+        logits = logits.float()
+        probs = logits.softmax(1) if activation == "softmax" else logits
+        probs = probs.flip(dims) if dims else probs
+        out = probs if out is None else out + probs
+    return out / 4 if tta else out
+
+
+@torch.inference_mode()
+def sliding_window_bands(
+    predictor: Callable[[torch.Tensor], torch.Tensor],
+    read_rows: Callable[[int, int], torch.Tensor],
+    height: int,
+    width: int,
+    window: int = 96,
+    overlap: float = 0.5,
+    batch_size: int = 32,
+    blend: str = "mean",
+    tta: bool = False,
+    activation: str | None = "softmax",
+    precision: str = "fp32",
+    device: torch.device | str = "cpu",
+    memory_format: torch.memory_format = torch.contiguous_format,
+    sigma_scale: float = 0.125,
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Segment an image of any height in bands of rows: the streaming form of :func:`sliding_window_predict`.
+
+    The windows (the grid of :func:`window_grid`) run in row order, ``batch_size`` at a time. Once every window that
+    covers a band of output rows has run, the band is final: it is normalised by the summed blend weights, its argmax
+    taken, and it is yielded and released. Memory is the input rows of the current windows and the accumulator of the
+    rows they cover, about (window + stride) rows × width × classes, whatever the height. The result is identical to
+    accumulating the whole image (each pixel sums the same windows in the same order).
+
+    Args:
+        predictor: maps N×C_in×P×P inputs to N×C×P×P outputs.
+        read_rows: ``read_rows(top, bottom)`` gives the C_in×(bottom − top)×width normalised input rows; rows are
+            asked for in increasing order, each once.
+        height, width: the image size, each at least ``window`` (pad smaller images first, see :func:`reflect_pad`).
+        window, overlap, batch_size, blend, tta, activation, precision, memory_format, sigma_scale: as in
+            :func:`sliding_window_predict`.
+        device: where the predictor and the accumulator run.
+
+    Yields:
+        ``(top, probabilities, labels)``: rows ``top .. top + h`` of the C×h×width float32 probabilities and the h×width
+        int64 argmax, on ``device``, bands in order and covering every row once.
+
+    Raises:
+        ValueError: a bad option, or a side shorter than the window.
+    """
+    _check_options(overlap, blend, window, batch_size, activation)
+    if height < window or width < window:
+        raise ValueError(f"image of {height}x{width} is smaller than the window {window}: pad it first")
+    device = torch.device(device)
+    ys, xs = window_grid(height, width, window, overlap)
+    row_sums = axis_weight_sums(height, ys, window, blend, sigma_scale, device)
+    col_sums = axis_weight_sums(width, xs, window, blend, sigma_scale, device)
+    weights = gaussian_weights(window, sigma_scale, device) if blend == "gaussian" else None
+    corners = [(r, y, x) for r, y in enumerate(ys) for x in xs]
+    rows_in = torch.zeros(0, device=device)  # input rows in_top .. in_top + len
+    in_top = 0
+    acc: torch.Tensor | None = None  # accumulated outputs of rows acc_top .. acc_top + len
+    acc_top = 0
+    for start in range(0, len(corners), batch_size):
+        batch = corners[start:start + batch_size]
+        first, last = batch[0][1], batch[-1][1] + window
+        got = in_top + (rows_in.shape[1] if rows_in.numel() else 0)  # input rows read so far
+        if rows_in.numel():
+            rows_in = rows_in[:, first - in_top:]  # rows above these windows are done with
+        in_top = first
+        if last > got:
+            new = read_rows(max(got, first), last).to(device)
+            rows_in = torch.cat([rows_in, new], dim=1) if rows_in.numel() else new
+        windows = torch.stack([rows_in[:, y - in_top:y - in_top + window, x:x + window] for _, y, x in batch])
+        out = _predict_windows(predictor, windows.contiguous(memory_format=memory_format), tta, activation,
+                               precision, device)
+        if weights is not None:
+            out = out * weights
+        if acc is None:
+            acc = torch.zeros(out.shape[1], 0, width, dtype=torch.float32, device=device)
+        if last > acc_top + acc.shape[1]:
+            grow = torch.zeros(acc.shape[0], last - acc_top - acc.shape[1], width, dtype=torch.float32, device=device)
+            acc = torch.cat([acc, grow], dim=1)
+        for k, (_, y, x) in enumerate(batch):
+            acc[:, y - acc_top:y - acc_top + window, x:x + window] += out[k]
+        following = start + batch_size
+        final = ys[corners[following][0]] if following < len(corners) else height
+        if final > acc_top:
+            band = acc[:, :final - acc_top]
+            # the summed weights are separable (see axis_weight_sums): the divisor of a band is an outer product
+            band /= torch.outer(row_sums[acc_top:final], col_sums)
+            # max(0).indices is argmax(0) (the first maximum on ties), and many times faster on CPU
+            yield acc_top, band, band.max(0).indices
+            acc, acc_top = acc[:, final - acc_top:], final
+
+
 @torch.inference_mode()
 def sliding_window_predict(
     predictor: Callable[[torch.Tensor], torch.Tensor],
@@ -110,8 +222,8 @@ def sliding_window_predict(
     Windows of ``window`` × ``window`` start every ``stride = round(window × (1 - overlap))`` pixels; the last
     window of a row or column is placed flush with the border, so every pixel is predicted from real image content.
     An image smaller than a window is reflect-padded and the result cropped back. Windows go through ``predictor``
-    ``batch_size`` at a time; memory is the accumulator (C × H × W) plus one batch of windows, whatever the image
-    size, and the outputs.
+    ``batch_size`` at a time, in row order, by :func:`sliding_window_bands`, whose bands are gathered here into the
+    whole result.
 
     Args:
         predictor: maps N×C_in×P×P inputs to N×C×P×P outputs (logits of a U-Net in eval mode).
@@ -135,48 +247,21 @@ def sliding_window_predict(
     """
     if image.ndim != 3:
         raise ValueError(f"image must be C×H×W, got shape {tuple(image.shape)}")
-    if not 0 <= overlap < 1:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
-    if blend not in BLENDS:
-        raise ValueError(f"blend must be one of {BLENDS}, got {blend!r}")
-    if window < 1 or batch_size < 1:
-        raise ValueError("window and batch_size must be positive")
-    if activation not in ("softmax", None):
-        raise ValueError(f"activation must be 'softmax' or None, got {activation!r}")
+    _check_options(overlap, blend, window, batch_size, activation)
     device = torch.device(device) if device is not None else image.device
     height, width = image.shape[-2:]
     # the accumulator lives where the model runs: on a GPU no window goes back to the host
     padded = reflect_pad(image, window, window).to(device)
-    ph, pw = padded.shape[-2:]
-    ys, xs = window_grid(ph, pw, window, overlap)
-    corners = [(y, x) for y in ys for x in xs]
-    weights = gaussian_weights(window, sigma_scale, padded.device) if blend == "gaussian" else None
-    acc = None
-    for start in range(0, len(corners), batch_size):
-        batch_corners = corners[start:start + batch_size]
-        # already on the device, like ``padded``
-        windows = cut_windows(padded, batch_corners, window).contiguous(memory_format=memory_format)
-        out = None
-        for dims in _flip_views(tta):
-            with autocast(device, precision):
-                logits = predictor(windows.flip(dims) if dims else windows)
-            logits = logits.float()
-            probs = logits.softmax(1) if activation == "softmax" else logits
-            probs = probs.flip(dims) if dims else probs
-            out = probs if out is None else out + probs
-        if tta:
-            out = out / 4
-        if acc is None:
-            acc = torch.zeros(out.shape[1], ph, pw, dtype=torch.float32, device=padded.device)
-        if weights is not None:
-            out = out * weights
-        for k, (y, x) in enumerate(batch_corners):
-            acc[:, y:y + window, x:x + window] += out[k]
-    # the summed weights are separable (see axis_weight_sums): no H×W accumulator while the windows run, and the
-    # division is in place
-    acc /= torch.outer(axis_weight_sums(ph, ys, window, blend, sigma_scale, padded.device),
-                       axis_weight_sums(pw, xs, window, blend, sigma_scale, padded.device))
-    probabilities = acc[:, :height, :width].contiguous()
-    # max(0).indices is argmax(0) (the first maximum on ties), and many times faster on CPU over a leading dimension
-    labels = probabilities.max(0).indices
+    probabilities = labels = None
+    for top, band, band_labels in sliding_window_bands(
+            predictor, lambda a, b: padded[:, a:b], padded.shape[-2], padded.shape[-1], window, overlap, batch_size,
+            blend, tta, activation, precision, device, memory_format, sigma_scale):
+        if top >= height:
+            continue
+        rows = min(band.shape[1], height - top)
+        if probabilities is None:
+            probabilities = torch.empty(band.shape[0], height, width, dtype=torch.float32, device=device)
+            labels = torch.empty(height, width, dtype=torch.int64, device=device)
+        probabilities[:, top:top + rows] = band[:, :rows, :width]
+        labels[top:top + rows] = band_labels[:rows, :width]  # a pixel's argmax depends on that pixel alone
     return probabilities.to(image.device), labels.to(image.device)

@@ -116,3 +116,87 @@ def test_agrees_with_monai_on_an_untrained_unet(size):
 def test_bad_options_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         sliding_window_predict(_identity, torch.zeros(1, 10, 10), **kwargs)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: the windows are tiny, and two threads contending with other work on a small machine make
+    them many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _whole_image_reference(model, image, window, overlap, batch_size, blend, tta):
+    """The accumulate-everything algorithm the bands must reproduce bit for bit: one C×H×W accumulator, windows in
+    row order, divided once by the summed weights."""
+    from lib.inference import axis_weight_sums, window_grid
+
+    padded = reflect_pad(image, window, window)
+    ph, pw = padded.shape[-2:]
+    ys, xs = window_grid(ph, pw, window, overlap)
+    corners = [(y, x) for y in ys for x in xs]
+    weights = gaussian_weights(window) if blend == "gaussian" else None
+    acc = None
+    with torch.inference_mode():
+        for start in range(0, len(corners), batch_size):
+            chunk = corners[start:start + batch_size]
+            windows = torch.stack([padded[:, y:y + window, x:x + window] for y, x in chunk])
+            out = None
+            for dims in [(), (-1,), (-2,), (-2, -1)] if tta else [()]:
+                probs = model(windows.flip(dims) if dims else windows).float().softmax(1)
+                probs = probs.flip(dims) if dims else probs
+                out = probs if out is None else out + probs
+            out = out / 4 if tta else out
+            out = out * weights if weights is not None else out
+            acc = torch.zeros(out.shape[1], ph, pw) if acc is None else acc
+            for k, (y, x) in enumerate(chunk):
+                acc[:, y:y + window, x:x + window] += out[k]
+        acc /= torch.outer(axis_weight_sums(ph, ys, window, blend), axis_weight_sums(pw, xs, window, blend))
+    probabilities = acc[:, :image.shape[1], :image.shape[2]].contiguous()
+    return probabilities, probabilities.max(0).indices
+
+
+# (height, width, window-row batch): tiny, one window, not a stride multiple, one row of windows, wider than tall,
+# taller than wide, and a batch of exactly one window row (a band boundary after every batch)
+STREAM_SIZES = [(20, 25, 7), (32, 32, 7), (90, 71, 7), (32, 150, 7), (65, 200, 11), (200, 65, 3), (80, 100, 5)]
+STREAM_CASES = [(*s, overlap, blend, tta) for s in STREAM_SIZES for overlap in (0.0, 0.5) for blend, tta in
+                (("mean", False), ("gaussian", False), ("mean", True))]
+
+
+@pytest.mark.parametrize("height,width,batch_size,overlap,blend,tta", STREAM_CASES)
+def test_bands_reproduce_the_whole_image_accumulation_exactly(height, width, batch_size, overlap, blend, tta,
+                                                              one_thread):
+    torch.manual_seed(height + width)
+    model = UNet(2, 3, 4).eval()
+    image = torch.randn(2, height, width)
+    expected = _whole_image_reference(model, image, 32, overlap, batch_size, blend, tta)
+    got = sliding_window_predict(model, image, window=32, overlap=overlap, batch_size=batch_size, blend=blend, tta=tta)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
+@pytest.mark.parametrize("height,overlap,batch_size", [(48, 0.5, 4), (300, 0.5, 5), (301, 0.25, 1), (500, 0.0, 64)])
+def test_bands_read_each_row_once_and_hold_a_bounded_accumulator(height, overlap, batch_size):
+    from lib.inference import sliding_window_bands, window_grid
+
+    width, window = 200, 48
+    image = torch.randn(1, height, width)
+    reads, bands = [], []
+
+    def read_rows(top, bottom):
+        reads.append((top, bottom))
+        return image[:, top:bottom]
+
+    for top, probs, labels in sliding_window_bands(lambda x: x.repeat(1, 2, 1, 1), read_rows, height, width,
+                                                   window, overlap, batch_size):
+        bands.append((top, probs.shape[1]))
+        assert labels.shape == probs.shape[1:] and probs.shape[0] == 2
+    assert [t for t, _ in bands] == list(itertools.accumulate([0] + [h for _, h in bands[:-1]]))  # in order, no gap
+    assert sum(h for _, h in bands) == height
+    assert reads[0][0] == 0 and reads[-1][1] == height
+    assert all(b0 == a1 for (_, b0), (a1, _) in zip(reads, reads[1:]))  # each input row read once, in order
+    ys, xs = window_grid(height, width, window, overlap)
+    rows_per_batch = -(-batch_size // len(xs))  # window rows one batch spans (at most)
+    stride = max(1, round(window * (1 - overlap)))
+    assert max(h for _, h in bands) <= max(window, (rows_per_batch + 1) * stride)
