@@ -24,12 +24,9 @@ def _file_mode(path: Path) -> int:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary file beside ``path``; on success it replaces ``path`` in one rename, on error it is removed.
-
-    Args:
-        path: the final file.
-        mode: ``"wb"`` or ``"w"``.
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary file name beside ``path`` for a writer that opens files by name (tifffile, zarr); on success the
+    file is synced and replaces ``path`` in one rename, on error it is removed.
 
     Raises:
         UserError: the folder is missing, not writable, or the disk is full (naming the file).
@@ -41,9 +38,9 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         raise UserError(f"{path}: cannot write ({err.strerror or err})") from None
     try:
         os.fchmod(fd, _file_mode(path))  # mkstemp's 0600 would hide every output from other users
-        with os.fdopen(fd, mode) as handle:
-            yield handle
-            handle.flush()
+        os.close(fd)
+        yield Path(tmp)
+        with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except OSError as err:
@@ -54,6 +51,22 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file beside ``path``; on success it replaces ``path`` in one rename, on error it is removed.
+
+    Args:
+        path: the final file.
+        mode: ``"wb"`` or ``"w"``.
+
+    Raises:
+        UserError: the folder is missing, not writable, or the disk is full (naming the file).
+    """
+    with atomic_path(path) as tmp, open(tmp, mode) as handle:
+        yield handle
+        handle.flush()
 
 
 def make_folder(path: str | Path) -> Path:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import io
 import struct
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from lib.atomic import atomic_write_bytes
+from lib.atomic import atomic_path, atomic_write_bytes
 from lib.errors import UserError
 
 IMAGE_DTYPES = ("uint8", "uint16", "int16", "float32")
@@ -312,6 +313,72 @@ def read_header(path: str | Path, keep_alpha: bool = False, channel_axis: str = 
     return ImageHeader(height, width, with_alpha if keep_alpha else plain, dtype)
 
 
+class ImageRows:
+    """An image read band by band: ``rows(top, bottom)`` returns those rows as :func:`read_image` would.
+
+    A TIFF (tiled or striped, BigTIFF too) is decoded only where asked, through tifffile's zarr store, so an image
+    larger than memory can be streamed; PNG, JPEG and BMP cannot be read partially and are decoded whole (refused
+    when they would not fit, see :func:`check_fits`). Use as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, path: str | Path, keep_alpha: bool = False, channel_axis: str = "auto"):
+        self.path = Path(path)
+        self.keep_alpha, self._whole, self._store, self._zarr = keep_alpha, None, None, None
+        self.header = read_header(self.path, keep_alpha, channel_axis)
+        if self.path.suffix.lower() in TIFF_SUFFIXES and _is_tiff(self.path):
+            import tifffile
+            import zarr
+
+            _, _, self._alpha = _tiff_open(self.path, False, channel_axis)
+            with tifffile.TiffFile(self.path) as tif:
+                series = tif.series[0]
+                axes, shape = series.axes, tuple(series.shape)
+            self._kept, self._first = _tiff_plan(axes, shape, channel_axis, self.path)
+            self._y = axes.index("Y")
+            try:
+                self._store = tifffile.imread(self.path, aszarr=True)
+                self._zarr = zarr.open(self._store, mode="r")
+            except (tifffile.TiffFileError, OSError, ValueError, KeyError, TypeError) as err:
+                self.close()
+                raise UserError(f"{self.path}: not a readable image ({_reason(err)})") from None
+        else:
+            self._whole = read_image(self.path, keep_alpha, channel_axis)
+
+    def rows(self, top: int, bottom: int) -> np.ndarray:
+        """Rows ``top .. bottom`` (h×W or h×W×C, the stored dtype).
+
+        Raises:
+            UserError: the file cannot be decoded there, or a float band holds NaN or infinite values.
+        """
+        if self._whole is not None:
+            return self._whole[top:bottom]
+        index = tuple(slice(top, bottom) if i == self._y else slice(None) for i in range(self._zarr.ndim))
+        try:
+            band = np.asarray(self._zarr[index])
+        except (OSError, ValueError, RuntimeError) as err:
+            raise UserError(f"{self.path}: not a readable image at rows {top}..{bottom} ({_reason(err)})") from None
+        # drop the axes of length 1 in the file (not a band's single row), as _tiff_plan does
+        band = band.reshape([n for n, full in zip(band.shape, self._zarr.shape) if full != 1])
+        if self._first:
+            band = np.moveaxis(band, 0, -1)
+        if self._alpha and not self.keep_alpha:
+            band = band[..., :-1]
+        if band.ndim == 3 and band.shape[2] == 1:
+            band = band[..., 0]
+        return check_pixels(band, f"{self.path} (rows {top}..{bottom})")
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def __enter__(self) -> ImageRows:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 # ---- images out ----
 
 def image_suffix(dtype: np.dtype | str, channels: int) -> str:
@@ -345,6 +412,48 @@ def save_image(path: str | Path, image: np.ndarray) -> None:
     if Path(path).suffix.lower() != suffix:
         raise ValueError(f"{path}: a {image.dtype} image of {channels} channel(s) is saved as {suffix}")
     atomic_write_bytes(path, encode_image(image))
+
+
+def _tiles(bands: Iterable[np.ndarray], height: int, width: int, tile: int) -> Iterator[np.ndarray]:
+    """Tiles in row-major order from bands of rows in order (buffered until a row of tiles is complete)."""
+    buffered, top = [], 0
+    for band in bands:
+        buffered.append(band)
+        rows = sum(b.shape[0] for b in buffered)
+        while rows >= tile or (rows and top + rows == height):
+            block = np.concatenate(buffered) if len(buffered) > 1 else buffered[0]
+            take = min(tile, rows)
+            for left in range(0, width, tile):
+                yield block[:take, left:left + tile]
+            buffered, top, rows = [block[take:]], top + take, rows - take
+    received = top + sum(b.shape[0] for b in buffered)
+    if received != height:
+        raise ValueError(f"the bands covered {received} of {height} rows")
+
+
+def write_tiled_tiff(path: str | Path, bands: Iterable[np.ndarray], height: int, width: int, dtype: np.dtype | str,
+                     channels: int = 1, colors: list[tuple[int, int, int]] | None = None, tile: int = 256) -> None:
+    """Write an image given as bands of rows (top to bottom) as a tiled, zlib-compressed BigTIFF, atomically, holding
+    one row of tiles at a time. With ``colors`` it is a palette image (values = class indices, the colormap shows the
+    class colours), which QuPath, Fiji/ImageJ and napari open as a label image.
+
+    Raises:
+        UserError: the file cannot be written (naming it).
+    """
+    import tifffile
+
+    shape = (height, width) if channels == 1 else (height, width, channels)
+    extra: dict = {"photometric": "minisblack"}
+    if colors is not None:
+        colormap = np.zeros((3, 256), np.uint16)
+        colormap[:, :len(colors)] = np.asarray(colors, np.uint16).T * 257
+        colormap[:, len(colors):] = np.arange(len(colors), 256, dtype=np.uint16) * 257  # gray ramp, as save_mask
+        extra = {"photometric": "palette", "colormap": colormap}
+    elif channels > 1:
+        extra["planarconfig"] = "contig"
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=True) as writer:
+        writer.write(_tiles(bands, height, width, tile), shape=shape, dtype=np.dtype(dtype), tile=(tile, tile),
+                     compression="zlib", **extra)
 
 
 # ---- masks ----

@@ -197,3 +197,66 @@ def test_an_image_that_cannot_fit_in_memory_is_refused(tmp_path, monkeypatch):
         read_image(tmp_path / "big.png")
     monkeypatch.setattr(lib.imageio, "available_memory", lambda: 120_000)  # 300 × 200 × 2 bytes fit
     assert read_image(tmp_path / "big.png").dtype == np.uint16
+
+
+@pytest.mark.parametrize("case", [c for c in ROUND_TRIPS if c[1].endswith((".tif", ".tiff"))] + [ROUND_TRIPS[4]],
+                         ids=[c[0] for c in ROUND_TRIPS if c[1].endswith((".tif", ".tiff"))] + [ROUND_TRIPS[4][0]])
+def test_rows_read_band_by_band_equal_the_whole_image(tmp_path, case):
+    from lib.imageio import ImageRows
+
+    _, name, write, stored, _ = case
+    write(tmp_path / name, stored)
+    whole = read_image(tmp_path / name)
+    with ImageRows(tmp_path / name) as rows:
+        assert (rows.header.height, rows.header.width) == whole.shape[:2]
+        bands = [rows.rows(top, min(top + 4, whole.shape[0])) for top in range(0, whole.shape[0], 4)]
+        assert np.array_equal(rows.rows(2, 3), whole[2:3])  # a band of one row keeps its row axis
+    assert np.array_equal(np.concatenate(bands), whole)
+
+
+def test_rows_of_a_tiled_bigtiff(tmp_path):
+    from lib.imageio import ImageRows
+
+    a = _values("uint16", (700, 530, 3))
+    tifffile.imwrite(tmp_path / "t.tif", a, tile=(128, 128), photometric="minisblack", planarconfig="contig",
+                     bigtiff=True, compression="zlib")
+    with ImageRows(tmp_path / "t.tif") as rows:
+        assert np.array_equal(rows.rows(100, 357), a[100:357]) and np.array_equal(rows.rows(690, 700), a[690:])
+    b = np.where(np.eye(700, 530)[..., None] > 0, np.nan, 1.0).astype(np.float32)
+    tifffile.imwrite(tmp_path / "n.tif", b, tile=(128, 128))
+    with ImageRows(tmp_path / "n.tif") as rows, pytest.raises(UserError, match=r"rows 0..10\): 10 pixel"):
+        rows.rows(0, 10)
+
+
+@pytest.mark.parametrize("height,width,band_rows,channels,dtype", [
+    (300, 530, [7, 100, 3, 190], 1, "uint8"),  # bands across tile rows, a partial last tile row and column
+    (256, 256, [256], 1, "uint8"),  # exactly one tile
+    (70, 600, [1] * 70, 3, "float16"),  # one-row bands, fewer rows than a tile, samples per pixel
+])
+def test_tiled_tiff_written_from_bands(tmp_path, height, width, band_rows, channels, dtype):
+    from lib.imageio import write_tiled_tiff
+
+    shape = (height, width) if channels == 1 else (height, width, channels)
+    a = (RNG.integers(0, 3, shape) if dtype == "uint8" else RNG.random(shape)).astype(dtype)
+    tops = np.cumsum([0] + band_rows)
+    bands = (a[t:b] for t, b in zip(tops[:-1], tops[1:]))
+    colors = COLORS if channels == 1 else None
+    write_tiled_tiff(tmp_path / "out.tif", bands, height, width, dtype, channels, colors, tile=128)
+    with tifffile.TiffFile(tmp_path / "out.tif") as tif:
+        page = tif.pages[0]
+        assert tif.is_bigtiff and page.is_tiled and (page.tilelength, page.tilewidth) == (128, 128)
+        assert np.array_equal(page.asarray(), a)
+        if colors:
+            assert page.photometric == tifffile.PHOTOMETRIC.PALETTE
+            assert [tuple(int(v) // 257 for v in page.colormap[:, c]) for c in range(3)] == COLORS
+    if colors:
+        assert np.array_equal(read_mask(tmp_path / "out.tif", COLORS), a)  # our masks read back as index masks
+    assert not [p for p in tmp_path.iterdir() if p.name != "out.tif"]  # no temporary file left
+
+
+def test_tiled_tiff_refuses_bands_that_do_not_cover_the_image(tmp_path):
+    from lib.imageio import write_tiled_tiff
+
+    with pytest.raises(ValueError, match="covered 100 of 300 rows"):
+        write_tiled_tiff(tmp_path / "out.tif", [np.zeros((100, 50), np.uint8)], 300, 50, "uint8", tile=64)
+    assert not list(tmp_path.iterdir())  # nothing left under the final name or a temporary one
