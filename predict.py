@@ -11,22 +11,27 @@ computes it) and the mean over images of each image's mIoU (the published notebo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import math
+import os
+import shutil
 import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from dataloader.pairs import image_id, list_images
 from lib.atomic import atomic_write_bytes, atomic_write_text
 from lib.errors import UserError, cli_main
-from lib.imageio import read_header, read_image, read_mask, save_mask
-from lib.segmenter import Segmenter, image_confusion, summarize
+from lib.imageio import ImageRows, read_header, save_mask, write_tiled_tiff
+from lib.metrics import confusion_matrix
+from lib.segmenter import Segmenter, summarize
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -45,7 +50,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--save-probabilities", action="store_true",
-                   help="also write <stem>_probabilities.npy (float32, classes × height × width)")
+                   help="also write <stem>_probabilities.npy (float32, classes × height × width), or beside a TIFF "
+                        "mask <stem>_probabilities.zarr (float16, height × width × classes, chunks of 256²)")
+    p.add_argument("--format", choices=["auto", "png", "tiff"], default="auto",
+                   help="mask format: palette PNG, or tiled BigTIFF with a palette, written band by band (auto: TIFF "
+                        "above --tiff-above megapixels)")
+    p.add_argument("--tiff-above", type=float, default=64.0, metavar="MP",
+                   help="with --format auto, images above this many megapixels get a TIFF mask (default 64)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -96,6 +107,78 @@ def check_writable(folder: Path) -> None:
         raise UserError(f"{folder}: output folder is not writable ({err.strerror or err})") from None
 
 
+def segment_file(segmenter: Segmenter, image_path: Path, out: Path, mask: Path | None, fmt: str, tiff_above: float,
+                 save_probabilities: bool) -> torch.Tensor | None:
+    """Segment one image file band by band and write its mask (and probabilities); return its confusion matrix
+    against ``mask`` (read band by band too), or None without a mask.
+
+    A palette PNG gathers the bands in memory (small images, as before); a tiled BigTIFF takes them as they come,
+    so memory is bounded by one band of rows whatever the image size (TIFF input is read band by band as well).
+    """
+    n_classes, colors = len(segmenter.class_names), segmenter.class_colors
+    cm = torch.zeros(n_classes, n_classes, dtype=torch.long)
+    with contextlib.ExitStack() as stack:
+        source = stack.enter_context(ImageRows(image_path, **segmenter.params.data.read_options))
+        truth = stack.enter_context(ImageRows(mask, mask_colors=colors)) if mask is not None else None
+        height, width = source.header.height, source.header.width
+        tiff = fmt == "tiff" or (fmt == "auto" and height * width > tiff_above * 1e6)
+        probabilities = ProbabilitySink(out / f"{image_path.stem}_probabilities", height, width, n_classes, tiff) \
+            if save_probabilities else None
+
+        def label_bands():
+            for top, band, labels in segmenter.predict_bands(source, str(image_path)):
+                rows = labels.shape[0]
+                if truth is not None:
+                    cm.add_(confusion_matrix(torch.from_numpy(truth.rows(top, top + rows).astype(np.int64)),
+                                             labels.cpu(), n_classes))
+                if probabilities is not None:
+                    probabilities.write(top, band)
+                yield labels.cpu().numpy().astype(np.uint8)
+
+        if tiff:
+            write_tiled_tiff(out / f"{image_path.stem}.tif", label_bands(), height, width, np.uint8, colors=colors)
+        else:
+            save_mask(out / f"{image_path.stem}.png", np.concatenate(list(label_bands())), colors)
+        if probabilities is not None:
+            probabilities.close()
+    return cm if mask is not None else None
+
+
+class ProbabilitySink:
+    """``--save-probabilities``: a C×H×W float32 ``.npy`` gathered in memory for a PNG mask (as before), or a
+    H×W×C float16 zarr array (chunks of 256×256 pixels) written band by band beside a TIFF mask; each written under a
+    temporary name and renamed when complete."""
+
+    def __init__(self, stem: Path, height: int, width: int, n_classes: int, streamed: bool):
+        self.stem, self.streamed, self.bands = stem, streamed, []
+        if streamed:
+            import zarr
+
+            self.path = stem.with_name(stem.name + ".zarr")
+            self.tmp = stem.with_name(f".{stem.name}.zarr.tmp")
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            try:
+                self.array = zarr.open_array(str(self.tmp), mode="w", shape=(height, width, n_classes),
+                                             chunks=(256, 256, n_classes), dtype="float16")
+            except OSError as err:
+                raise UserError(f"{self.path}: cannot write ({err.strerror or err})") from None
+
+    def write(self, top: int, band: torch.Tensor) -> None:
+        if self.streamed:
+            self.array[top:top + band.shape[1]] = band.permute(1, 2, 0).cpu().numpy().astype(np.float16)
+        else:
+            self.bands.append(band.cpu().numpy().astype(np.float32))
+
+    def close(self) -> None:
+        if self.streamed:
+            shutil.rmtree(self.path, ignore_errors=True)
+            os.replace(self.tmp, self.path)
+            return
+        buffer = io.BytesIO()
+        np.save(buffer, np.concatenate(self.bands, axis=1))
+        atomic_write_bytes(self.stem.with_name(self.stem.name + ".npy"), buffer.getvalue())
+
+
 def format_table(metrics: dict) -> str:
     """Per-class IoU, mIoU over the set, and the mean of per-image mIoU, as a small text table."""
     width = max(len(n) for n in [*metrics["iou"], "mean of per-image mIoU"]) + 2
@@ -131,19 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     check_writable(out)
     if args.metrics:
         check_writable(Path(args.metrics).resolve().parent)
-    n_classes = len(segmenter.class_names)
     confusions = []
     for image_path in tqdm(images, desc="predict", unit="img", disable=args.quiet, file=sys.stderr):
-        image = read_image(image_path, **segmenter.params.data.read_options)
-        truth = read_mask(masks[image_path], segmenter.class_colors) if image_path in masks else None
-        probabilities, labels = segmenter.predict(image, str(image_path))
-        save_mask(out / f"{image_path.stem}.png", labels.cpu().numpy().astype(np.uint8), segmenter.class_colors)
-        if args.save_probabilities:
-            buffer = io.BytesIO()
-            np.save(buffer, probabilities.cpu().numpy().astype(np.float32))
-            atomic_write_bytes(out / f"{image_path.stem}_probabilities.npy", buffer.getvalue())
-        if truth is not None:
-            confusions.append(image_confusion(labels, truth, n_classes))
+        cm = segment_file(segmenter, image_path, out, masks.get(image_path), args.format, args.tiff_above,
+                          args.save_probabilities)
+        if cm is not None:
+            confusions.append(cm)
     print(f"wrote {len(images)} mask(s) to {out}")
     if confusions:
         metrics = summarize(confusions, segmenter.class_names)

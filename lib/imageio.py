@@ -321,9 +321,11 @@ class ImageRows:
     when they would not fit, see :func:`check_fits`). Use as a context manager, or call :meth:`close`.
     """
 
-    def __init__(self, path: str | Path, keep_alpha: bool = False, channel_axis: str = "auto"):
+    def __init__(self, path: str | Path, keep_alpha: bool = False, channel_axis: str = "auto",
+                 mask_colors: list[tuple[int, int, int]] | None = None):
         self.path = Path(path)
         self.keep_alpha, self._whole, self._store, self._zarr = keep_alpha, None, None, None
+        self.mask_colors = mask_colors  # read as a label mask: rows are uint8 class indices (see read_mask)
         self.header = read_header(self.path, keep_alpha, channel_axis)
         if self.path.suffix.lower() in TIFF_SUFFIXES and _is_tiff(self.path):
             import tifffile
@@ -341,6 +343,8 @@ class ImageRows:
             except (tifffile.TiffFileError, OSError, ValueError, KeyError, TypeError) as err:
                 self.close()
                 raise UserError(f"{self.path}: not a readable image ({_reason(err)})") from None
+        elif mask_colors is not None:
+            self._whole = read_mask(self.path, mask_colors)
         else:
             self._whole = read_image(self.path, keep_alpha, channel_axis)
 
@@ -365,6 +369,8 @@ class ImageRows:
             band = band[..., :-1]
         if band.ndim == 3 and band.shape[2] == 1:
             band = band[..., 0]
+        if self.mask_colors is not None:
+            return mask_indices(band, self.mask_colors, f"{self.path} (rows {top}..{bottom})")
         return check_pixels(band, f"{self.path} (rows {top}..{bottom})")
 
     def close(self) -> None:
@@ -485,7 +491,6 @@ def read_mask(path: str | Path, colors: list[tuple[int, int, int]]) -> np.ndarra
         UserError: the file is unreadable, or holds a value or colour that is no class (naming both).
     """
     path = Path(path)
-    n = len(colors)
     if path.suffix.lower() in TIFF_SUFFIXES and _is_tiff(path):
         array, _ = _read_tiff(path, "auto")
     else:
@@ -497,6 +502,16 @@ def read_mask(path: str | Path, colors: list[tuple[int, int, int]]) -> np.ndarra
         else:
             raise UserError(f"{path}: unsupported mask mode {img.mode!r} (expected an index image (8- or 16-bit gray "
                             "or palette) or an RGB colour image)")
+    return mask_indices(array, colors, path)
+
+
+def mask_indices(array: np.ndarray, colors: list[tuple[int, int, int]], path: str | Path) -> np.ndarray:
+    """A decoded mask (or a band of one) as uint8 class indices: index values checked, colours mapped.
+
+    Raises:
+        UserError: a value or colour that is no class, or an unsupported layout (naming ``path``).
+    """
+    n = len(colors)
     if array.ndim == 3 and array.shape[2] in (3, 4) and array.dtype == np.uint8:
         return _colors_to_indices(array[..., :3], colors, path)
     if array.ndim != 2 or array.dtype.kind not in "iub":

@@ -16,7 +16,7 @@ Three modes (``data.normalization``), each per channel:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -52,10 +52,15 @@ def _moments(chunk: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray, np.n
 def image_statistics(image: np.ndarray, rows: int = 1024) -> tuple[list[float], list[float]]:
     """Per-channel mean and (unbiased) std of an H×W or H×W×C image in its stored units, computed in bands of rows
     (float64 temporaries of one band only)."""
-    image = image[..., None] if image.ndim == 2 else image
+    return band_statistics(image[top:top + rows] for top in range(0, image.shape[0], rows))
+
+
+def band_statistics(bands: Iterable[np.ndarray]) -> tuple[list[float], list[float]]:
+    """Per-channel mean and (unbiased) std of an image given as bands of rows (h×W or h×W×C each), as
+    :func:`image_statistics` computes them: an image streamed from disk never needs to be in memory whole."""
     total = None
-    for top in range(0, image.shape[0], rows):
-        part = _moments(image[top:top + rows], (0, 1))
+    for band in bands:
+        part = _moments(band[..., None] if band.ndim == 2 else band, (0, 1))
         total = part if total is None else _merge(total, part)
     n, mean, m2 = total
     std = np.sqrt(m2 / np.maximum(n - 1, 1))

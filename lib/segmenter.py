@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,10 +12,10 @@ import torch
 from lib.allocator import retain_freed_memory
 from lib.device import memory_format, resolve_precision, select_device
 from lib.errors import UserError
-from lib.imageio import ImageHeader
-from lib.inference import sliding_window_predict
+from lib.imageio import ImageHeader, ImageRows
+from lib.inference import sliding_window_bands, sliding_window_predict
 from lib.metrics import confusion_matrix, iou_per_class, mean_iou
-from lib.normalization import as_spec, image_statistics, normalize
+from lib.normalization import as_spec, band_statistics, normalize
 from lib.params import InferenceParams, Params, params_from_dict
 from model.checkpoint import load_checkpoint, model_from_checkpoint
 from model.unet_model import UNet
@@ -83,6 +84,23 @@ class Segmenter:
         if header.channels != self.n_channels and not convertible:
             raise UserError(f"{name}: image has {header.channels} channel(s), the model expects {self.n_channels}")
 
+    def _channels(self, image: np.ndarray) -> torch.Tensor:
+        """H×W or H×W×C → C×H×W in the model's channel count (8-bit gray repeated, or 8-bit RGB to luma)."""
+        x = torch.from_numpy(np.array(image))  # a writable copy (decoded images are read-only)
+        x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)
+        if x.shape[0] == 3 and self.n_channels == 1:
+            x = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]).round().clamp(0, 255)[None]
+        elif x.shape[0] == 1 and self.n_channels == 3:
+            x = x.expand(3, -1, -1)
+        return x
+
+    def _image_stats(self, bands: Iterable[torch.Tensor]) -> torch.Tensor | None:
+        """``image`` normalisation: the 1×2×C mean and std of the whole image (given as C×h×W bands); else None."""
+        if as_spec(self.normalization)["mode"] != "image":
+            return None
+        mean, std = band_statistics(band.permute(1, 2, 0).numpy() for band in bands)
+        return torch.tensor([[mean, std]], dtype=torch.float64)
+
     def to_input(self, image: np.ndarray, name: str = "image") -> torch.Tensor:
         """H×W or H×W×C image in its stored dtype → normalised C×H×W float tensor (:func:`normalize`, with the image's
         own statistics in ``image`` mode). An 8-bit gray image given to an RGB model is repeated over the channels,
@@ -94,25 +112,45 @@ class Segmenter:
         """
         self.check_image(ImageHeader(image.shape[0], image.shape[1], 1 if image.ndim == 2 else image.shape[2],
                                      image.dtype.name), name)
-        x = torch.from_numpy(np.array(image))  # a writable copy (decoded images are read-only)
-        x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)
-        if x.shape[0] == 3 and self.n_channels == 1:
-            x = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]).round().clamp(0, 255)[None]
-        elif x.shape[0] == 1 and self.n_channels == 3:
-            x = x.expand(3, -1, -1)
-        stats = None
-        if as_spec(self.normalization)["mode"] == "image":
-            mean, std = image_statistics(x.permute(1, 2, 0).numpy())
-            stats = torch.tensor([[mean, std]], dtype=torch.float64)
-        return normalize(x[None], self.normalization, stats)[0]
+        x = self._channels(image)
+        return normalize(x[None], self.normalization, self._image_stats([x]))[0]
+
+    def _window_options(self) -> dict:
+        p = self.inference
+        return {"window": self.window, "overlap": p.overlap, "batch_size": p.batch_size, "blend": p.blend,
+                "tta": p.tta, "precision": self.precision, "device": self.device,
+                "memory_format": memory_format(self.device)}
 
     def predict(self, image: np.ndarray, name: str = "image") -> tuple[torch.Tensor, torch.Tensor]:
         """Class probabilities (C×H×W) and labels (H×W) of a whole image, by :func:`sliding_window_predict`."""
-        p = self.inference
-        return sliding_window_predict(self.model, self.to_input(image, name), window=self.window,
-                                      overlap=p.overlap, batch_size=p.batch_size, blend=p.blend, tta=p.tta,
-                                      precision=self.precision, device=self.device,
-                                      memory_format=memory_format(self.device))
+        return sliding_window_predict(self.model, self.to_input(image, name), **self._window_options())
+
+    def predict_bands(self, source: ImageRows, name: str = "image", rows: int = 1024
+                      ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """Segment an image read band by band (:class:`lib.imageio.ImageRows`) in bounded memory: the bands of
+        :func:`sliding_window_bands`, identical to :meth:`predict` on the whole image. An image smaller than a window
+        is segmented whole (it is small). ``image`` normalisation first reads the image once for its statistics.
+
+        Yields:
+            ``(top, probabilities, labels)``: C×h×W float32 and h×W int64 bands on the device, top to bottom.
+
+        Raises:
+            UserError: the image does not fit the model, or cannot be read.
+        """
+        header = source.header
+        self.check_image(header, name)
+        height, width = header.height, header.width
+        if height < self.window or width < self.window:
+            probabilities, labels = self.predict(source.rows(0, height), name)
+            yield 0, probabilities, labels
+            return
+        stats = self._image_stats(self._channels(source.rows(top, min(top + rows, height)))
+                                  for top in range(0, height, rows))
+
+        def read_rows(top: int, bottom: int) -> torch.Tensor:
+            return normalize(self._channels(source.rows(top, bottom))[None], self.normalization, stats)[0]
+
+        yield from sliding_window_bands(self.model, read_rows, height, width, **self._window_options())
 
 
 def summarize(confusions: list[torch.Tensor], class_names: list[str]) -> dict:
