@@ -29,7 +29,7 @@ from tqdm import tqdm
 from dataloader.pairs import image_id, list_images
 from lib.atomic import atomic_write_bytes, atomic_write_text
 from lib.errors import UserError, cli_main
-from lib.imageio import ImageRows, read_header, save_mask, write_tiled_tiff
+from lib.imageio import TIFF_SUFFIXES, ImageRows, check_fits, read_header, save_mask, write_tiled_tiff
 from lib.metrics import confusion_matrix
 from lib.segmenter import Segmenter, summarize
 
@@ -91,6 +91,8 @@ def check_inputs(images: list[Path], masks: dict[Path, Path], segmenter: Segment
     for image in images:
         header = read_header(image, **segmenter.params.data.read_options)
         segmenter.check_image(header, str(image))
+        if image.suffix.lower() not in TIFF_SUFFIXES:  # decoded whole (PNG, JPEG, BMP cannot be read in bands)
+            check_fits(image, header.height, header.width, header.channels * np.dtype(header.dtype).itemsize)
         if image in masks:
             mask = read_header(masks[image])
             if (mask.height, mask.width) != (header.height, header.width):

@@ -75,6 +75,12 @@ def _predict(w, *a):
             str(test / "masks"), "--output", str(w / "pred"), "--quiet", *a]
 
 
+def _predict_without_masks(w):
+    args = _predict(w)
+    i = args.index("--masks")
+    return args[:i] + args[i + 2:]
+
+
 def _swap(args: list[str], flag: str, value: str) -> list[str]:
     i = args.index(flag)
     return [*args[: i + 1], value, *args[i + 2:]]
@@ -106,6 +112,19 @@ def _as_tiff(png_path: Path, dtype, channels: int = 1, nan: bool = False, **kw) 
     extra = {"photometric": "minisblack", "planarconfig": "contig"} if channels > 1 and not kw else {}
     tifffile.imwrite(png_path.with_suffix(".tif"), a, **extra, **kw)
     png_path.unlink()
+
+
+def _huge_png(path: Path, side: int = 300_000) -> None:
+    """A PNG whose header says side × side 8-bit gray (90 GB decoded) and whose pixels are missing: only the header
+    is read before the image is refused."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
 
 
 def _ckpt_other(w: Path, **config) -> Path:
@@ -177,6 +196,9 @@ CASES = [
                                            _predict(w))[1], ["i1.tif", "4 channel(s)", "the model expects 1"]),
     ("predict-dtype-differs", lambda w: (_as_tiff(w / "data/images_test/images/i0.png", np.uint16), _predict(w))[1],
      ["i0.tif", "image is uint16", "trained on uint8 images"]),
+    ("predict-image-cannot-fit", lambda w: (_huge_png(w / "data/images_test/images/i1.png"),
+                                            _predict_without_masks(w))[1],
+     ["i1.png", "a 300000x300000 image needs 83.8 GiB of memory decoded"]),
     ("params-percentiles-equal", lambda w: _swap(_train(w), "--params", str(_params(w, lambda r: r["data"].update(
         percentiles=[5, 5])))), ["data.percentiles", "low < high"]),
     ("predict-output-is-a-file", lambda w: ((w / "pred").write_text("x"), _predict(w))[1], ["pred", "not writable"]),
@@ -237,4 +259,4 @@ def test_images_smaller_than_a_patch_are_padded_in_preparation(world):
 
 
 def test_case_count():
-    assert len(CASES) + len(ACCEPTED) + 1 == 37  # reported in the README
+    assert len(CASES) + len(ACCEPTED) + 1 == 38  # reported in the README
