@@ -3,7 +3,9 @@
     python predict.py --checkpoint checkpoints/<run>/best.pth --input data/images_test/images --output predictions \
         --masks data/images_test/masks --metrics metrics.json
 
-Writes one palette PNG per input (same stem; pixel values are class indices, the palette shows the class colours).
+Writes one palette PNG per input (same stem; pixel values are class indices, the palette shows the class colours), or
+above ``--tiff-above`` megapixels a tiled palette BigTIFF; every image is segmented band by band (a TIFF input is read
+band by band too), so memory does not grow with the image height.
 With ``--masks`` prints per-class IoU and mIoU over the whole set (one confusion matrix for all images, as Keras
 computes it) and the mean over images of each image's mIoU (the published notebook's figure).
 """

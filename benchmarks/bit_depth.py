@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None)
     p.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it (default: a temporary one)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {', '.join(VARIANTS)}")
     args = p.parse_args(argv)
     if args.tiny:
         args.epochs = min(args.epochs, 2)
@@ -130,7 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         params.parent.mkdir(parents=True, exist_ok=True)
         params.write_text(json.dumps(raw, indent=1))
         run([sys.executable, "-m", "lib.generate", "--params", str(params)])
-        results = [run_variant(work, params, v, args) for v in VARIANTS]
+        chosen = [v for v in VARIANTS if v in args.variants.split(",")]
+        if chosen[:2] != ["8-bit", "12-bit"]:
+            raise SystemExit(f"--variants {args.variants}: expected 8-bit and 12-bit among {', '.join(VARIANTS)}")
+        results = [run_variant(work, params, v, args) for v in chosen]
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
