@@ -32,8 +32,7 @@ from dataloader.pairs import image_id, list_images
 from lib.atomic import atomic_write_bytes, atomic_write_text
 from lib.errors import UserError, cli_main
 from lib.imageio import TIFF_SUFFIXES, ImageRows, check_fits, read_header, save_mask, write_tiled_tiff
-from lib.metrics import confusion_matrix
-from lib.segmenter import Segmenter, summarize
+from lib.segmenter import Segmenter, image_confusion, summarize
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -133,8 +132,7 @@ def segment_file(segmenter: Segmenter, image_path: Path, out: Path, mask: Path |
             for top, band, labels in segmenter.predict_bands(source, str(image_path)):
                 rows = labels.shape[0]
                 if truth is not None:
-                    cm.add_(confusion_matrix(torch.from_numpy(truth.rows(top, top + rows).astype(np.int64)),
-                                             labels.cpu(), n_classes))
+                    cm.add_(image_confusion(labels, truth.rows(top, top + rows), n_classes))
                 if probabilities is not None:
                     probabilities.write(top, band)
                 yield labels.cpu().numpy().astype(np.uint8)

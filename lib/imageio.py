@@ -213,9 +213,19 @@ class ImageHeader:
     dtype: str
 
 
-def _tiff_open(path: Path, read: bool, channel_axis: str) -> tuple[np.ndarray | None, ImageHeader, bool]:
-    """The first series of a TIFF: its pixels (if ``read``) brought to H×W or H×W×C, its header, whether the last
-    channel is alpha."""
+@dataclass(frozen=True)
+class _TiffLayout:
+    """How the first series of a TIFF maps to H×W or H×W×C: its header (channels counting alpha), whether the last
+    channel is alpha, whether the channels come first in the file, and the position of the Y axis there."""
+
+    header: ImageHeader
+    alpha: bool
+    first: bool
+    y: int
+
+
+def _tiff_open(path: Path, read: bool, channel_axis: str) -> tuple[np.ndarray | None, _TiffLayout]:
+    """The first series of a TIFF, opened once: its pixels (if ``read``) brought to H×W or H×W×C, and its layout."""
     import tifffile
 
     try:
@@ -233,12 +243,25 @@ def _tiff_open(path: Path, read: bool, channel_axis: str) -> tuple[np.ndarray | 
     if array is not None:
         array = array.reshape(kept)
         array = np.ascontiguousarray(np.moveaxis(array, 0, -1) if first else array)
-    return array, ImageHeader(height, width, channels, dtype.name), alpha
+    return array, _TiffLayout(ImageHeader(height, width, channels, dtype.name), alpha, first, axes.index("Y"))
 
 
 def _read_tiff(path: Path, channel_axis: str) -> tuple[np.ndarray, bool]:
-    array, _, alpha = _tiff_open(path, True, channel_axis)
-    return array, alpha
+    array, layout = _tiff_open(path, True, channel_axis)
+    return array, layout.alpha
+
+
+def _tiff_header(layout: _TiffLayout, keep_alpha: bool, path: Path) -> ImageHeader:
+    """The header :func:`read_image` returns for a TIFF of this layout (alpha dropped unless kept, 1 bit as uint8).
+
+    Raises:
+        UserError: an unsupported pixel type.
+    """
+    header = layout.header
+    if header.dtype not in IMAGE_DTYPES and header.dtype != "bool":
+        raise _unsupported_dtype(path, header.dtype)
+    dtype = "uint8" if header.dtype == "bool" else header.dtype
+    return ImageHeader(header.height, header.width, header.channels - (layout.alpha and not keep_alpha), dtype)
 
 
 def _tiff_plan(axes: str, shape: tuple[int, ...], channel_axis: str, path: Path) -> tuple[list[int], bool]:
@@ -289,11 +312,7 @@ def read_header(path: str | Path, keep_alpha: bool = False, channel_axis: str = 
     """
     path = Path(path)
     if path.suffix.lower() in TIFF_SUFFIXES and _is_tiff(path):
-        _, header, alpha = _tiff_open(path, False, channel_axis)
-        if header.dtype not in IMAGE_DTYPES and header.dtype != "bool":
-            raise _unsupported_dtype(path, header.dtype)
-        dtype = "uint8" if header.dtype == "bool" else header.dtype
-        return ImageHeader(header.height, header.width, header.channels - (alpha and not keep_alpha), dtype)
+        return _tiff_header(_tiff_open(path, False, channel_axis)[1], keep_alpha, path)
     try:
         with Image.open(path) as img:
             (width, height), mode, info = img.size, img.mode, img.info
@@ -326,27 +345,23 @@ class ImageRows:
         self.path = Path(path)
         self.keep_alpha, self._whole, self._store, self._zarr = keep_alpha, None, None, None
         self.mask_colors = mask_colors  # read as a label mask: rows are uint8 class indices (see read_mask)
-        self.header = read_header(self.path, keep_alpha, channel_axis)
         if self.path.suffix.lower() in TIFF_SUFFIXES and _is_tiff(self.path):
             import tifffile
             import zarr
 
-            _, _, self._alpha = _tiff_open(self.path, False, channel_axis)
-            with tifffile.TiffFile(self.path) as tif:
-                series = tif.series[0]
-                axes, shape = series.axes, tuple(series.shape)
-            self._kept, self._first = _tiff_plan(axes, shape, channel_axis, self.path)
-            self._y = axes.index("Y")
+            _, layout = _tiff_open(self.path, False, channel_axis)
+            self.header = _tiff_header(layout, keep_alpha, self.path)
+            self._alpha, self._first, self._y = layout.alpha, layout.first, layout.y
             try:
                 self._store = tifffile.imread(self.path, aszarr=True)
                 self._zarr = zarr.open(self._store, mode="r")
             except (tifffile.TiffFileError, OSError, ValueError, KeyError, TypeError) as err:
                 self.close()
                 raise UserError(f"{self.path}: not a readable image ({_reason(err)})") from None
-        elif mask_colors is not None:
-            self._whole = read_mask(self.path, mask_colors)
         else:
-            self._whole = read_image(self.path, keep_alpha, channel_axis)
+            self.header = read_header(self.path, keep_alpha, channel_axis)
+            self._whole = read_mask(self.path, mask_colors) if mask_colors is not None else \
+                read_image(self.path, keep_alpha, channel_axis)
 
     def rows(self, top: int, bottom: int) -> np.ndarray:
         """Rows ``top .. bottom`` (h×W or h×W×C, the stored dtype).
