@@ -3,9 +3,11 @@
     python predict.py --checkpoint checkpoints/<run>/best.pth --input data/images_test/images --output predictions \
         --masks data/images_test/masks --metrics metrics.json
 
+    torchrun --standalone --nproc_per_node=N predict.py ...   # the images split across N processes
+
 Writes one palette PNG per input (same stem; pixel values are class indices, the palette shows the class colours), or
-above ``--tiff-above`` megapixels a tiled palette BigTIFF; every image is segmented band by band (a TIFF input is read
-band by band too), so memory does not grow with the image height.
+above ``--tiff-above`` megapixels a tiled palette BigTIFF; every image is segmented band by band, in column blocks
+when wider than ``--block-width`` (a TIFF input is read the same way), so memory does not grow with the image.
 With ``--masks`` prints per-class IoU and mIoU over the whole set (one confusion matrix for all images, as Keras
 computes it) and the mean over images of each image's mIoU (the published notebook's figure).
 """
@@ -21,7 +23,7 @@ import os
 import shutil
 import sys
 import tempfile
-from dataclasses import replace
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +32,11 @@ from tqdm import tqdm
 
 from dataloader.pairs import image_id, list_images
 from lib.atomic import atomic_write_bytes, atomic_write_text
+from lib.device import select_device
+from lib.distributed import all_reduce_sum, cleanup, exit_process, init_distributed
 from lib.errors import UserError, cli_main
-from lib.imageio import TIFF_SUFFIXES, ImageRows, check_fits, read_header, save_mask, write_tiled_tiff
+from lib.imageio import TIFF_SUFFIXES, ImageHeader, ImageRows, check_fits, read_header, save_mask, write_tiled_tiff
+from lib.params import replace
 from lib.segmenter import Segmenter, image_confusion, summarize
 
 
@@ -58,6 +63,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "above --tiff-above megapixels)")
     p.add_argument("--tiff-above", type=float, default=64.0, metavar="MP",
                    help="with --format auto, images above this many megapixels get a TIFF mask (default 64)")
+    p.add_argument("--block-width", type=int, default=8192, metavar="PX",
+                   help="images wider than this are segmented in column blocks, so that memory is bounded along "
+                        "both sides (default 8192; same result)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -86,9 +94,10 @@ def mask_path(masks: Path, image: Path, image_prefix: str, mask_prefix: str) -> 
     raise UserError(f"{image}: no mask found (expected {masks / (mask_prefix + stem)}.png)")
 
 
-def check_inputs(images: list[Path], masks: dict[Path, Path], segmenter: Segmenter) -> None:
+def check_inputs(images: list[Path], masks: dict[Path, Path], segmenter: Segmenter) -> list[ImageHeader]:
     """Every image fits the model (pixel type, channels) and its mask's size, read from the headers before any
-    output is written."""
+    output is written; returns the headers."""
+    headers = []
     for image in images:
         header = read_header(image, **segmenter.params.data.read_options)
         segmenter.check_image(header, str(image))
@@ -99,6 +108,8 @@ def check_inputs(images: list[Path], masks: dict[Path, Path], segmenter: Segment
             if (mask.height, mask.width) != (header.height, header.width):
                 raise UserError(f"{masks[image]}: mask is {mask.width}x{mask.height} but its image is "
                                 f"{header.width}x{header.height} (width x height)")
+        headers.append(header)
+    return headers
 
 
 def check_writable(folder: Path) -> None:
@@ -111,12 +122,14 @@ def check_writable(folder: Path) -> None:
 
 
 def segment_file(segmenter: Segmenter, image_path: Path, out: Path, mask: Path | None, fmt: str, tiff_above: float,
-                 save_probabilities: bool) -> torch.Tensor | None:
-    """Segment one image file band by band and write its mask (and probabilities); return its confusion matrix
-    against ``mask`` (read band by band too), or None without a mask.
+                 save_probabilities: bool, block_width: int = 8192) -> torch.Tensor | None:
+    """Segment one image file block by block and write its mask (and probabilities); return its confusion matrix
+    against ``mask`` (read block by block too), or None without a mask.
 
-    A palette PNG gathers the bands in memory (small images, as before); a tiled BigTIFF takes them as they come,
-    so memory is bounded by one band of rows whatever the image size (TIFF input is read band by band as well).
+    A palette PNG gathers the blocks in memory (small images, as before). A tiled BigTIFF takes the bands of rows as
+    they come; an image wider than ``block_width`` is segmented in column blocks, whose labels go to a temporary zarr
+    array read back tile by tile, so memory is bounded along both sides whatever the image size (TIFF input is read
+    block by block as well).
     """
     n_classes, colors = len(segmenter.class_names), segmenter.class_colors
     cm = torch.zeros(n_classes, n_classes, dtype=torch.long)
@@ -128,31 +141,66 @@ def segment_file(segmenter: Segmenter, image_path: Path, out: Path, mask: Path |
         probabilities = ProbabilitySink(out / f"{image_path.stem}_probabilities", height, width, n_classes, tiff) \
             if save_probabilities else None
 
-        def label_bands():
-            for top, band, labels in segmenter.predict_bands(source, str(image_path)):
-                rows = labels.shape[0]
+        def label_blocks():
+            for top, left, band, labels in segmenter.predict_bands(source, str(image_path), block_width):
+                rows, cols = labels.shape
                 if truth is not None:
-                    cm.add_(image_confusion(labels, truth.rows(top, top + rows), n_classes))
+                    cm.add_(image_confusion(labels, truth.rows(top, top + rows, left, left + cols), n_classes))
                 if probabilities is not None:
-                    probabilities.write(top, band)
-                yield labels.cpu().numpy().astype(np.uint8)
+                    probabilities.write(top, left, band)
+                yield top, left, labels.cpu().numpy().astype(np.uint8)
 
-        if tiff:
-            write_tiled_tiff(out / f"{image_path.stem}.tif", label_bands(), height, width, np.uint8, colors=colors)
+        target = out / f"{image_path.stem}{'.tif' if tiff else '.png'}"
+        if not tiff:
+            save_mask(target, gather(label_blocks(), (height, width)), colors)
+        elif width <= block_width:  # one column block: its bands of rows go straight to the file
+            write_tiled_tiff(target, (labels for _, _, labels in label_blocks()), height, width, np.uint8,
+                             colors=colors)
         else:
-            save_mask(out / f"{image_path.stem}.png", np.concatenate(list(label_bands())), colors)
+            scratch = stack.enter_context(scratch_array(out / f".{image_path.stem}.labels.zarr.tmp", (height, width)))
+            for top, left, labels in label_blocks():
+                scratch[top:top + labels.shape[0], left:left + labels.shape[1]] = labels
+            write_tiled_tiff(target, scratch, height, width, np.uint8, colors=colors)
         if probabilities is not None:
             probabilities.close()
     return cm if mask is not None else None
 
 
+def gather(blocks: Iterable[tuple[int, int, np.ndarray]], shape: tuple[int, ...]) -> np.ndarray:
+    """One array of ``shape`` from its ``(top, left, block)`` parts (the last axes of a block are its rows and
+    columns)."""
+    whole = None
+    for top, left, block in blocks:
+        if whole is None:
+            whole = np.empty((*block.shape[:-2], *shape), block.dtype)
+        whole[..., top:top + block.shape[-2], left:left + block.shape[-1]] = block
+    return whole
+
+
+@contextlib.contextmanager
+def scratch_array(path: Path, shape: tuple[int, int]) -> Iterator:
+    """A temporary uint8 zarr array on disk (chunks of 256²), removed on exit: labels of column blocks, read back
+    tile by tile in the row-major order a tiled TIFF is written in."""
+    import zarr
+
+    shutil.rmtree(path, ignore_errors=True)
+    try:
+        array = zarr.open_array(str(path), mode="w", shape=shape, chunks=(256, 256), dtype="uint8")
+    except OSError as err:
+        raise UserError(f"{path}: cannot write ({err.strerror or err})") from None
+    try:
+        yield array
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 class ProbabilitySink:
     """``--save-probabilities``: a C×H×W float32 ``.npy`` gathered in memory for a PNG mask (as before), or a
-    H×W×C float16 zarr array (chunks of 256×256 pixels) written band by band beside a TIFF mask; each written under a
-    temporary name and renamed when complete."""
+    H×W×C float16 zarr array (chunks of 256×256 pixels) written block by block beside a TIFF mask; each written under
+    a temporary name and renamed when complete."""
 
     def __init__(self, stem: Path, height: int, width: int, n_classes: int, streamed: bool):
-        self.stem, self.streamed, self.bands = stem, streamed, []
+        self.stem, self.streamed, self.shape, self.blocks = stem, streamed, (height, width), []
         if streamed:
             import zarr
 
@@ -165,11 +213,13 @@ class ProbabilitySink:
             except OSError as err:
                 raise UserError(f"{self.path}: cannot write ({err.strerror or err})") from None
 
-    def write(self, top: int, band: torch.Tensor) -> None:
+    def write(self, top: int, left: int, block: torch.Tensor) -> None:
+        rows, cols = block.shape[1:]
         if self.streamed:
-            self.array[top:top + band.shape[1]] = band.permute(1, 2, 0).cpu().numpy().astype(np.float16)
+            values = block.permute(1, 2, 0).cpu().numpy().astype(np.float16)
+            self.array[top:top + rows, left:left + cols] = values
         else:
-            self.bands.append(band.cpu().numpy().astype(np.float32))
+            self.blocks.append((top, left, block.cpu().numpy().astype(np.float32)))
 
     def close(self) -> None:
         if self.streamed:
@@ -177,7 +227,7 @@ class ProbabilitySink:
             os.replace(self.tmp, self.path)
             return
         buffer = io.BytesIO()
-        np.save(buffer, np.concatenate(self.bands, axis=1))
+        np.save(buffer, gather(self.blocks, self.shape))
         atomic_write_bytes(self.stem.with_name(self.stem.name + ".npy"), buffer.getvalue())
 
 
@@ -191,17 +241,28 @@ def format_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def assign_images(pixels: list[int], world_size: int) -> list[list[int]]:
+    """Indices of the images each process segments: the largest first, each to the least loaded process (by
+    pixel count), so that one huge image does not leave the others idle; deterministic, the same on every process."""
+    loads, shares = [0] * world_size, [[] for _ in range(world_size)]
+    for i in sorted(range(len(pixels)), key=lambda i: (-pixels[i], i)):
+        rank = loads.index(min(loads))
+        shares[rank].append(i)
+        loads[rank] += pixels[i]
+    return [sorted(share) for share in shares]
+
+
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    info = init_distributed(select_device(args.device).type)
     segmenter = Segmenter.from_checkpoint(args.checkpoint, args.device, args.precision)
-    overrides = {k: v for k, v in {"overlap": args.overlap, "blend": args.blend, "batch_size": args.batch_size,
-                                   "tta": args.tta or None}.items() if v is not None}
-    if "overlap" in overrides and not 0 <= overrides["overlap"] < 1:
-        raise UserError(f"--overlap {args.overlap}: expected a number in [0, 1)")
-    if "batch_size" in overrides and overrides["batch_size"] < 1:
-        raise UserError(f"--batch-size {args.batch_size}: expected an integer >= 1")
-    segmenter.inference = replace(segmenter.inference, **overrides)
+    # flags go through the same checks as parameters.json
+    segmenter.params = replace(segmenter.params, "inference", overlap=args.overlap, blend=args.blend,
+                               batch_size=args.batch_size, tta=args.tta or None)
+    segmenter.inference = segmenter.params.inference
+    if args.block_width < segmenter.window:
+        raise UserError(f"--block-width {args.block_width}: expected at least the window, {segmenter.window} pixels")
     images = input_images(Path(args.input))
     masks: dict[Path, Path] = {}
     if args.masks:
@@ -211,20 +272,28 @@ def main(argv: list[str] | None = None) -> int:
         image_prefix = data.image_prefix if args.image_prefix is None else args.image_prefix
         mask_prefix = data.mask_prefix if args.mask_prefix is None else args.mask_prefix
         masks = {im: mask_path(Path(args.masks), im, image_prefix, mask_prefix) for im in images}
-    check_inputs(images, masks, segmenter)
+    headers = check_inputs(images, masks, segmenter)
     out = Path(args.output)
     check_writable(out)
     if args.metrics:
         check_writable(Path(args.metrics).resolve().parent)
-    confusions = []
-    for image_path in tqdm(images, desc="predict", unit="img", disable=args.quiet, file=sys.stderr):
-        cm = segment_file(segmenter, image_path, out, masks.get(image_path), args.format, args.tiff_above,
-                          args.save_probabilities)
+    mine = assign_images([h.height * h.width for h in headers], info.world_size)[info.rank]
+    n_classes = len(segmenter.class_names)
+    # one confusion matrix per image, zero for those of other processes: summed over processes, they are complete
+    confusions = torch.zeros(len(images), n_classes, n_classes, dtype=torch.long)
+    for i in tqdm(mine, desc="predict", unit="img", disable=args.quiet or not info.is_main, file=sys.stderr):
+        cm = segment_file(segmenter, images[i], out, masks.get(images[i]), args.format, args.tiff_above,
+                          args.save_probabilities, args.block_width)
         if cm is not None:
-            confusions.append(cm)
-    print(f"wrote {len(images)} mask(s) to {out}")
-    if confusions:
-        metrics = summarize(confusions, segmenter.class_names)
+            confusions[i] = cm
+    device = segmenter.device if info.enabled and segmenter.device.type == "cuda" else torch.device("cpu")
+    confusions = all_reduce_sum(confusions.to(device), info).cpu()  # NCCL reduces on the GPU
+    cleanup(info)
+    if not info.is_main:
+        return 0
+    print(f"wrote {len(images)} mask(s) to {out}" + (f" ({info.world_size} processes)" if info.enabled else ""))
+    if masks:
+        metrics = summarize(list(confusions), segmenter.class_names)
         metrics["images"] = [p.name for p in images]
         print(format_table(metrics))
         if args.metrics:
@@ -237,4 +306,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        status = main()
+    except SystemExit as stop:  # a UserError leaves main() through cli_main's sys.exit(2)
+        status = stop.code
+    exit_process(status)

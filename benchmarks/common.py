@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -144,3 +145,31 @@ def print_header(title: str) -> None:
     print(f"{m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, torch {m['torch']}, "
           f"flags {' '.join(m['cpu_flags']) or 'none'}, load average {m['load_average']}")
     sys.stdout.flush()
+
+
+def rss_bytes(anonymous: bool = True) -> int:
+    """Resident memory from /proc/self/statm; ``anonymous``: less the file-backed pages (the libraries' code, which
+    the kernel may drop and re-read at any time), i.e. where tensors live."""
+    with open("/proc/self/statm") as handle:
+        fields = handle.read().split()
+    pages = int(fields[1]) - (int(fields[2]) if anonymous else 0)
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's high-water mark of resident memory (VmHWM) to the current RSS; False where not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int:
+    """VmHWM of /proc/self/status: the highest RSS since the process started or :func:`reset_peak_rss`."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -44,7 +44,10 @@ from benchmarks.common import (
     base_parser,
     format_table,
     interleaved,
+    peak_rss_bytes,
     print_header,
+    reset_peak_rss,
+    rss_bytes,
     summarize,
     verdict,
     write_json,
@@ -134,34 +137,6 @@ def time_size(model: UNet, megapixels: float, batch_size: int, rounds: int, warm
             "call": call, "model": alone, "overhead": overhead,
             "overhead_median": call["median_s"] / alone["median_s"] - 1,
             "call_s_per_megapixel": call["min_s"] / mp, "met": overhead <= TARGET_OVERHEAD}
-
-
-def rss_bytes(anonymous: bool = True) -> int:
-    """Resident memory from /proc/self/statm; ``anonymous``: less the file-backed pages (the libraries' code, which
-    the kernel may drop and re-read at any time), i.e. where tensors live."""
-    with open("/proc/self/statm") as handle:
-        fields = handle.read().split()
-    pages = int(fields[1]) - (int(fields[2]) if anonymous else 0)
-    return pages * os.sysconf("SC_PAGE_SIZE")
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's high-water mark of resident memory (VmHWM) to the current RSS; False where not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_bytes() -> int:
-    """VmHWM of /proc/self/status: the highest RSS since the process started or :func:`reset_peak_rss`."""
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def expected_bytes(height: int, width: int, batch_size: int) -> dict:

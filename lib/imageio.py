@@ -222,6 +222,7 @@ class _TiffLayout:
     alpha: bool
     first: bool
     y: int
+    x: int
 
 
 def _tiff_open(path: Path, read: bool, channel_axis: str) -> tuple[np.ndarray | None, _TiffLayout]:
@@ -243,7 +244,8 @@ def _tiff_open(path: Path, read: bool, channel_axis: str) -> tuple[np.ndarray | 
     if array is not None:
         array = array.reshape(kept)
         array = np.ascontiguousarray(np.moveaxis(array, 0, -1) if first else array)
-    return array, _TiffLayout(ImageHeader(height, width, channels, dtype.name), alpha, first, axes.index("Y"))
+    header = ImageHeader(height, width, channels, dtype.name)
+    return array, _TiffLayout(header, alpha, first, axes.index("Y"), axes.index("X"))
 
 
 def _read_tiff(path: Path, channel_axis: str) -> tuple[np.ndarray, bool]:
@@ -351,7 +353,7 @@ class ImageRows:
 
             _, layout = _tiff_open(self.path, False, channel_axis)
             self.header = _tiff_header(layout, keep_alpha, self.path)
-            self._alpha, self._first, self._y = layout.alpha, layout.first, layout.y
+            self._alpha, self._first, self._y, self._x = layout.alpha, layout.first, layout.y, layout.x
             try:
                 self._store = tifffile.imread(self.path, aszarr=True)
                 self._zarr = zarr.open(self._store, mode="r")
@@ -363,19 +365,22 @@ class ImageRows:
             self._whole = read_mask(self.path, mask_colors) if mask_colors is not None else \
                 read_image(self.path, keep_alpha, channel_axis)
 
-    def rows(self, top: int, bottom: int) -> np.ndarray:
-        """Rows ``top .. bottom`` (h×W or h×W×C, the stored dtype).
+    def rows(self, top: int, bottom: int, left: int = 0, right: int | None = None) -> np.ndarray:
+        """Rows ``top .. bottom`` (h×W or h×W×C, the stored dtype), or only their columns ``left .. right``.
 
         Raises:
             UserError: the file cannot be decoded there, or a float band holds NaN or infinite values.
         """
+        right = self.header.width if right is None else right
+        where = f"{self.path} (rows {top}..{bottom}, columns {left}..{right})"
         if self._whole is not None:
-            return self._whole[top:bottom]
-        index = tuple(slice(top, bottom) if i == self._y else slice(None) for i in range(self._zarr.ndim))
+            return self._whole[top:bottom, left:right]
+        axes = {self._y: slice(top, bottom), self._x: slice(left, right)}
+        index = tuple(axes.get(i, slice(None)) for i in range(self._zarr.ndim))
         try:
             band = np.asarray(self._zarr[index])
         except (OSError, ValueError, RuntimeError) as err:
-            raise UserError(f"{self.path}: not a readable image at rows {top}..{bottom} ({_reason(err)})") from None
+            raise UserError(f"{where}: not a readable image ({_reason(err)})") from None
         # drop the axes of length 1 in the file (not a band's single row), as _tiff_plan does
         band = band.reshape([n for n, full in zip(band.shape, self._zarr.shape) if full != 1])
         if self._first:
@@ -385,8 +390,8 @@ class ImageRows:
         if band.ndim == 3 and band.shape[2] == 1:
             band = band[..., 0]
         if self.mask_colors is not None:
-            return mask_indices(band, self.mask_colors, f"{self.path} (rows {top}..{bottom})")
-        return check_pixels(band, f"{self.path} (rows {top}..{bottom})")
+            return mask_indices(band, self.mask_colors, where)
+        return check_pixels(band, where)
 
     def close(self) -> None:
         if self._store is not None:
@@ -436,7 +441,13 @@ def save_image(path: str | Path, image: np.ndarray) -> None:
 
 
 def _tiles(bands: Iterable[np.ndarray], height: int, width: int, tile: int) -> Iterator[np.ndarray]:
-    """Tiles in row-major order from bands of rows in order (buffered until a row of tiles is complete)."""
+    """Tiles in row-major order from bands of rows in order (buffered until a row of tiles is complete), or read one
+    at a time from an array (NumPy, zarr)."""
+    if hasattr(bands, "shape"):
+        for top in range(0, height, tile):
+            for left in range(0, width, tile):
+                yield np.asarray(bands[top:top + tile, left:left + tile])
+        return
     buffered, top = [], 0
     for band in bands:
         buffered.append(band)
@@ -455,8 +466,9 @@ def _tiles(bands: Iterable[np.ndarray], height: int, width: int, tile: int) -> I
 def write_tiled_tiff(path: str | Path, bands: Iterable[np.ndarray], height: int, width: int, dtype: np.dtype | str,
                      channels: int = 1, colors: list[tuple[int, int, int]] | None = None, tile: int = 256) -> None:
     """Write an image given as bands of rows (top to bottom) as a tiled, zlib-compressed BigTIFF, atomically, holding
-    one row of tiles at a time. With ``colors`` it is a palette image (values = class indices, the colormap shows the
-    class colours), which QuPath, Fiji/ImageJ and napari open as a label image.
+    one row of tiles at a time; or given as an array (e.g. a zarr array on disk), read one tile at a time. With
+    ``colors`` it is a palette image (values = class indices, the colormap shows the class colours), which QuPath,
+    Fiji/ImageJ and napari open as a label image.
 
     Raises:
         UserError: the file cannot be written (naming it).

@@ -3,6 +3,7 @@ half a patch, and the class probabilities of overlapping windows are averaged.""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 
 import torch
@@ -115,10 +116,31 @@ def _predict_windows(predictor: Callable[[torch.Tensor], torch.Tensor], windows:
     return out / 4 if tta else out
 
 
+def column_blocks(width: int, xs: list[int], window: int, block_width: int) -> list[tuple[int, int, list[int]]]:
+    """Split the columns of an image into blocks of about ``block_width`` for bounded memory along the width.
+
+    Block boundaries fall on window starts. A block *owns* the output columns ``left .. right`` and runs every window
+    that covers one of them, so the windows that straddle a boundary run in both blocks (about one window in
+    ``block_width / stride`` runs twice) and each owned pixel sums the same windows, in the same order, as without
+    blocks.
+
+    Returns:
+        ``(left, right, starts)`` per block, left to right: owned columns and the column starts of its windows.
+    """
+    if width <= block_width or len(xs) == 1:
+        return [(0, width, xs)]
+    stride = xs[1] - xs[0]
+    per_block = max(1, block_width // stride)
+    bounds = [0, *xs[per_block::per_block], width]
+    bounds = sorted(set(bounds))
+    return [(left, right, [x for x in xs if x < right and x + window > left])
+            for left, right in zip(bounds, bounds[1:])]
+
+
 @torch.inference_mode()
 def sliding_window_bands(
     predictor: Callable[[torch.Tensor], torch.Tensor],
-    read_rows: Callable[[int, int], torch.Tensor],
+    read_region: Callable[[int, int, int, int], torch.Tensor],
     height: int,
     width: int,
     window: int = 96,
@@ -131,32 +153,39 @@ def sliding_window_bands(
     device: torch.device | str = "cpu",
     memory_format: torch.memory_format = torch.contiguous_format,
     sigma_scale: float = 0.125,
-) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-    """Segment an image of any height in bands of rows: the streaming form of :func:`sliding_window_predict`.
+    block_width: int = 8192,
+) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
+    """Segment an image of any size in bands of rows: the streaming form of :func:`sliding_window_predict`.
 
     The windows (the grid of :func:`window_grid`) run in row order, ``batch_size`` at a time. Once every window that
     covers a band of output rows has run, the band is final: it is normalised by the summed blend weights, its argmax
-    taken, and it is yielded and released. Memory is the input rows of the current windows and the accumulator of the
-    rows they cover, about (window + stride) rows × width × classes, whatever the height. The result is identical to
-    accumulating the whole image (each pixel sums the same windows in the same order).
+    taken, and it is yielded and released. An image wider than ``block_width`` is done in column blocks
+    (:func:`column_blocks`), each streamed top to bottom in turn, so that memory is bounded along both sides: the
+    input rows of the current windows and the accumulator of the rows they cover, about (window + stride) rows ×
+    ``block_width`` × classes. The result is identical to accumulating the whole image (each pixel sums the same
+    windows in the same order).
 
     Args:
         predictor: maps N×C_in×P×P inputs to N×C×P×P outputs.
-        read_rows: ``read_rows(top, bottom)`` gives the C_in×(bottom − top)×width normalised input rows; rows are
-            asked for in increasing order, each once.
+        read_region: ``read_region(top, bottom, left, right)`` gives the C_in×(bottom − top)×(right − left)
+            normalised input; within a column block, rows are asked for in increasing order, each once.
         height, width: the image size, each at least ``window`` (pad smaller images first, see :func:`reflect_pad`).
         window, overlap, batch_size, blend, tta, activation, precision, memory_format, sigma_scale: as in
             :func:`sliding_window_predict`.
         device: where the predictor and the accumulator run.
+        block_width: the widest column block, in pixels.
 
     Yields:
-        ``(top, probabilities, labels)``: rows ``top .. top + h`` of the C×h×width float32 probabilities and the h×width
-        int64 argmax, on ``device``, bands in order and covering every row once.
+        ``(top, left, probabilities, labels)``: the C×h×w float32 probabilities and the h×w int64 argmax of rows
+        ``top .. top + h`` and columns ``left .. left + w``, on ``device``; column blocks left to right, each top to
+        bottom, covering every pixel once.
 
     Raises:
         ValueError: a bad option, or a side shorter than the window.
     """
     _check_options(overlap, blend, window, batch_size, activation)
+    if block_width < window:
+        raise ValueError(f"block_width must be at least the window {window}, got {block_width}")
     if height < window or width < window:
         raise ValueError(f"image of {height}x{width} is smaller than the window {window}: pad it first")
     device = torch.device(device)
@@ -164,6 +193,28 @@ def sliding_window_bands(
     row_sums = axis_weight_sums(height, ys, window, blend, sigma_scale, device)
     col_sums = axis_weight_sums(width, xs, window, blend, sigma_scale, device)
     weights = gaussian_weights(window, sigma_scale, device) if blend == "gaussian" else None
+    predict = functools.partial(_predict_windows, predictor, tta=tta, activation=activation, precision=precision,
+                                device=device)
+    for left, right, block_xs in column_blocks(width, xs, window, block_width):
+        x0 = block_xs[0]  # the block's input and accumulator start at its first window's column
+        for top, band in _block_bands(predict, read_region, height, ys, block_xs, window, batch_size, weights,
+                                      memory_format, device):
+            # the summed weights are separable (see axis_weight_sums): the divisor of a band is an outer product
+            band /= torch.outer(row_sums[top:top + band.shape[1]], col_sums[x0:x0 + band.shape[2]])
+            band = band[:, :, left - x0:right - x0]
+            # max(0).indices is argmax(0) (the first maximum on ties), and many times faster on CPU
+            yield top, left, band, band.max(0).indices
+
+
+def _block_bands(predict: Callable[[torch.Tensor], torch.Tensor],
+                 read_region: Callable[[int, int, int, int], torch.Tensor],
+                 height: int, ys: list[int], xs: list[int], window: int, batch_size: int,
+                 weights: torch.Tensor | None, memory_format: torch.memory_format, device: torch.device
+                 ) -> Iterator[tuple[int, torch.Tensor]]:
+    """The weighted sums of window outputs over the columns ``xs[0] .. xs[-1] + window``, in final bands of rows
+    ``(top, C×h×w)`` (not yet divided by the summed weights): windows in row order, each band yielded once no
+    window still to run covers it."""
+    x0, x1 = xs[0], xs[-1] + window
     corners = [(r, y, x) for r, y in enumerate(ys) for x in xs]
     rows_in = torch.zeros(0, device=device)  # input rows in_top .. in_top + len
     in_top = 0
@@ -177,28 +228,25 @@ def sliding_window_bands(
             rows_in = rows_in[:, first - in_top:]  # rows above these windows are done with
         in_top = first
         if last > got:
-            new = read_rows(max(got, first), last).to(device)
+            new = read_region(max(got, first), last, x0, x1).to(device)
             rows_in = torch.cat([rows_in, new], dim=1) if rows_in.numel() else new
-        windows = torch.stack([rows_in[:, y - in_top:y - in_top + window, x:x + window] for _, y, x in batch])
-        out = _predict_windows(predictor, windows.contiguous(memory_format=memory_format), tta, activation,
-                               precision, device)
+        windows = torch.stack([rows_in[:, y - in_top:y - in_top + window, x - x0:x - x0 + window]
+                               for _, y, x in batch])
+        out = predict(windows.contiguous(memory_format=memory_format))
         if weights is not None:
             out = out * weights
         if acc is None:
-            acc = torch.zeros(out.shape[1], 0, width, dtype=torch.float32, device=device)
+            acc = torch.zeros(out.shape[1], 0, x1 - x0, dtype=torch.float32, device=device)
         if last > acc_top + acc.shape[1]:
-            grow = torch.zeros(acc.shape[0], last - acc_top - acc.shape[1], width, dtype=torch.float32, device=device)
+            grow = torch.zeros(acc.shape[0], last - acc_top - acc.shape[1], acc.shape[2], dtype=torch.float32,
+                               device=device)
             acc = torch.cat([acc, grow], dim=1)
         for k, (_, y, x) in enumerate(batch):
-            acc[:, y - acc_top:y - acc_top + window, x:x + window] += out[k]
+            acc[:, y - acc_top:y - acc_top + window, x - x0:x - x0 + window] += out[k]
         following = start + batch_size
         final = ys[corners[following][0]] if following < len(corners) else height
         if final > acc_top:
-            band = acc[:, :final - acc_top]
-            # the summed weights are separable (see axis_weight_sums): the divisor of a band is an outer product
-            band /= torch.outer(row_sums[acc_top:final], col_sums)
-            # max(0).indices is argmax(0) (the first maximum on ties), and many times faster on CPU
-            yield acc_top, band, band.max(0).indices
+            yield acc_top, acc[:, :final - acc_top]
             acc, acc_top = acc[:, final - acc_top:], final
 
 
@@ -216,6 +264,7 @@ def sliding_window_predict(
     device: torch.device | str | None = None,
     memory_format: torch.memory_format = torch.contiguous_format,
     sigma_scale: float = 0.125,
+    block_width: int = 8192,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Segment a whole image of any size by sliding windows over it and averaging their class probabilities.
 
@@ -238,6 +287,7 @@ def sliding_window_predict(
         device: where the predictor runs (default: the image's device).
         memory_format: memory format of the window batches (``torch.channels_last`` for a channels_last model).
         sigma_scale: σ of the Gaussian blend as a fraction of the window.
+        block_width: images wider than this are done in column blocks (:func:`column_blocks`); same result.
 
     Returns:
         ``(probabilities, labels)``: C×H×W float32 on the image's device, and the H×W int64 argmax.
@@ -253,15 +303,16 @@ def sliding_window_predict(
     # the accumulator lives where the model runs: on a GPU no window goes back to the host
     padded = reflect_pad(image, window, window).to(device)
     probabilities = labels = None
-    for top, band, band_labels in sliding_window_bands(
-            predictor, lambda a, b: padded[:, a:b], padded.shape[-2], padded.shape[-1], window, overlap, batch_size,
-            blend, tta, activation, precision, device, memory_format, sigma_scale):
-        if top >= height:
-            continue
-        rows = min(band.shape[1], height - top)
+    for top, left, band, band_labels in sliding_window_bands(
+            predictor, lambda a, b, c, d: padded[:, a:b, c:d], padded.shape[-2], padded.shape[-1], window, overlap,
+            batch_size, blend, tta, activation, precision, device, memory_format, sigma_scale, block_width):
+        if top >= height or left >= width:
+            continue  # reflect padding only
+        rows, cols = min(band.shape[1], height - top), min(band.shape[2], width - left)
         if probabilities is None:
             probabilities = torch.empty(band.shape[0], height, width, dtype=torch.float32, device=device)
             labels = torch.empty(height, width, dtype=torch.int64, device=device)
-        probabilities[:, top:top + rows] = band[:, :rows, :width]
-        labels[top:top + rows] = band_labels[:rows, :width]  # a pixel's argmax depends on that pixel alone
+        probabilities[:, top:top + rows, left:left + cols] = band[:, :rows, :cols]
+        # a pixel's argmax depends on that pixel alone
+        labels[top:top + rows, left:left + cols] = band_labels[:rows, :cols]
     return probabilities.to(image.device), labels.to(image.device)

@@ -125,14 +125,16 @@ class Segmenter:
         """Class probabilities (C×H×W) and labels (H×W) of a whole image, by :func:`sliding_window_predict`."""
         return sliding_window_predict(self.model, self.to_input(image, name), **self._window_options())
 
-    def predict_bands(self, source: ImageRows, name: str = "image", rows: int = 1024
-                      ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-        """Segment an image read band by band (:class:`lib.imageio.ImageRows`) in bounded memory: the bands of
+    def predict_bands(self, source: ImageRows, name: str = "image", block_width: int = 8192, stats_block: int = 1024
+                      ) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
+        """Segment an image read in parts (:class:`lib.imageio.ImageRows`) in bounded memory: the blocks of
         :func:`sliding_window_bands`, identical to :meth:`predict` on the whole image. An image smaller than a window
-        is segmented whole (it is small). ``image`` normalisation first reads the image once for its statistics.
+        is segmented whole (it is small). ``image`` normalisation first reads the image once for its statistics, in
+        blocks of ``stats_block``² pixels.
 
         Yields:
-            ``(top, probabilities, labels)``: C×h×W float32 and h×W int64 bands on the device, top to bottom.
+            ``(top, left, probabilities, labels)``: C×h×w float32 and h×w int64 blocks on the device (see
+            :func:`sliding_window_bands` for their order).
 
         Raises:
             UserError: the image does not fit the model, or cannot be read.
@@ -142,15 +144,17 @@ class Segmenter:
         height, width = header.height, header.width
         if height < self.window or width < self.window:
             probabilities, labels = self.predict(source.rows(0, height), name)
-            yield 0, probabilities, labels
+            yield 0, 0, probabilities, labels
             return
-        stats = self._image_stats(self._channels(source.rows(top, min(top + rows, height)))
-                                  for top in range(0, height, rows))
+        stats = self._image_stats(
+            self._channels(source.rows(top, min(top + stats_block, height), left, min(left + stats_block, width)))
+            for top in range(0, height, stats_block) for left in range(0, width, stats_block))
 
-        def read_rows(top: int, bottom: int) -> torch.Tensor:
-            return normalize(self._channels(source.rows(top, bottom))[None], self.normalization, stats)[0]
+        def read_region(top: int, bottom: int, left: int, right: int) -> torch.Tensor:
+            return normalize(self._channels(source.rows(top, bottom, left, right))[None], self.normalization, stats)[0]
 
-        yield from sliding_window_bands(self.model, read_rows, height, width, **self._window_options())
+        yield from sliding_window_bands(self.model, read_region, height, width, **self._window_options(),
+                                        block_width=block_width)
 
 
 def summarize(confusions: list[torch.Tensor], class_names: list[str]) -> dict:

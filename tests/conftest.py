@@ -67,6 +67,20 @@ def constant_checkpoint(path: Path, label: int, n_classes: int = 3, n_channels: 
     return path
 
 
+def random_checkpoint(path: Path, seed: int = 3) -> Path:
+    """A checkpoint of a random-weight U-Net (1 channel, 3 classes, window 48) whose labels follow the image, not a
+    constant: for comparing inference routes on real label maps without training."""
+    constant_checkpoint(path, 0)
+    state = torch.load(path, weights_only=True)
+    torch.manual_seed(seed)
+    model = UNet(1, 3, 4)
+    with torch.no_grad():
+        model.outc.conv.weight.normal_(0, 10.0)
+    state["model_state"] = model.state_dict()
+    save_checkpoint(path, state)
+    return path
+
+
 def tiny_params_dict(root: Path, **groups: dict) -> dict:
     """parameters.json with a small data set under ``root`` (fast tests), with optional per-group changes."""
     raw = json.loads((REPO / "parameters.json").read_text())

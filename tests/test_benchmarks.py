@@ -108,3 +108,19 @@ def test_patch_loading_tiny(tmp_path: Path):
     assert eight["patches"] == sixteen["patches"] == 4 * 2 * 4
     for r in result["results"]:
         assert r["load_s"]["min"] > 0 and r["step_ms"]["min"] > 0
+
+
+def test_large_images_tiny(tmp_path: Path):
+    """Two sizes streamed by predict.py's route in fresh processes, and MONAI's zarr route beside the first: the
+    window grids coincide, so the labels agree everywhere."""
+    result = run_cli("-m", "benchmarks.large_images", "--tiny", "--threads", "1", "--out-dir", str(tmp_path),
+                     env={"OMP_NUM_THREADS": "1"}, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = read_result(tmp_path, "large_images")
+    ours = [r for r in result["runs"] if r["route"] == "ours"]
+    (monai,) = [r for r in result["runs"] if r["route"] == "MONAI"]
+    assert [r["shape"] for r in ours] == [[96, 1008], [288, 1008]]
+    assert monai["shape"] == ours[0]["shape"] and monai["agreement"] == 1.0
+    for r in result["runs"]:
+        assert r["seconds"] > 0 and r["peak_rss"] >= r["idle_rss"] > 0 and r["hwm_reset"]
+    assert {"above_idle_max", "above_idle_met", "speed_spread_max", "speed_met"} <= set(result["targets"])

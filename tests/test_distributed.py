@@ -3,19 +3,24 @@ in a single process and resume there; a worker exits without finalisation."""
 
 from __future__ import annotations
 
+import json
 import re
 
+import numpy as np
 import pytest
 import torch
 
 from dataloader.patches import PatchDataset
 from lib.device import memory_format
+from lib.imageio import save_image, save_mask
 from lib.losses import make_loss
 from lib.metrics import mean_iou
 from lib.params import params_from_dict
 from lib.training import evaluate
 from model.checkpoint import load_checkpoint, model_from_checkpoint
-from tests.conftest import assert_user_error, run_cli
+from tests.conftest import assert_user_error, file_digests, random_checkpoint, run_cli
+
+COLORS = [(0, 0, 0), (230, 40, 40), (120, 250, 80)]
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +91,50 @@ def test_a_torchrun_worker_skips_finalisation():
     script = "import atexit; atexit.register(print, 'finalised'); " + EXIT_SCRIPT.format(code=0)
     plain, worker = (run_cli("-c", script, env={"WORLD_SIZE": w}) for w in ("1", "2"))
     assert plain.stdout == "unflushedfinalised\n" and worker.stdout == "unflushed"
+
+
+@pytest.fixture(scope="module")
+def image_set(tmp_path_factory):
+    """A random-weight checkpoint and five gray images of different sizes with masks."""
+    root = tmp_path_factory.mktemp("predict_ddp")
+    random_checkpoint(root / "c.pth")
+    rng = np.random.default_rng(1)
+    for sub in ("images", "masks"):
+        (root / sub).mkdir()
+    for i, (h, w) in enumerate([(300, 200), (90, 120), (150, 400), (40, 60), (250, 250)]):
+        save_image(root / "images" / f"im{i}.png", rng.integers(0, 256, (h, w), dtype=np.uint8))
+        save_mask(root / "masks" / f"im{i}.png", rng.integers(0, 3, (h, w)).astype(np.uint8), COLORS)
+    return root
+
+
+def test_predict_on_two_processes_writes_the_masks_and_metrics_of_one(image_set):
+    """The images are split across the processes; the masks (PNG and tiled TIFF) and the metrics JSON are those of
+    a single process, and rank 0 alone prints the table."""
+    def predict(out: str, *launcher: str):
+        result = run_cli(*launcher, "predict.py", "--checkpoint", str(image_set / "c.pth"), "--input",
+                         str(image_set / "images"), "--masks", str(image_set / "masks"), "--output",
+                         str(image_set / out), "--metrics", str(image_set / f"{out}.json"), "--precision", "fp32",
+                         "--tiff-above", "0.05", "--quiet", env={"OMP_NUM_THREADS": "1"}, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    predict("one")
+    two = predict("two", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
+    assert two.stdout.count("mean of per-image mIoU") == 1 and "(2 processes)" in two.stdout
+    one_files = file_digests(image_set / "one")
+    assert sorted(one_files) == ["im0.tif", "im1.png", "im2.tif", "im3.png", "im4.tif"]
+    assert file_digests(image_set / "two") == one_files
+    assert json.loads((image_set / "two.json").read_text()) == json.loads((image_set / "one.json").read_text())
+
+
+@pytest.mark.parametrize("pixels,world_size,expected", [
+    ([5, 1, 1, 1, 1], 2, [[0], [1, 2, 3, 4]]),  # the largest alone; the rest balance it
+    ([1, 2, 3, 4], 2, [[0, 3], [1, 2]]),
+    ([7, 7, 7], 3, [[0], [1], [2]]),
+    ([3], 2, [[0], []]),  # more processes than images: one idles
+    ([2, 2, 2], 1, [[0, 1, 2]]),
+])
+def test_images_are_shared_by_pixel_count(pixels, world_size, expected):
+    from predict import assign_images
+
+    assert assign_images(pixels, world_size) == expected

@@ -222,9 +222,14 @@ def test_rows_of_a_tiled_bigtiff(tmp_path):
                      bigtiff=True, compression="zlib")
     with ImageRows(tmp_path / "t.tif") as rows:
         assert np.array_equal(rows.rows(100, 357), a[100:357]) and np.array_equal(rows.rows(690, 700), a[690:])
+        assert np.array_equal(rows.rows(100, 357, 129, 400), a[100:357, 129:400])  # a block of columns
+    tifffile.imwrite(tmp_path / "p.tif", np.moveaxis(a, -1, 0), tile=(128, 128), photometric="minisblack",
+                     planarconfig="separate")  # one plane per channel: the column axis is the last one
+    with ImageRows(tmp_path / "p.tif") as rows:
+        assert np.array_equal(rows.rows(3, 300, 500, 530), a[3:300, 500:530])
     b = np.where(np.eye(700, 530)[..., None] > 0, np.nan, 1.0).astype(np.float32)
     tifffile.imwrite(tmp_path / "n.tif", b, tile=(128, 128))
-    with ImageRows(tmp_path / "n.tif") as rows, pytest.raises(UserError, match=r"rows 0..10\): 10 pixel"):
+    with ImageRows(tmp_path / "n.tif") as rows, pytest.raises(UserError, match=r"rows 0..10, columns 0..530\): 10 pix"):
         rows.rows(0, 10)
 
 

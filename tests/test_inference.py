@@ -184,12 +184,14 @@ def test_bands_read_each_row_once_and_hold_a_bounded_accumulator(height, overlap
     image = torch.randn(1, height, width)
     reads, bands = [], []
 
-    def read_rows(top, bottom):
+    def read_region(top, bottom, left, right):
+        assert (left, right) == (0, width)  # one column block
         reads.append((top, bottom))
         return image[:, top:bottom]
 
-    for top, probs, labels in sliding_window_bands(lambda x: x.repeat(1, 2, 1, 1), read_rows, height, width,
-                                                   window, overlap, batch_size):
+    for top, left, probs, labels in sliding_window_bands(lambda x: x.repeat(1, 2, 1, 1), read_region, height, width,
+                                                         window, overlap, batch_size):
+        assert left == 0 and probs.shape[2] == width
         bands.append((top, probs.shape[1]))
         assert labels.shape == probs.shape[1:] and probs.shape[0] == 2
     assert [t for t, _ in bands] == list(itertools.accumulate([0] + [h for _, h in bands[:-1]]))  # in order, no gap
@@ -200,3 +202,65 @@ def test_bands_read_each_row_once_and_hold_a_bounded_accumulator(height, overlap
     rows_per_batch = -(-batch_size // len(xs))  # window rows one batch spans (at most)
     stride = max(1, round(window * (1 - overlap)))
     assert max(h for _, h in bands) <= max(window, (rows_per_batch + 1) * stride)
+
+
+# (height, width, block_width) at window 32: blocks of one window column (the minimum), a block boundary that is no
+# stride multiple of the block width, wider than tall, and a narrow image under the block width
+BLOCK_CASES = [(65, 200, 32), (90, 171, 50), (40, 300, 64), (70, 120, 1000)]
+
+
+@pytest.mark.parametrize("height,width,block_width", BLOCK_CASES)
+@pytest.mark.parametrize("overlap,blend,tta", [(0.5, "mean", False), (0.25, "gaussian", False), (0.5, "mean", True)])
+def test_column_blocks_reproduce_the_whole_image_accumulation_exactly(height, width, block_width, overlap, blend,
+                                                                      tta, one_thread):
+    """Bit for bit with a predictor that sees one window at a time (each pixel sums the same windows in the same
+    order); with the batched U-Net, whose outputs move by ~1e-8 with the batch's make-up, to 1e-6 and the same
+    labels."""
+    torch.manual_seed(height * width)
+    model = UNet(2, 3, 4).eval()
+    image = torch.randn(2, height, width)
+
+    def one_by_one(x):
+        return torch.cat([model(w[None]) for w in x])
+
+    expected = _whole_image_reference(one_by_one, image, 32, overlap, 7, blend, tta)
+    got = sliding_window_predict(one_by_one, image, window=32, overlap=overlap, batch_size=7, blend=blend, tta=tta,
+                                 block_width=block_width)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    batched = sliding_window_predict(model, image, window=32, overlap=overlap, batch_size=7, blend=blend, tta=tta,
+                                     block_width=block_width)
+    assert (batched[0] - expected[0]).abs().max() <= 1e-6 and torch.equal(batched[1], expected[1])
+
+
+@pytest.mark.parametrize("width,block_width,overlap", [(1000, 100, 0.5), (997, 96, 0.25), (480, 200, 0.0)])
+def test_column_blocks_bound_memory_along_the_width(width, block_width, overlap):
+    """Every read and every block is at most about ``block_width`` wide; the blocks cover each pixel once; each
+    block reads its rows once, in order; only the windows straddling a block boundary run twice."""
+    from lib.inference import column_blocks, sliding_window_bands, window_grid
+
+    height, window = 150, 48
+    image = torch.randn(1, height, width)
+    reads, covered, windows_run = [], torch.zeros(height, width, dtype=torch.int64), []
+
+    def read_region(top, bottom, left, right):
+        reads.append((left, top, bottom, right - left))
+        return image[:, top:bottom, left:right]
+
+    def predictor(x):
+        windows_run.append(x.shape[0])
+        return x.repeat(1, 2, 1, 1)
+
+    for top, left, probs, labels in sliding_window_bands(predictor, read_region, height, width, window, overlap, 8,
+                                                         activation=None, block_width=block_width):
+        assert probs.shape[2] <= block_width and labels.shape == probs.shape[1:]
+        assert torch.allclose(probs[0], image[0, top:top + probs.shape[1], left:left + probs.shape[2]], atol=1e-6)
+        covered[top:top + probs.shape[1], left:left + probs.shape[2]] += 1
+    assert torch.equal(covered, torch.ones_like(covered))
+    assert max(r[3] for r in reads) <= block_width + window
+    for left in {r[0] for r in reads}:
+        rows = [(a, b) for x, a, b, _ in reads if x == left]
+        assert rows[0][0] == 0 and rows[-1][1] == height and all(b == a for (_, b), (a, _) in zip(rows, rows[1:]))
+    ys, xs = window_grid(height, width, window, overlap)
+    blocks = column_blocks(width, xs, window, block_width)
+    seams = len(blocks) - 1
+    assert len(blocks) > 1 and sum(windows_run) <= len(ys) * (len(xs) + seams * -(-window // (xs[1] - xs[0])))
