@@ -112,6 +112,17 @@ def check_inputs(images: list[Path], masks: dict[Path, Path], segmenter: Segment
     return headers
 
 
+def check_outputs(images: list[Path], masks: dict[Path, Path], out: Path) -> None:
+    """No mask or probability file to be written may replace an input image or mask (a TIFF image segmented into
+    its own folder would otherwise be overwritten by its TIFF mask)."""
+    inputs = {p.resolve() for p in [*images, *masks.values()]}
+    for image in images:
+        for name in (f"{image.stem}.png", f"{image.stem}.tif", f"{image.stem}_probabilities.npy"):
+            if (out / name).resolve() in inputs:
+                raise UserError(f"{out / name}: the output would replace an input file; choose another --output "
+                                "folder")
+
+
 def check_writable(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -274,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         masks = {im: mask_path(Path(args.masks), im, image_prefix, mask_prefix) for im in images}
     headers = check_inputs(images, masks, segmenter)
     out = Path(args.output)
+    check_outputs(images, masks, out)
     check_writable(out)
     if args.metrics:
         check_writable(Path(args.metrics).resolve().parent)

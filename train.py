@@ -15,6 +15,7 @@ import math
 import signal
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,17 +26,17 @@ from tqdm import tqdm
 from dataloader.patches import SOURCES, PatchDataset, split_sources
 from lib.allocator import retain_freed_memory
 from lib.atomic import make_folder
-from lib.device import memory_format, resolve_precision, select_device
-from lib.distributed import DistInfo, all_reduce_sum, broadcast_flag, cleanup, exit_process, init_distributed
+from lib.device import Runtime
+from lib.distributed import all_reduce_sum, broadcast_flag, cleanup, exit_process
 from lib.errors import UserError, cli_main
 from lib.losses import make_loss
 from lib.metrics import iou_per_class, mean_iou
 from lib.normalization import as_spec, compute_normalization
 from lib.params import Params, load_params, params_from_dict, replace
 from lib.provenance import git_commit, versions
-from lib.schedule import lr_factor, make_scheduler
+from lib.schedule import make_scheduler
 from lib.training import batches, evaluate, forward_loss, new_run_name, optimizer_step, predict_labels
-from model.checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from model.checkpoint import build_checkpoint, check_compatible, check_resumable, load_checkpoint, save_checkpoint
 from model.unet_model import UNet
 
 EXIT_INTERRUPTED, EXIT_NONFINITE = 130, 3
@@ -66,11 +67,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def resolve_params(args: argparse.Namespace, resumed: dict | None) -> Params:
     """parameters.json (or, when resuming, the parameters the run was started with), overridden by the flags."""
     params = params_from_dict(resumed["params"]) if resumed else load_params(args.params)
-    if resumed and args.params:  # resuming keeps the run's parameters; the classes must agree with the user's file
-        theirs = load_params(args.params)
-        if theirs.n_classes != params.n_classes:
-            raise UserError(f"{args.load}: checkpoint was trained for {params.n_classes} classes, "
-                            f"{args.params} has {theirs.n_classes}")
     params = replace(params, "training", epochs=args.epochs, learning_rate=args.learning_rate,
                      batch_size=args.batch_size, folder=args.folder, seed=args.seed, device=args.device,
                      precision=args.precision, val_fraction=args.val_fraction, loss=args.loss)
@@ -94,177 +90,275 @@ class StopRequest:
         signal.signal(signal.SIGINT, self._previous)  # a second Ctrl-C stops at once
 
 
+@dataclass
+class TrainingData:
+    """The patches of a run on its device, split by source image, with the normalisation learnt from them."""
+
+    folder: Path
+    patches: PatchDataset
+    train_idx: torch.Tensor
+    val_idx: torch.Tensor
+    val_sources: list[str]
+    normalization: dict
+    images: torch.Tensor  # all patches on the device (74 MB for the published set): no loader, no copy per step
+    masks: torch.Tensor
+    image_stats: torch.Tensor | None  # per-patch source statistics on the device (``image`` normalisation)
+
+
+@dataclass
+class Progress:
+    """Where a run stands: epochs done, steps done in the current epoch and their loss sum, the best validation
+    mIoU so far and one record per finished epoch."""
+
+    epoch: int = 0
+    step: int = 0
+    loss_sum: float = 0.0
+    loss_count: int = 0
+    best: float = -math.inf
+    history: list[dict] = field(default_factory=list)
+
+
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     resumed = load_checkpoint(args.load) if args.load else None
     params = resolve_params(args, resumed)
     t = params.training
-    device = select_device(t.device)
-    info: DistInfo = init_distributed(device.type)
-    if info.enabled and device.type == "cuda":
-        device = torch.device("cuda", info.local_rank)
-    precision = resolve_precision(t.precision, device, args.amp)
-    mem = memory_format(device)
-    if device.type == "cpu":
-        retain_freed_memory()
-    if args.sync_bn and device.type != "cuda":
-        raise UserError(f"--sync-bn: SyncBatchNorm needs CUDA devices, this run is on {device.type}")
-    torch.use_deterministic_algorithms(args.deterministic)
+    rt = Runtime.start(t.device, t.precision, args.amp)
+    writer = None
+    try:
+        if rt.device.type == "cpu":
+            retain_freed_memory()
+        if args.sync_bn and rt.device.type != "cuda":
+            raise UserError(f"--sync-bn: SyncBatchNorm needs CUDA devices, this run is on {rt.device.type}")
+        torch.use_deterministic_algorithms(args.deterministic)
 
-    # ---- data: every check happens before anything is written ----
+        # ---- data, model, optimiser: every check happens before anything is written ----
+        data = load_data(params, resumed, args, rt)
+        net, model = build_model(params, data.patches.n_channels, resumed, args, rt)
+        loss_fn = make_loss(t.loss, t.class_weights, rt.device)
+        optimizer = torch.optim.SGD(net.parameters(), lr=t.learning_rate, momentum=t.momentum,
+                                    weight_decay=t.weight_decay)
+        scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.precision == "fp16")
+        progress = restore(resumed, optimizer, scaler, args.load) if resumed else Progress()
+        if progress.epoch >= t.epochs:
+            raise UserError(f"{args.load}: the run already finished its {t.epochs} epochs (pass -e with more to "
+                            "extend)")
+        # the rate is a function of the epoch alone: a resumed run follows its (possibly overridden) epochs and rate
+        scheduler = make_scheduler(optimizer, t.epochs, t.lr_final_factor, t.learning_rate, progress.epoch)
+
+        # ---- outputs (rank 0 only) ----
+        ckpt_root, runs_root = Path(t.checkpoints_dir), Path(t.runs_dir)
+        run = resumed["run_name"] if resumed else new_run_name(str(data.folder), args.name, ckpt_root, runs_root)
+        ckpt_dir, run_dir = ckpt_root / run, runs_root / run
+        if rt.dist.is_main:
+            writer = open_outputs(ckpt_dir, run_dir, params, rt)
+
+        def save(*names: str) -> None:
+            if rt.dist.is_main:
+                state = build_checkpoint(net, params, data.normalization,
+                                         training_entries(progress, optimizer, scaler, run, data, params, rt))
+                for name in names:
+                    save_checkpoint(ckpt_dir / name, state)
+
+        # ---- the loop ----
+        stop = StopRequest()  # before the first line, so a Ctrl-C from here on is handled
+        if rt.dist.is_main:
+            print(f"run {run}: {len(data.train_idx)} training / {len(data.val_idx)} validation patches from "
+                  f"{data.folder}, U-Net width {params.model.base_channels} "
+                  f"({sum(p.numel() for p in net.parameters()):,} parameters), {rt.device.type} {rt.precision}, "
+                  f"{rt.dist.world_size} process(es), epochs {progress.epoch + 1}..{t.epochs}")
+        sampler = DistributedSampler(range(len(data.train_idx)), num_replicas=rt.dist.world_size,
+                                     rank=rt.dist.rank, shuffle=True, seed=t.seed)
+        figure_idx = data.val_idx[torch.linspace(0, len(data.val_idx) - 1, min(t.figure_patches, len(data.val_idx))
+                                                 ).long()] if len(data.val_idx) else data.val_idx
+        model.train()
+        for epoch in range(progress.epoch, t.epochs):
+            sampler.set_epoch(epoch)
+            steps = list(batches(data.train_idx[torch.tensor(list(sampler), dtype=torch.long)], t.batch_size))
+            lr, tic = optimizer.param_groups[0]["lr"], time.perf_counter()
+            outcome = train_epoch(model, loss_fn, optimizer, scaler, data, steps, progress, rt, stop, writer,
+                                  f"epoch {epoch + 1}/{t.epochs}")
+            if outcome == "stopped":
+                save("interrupted.pth")
+                return interrupted(ckpt_dir, progress, rt)
+            if outcome == "non-finite":
+                if rt.dist.is_main:
+                    print(f"error: non-finite loss at epoch {epoch + 1}, step {progress.step + 1}; stopped. The last "
+                          f"good checkpoint is {ckpt_dir / 'last.pth'} (try a lower learning rate)", file=sys.stderr)
+                return EXIT_NONFINITE
+            scheduler.step()
+            record, improved = end_epoch(model, loss_fn, data, params, progress, rt, lr, time.perf_counter() - tic)
+            if rt.dist.is_main:
+                log_epoch(writer, record, data, figure_idx, model, params, rt)
+                save("last.pth", *(["best.pth"] if improved else []))
+                tqdm.write(summary_line(record, t.epochs, params.class_names), file=sys.stdout)
+            if broadcast_flag(stop.requested, rt.dist, rt.device) and epoch + 1 < t.epochs:
+                save("interrupted.pth")
+                return interrupted(ckpt_dir, progress, rt)
+        if writer:
+            log_hparams(writer, params, progress, rt, data.folder)
+            print(f"done: checkpoints in {ckpt_dir}, TensorBoard events in {run_dir}")
+        return 0
+    finally:
+        if writer:
+            writer.close()
+        cleanup(rt.dist)
+
+
+def load_data(params: Params, resumed: dict | None, args: argparse.Namespace, rt: Runtime) -> TrainingData:
+    """The patch folder read, split by source image and checked against a resumed checkpoint; the normalisation
+    learnt from the training patches (or the resumed run's); all of it on the device.
+
+    Raises:
+        UserError: a missing or malformed folder, a batch larger than the training set, or a checkpoint that does
+            not fit the patches.
+    """
+    t = params.training
     folder = patch_folder(params)
-    data = PatchDataset(folder, params.class_colors)
-    train_sources, val_sources = split_sources(data.source_names(), t.val_fraction, t.seed)
-    train_idx, val_idx = data.subset_indices(train_sources), data.subset_indices(val_sources)
+    patches = PatchDataset(folder, params.class_colors)
+    train_sources, val_sources = split_sources(patches.source_names(), t.val_fraction, t.seed)
+    train_idx, val_idx = patches.subset_indices(train_sources), patches.subset_indices(val_sources)
     if t.batch_size > len(train_idx):
         raise UserError(f"--batch-size {t.batch_size}: larger than the training set ({len(train_idx)} patches)")
     if resumed:
-        check_compatible(resumed, data.n_channels, params.n_classes, args.load, data.dtype)
+        classes = load_params(args.params).n_classes if args.params else params.n_classes
+        check_compatible(resumed, patches.n_channels, classes, args.load, patches.dtype,
+                         args.params or "parameters.json")
+        check_resumable(resumed, args.load)
     normalization = resumed["normalization"] if resumed else compute_normalization(
-        data.images[train_idx], params.data.normalization, params.data.percentiles)
-    image_stats = patch_image_stats(data, normalization)
-    # all patches live on the device (74 MB for the published set): no loader, no copy per step on a GPU
-    images, masks = data.images.to(device), data.masks.to(device)
-    device_stats = image_stats.to(device) if image_stats is not None else None
+        patches.images[train_idx], params.data.normalization, params.data.percentiles)
+    image_stats = patch_image_stats(patches, normalization)
+    return TrainingData(folder, patches, train_idx, val_idx, val_sources, normalization,
+                        patches.images.to(rt.device), patches.masks.to(rt.device),
+                        image_stats.to(rt.device) if image_stats is not None else None)
 
-    # ---- model, loss, optimiser, schedule ----
-    torch.manual_seed(t.seed)
-    net = UNet(data.n_channels, params.n_classes, params.model.base_channels, params.model.bilinear)
+
+def build_model(params: Params, n_channels: int, resumed: dict | None, args: argparse.Namespace, rt: Runtime
+                ) -> tuple[UNet, torch.nn.Module]:
+    """The U-Net (seeded, or the resumed run's weights) on the device, and the module to train: the U-Net itself,
+    or its DistributedDataParallel wrapper under torchrun."""
+    torch.manual_seed(params.training.seed)
+    net = UNet(n_channels, params.n_classes, params.model.base_channels, params.model.bilinear)
     if resumed:
         if resumed["model_config"] != net.config():
             raise UserError(f"{args.load}: checkpoint model {resumed['model_config']} does not match {net.config()}")
         net.load_state_dict(resumed["model_state"])
-    net.to(device, memory_format=mem)
-    if args.sync_bn and info.enabled:
+    net.to(rt.device, memory_format=rt.memory_format)
+    if not rt.dist.enabled:
+        return net, net
+    if args.sync_bn:
         net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
-    model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None) \
-        if info.enabled else net
-    loss_fn = make_loss(t.loss, t.class_weights, device)
-    optimizer = torch.optim.SGD(net.parameters(), lr=t.learning_rate, momentum=t.momentum,
-                                weight_decay=t.weight_decay)
-    scheduler = make_scheduler(optimizer, t.epochs, t.lr_final_factor)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    start_epoch, start_step, best, history = 0, 0, -math.inf, []
-    carried = (0.0, 0)  # loss sum and step count of a partly done epoch
-    if resumed:
-        optimizer.load_state_dict(resumed["optimizer_state"])
-        scheduler.load_state_dict(resumed["scheduler_state"])
-        scaler.load_state_dict(resumed["scaler_state"])
-        torch.set_rng_state(resumed["rng"]["torch"])
-        start_epoch, start_step, best = resumed["epoch"], resumed["step_in_epoch"], resumed["best_miou"]
-        history, carried = list(resumed["history"]), tuple(resumed["epoch_loss"])
-        # the schedule follows the (possibly overridden) epochs and base rate
-        scheduler.base_lrs = [t.learning_rate for _ in optimizer.param_groups]
-        for group in optimizer.param_groups:
-            group["initial_lr"] = t.learning_rate
-            group["lr"] = t.learning_rate * lr_factor(min(start_epoch, t.epochs - 1), t.epochs, t.lr_final_factor)
-    if start_epoch >= t.epochs:
-        raise UserError(f"{args.load}: the run already finished its {t.epochs} epochs (pass -e with more to extend)")
+    return net, DistributedDataParallel(net, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
 
-    # ---- outputs (rank 0 only) ----
-    ckpt_root, runs_root = Path(t.checkpoints_dir), Path(t.runs_dir)
-    run = resumed["run_name"] if resumed else new_run_name(str(folder), args.name, ckpt_root, runs_root)
-    ckpt_dir, run_dir = ckpt_root / run, runs_root / run
-    writer = None
-    if info.is_main:
-        from torch.utils.tensorboard import SummaryWriter
 
-        make_folder(ckpt_dir)
-        make_folder(run_dir)
-        writer = SummaryWriter(str(run_dir))
-        writer.add_text("run/config", f"seed {t.seed}, git {git_commit()}, {versions()}, precision {precision}, "
-                        f"processes {info.world_size}, parameters: {params.to_dict()}", 0)
-    figure_idx = val_idx[torch.linspace(0, len(val_idx) - 1, min(t.figure_patches, len(val_idx))).long()] \
-        if len(val_idx) else val_idx
+def restore(resumed: dict, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, path: str) -> Progress:
+    """Optimiser, gradient scaler and random state of a resumed run, and where it stood."""
+    optimizer.load_state_dict(resumed["optimizer_state"])
+    scaler.load_state_dict(resumed["scaler_state"])
+    torch.set_rng_state(resumed["rng"]["torch"])
+    loss_sum, loss_count = resumed["epoch_loss"]
+    return Progress(resumed["epoch"], resumed["step_in_epoch"], loss_sum, int(loss_count), resumed["best_miou"],
+                    list(resumed["history"]))
 
-    def checkpoint(epoch: int, step: int, loss_sum: float, loss_count: int) -> dict:
-        return {
-            "model_state": {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
-            "model_config": net.config(), "class_names": params.class_names,
-            "class_colors": [list(c) for c in params.class_colors], "normalization": normalization,
-            "params": params.to_dict(), "epoch": epoch, "step_in_epoch": step, "epoch_loss": [loss_sum, loss_count],
-            "optimizer_state": optimizer.state_dict(), "scheduler_state": scheduler.state_dict(),
-            "scaler_state": scaler.state_dict(), "rng": {"torch": torch.get_rng_state()}, "best_miou": best,
-            "history": history, "run_name": run, "patch_folder": str(folder), "val_sources": val_sources,
-            "seed": t.seed, "precision": precision, "world_size": info.world_size, "git_commit": git_commit(),
-            "versions": versions(),
-        }
 
-    stop = StopRequest()  # before the first line, so a Ctrl-C from here on is handled
-    if info.is_main:
-        print(f"run {run}: {len(train_idx)} training / {len(val_idx)} validation patches from {folder}, "
-              f"U-Net width {params.model.base_channels} ({sum(p.numel() for p in net.parameters()):,} parameters), "
-              f"{device.type} {precision}, {info.world_size} process(es), epochs {start_epoch + 1}..{t.epochs}")
-    sampler = DistributedSampler(range(len(train_idx)), num_replicas=info.world_size, rank=info.rank,
-                                 shuffle=True, seed=t.seed)
-    model.train()
-    for epoch in range(start_epoch, t.epochs):
-        sampler.set_epoch(epoch)
-        steps = list(batches(train_idx[torch.tensor(list(sampler), dtype=torch.long)], t.batch_size))
-        first = start_step if epoch == start_epoch else 0
-        loss_sum, loss_count = carried if epoch == start_epoch else (0.0, 0)
-        lr = optimizer.param_groups[0]["lr"]
-        tic = time.perf_counter()
-        bar = tqdm(total=len(steps), initial=first, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not info.is_main,
-                   leave=False, unit="step", file=sys.stdout)
-        for step in range(first, len(steps)):
-            if broadcast_flag(stop.requested, info, device):
-                return interrupt(writer, info, ckpt_dir, checkpoint(epoch, step, loss_sum, loss_count))
-            _, _, loss = forward_loss(model, loss_fn, images, masks, steps[step], normalization, device, precision,
-                                      mem, device_stats)
-            if broadcast_flag(not bool(torch.isfinite(loss)), info, device):
-                if info.is_main:
-                    print(f"error: non-finite loss at epoch {epoch + 1}, step {step + 1}; stopped. The last good "
-                          f"checkpoint is {ckpt_dir / 'last.pth'} (try a lower learning rate)", file=sys.stderr)
-                if writer:
-                    writer.close()
-                cleanup(info)
-                return EXIT_NONFINITE
+def training_entries(progress: Progress, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, run: str,
+                     data: TrainingData, params: Params, rt: Runtime) -> dict:
+    """The resume state of a checkpoint (model.checkpoint.RESUME_KEYS), taken at a step boundary."""
+    return {"epoch": progress.epoch, "step_in_epoch": progress.step,
+            "epoch_loss": [progress.loss_sum, progress.loss_count], "optimizer_state": optimizer.state_dict(),
+            "scaler_state": scaler.state_dict(), "rng": {"torch": torch.get_rng_state()}, "best_miou": progress.best,
+            "history": progress.history, "run_name": run, "patch_folder": str(data.folder),
+            "val_sources": data.val_sources, "seed": params.training.seed, "precision": rt.precision,
+            "world_size": rt.dist.world_size, "git_commit": git_commit(), "versions": versions()}
+
+
+def open_outputs(ckpt_dir: Path, run_dir: Path, params: Params, rt: Runtime):
+    """The run's checkpoint folder, and its TensorBoard writer with the run's configuration as text."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    make_folder(ckpt_dir)
+    make_folder(run_dir)
+    writer = SummaryWriter(str(run_dir))
+    writer.add_text("run/config", f"seed {params.training.seed}, git {git_commit()}, {versions()}, precision "
+                    f"{rt.precision}, processes {rt.dist.world_size}, parameters: {params.to_dict()}", 0)
+    return writer
+
+
+def train_epoch(model: torch.nn.Module, loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                scaler: torch.amp.GradScaler, data: TrainingData, steps: list[torch.Tensor], progress: Progress,
+                rt: Runtime, stop: StopRequest, writer, desc: str) -> str:
+    """The steps of one epoch from ``progress.step`` on, updating ``progress`` after each.
+
+    Returns:
+        ``"done"``, ``"stopped"`` (Ctrl-C on any process, at a step boundary) or ``"non-finite"`` (a NaN or infinite
+        loss on any process; the step is not taken).
+    """
+    bar = tqdm(total=len(steps), initial=progress.step, desc=desc, disable=not rt.dist.is_main, leave=False,
+               unit="step", file=sys.stdout)
+    try:
+        for step in range(progress.step, len(steps)):
+            if broadcast_flag(stop.requested, rt.dist, rt.device):
+                return "stopped"
+            _, _, loss = forward_loss(model, loss_fn, data.images, data.masks, steps[step], data.normalization, rt,
+                                      data.image_stats)
+            if broadcast_flag(not bool(torch.isfinite(loss)), rt.dist, rt.device):
+                return "non-finite"
             optimizer_step(loss, optimizer, scaler)
             loss_value = loss.item()
-            loss_sum, loss_count = loss_sum + loss_value, loss_count + 1
+            progress.step, progress.loss_sum, progress.loss_count = step + 1, progress.loss_sum + loss_value, \
+                progress.loss_count + 1
             if writer:
-                writer.add_scalar("train/loss_iter", loss_value, epoch * len(steps) + step)
+                writer.add_scalar("train/loss_iter", loss_value, progress.epoch * len(steps) + step)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}")
+    finally:
         bar.close()
-        totals = all_reduce_sum(torch.tensor([loss_sum, loss_count], dtype=torch.float64, device=device), info)
-        train_loss = float(totals[0] / totals[1].clamp(min=1))
-        scheduler.step()
-        record = {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr, "seconds": time.perf_counter() - tic}
-        if len(val_idx):
-            val_loss, cm = evaluate(model, images, masks, val_idx, normalization, loss_fn,
-                                    params.n_classes, device, precision, mem, info=info, image_stats=device_stats)
-            iou = iou_per_class(cm)
-            record.update(val_loss=val_loss, val_miou=mean_iou(cm),
-                          val_iou={n: float(v) for n, v in zip(params.class_names, iou)})
-        history.append(record)
-        if info.is_main:
-            improved = record.get("val_miou", -math.inf) > best
-            best = max(best, record.get("val_miou", -math.inf))
-            log_epoch(writer, record, data, figure_idx, model, normalization, device, precision, mem, params,
-                      image_stats)
-            state = checkpoint(epoch + 1, 0, 0.0, 0)
-            save_checkpoint(ckpt_dir / "last.pth", state)
-            if improved:
-                save_checkpoint(ckpt_dir / "best.pth", state)
-            tqdm.write(summary_line(record, t.epochs, params.class_names), file=sys.stdout)
-        if broadcast_flag(stop.requested, info, device) and epoch + 1 < t.epochs:
-            return interrupt(writer, info, ckpt_dir, checkpoint(epoch + 1, 0, 0.0, 0))
-    if writer:
-        final = history[-1]
-        writer.add_hparams(
-            {"learning_rate": t.learning_rate, "batch_size": t.batch_size, "epochs": t.epochs,
-             "base_channels": params.model.base_channels, "bilinear": params.model.bilinear, "loss": t.loss,
-             "precision": precision, "seed": t.seed, "processes": info.world_size, "folder": str(folder)},
-            {"hparam/val_miou": final.get("val_miou", float("nan")), "hparam/best_val_miou": best,
-             "hparam/val_loss": final.get("val_loss", float("nan")), "hparam/train_loss": final["train_loss"]},
-            run_name=".")
-        writer.close()
-        print(f"done: checkpoints in {ckpt_dir}, TensorBoard events in {run_dir}")
-    cleanup(info)
-    return 0
+    return "done"
+
+
+def end_epoch(model: torch.nn.Module, loss_fn: torch.nn.Module, data: TrainingData, params: Params,
+              progress: Progress, rt: Runtime, lr: float, seconds: float) -> tuple[dict, bool]:
+    """Close an epoch: the training loss reduced over processes, the validation loss and IoU; ``progress`` moves
+    to the next epoch with the record appended.
+
+    Returns:
+        ``(record, improved)``: the epoch's record, and whether its validation mIoU is the best so far.
+    """
+    totals = all_reduce_sum(torch.tensor([progress.loss_sum, progress.loss_count], dtype=torch.float64,
+                                         device=rt.device), rt.dist)
+    record = {"epoch": progress.epoch + 1, "train_loss": float(totals[0] / totals[1].clamp(min=1)), "lr": lr,
+              "seconds": seconds}
+    if len(data.val_idx):
+        val_loss, cm = evaluate(model, data.images, data.masks, data.val_idx, data.normalization, loss_fn,
+                                params.n_classes, rt, image_stats=data.image_stats)
+        record.update(val_loss=val_loss, val_miou=mean_iou(cm),
+                      val_iou={n: float(v) for n, v in zip(params.class_names, iou_per_class(cm))})
+    progress.history.append(record)
+    improved = record.get("val_miou", -math.inf) > progress.best
+    progress.best = max(progress.best, record.get("val_miou", -math.inf))
+    progress.epoch, progress.step, progress.loss_sum, progress.loss_count = progress.epoch + 1, 0, 0.0, 0
+    return record, improved
+
+
+def interrupted(ckpt_dir: Path, progress: Progress, rt: Runtime) -> int:
+    """Ctrl-C: ``interrupted.pth`` is saved at a step boundary; say how to resume."""
+    if rt.dist.is_main:
+        print(f"\ninterrupted at epoch {progress.epoch + 1}, step {progress.step}; resume with: "
+              f"python train.py --load {ckpt_dir / 'interrupted.pth'}", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+def log_hparams(writer, params: Params, progress: Progress, rt: Runtime, folder: Path) -> None:
+    """The run's hyper-parameters and final metrics, for TensorBoard's HParams view."""
+    t, final = params.training, progress.history[-1]
+    writer.add_hparams(
+        {"learning_rate": t.learning_rate, "batch_size": t.batch_size, "epochs": t.epochs,
+         "base_channels": params.model.base_channels, "bilinear": params.model.bilinear, "loss": t.loss,
+         "precision": rt.precision, "seed": t.seed, "processes": rt.dist.world_size, "folder": str(folder)},
+        {"hparam/val_miou": final.get("val_miou", float("nan")), "hparam/best_val_miou": progress.best,
+         "hparam/val_loss": final.get("val_loss", float("nan")), "hparam/train_loss": final["train_loss"]},
+        run_name=".")
 
 
 def patch_image_stats(data: PatchDataset, normalization: dict) -> torch.Tensor | None:
@@ -281,9 +375,8 @@ def patch_image_stats(data: PatchDataset, normalization: dict) -> torch.Tensor |
     return data.image_stats
 
 
-def log_epoch(writer, record: dict, data: PatchDataset, figure_idx: torch.Tensor, model, normalization: dict,
-              device: torch.device, precision: str, mem: torch.memory_format, params: Params,
-              image_stats: torch.Tensor | None = None) -> None:
+def log_epoch(writer, record: dict, data: TrainingData, figure_idx: torch.Tensor, model: torch.nn.Module,
+              params: Params, rt: Runtime) -> None:
     """Per-epoch scalars, and a figure of a few validation patches (image, truth, prediction)."""
     e = record["epoch"]
     writer.add_scalar("train/loss", record["train_loss"], e)
@@ -296,10 +389,10 @@ def log_epoch(writer, record: dict, data: PatchDataset, figure_idx: torch.Tensor
     if len(figure_idx):
         from lib.visualize import show_validation
 
-        labels = predict_labels(model, data.images, figure_idx, normalization, device, precision, mem, image_stats)
-        images = data.images[figure_idx].permute(0, 2, 3, 1).squeeze(-1).numpy()
-        writer.add_figure("val/examples", show_validation(images, data.masks[figure_idx].numpy(), labels.numpy(),
-                                                           params.class_colors), e)
+        labels = predict_labels(model, data.images, figure_idx, data.normalization, rt, data.image_stats)
+        images = data.patches.images[figure_idx].permute(0, 2, 3, 1).squeeze(-1).numpy()
+        writer.add_figure("val/examples", show_validation(images, data.patches.masks[figure_idx].numpy(),
+                                                           labels.numpy(), params.class_colors), e)
     writer.flush()
 
 
@@ -309,18 +402,6 @@ def summary_line(record: dict, epochs: int, names: list[str]) -> str:
         ious = " ".join(f"{n} {record['val_iou'][n]:.3f}" for n in names)
         line += f"  val loss {record['val_loss']:.4f}  val mIoU {record['val_miou']:.4f} ({ious})"
     return line + f"  lr {record['lr']:.2e}  {record['seconds']:.1f}s"
-
-
-def interrupt(writer, info: DistInfo, ckpt_dir: Path, state: dict) -> int:
-    """Ctrl-C: save ``interrupted.pth`` at a step boundary and say how to resume."""
-    if info.is_main:
-        save_checkpoint(ckpt_dir / "interrupted.pth", state)
-        if writer:
-            writer.close()
-        print(f"\ninterrupted at epoch {state['epoch'] + 1}, step {state['step_in_epoch']}; resume with: "
-              f"python train.py --load {ckpt_dir / 'interrupted.pth'}", file=sys.stderr)
-    cleanup(info)
-    return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Large images: peak memory and time of predict.py's streaming route against the image size, and MONAI's
 bounded-memory route (PatchInferer, SlidingWindowSplitter, ZarrAvgMerger) side by side on one image.
 
-    python -m benchmarks.large_images [--megapixels 8 32 128 512] [--giga] [--monai-at 32] [--tiny] [--threads N]
+    python -m benchmarks.large_images [--megapixels 8 32 128 512] [--giga] [--monai-at 8] [--tiny] [--threads N]
 
 Inputs are tiled (256²), zlib-compressed uint8 TIFFs of the synthetic benchmark's kind: a 2000×2000 mosaic of
 generated images repeated over the plane. They have a fixed width of 8016 pixels, so they grow in height only;
@@ -91,19 +91,19 @@ def write_input(path: Path, height: int, width: int, base: np.ndarray) -> None:
 
 
 def write_checkpoint(path: Path, base: np.ndarray) -> None:
-    """The demo's architecture (width 8) with random weights, normalised with the mosaic's mean and std."""
-    from lib.params import load_params
+    """The demo's architecture (width 8) with random weights (a last layer scaled so that the labels vary with the
+    image), normalised with the mosaic's mean and std."""
+    from lib.params import load_params, replace
     from model import UNet
-    from model.checkpoint import save_checkpoint
+    from model.checkpoint import build_checkpoint, save_checkpoint
 
-    params = load_params().to_dict()
-    params["model"]["base_channels"] = 8
+    params = replace(load_params(), "model", base_channels=8)
     torch.manual_seed(0)
-    model = UNet(1, len(params["classes"]), 8)
-    save_checkpoint(path, {"model_state": model.state_dict(), "model_config": model.config(), "params": params,
-                           "class_names": [c["name"] for c in params["classes"]],
-                           "class_colors": [c["color"] for c in params["classes"]],
-                           "normalization": {"mean": [float(base.mean()) / 255], "std": [float(base.std()) / 255]}})
+    model = UNet(1, params.n_classes, 8)
+    with torch.no_grad():  # labels that follow the image (all three classes), not one class everywhere
+        model.outc.conv.weight.normal_(0, 10.0)
+    normalization = {"mean": [float(base.mean()) / 255], "std": [float(base.std()) / 255]}
+    save_checkpoint(path, build_checkpoint(model, params, normalization))
 
 
 def _warm_up(segmenter, work: Path) -> None:
@@ -113,7 +113,7 @@ def _warm_up(segmenter, work: Path) -> None:
     small = work / "warm.tif"
     if not small.exists():
         write_input(small, 480, 480, np.full((480, 480), 128, np.uint8))
-    segment_file(segmenter, small, work, None, "tiff", 0.0, False)
+    segment_file(segmenter, small, work / "masks", None, "tiff", 0.0, False)
 
 
 def probe(image: Path, checkpoint: Path, work: Path, block_width: int) -> dict:
@@ -126,7 +126,7 @@ def probe(image: Path, checkpoint: Path, work: Path, block_width: int) -> dict:
     _warm_up(segmenter, work)
     idle, reset = rss_bytes(anonymous=False), reset_peak_rss()
     tic = time.perf_counter()
-    segment_file(segmenter, image, work, None, "tiff", 0.0, False, block_width)
+    segment_file(segmenter, image, work / "masks", None, "tiff", 0.0, False, block_width)
     seconds = time.perf_counter() - tic
     header = read_header(image)
     return {"route": "ours", "shape": [header.height, header.width], "seconds": seconds, "idle_rss": idle,
@@ -188,7 +188,7 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--megapixels", type=float, nargs="+", default=[8, 32, 128, 512], help="image sizes")
     p.add_argument("--giga", action="store_true", help=f"also a {GIGA[0]}×{GIGA[1]} image (about 40 minutes on 2 "
                                                       "cores)")
-    p.add_argument("--monai-at", type=float, default=32, help="megapixels of the side-by-side run with MONAI "
+    p.add_argument("--monai-at", type=float, default=8, help="megapixels of the side-by-side run with MONAI "
                                                               "(0: none)")
     p.add_argument("--block-width", type=int, default=8192, help="predict.py's --block-width")
     p.add_argument("--work-dir", type=Path, default=None, help="where the large inputs are written (default: a "
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes, fixed_width = ([0.1, 0.3], 1008) if args.tiny else (args.megapixels, WIDTH)
     monai_at = 0.1 if args.tiny and args.monai_at else args.monai_at
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="large_images_"))
-    work.mkdir(parents=True, exist_ok=True)
+    (work / "masks").mkdir(parents=True, exist_ok=True)
     print_header("large images: streaming sliding window, peak memory and time against size")
     base = mosaic()
     checkpoint = work / "demo_width8.pth"
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             if monai_at and (height, width) == shape_of(monai_at, fixed_width):
                 theirs = in_fresh_process("--monai-probe", str(image), str(checkpoint), str(work),
                                           threads=args.threads)
-                theirs["agreement"] = label_agreement(work / image.name, work / "monai_labels.npy")
+                theirs["agreement"] = label_agreement(work / "masks" / image.name, work / "monai_labels.npy")
                 runs.append(theirs)
             image.unlink()
             runs.append(result)

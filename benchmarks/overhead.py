@@ -53,7 +53,8 @@ from benchmarks.common import (
     write_json,
 )
 from lib.device import autocast, memory_format, resolve_precision
-from lib.inference import cut_windows, reflect_pad, sliding_window_predict, window_grid
+from lib.inference import cut_windows, sliding_window_predict, window_grid
+from lib.padding import reflect_pad
 from model.unet_model import UNet
 
 WINDOW, OVERLAP, N_CLASSES = 96, 0.5, 3

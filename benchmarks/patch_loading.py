@@ -51,12 +51,17 @@ net = UNet(data.n_channels, 3, 8).to(memory_format=mem)
 optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
 scaler = torch.amp.GradScaler("cpu", enabled=False)
 loss_fn = make_loss("ce", None, device)
+try:  # the code measured may predate lib.device.Runtime (--code DIR)
+    from lib.device import Runtime
+    settings = (norm, Runtime(device, precision, mem))
+except ImportError:
+    settings = (norm, device, precision, mem)
 order = torch.randperm(len(data.images))
 steps = []
 for k in range(n_steps + 10):
     idx = order[(16 * k) % max(1, len(order) - 16):][:16]
     tic = time.perf_counter()
-    _, _, loss = forward_loss(net, loss_fn, data.images, data.masks, idx, norm, device, precision, mem)
+    _, _, loss = forward_loss(net, loss_fn, data.images, data.masks, idx, *settings)
     optimizer_step(loss, optimizer, scaler)
     loss.item()
     steps.append(time.perf_counter() - tic)

@@ -27,7 +27,7 @@ from benchmarks.common import (
     verdict,
     write_json,
 )
-from lib.device import memory_format, resolve_precision
+from lib.device import Runtime, memory_format, resolve_precision
 from lib.normalization import compute_normalization, normalize
 from lib.training import forward_loss, optimizer_step
 from model.unet_model import UNet
@@ -63,7 +63,7 @@ def project_step(width: int, images: torch.Tensor, masks: torch.Tensor, norm: di
     idx = torch.arange(len(images))
 
     def step() -> float:
-        _, _, loss = forward_loss(model, loss_fn, images, masks, idx, norm, device, precision, mem)
+        _, _, loss = forward_loss(model, loss_fn, images, masks, idx, norm, Runtime(device, precision, mem))
         optimizer_step(loss, optimizer, scaler)
         return loss.item()
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from lib.distributed import DistInfo, init_distributed
 from lib.errors import UserError
 
 
@@ -71,3 +73,28 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 def memory_format(device: torch.device) -> torch.memory_format:
     """channels_last on CPU and CUDA (faster convolutions with oneDNN and cuDNN), contiguous elsewhere."""
     return torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a run computes: the device, the autocast precision, the memory format of its inputs, and the
+    process's place in a torchrun job. Passed as one value instead of four parameters."""
+
+    device: torch.device
+    precision: str = "fp32"
+    memory_format: torch.memory_format = torch.contiguous_format
+    dist: DistInfo = field(default_factory=DistInfo)
+
+    @classmethod
+    def start(cls, device: str = "auto", precision: str = "auto", amp: bool = False) -> Runtime:
+        """Pick the device (:func:`select_device`), join the process group when started by torchrun (each process
+        on its own GPU), and resolve the precision (:func:`resolve_precision`) and memory format.
+
+        Raises:
+            UserError: the device is not available, or the precision is not supported on it.
+        """
+        dev = select_device(device)
+        dist = init_distributed(dev.type)
+        if dist.enabled and dev.type == "cuda":
+            dev = torch.device("cuda", dist.local_rank)
+        return cls(dev, resolve_precision(precision, dev, amp), memory_format(dev), dist)

@@ -7,9 +7,9 @@ import functools
 from collections.abc import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 
 from lib.device import autocast
+from lib.padding import reflect_pad
 
 BLENDS = ("mean", "gaussian")
 
@@ -71,19 +71,6 @@ def axis_weight_sums(size: int, starts: list[int], window: int, blend: str, sigm
     for start in starts:
         sums[start:start + window] += weights
     return sums.float()
-
-
-def reflect_pad(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Pad C×H×W at the bottom and right to at least ``height`` × ``width`` by mirroring the image (repeated
-    mirroring for images much smaller than the window; a 1-pixel side is repeated)."""
-    while x.shape[-2] < height or x.shape[-1] < width:
-        h, w = x.shape[-2:]
-        ph, pw = min(height - h, h - 1) if h < height else 0, min(width - w, w - 1) if w < width else 0
-        if (h < height and ph == 0) or (w < width and pw == 0):
-            x = F.pad(x[None], [0, max(0, width - w), 0, max(0, height - h)], mode="replicate")[0]
-        else:
-            x = F.pad(x[None], [0, pw, 0, ph], mode="reflect")[0]
-    return x
 
 
 def _flip_views(tta: bool) -> list[tuple[int, ...]]:

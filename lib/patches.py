@@ -27,23 +27,6 @@ def apply_augmentation(patch: np.ndarray, flip: str, rot90: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(patch, rot90, axes=(0, 1)))
 
 
-def pad_to_patch(array: np.ndarray, size: int) -> np.ndarray:
-    """Reflect-pad an image or mask at the bottom and right so that both sides are at least ``size``."""
-    h, w = array.shape[:2]
-    ph, pw = max(0, size - h), max(0, size - w)
-    if not ph and not pw:
-        return array
-    widths = [(0, ph), (0, pw)] + [(0, 0)] * (array.ndim - 2)
-    # reflect needs a side longer than the pad; symmetric then wrap-free repeats cover tiny images
-    mode = "reflect" if ph < h and pw < w else "symmetric"
-    while max(size - array.shape[0], size - array.shape[1]) > 0:
-        h, w = array.shape[:2]
-        step = [(0, min(max(0, size - h), h - 1 if mode == "reflect" else h)),
-                (0, min(max(0, size - w), w - 1 if mode == "reflect" else w))] + widths[2:]
-        array = np.pad(array, step, mode=mode)
-    return array
-
-
 def sample_positions(rng: np.random.Generator, mask: np.ndarray, size: int, count: int,
                      foreground_fraction: float = 0.0) -> list[tuple[int, int]]:
     """Top-left corners of ``count`` windows fully inside a (padded) image.

@@ -25,8 +25,9 @@ from lib.errors import UserError, cli_main
 from lib.imageio import image_suffix, save_image, save_mask
 from lib.jobs import finish_job, start_job
 from lib.normalization import image_statistics
+from lib.padding import reflect_pad
 from lib.params import Params, load_params, replace
-from lib.patches import apply_augmentation, augmentations, pad_to_patch, sample_positions
+from lib.patches import apply_augmentation, augmentations, sample_positions
 
 OWNED = ["images/*.png", "images/*.tif", "masks/*.png", MANIFEST, SOURCES]
 
@@ -67,7 +68,8 @@ def prepare_patches(src: str | Path, out: str | Path, params: Params, overwrite:
     k = 0
     for s, (pair, (image, mask)) in enumerate(zip(tqdm(pairs, desc="cut patches", disable=not progress,
                                                        unit="img"), loaded)):
-        image, mask = pad_to_patch(image, p.size), pad_to_patch(mask, p.size)
+        # the padding of inference (lib.padding), so that a small image looks the same to both
+        image, mask = reflect_pad(image, p.size, p.size, (0, 1)), reflect_pad(mask, p.size, p.size, (0, 1))
         rng = np.random.default_rng([p.seed, s])
         for top, left in sample_positions(rng, mask, p.size, p.per_image, p.foreground_fraction):
             window = (slice(top, top + p.size), slice(left, left + p.size))

@@ -26,8 +26,15 @@ def lr_factor(epoch: int, epochs: int, final_factor: float) -> float:
     return 1.0 - (1.0 - final_factor) * (epoch - half + 1) / (epochs - half)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, epochs: int, final_factor: float
-                   ) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-epoch LambdaLR following :func:`lr_factor` (call ``step()`` after each epoch)."""
+def make_scheduler(optimizer: torch.optim.Optimizer, epochs: int, final_factor: float,
+                   base_lr: float | None = None, start_epoch: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-epoch LambdaLR following :func:`lr_factor` (call ``step()`` after each epoch).
+
+    The rate is a function of the epoch alone, so a resumed run needs no scheduler state: ``start_epoch`` starts the
+    schedule there (the optimiser's rate is set to that epoch's), with ``base_lr`` as the base rate of every group
+    (default: the groups' current rates).
+    """
+    for group in optimizer.param_groups:
+        group["initial_lr"] = group["lr"] if base_lr is None else base_lr
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda e: lr_factor(min(e, epochs - 1), epochs, final_factor))
+        optimizer, lambda e: lr_factor(min(e, epochs - 1), epochs, final_factor), last_epoch=start_epoch - 1)

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from lib.device import autocast
-from lib.distributed import DistInfo, all_reduce_sum
+from lib.device import Runtime, autocast
+from lib.distributed import all_reduce_sum
 from lib.errors import UserError
 from lib.metrics import confusion_matrix
 from lib.normalization import normalize
@@ -23,29 +23,30 @@ def batches(indices: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
         yield indices[start:start + batch_size]
 
 
-def make_inputs(images: torch.Tensor, idx: torch.Tensor, normalization: dict, device: torch.device,
-                memory_format: torch.memory_format, image_stats: torch.Tensor | None = None) -> torch.Tensor:
-    """Normalised float inputs of the patches ``idx`` on ``device``, in the given memory format.
+def make_inputs(images: torch.Tensor, idx: torch.Tensor, normalization: dict, runtime: Runtime,
+                image_stats: torch.Tensor | None = None) -> torch.Tensor:
+    """Normalised float inputs of the patches ``idx`` on the runtime's device, in its memory format.
 
     ``image_stats`` (N×2×C, beside ``images``) are the source-image statistics that ``image`` normalisation needs.
     """
+    device = runtime.device
     stats = image_stats[idx.to(image_stats.device)].to(device) if image_stats is not None else None
     x = normalize(images[idx.to(images.device)].to(device, non_blocking=True), normalization, stats)
-    return x.contiguous(memory_format=memory_format)
+    return x.contiguous(memory_format=runtime.memory_format)
 
 
 def forward_loss(model: nn.Module, loss_fn: nn.Module, images: torch.Tensor, masks: torch.Tensor, idx: torch.Tensor,
-                 normalization: dict, device: torch.device, precision: str, memory_format: torch.memory_format,
-                 image_stats: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 normalization: dict, runtime: Runtime, image_stats: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The forward pass of train.py and of the evaluation on the patches ``idx``: normalised inputs, the model under
-    ``precision`` autocast, the loss on float32 logits.
+    the runtime's autocast precision, the loss on float32 logits.
 
     Returns:
-        ``(logits, targets, loss)``: N×C×P×P logits, N×P×P int64 class indices on ``device``, the scalar loss.
+        ``(logits, targets, loss)``: N×C×P×P logits, N×P×P int64 class indices on the device, the scalar loss.
     """
-    x = make_inputs(images, idx, normalization, device, memory_format, image_stats)
-    y = masks[idx.to(masks.device)].to(device).long()
-    with autocast(device, precision):
+    x = make_inputs(images, idx, normalization, runtime, image_stats)
+    y = masks[idx.to(masks.device)].to(runtime.device).long()
+    with autocast(runtime.device, runtime.precision):
         logits = model(x)
     return logits, y, loss_fn(logits.float(), y)
 
@@ -60,8 +61,7 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler:
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, indices: torch.Tensor,
-             normalization: dict, loss_fn: nn.Module, n_classes: int, device: torch.device, precision: str,
-             memory_format: torch.memory_format, batch_size: int = 64, info: DistInfo = DistInfo(),
+             normalization: dict, loss_fn: nn.Module, n_classes: int, runtime: Runtime, batch_size: int = 64,
              image_stats: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
     """Mean loss and confusion matrix over the patches ``indices`` (each process takes every world_size-th patch;
     the sums are reduced over processes, so the result equals a single-process evaluation).
@@ -71,12 +71,12 @@ def evaluate(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, indice
     """
     was_training = model.training
     model.eval()
+    device, info = runtime.device, runtime.dist
     shard = indices[info.rank::info.world_size]
     cm = torch.zeros(n_classes, n_classes, dtype=torch.long, device=device)
     totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss × patches, patches
     for idx in batches(shard, batch_size):
-        logits, y, loss = forward_loss(model, loss_fn, images, masks, idx, normalization, device, precision,
-                                       memory_format, image_stats)
+        logits, y, loss = forward_loss(model, loss_fn, images, masks, idx, normalization, runtime, image_stats)
         totals += torch.tensor([float(loss) * len(idx), len(idx)], dtype=torch.float64, device=device)
         cm += confusion_matrix(y, logits.argmax(1), n_classes)
     all_reduce_sum(cm, info)
@@ -86,13 +86,12 @@ def evaluate(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, indice
 
 
 def predict_labels(model: nn.Module, images: torch.Tensor, idx: torch.Tensor, normalization: dict,
-                   device: torch.device, precision: str, memory_format: torch.memory_format,
-                   image_stats: torch.Tensor | None = None) -> torch.Tensor:
+                   runtime: Runtime, image_stats: torch.Tensor | None = None) -> torch.Tensor:
     """Argmax labels of a few patches (for the TensorBoard figure)."""
     was_training = model.training
     model.eval()
-    with torch.inference_mode(), autocast(device, precision):
-        labels = model(make_inputs(images, idx, normalization, device, memory_format, image_stats)).argmax(1).cpu()
+    with torch.inference_mode(), autocast(runtime.device, runtime.precision):
+        labels = model(make_inputs(images, idx, normalization, runtime, image_stats)).argmax(1).cpu()
     model.train(was_training)
     return labels
 

@@ -12,9 +12,44 @@ import torch
 from lib.atomic import atomic_write_bytes
 from lib.errors import UserError
 from lib.normalization import as_spec
+from lib.params import Params
 from model.unet_model import UNet
 
-REQUIRED_KEYS = ("model_state", "model_config", "class_names", "class_colors", "normalization")
+# what inference needs (every checkpoint has these) ...
+MODEL_KEYS = ("model_state", "model_config", "class_names", "class_colors", "normalization", "params")
+# ... and what train.py adds to resume a run exactly where it stopped
+RESUME_KEYS = ("epoch", "step_in_epoch", "epoch_loss", "optimizer_state", "scaler_state", "rng", "best_miou",
+               "history", "run_name", "patch_folder", "val_sources", "seed", "precision", "world_size", "git_commit",
+               "versions")
+
+
+def build_checkpoint(model: UNet, params: Params, normalization: dict, training: dict[str, Any] | None = None
+                     ) -> dict[str, Any]:
+    """The contents of a checkpoint, defined here once: the model's weights (on the CPU, contiguous) and
+    configuration, the classes, the input normalisation and all parameters of the run; with ``training``, the state
+    that resumes it.
+
+    Args:
+        model: the U-Net (not a DDP wrapper).
+        params: every parameter of the run, flags applied.
+        normalization: the input normalisation (see :func:`lib.normalization.compute_normalization`).
+        training: exactly the entries of :data:`RESUME_KEYS` (train.py's checkpoints), or None.
+
+    Returns:
+        The checkpoint as plain data, for :func:`save_checkpoint`.
+
+    Raises:
+        ValueError: ``training`` lacks an entry of :data:`RESUME_KEYS` or has another.
+    """
+    state = {"model_state": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+             "model_config": model.config(), "class_names": list(params.class_names),
+             "class_colors": [list(c) for c in params.class_colors], "normalization": normalization,
+             "params": params.to_dict()}
+    if training is not None:
+        if set(training) != set(RESUME_KEYS):
+            raise ValueError(f"training entries differ from RESUME_KEYS: {sorted(set(training) ^ set(RESUME_KEYS))}")
+        state.update(training)
+    return state
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -45,9 +80,20 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: refused, not a plain-data checkpoint ({reason})") from None
     except Exception as err:  # noqa: BLE001 - any other failure of the unpickler means "not a checkpoint"
         raise UserError(f"{path}: not a readable checkpoint ({err.__class__.__name__})") from None
-    if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
-        raise UserError(f"{path}: not a checkpoint of this project (expected keys {', '.join(REQUIRED_KEYS)})")
+    if not isinstance(state, dict) or any(k not in state for k in MODEL_KEYS):
+        raise UserError(f"{path}: not a checkpoint of this project (expected keys {', '.join(MODEL_KEYS)})")
     return state
+
+
+def check_resumable(state: dict[str, Any], path: str | Path) -> None:
+    """Refuse to resume from a checkpoint without train.py's training state.
+
+    Raises:
+        UserError: naming the file and the missing entries.
+    """
+    missing = [k for k in RESUME_KEYS if k not in state]
+    if missing:
+        raise UserError(f"{path}: cannot resume, not a checkpoint written by train.py (lacks {', '.join(missing)})")
 
 
 def model_from_checkpoint(state: dict[str, Any], path: str | Path = "checkpoint") -> UNet:
@@ -66,12 +112,12 @@ def model_from_checkpoint(state: dict[str, Any], path: str | Path = "checkpoint"
 
 
 def check_compatible(state: dict[str, Any], n_channels: int, n_classes: int, path: str | Path,
-                     dtype: str | None = None) -> None:
-    """Refuse a checkpoint trained for another number of input channels or classes, or (given ``dtype``) on images
-    of another pixel type.
+                     dtype: str | None = None, classes_from: str = "parameters.json") -> None:
+    """Refuse a checkpoint trained for another number of input channels or classes (the one check of the class
+    count), or (given ``dtype``) on images of another pixel type.
 
     Raises:
-        UserError: naming the file and both numbers (or types).
+        UserError: naming the file and both numbers (or types); ``classes_from`` names where ``n_classes`` comes from.
     """
     config = state["model_config"]
     trained = as_spec(state["normalization"])["dtype"]
@@ -82,7 +128,7 @@ def check_compatible(state: dict[str, Any], n_channels: int, n_classes: int, pat
                         f"the data has {n_channels}")
     if config.get("n_classes") != n_classes:
         raise UserError(f"{path}: checkpoint was trained for {config.get('n_classes')} classes, "
-                        f"parameters.json has {n_classes}")
+                        f"{classes_from} has {n_classes}")
 
 
 def latest_checkpoint(folder: str | Path = "checkpoints", name: str = "best.pth") -> Path:

@@ -16,9 +16,9 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from lib.params import load_params  # noqa: E402
+from lib.params import load_params, params_from_dict  # noqa: E402
 from model import UNet  # noqa: E402
-from model.checkpoint import save_checkpoint  # noqa: E402
+from model.checkpoint import build_checkpoint, save_checkpoint  # noqa: E402
 
 _DEFAULT = load_params(REPO / "parameters.json")
 
@@ -59,11 +59,8 @@ def constant_checkpoint(path: Path, label: int, n_classes: int = 3, n_channels: 
     params["model"]["base_channels"] = 4
     params["classes"] = [{"name": f"class{i}", "index": i, "color": [i, 255 - i, i]} for i in range(n_classes)] \
         if n_classes != 3 else params["classes"]
-    save_checkpoint(path, {
-        "model_state": model.state_dict(), "model_config": model.config(),
-        "class_names": [c["name"] for c in params["classes"]],
-        "class_colors": [c["color"] for c in params["classes"]], "params": params,
-        "normalization": {"mean": [0.5] * n_channels, "std": [0.2] * n_channels}})
+    save_checkpoint(path, build_checkpoint(model, params_from_dict(params),
+                                           {"mean": [0.5] * n_channels, "std": [0.2] * n_channels}))
     return path
 
 

@@ -202,6 +202,21 @@ CASES = [
     ("params-percentiles-equal", lambda w: _swap(_train(w), "--params", str(_params(w, lambda r: r["data"].update(
         percentiles=[5, 5])))), ["data.percentiles", "low < high"]),
     ("predict-output-is-a-file", lambda w: ((w / "pred").write_text("x"), _predict(w))[1], ["pred", "not writable"]),
+    ("batch-size-larger-than-the-set", lambda w: _train(w, "-b", "100000"),
+     ["--batch-size 100000", "larger than the training set"]),
+    ("predict-checkpoint-missing", lambda w: _swap(_predict(w), "--checkpoint", str(w / "none.pth")),
+     ["none.pth", "not found"]),
+    ("predict-image-truncated", lambda w: (_truncate(w / "data/images_test/images/i0.png"), _predict(w))[1],
+     ["i0.png"]),
+    ("predict-mask-missing", lambda w: ((w / "data/images_test/masks/i1.png").unlink(), _predict(w))[1],
+     ["i1.png", "no mask"]),
+    ("predict-output-replaces-input", lambda w: _swap(_predict(w), "--output", str(w / "data/images_test/images")),
+     ["i0.png", "would replace an input"]),
+    ("predict-overlap-out-of-range", lambda w: _predict(w, "--overlap", "0.99"), ["inference.overlap", "0.95"]),
+    ("checkpoint-not-resumable", lambda w: _train(w, "--load", str(w / "good.pth")),
+     ["good.pth", "cannot resume", "optimizer_state"]),
+    ("predict-block-width-below-the-window", lambda w: _predict(w, "--block-width", "10"),
+     ["--block-width 10", "window"]),
 ]
 
 
@@ -259,4 +274,4 @@ def test_images_smaller_than_a_patch_are_padded_in_preparation(world):
 
 
 def test_case_count():
-    assert len(CASES) + len(ACCEPTED) + 1 == 38  # reported in the README
+    assert len(CASES) + len(ACCEPTED) + 1 == 46  # reported in the README

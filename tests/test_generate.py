@@ -63,8 +63,14 @@ def test_shapes_are_flat_and_lines_drawn_over_ellipses():
     for i in range(20):
         image, mask = synthetic_pair(image_rng(3, "training", i), p)
         for cls in (LINE, ELLIPSE):
-            values = np.unique(image[mask == cls])
-            assert len(values) <= 1  # each shape has its own flat gray level
+            if (mask == cls).any():
+                assert len(np.unique(image[mask == cls])) == 1  # each shape has its own flat gray level
+    # an ellipse larger than the image lies under every line: line pixels remain only if lines are drawn on top
+    huge = replace(DEFAULT, "data", n_lines=[1, 1], n_ellipses=[1, 1], ellipse_radius=[1000, 1000]).data
+    for i in range(5):
+        image, mask = synthetic_pair(image_rng(3, "training", i), huge)
+        assert (mask == LINE).any() and (mask == ELLIPSE).any() and not (mask == 0).any()
+        assert len(np.unique(image[mask == LINE])) == 1
 
 
 @pytest.mark.parametrize("cy,cx", [(0, 0), (0, 199), (399, 0), (399, 199), (200, 0), (0, 100)])

@@ -9,7 +9,8 @@ import pytest
 import torch
 from monai.inferers import sliding_window_inference
 
-from lib.inference import gaussian_weights, reflect_pad, sliding_window_predict, window_starts
+from lib.inference import gaussian_weights, sliding_window_predict, window_starts
+from lib.padding import reflect_pad
 from model import UNet
 
 SIZES = [(20, 30), (96, 96), (130, 101), (250, 397)]  # smaller than a patch, equal, not a stride multiple, large

@@ -29,9 +29,15 @@ def test_rgb_input_and_many_classes():
 
 
 def test_returns_logits_not_probabilities():
-    torch.manual_seed(0)
-    out = UNet(1, 3, 4).eval()(torch.randn(1, 1, 32, 32)).detach()
-    assert out.min() < 0 or out.max() > 1 or not torch.allclose(out.sum(1), torch.ones(1, 32, 32))
+    """The last layer is a 1×1 convolution and nothing after it: with zero weights its bias comes out unchanged
+    (a softmax or sigmoid would map it into [0, 1])."""
+    model = UNet(1, 3, 4).eval()
+    bias = torch.tensor([-3.0, 0.5, 7.0])
+    with torch.no_grad():
+        model.outc.conv.weight.zero_()
+        model.outc.conv.bias.copy_(bias)
+        out = model(torch.randn(2, 1, 32, 32))
+    assert torch.equal(out, bias.view(1, 3, 1, 1).expand(2, 3, 32, 32))
 
 
 @pytest.mark.parametrize("bilinear,expected", [(False, 31_037_763), (True, 17_263_107)])

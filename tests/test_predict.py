@@ -9,9 +9,8 @@ import pytest
 from PIL import Image
 
 from lib.generate import generate_split
-from lib.imageio import save_mask
 from lib.params import load_params
-from tests.conftest import REPO, assert_user_error, constant_checkpoint, run_cli
+from tests.conftest import REPO, constant_checkpoint, run_cli
 
 PARAMS = load_params(REPO / "parameters.json")
 
@@ -68,70 +67,3 @@ def test_single_file_probabilities_and_options(test_set, tmp_path):
     probs = np.load(tmp_path / "o" / "i1_probabilities.npy")
     assert probs.shape == (3, 100, 60) and np.allclose(probs.sum(0), 1, atol=1e-4) and (probs[1] > 0.99).all()
     assert set(np.unique(np.asarray(Image.open(tmp_path / "o" / "i1.png")))) == {1}
-
-
-@pytest.fixture
-def broken(test_set, tmp_path):
-    """A copy of the test split to damage, and a good checkpoint."""
-    _, folder = test_set
-    copy = tmp_path / "set"
-    for sub in ("images", "masks"):
-        (copy / sub).mkdir(parents=True)
-        for p in (folder / sub).iterdir():
-            (copy / sub / p.name).write_bytes(p.read_bytes())
-    return copy, constant_checkpoint(tmp_path / "ok.pth", 0)
-
-
-def _predict(ckpt, data, out, *extra):
-    return run_cli("predict.py", "--checkpoint", str(ckpt), "--input", str(data / "images"), "--output", str(out),
-                   "--masks", str(data / "masks"), "--quiet", *extra)
-
-
-def test_bad_checkpoints(broken, tmp_path):
-    data, _ = broken
-    assert_user_error(_predict(tmp_path / "none.pth", data, tmp_path / "o"), "none.pth", "not found")
-    (tmp_path / "text.pth").write_text("hello")
-    assert_user_error(_predict(tmp_path / "text.pth", data, tmp_path / "o"), "text.pth", "checkpoint")
-    assert not (tmp_path / "o").exists()
-
-
-def test_unreadable_image(broken, tmp_path):
-    data, ckpt = broken
-    (data / "images" / "i1.png").write_text("not a png")
-    assert_user_error(_predict(ckpt, data, tmp_path / "o"), "i1.png", "not a readable image")
-    assert not (tmp_path / "o").exists()
-
-
-def test_truncated_image(broken, tmp_path):
-    data, ckpt = broken
-    raw = (data / "images" / "i2.png").read_bytes()
-    (data / "images" / "i2.png").write_bytes(raw[: len(raw) // 2])
-    result = _predict(ckpt, data, tmp_path / "o")
-    assert_user_error(result, "i2.png")
-    assert not list((tmp_path / "o").glob("*.tmp")) and not list((tmp_path / "o").glob(".*"))
-
-
-def test_mask_missing(broken, tmp_path):
-    data, ckpt = broken
-    (data / "masks" / "i0.png").unlink()
-    assert_user_error(_predict(ckpt, data, tmp_path / "o"), "i0.png", "no mask")
-
-
-def test_mask_of_another_size(broken, tmp_path):
-    data, ckpt = broken
-    save_mask(data / "masks" / "i0.png", np.zeros((10, 10), np.uint8), PARAMS.class_colors)
-    assert_user_error(_predict(ckpt, data, tmp_path / "o"), "i0.png", "10x10")
-
-
-def test_mask_values_outside_the_classes(broken, tmp_path):
-    data, ckpt = broken
-    mask = np.zeros((100, 60), np.uint8)
-    mask[5, 5] = 7
-    Image.fromarray(mask, mode="L").save(data / "masks" / "i2.png")
-    assert_user_error(_predict(ckpt, data, tmp_path / "o"), "i2.png", "[7]")
-
-
-def test_output_path_is_a_file(broken, tmp_path):
-    data, ckpt = broken
-    (tmp_path / "file").write_text("x")
-    assert_user_error(_predict(ckpt, data, tmp_path / "file"), "file", "not writable")

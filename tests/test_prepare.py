@@ -12,8 +12,9 @@ from dataloader.pairs import ImagePair, find_pairs, load_pair
 from lib.errors import UserError
 from lib.generate import generate_split
 from lib.imageio import read_image
+from lib.padding import reflect_pad
 from lib.params import load_params, replace
-from lib.patches import apply_augmentation, augmentations, pad_to_patch, sample_positions
+from lib.patches import apply_augmentation, augmentations, sample_positions
 from lib.prepare import prepare_patches
 from tests.conftest import REPO, assert_user_error, run_cli
 
@@ -95,9 +96,9 @@ def test_rotations_give_the_eight_symmetries():
 
 def test_small_images_are_padded_to_a_patch():
     image = np.arange(30 * 20, dtype=np.uint8).reshape(30, 20)
-    padded = pad_to_patch(image, 48)
+    padded = reflect_pad(image, 48, 48, (0, 1))
     assert padded.shape == (48, 48) and np.array_equal(padded[:30, :20], image)
-    tiny = pad_to_patch(np.ones((3, 2), dtype=np.uint8), 48)
+    tiny = reflect_pad(np.ones((3, 2), dtype=np.uint8), 48, 48, (0, 1))
     assert tiny.shape == (48, 48)
 
 
