@@ -1,7 +1,7 @@
 """Large images: peak memory and time of predict.py's streaming route against the image size, and MONAI's
 bounded-memory route (PatchInferer, SlidingWindowSplitter, ZarrAvgMerger) side by side on one image.
 
-    python -m benchmarks.large_images [--megapixels 8 32 128 512] [--giga] [--monai-at 8] [--tiny] [--threads N]
+    python -m benchmarks.large_images [--megapixels 8 32 128 512] [--giga] [--monai-at 2] [--tiny] [--threads N]
 
 Inputs are tiled (256²), zlib-compressed uint8 TIFFs of the synthetic benchmark's kind: a 2000×2000 mosaic of
 generated images repeated over the plane. They have a fixed width of 8016 pixels, so they grow in height only;
@@ -188,7 +188,7 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--megapixels", type=float, nargs="+", default=[8, 32, 128, 512], help="image sizes")
     p.add_argument("--giga", action="store_true", help=f"also a {GIGA[0]}×{GIGA[1]} image (about 40 minutes on 2 "
                                                       "cores)")
-    p.add_argument("--monai-at", type=float, default=8, help="megapixels of the side-by-side run with MONAI "
+    p.add_argument("--monai-at", type=float, default=2, help="megapixels of the side-by-side run with MONAI "
                                                               "(0: none)")
     p.add_argument("--block-width", type=int, default=8192, help="predict.py's --block-width")
     p.add_argument("--work-dir", type=Path, default=None, help="where the large inputs are written (default: a "
