@@ -32,8 +32,11 @@ demo: $(DATA)/patches_s96/.complete.json
 	$(PY) predict.py --checkpoint checkpoints/$(RUN)/best.pth --input $(DATA)/images_test/images \
 		--masks $(DATA)/images_test/masks --output $(DATA)/predictions/$(RUN) --metrics checkpoints/$(RUN)/test_metrics.json
 
+# one test worker per core (at most 4), each test file on one worker so that its fixtures are built once
+TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(4, len(os.sched_getaffinity(0))))" 2>/dev/null || echo 2)
+
 test: $(VENV)/.dev-installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check .

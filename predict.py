@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import math
 import os
 import shutil
@@ -31,13 +30,14 @@ import torch
 from tqdm import tqdm
 
 from dataloader.pairs import image_id, list_images
-from lib.atomic import atomic_write_bytes, atomic_write_text
-from lib.device import select_device
-from lib.distributed import all_reduce_sum, cleanup, exit_process, init_distributed
-from lib.errors import UserError, cli_main
-from lib.imageio import TIFF_SUFFIXES, ImageHeader, ImageRows, check_fits, read_header, save_mask, write_tiled_tiff
-from lib.params import replace
-from lib.segmenter import Segmenter, image_confusion, summarize
+from lib.core.atomic import atomic_write_bytes, atomic_write_text
+from lib.core.device import select_device
+from lib.core.distributed import all_reduce_sum, cleanup, exit_process, init_distributed
+from lib.core.errors import UserError, cli_main
+from lib.core.imageio import TIFF_SUFFIXES, ImageHeader, ImageRows, check_fits, read_header, save_mask, write_tiled_tiff
+from lib.core.params import replace
+from lib.evaluation import format_table, image_confusion, metrics_json, summarize
+from lib.segmenter import Segmenter
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -169,8 +169,10 @@ def segment_file(segmenter: Segmenter, image_path: Path, out: Path, mask: Path |
                              colors=colors)
         else:
             scratch = stack.enter_context(scratch_array(out / f".{image_path.stem}.labels.zarr.tmp", (height, width)))
+            rows = ChunkRows(scratch)
             for top, left, labels in label_blocks():
-                scratch[top:top + labels.shape[0], left:left + labels.shape[1]] = labels
+                rows.write(top, left, labels)
+            rows.close()
             write_tiled_tiff(target, scratch, height, width, np.uint8, colors=colors)
         if probabilities is not None:
             probabilities.close()
@@ -186,6 +188,38 @@ def gather(blocks: Iterable[tuple[int, int, np.ndarray]], shape: tuple[int, ...]
             whole = np.empty((*block.shape[:-2], *shape), block.dtype)
         whole[..., top:top + block.shape[-2], left:left + block.shape[-1]] = block
     return whole
+
+
+class ChunkRows:
+    """Writes the bands of rows of each column block into a zarr array in whole rows of chunks, so that a chunk is
+    compressed and written once: a band covering part of a chunk would make zarr read, change and rewrite it, about
+    five times per chunk for the bands of a 96-pixel window (measured: +23% time on a 1-gigapixel image)."""
+
+    def __init__(self, array):
+        self.array, self.pending = array, {}  # column block's left edge -> (top of the held rows, held bands)
+
+    def write(self, top: int, left: int, block: np.ndarray) -> None:
+        """Hold ``block`` (h×w[×C], the rows of column block ``left`` after those given before) and write every row
+        of chunks it completes."""
+        start, bands = self.pending.get(left, (top, []))
+        bands.append(block)
+        end = top + block.shape[0]
+        step = self.array.chunks[0]
+        done = end if end >= self.array.shape[0] else end // step * step
+        if done > start:
+            held = np.concatenate(bands) if len(bands) > 1 else bands[0]
+            self.array[start:done, left:left + held.shape[1]] = held[:done - start]
+            bands = [held[done - start:]] if done < end else []
+            start = done
+        self.pending[left] = (start, bands)
+
+    def close(self) -> None:
+        """Write what is still held (nothing, once every block reached the bottom)."""
+        for left, (start, bands) in self.pending.items():
+            if bands:
+                held = np.concatenate(bands)
+                self.array[start:start + held.shape[0], left:left + held.shape[1]] = held
+        self.pending = {}
 
 
 @contextlib.contextmanager
@@ -223,33 +257,23 @@ class ProbabilitySink:
                                              chunks=(256, 256, n_classes), dtype="float16")
             except OSError as err:
                 raise UserError(f"{self.path}: cannot write ({err.strerror or err})") from None
+            self.rows = ChunkRows(self.array)
 
     def write(self, top: int, left: int, block: torch.Tensor) -> None:
-        rows, cols = block.shape[1:]
         if self.streamed:
-            values = block.permute(1, 2, 0).cpu().numpy().astype(np.float16)
-            self.array[top:top + rows, left:left + cols] = values
+            self.rows.write(top, left, block.permute(1, 2, 0).cpu().numpy().astype(np.float16))
         else:
             self.blocks.append((top, left, block.cpu().numpy().astype(np.float32)))
 
     def close(self) -> None:
         if self.streamed:
+            self.rows.close()
             shutil.rmtree(self.path, ignore_errors=True)
             os.replace(self.tmp, self.path)
             return
         buffer = io.BytesIO()
         np.save(buffer, gather(self.blocks, self.shape))
         atomic_write_bytes(self.stem.with_name(self.stem.name + ".npy"), buffer.getvalue())
-
-
-def format_table(metrics: dict) -> str:
-    """Per-class IoU, mIoU over the set, and the mean of per-image mIoU, as a small text table."""
-    width = max(len(n) for n in [*metrics["iou"], "mean of per-image mIoU"]) + 2
-    lines = [f"{'class':<{width}}IoU"]
-    lines += [f"{name:<{width}}{value:.4f}" for name, value in metrics["iou"].items()]
-    lines.append(f"{'mIoU':<{width}}{metrics['miou']:.4f}   (one confusion matrix over {metrics['n_images']} images)")
-    lines.append(f"{'mean of per-image mIoU':<{width}}{metrics['mean_image_miou']:.4f}")
-    return "\n".join(lines)
 
 
 def assign_images(pixels: list[int], world_size: int) -> list[list[int]]:
@@ -309,8 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics["images"] = [p.name for p in images]
         print(format_table(metrics))
         if args.metrics:
-            clean = json.loads(json.dumps(metrics, default=float).replace("NaN", "null"))
-            atomic_write_text(args.metrics, json.dumps(clean, indent=2) + "\n")
+            atomic_write_text(args.metrics, metrics_json(metrics))
             print(f"metrics written to {args.metrics}")
         if math.isnan(metrics["miou"]):
             print("warning: no class occurs in the masks or the predictions", file=sys.stderr)

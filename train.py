@@ -24,17 +24,17 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from dataloader.patches import SOURCES, PatchDataset, split_sources
-from lib.allocator import retain_freed_memory
-from lib.atomic import make_folder
-from lib.device import Runtime
-from lib.distributed import all_reduce_sum, broadcast_flag, cleanup, exit_process
-from lib.errors import UserError, cli_main
-from lib.losses import make_loss
-from lib.metrics import iou_per_class, mean_iou
-from lib.normalization import as_spec, compute_normalization
-from lib.params import Params, load_params, params_from_dict, replace
-from lib.provenance import git_commit, versions
-from lib.schedule import make_scheduler
+from lib.core.allocator import retain_freed_memory
+from lib.core.atomic import make_folder
+from lib.core.device import Runtime
+from lib.core.distributed import all_reduce_sum, broadcast_flag, cleanup, exit_process
+from lib.core.errors import UserError, cli_main
+from lib.core.losses import make_loss
+from lib.core.metrics import iou_per_class, mean_iou
+from lib.core.normalization import as_spec, compute_normalization
+from lib.core.params import Params, load_params, params_from_dict, replace
+from lib.core.provenance import git_commit, versions
+from lib.core.schedule import make_scheduler
 from lib.training import batches, evaluate, forward_loss, new_run_name, optimizer_step, predict_labels
 from model.checkpoint import build_checkpoint, check_compatible, check_resumable, load_checkpoint, save_checkpoint
 from model.unet_model import UNet
@@ -387,7 +387,7 @@ def log_epoch(writer, record: dict, data: TrainingData, figure_idx: torch.Tensor
         for name, value in record["val_iou"].items():
             writer.add_scalar(f"val/iou_{name}", value, e)
     if len(figure_idx):
-        from lib.visualize import show_validation
+        from lib.core.visualize import show_validation
 
         labels = predict_labels(model, data.images, figure_idx, data.normalization, rt, data.image_stats)
         images = data.patches.images[figure_idx].permute(0, 2, 3, 1).squeeze(-1).numpy()

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from lib.allocator import retain_freed_memory
-from lib.atomic import atomic_write_text, make_folder
+from lib.core.allocator import retain_freed_memory
+from lib.core.atomic import atomic_write_text, make_folder
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "benchmarks" / "results"

@@ -20,7 +20,7 @@ torchrun --nproc_per_node=1 train.py -e 1 -b 16 -f patches_s96 --amp --base-chan
     | tee -a "$OUT/log.txt"
 python - <<'PY' | tee -a "$OUT/log.txt"
 import time, torch
-from lib.inference import sliding_window_predict
+from lib.core.inference import sliding_window_predict
 from model import UNet
 model = UNet(1, 3, 64).cuda().eval().to(memory_format=torch.channels_last)
 image = torch.randn(1, 2000, 4000)

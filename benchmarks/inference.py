@@ -38,8 +38,8 @@ from benchmarks.common import (
     verdict,
     write_json,
 )
-from lib.device import memory_format, resolve_precision
-from lib.inference import sliding_window_predict
+from lib.core.device import memory_format, resolve_precision
+from lib.core.inference import sliding_window_predict
 from model.unet_model import UNet
 
 WINDOW, STRIDE, OVERLAP, N_CLASSES = 96, 48, 0.5, 3

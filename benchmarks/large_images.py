@@ -67,8 +67,8 @@ def shape_of(megapixels: float, width: int = WIDTH) -> tuple[int, int]:
 
 def mosaic() -> np.ndarray:
     """A 2000×2000 uint8 mosaic of synthetic benchmark images (gray lines and ellipses on noise)."""
-    from lib.params import load_params
-    from lib.synthetic import synthetic_pair
+    from lib.core.params import load_params
+    from lib.core.synthetic import synthetic_pair
 
     p = load_params().data
     tiles = [synthetic_pair(np.random.default_rng([7, i]), p)[0]
@@ -80,7 +80,7 @@ def mosaic() -> np.ndarray:
 
 def write_input(path: Path, height: int, width: int, base: np.ndarray) -> None:
     """A tiled zlib uint8 TIFF of ``base`` repeated over height × width, written band by band."""
-    from lib.imageio import write_tiled_tiff
+    from lib.core.imageio import write_tiled_tiff
 
     def bands():
         for top in range(0, height, 256):
@@ -93,7 +93,7 @@ def write_input(path: Path, height: int, width: int, base: np.ndarray) -> None:
 def write_checkpoint(path: Path, base: np.ndarray) -> None:
     """The demo's architecture (width 8) with random weights (a last layer scaled so that the labels vary with the
     image), normalised with the mosaic's mean and std."""
-    from lib.params import load_params, replace
+    from lib.core.params import load_params, replace
     from model import UNet
     from model.checkpoint import build_checkpoint, save_checkpoint
 
@@ -118,7 +118,7 @@ def _warm_up(segmenter, work: Path) -> None:
 
 def probe(image: Path, checkpoint: Path, work: Path, block_width: int) -> dict:
     """In a fresh process: segment ``image`` as predict.py does; time and peak memory above the idle process."""
-    from lib.imageio import read_header
+    from lib.core.imageio import read_header
     from lib.segmenter import Segmenter
     from predict import segment_file
 
@@ -138,7 +138,7 @@ def monai_probe(image: Path, checkpoint: Path, work: Path) -> dict:
     whole and normalised as ours), the labels written to ``work/monai_labels.npy`` for the agreement."""
     from monai.inferers import PatchInferer, SlidingWindowSplitter, ZarrAvgMerger
 
-    from lib.imageio import read_image
+    from lib.core.imageio import read_image
     from lib.segmenter import Segmenter
 
     segmenter = Segmenter.from_checkpoint(checkpoint, "cpu", "fp32")

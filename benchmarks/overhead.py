@@ -52,9 +52,9 @@ from benchmarks.common import (
     verdict,
     write_json,
 )
-from lib.device import autocast, memory_format, resolve_precision
-from lib.inference import cut_windows, sliding_window_predict, window_grid
-from lib.padding import reflect_pad
+from lib.core.device import autocast, memory_format, resolve_precision
+from lib.core.inference import cut_windows, sliding_window_predict, window_grid
+from lib.core.padding import reflect_pad
 from model.unet_model import UNet
 
 WINDOW, OVERLAP, N_CLASSES = 96, 0.5, 3

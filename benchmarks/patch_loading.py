@@ -29,14 +29,21 @@ WORKER = r"""
 import json, sys, time
 code, folder, n_steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
 sys.path.insert(0, code)
+import importlib
 import torch
 from dataloader.patches import PatchDataset
-from lib.allocator import retain_freed_memory
-from lib.device import memory_format, resolve_precision
-from lib.losses import make_loss
-from lib.normalization import compute_normalization
 from lib.training import forward_loss, optimizer_step
 from model.unet_model import UNet
+try:  # the code measured may predate lib/core/ (--code DIR)
+    importlib.import_module("lib.core")
+    core = "lib.core."
+except ImportError:
+    core = "lib."
+retain_freed_memory = importlib.import_module(core + "allocator").retain_freed_memory
+device_module = importlib.import_module(core + "device")
+memory_format, resolve_precision = device_module.memory_format, device_module.resolve_precision
+make_loss = importlib.import_module(core + "losses").make_loss
+compute_normalization = importlib.import_module(core + "normalization").compute_normalization
 retain_freed_memory()
 tic = time.perf_counter()
 data = PatchDataset(folder, [(0, 0, 0), (230, 40, 40), (120, 250, 80)])
@@ -51,8 +58,8 @@ net = UNet(data.n_channels, 3, 8).to(memory_format=mem)
 optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
 scaler = torch.amp.GradScaler("cpu", enabled=False)
 loss_fn = make_loss("ce", None, device)
-try:  # the code measured may predate lib.device.Runtime (--code DIR)
-    from lib.device import Runtime
+try:  # the code measured may predate lib.core.device.Runtime (--code DIR)
+    from lib.core.device import Runtime
     settings = (norm, Runtime(device, precision, mem))
 except ImportError:
     settings = (norm, device, precision, mem)

@@ -1,6 +1,7 @@
 """Time to accuracy of the CPU demo: wall time of each ``make demo`` stage and the test mIoU reached.
 
     python -m benchmarks.time_to_accuracy [--skip-setup] [--epochs 8] [--lr 0.05] [--width 8] [--batch-size 16]
+        [--generator default|alternate]
 
 Stages, each a fresh process as ``make demo`` runs them, all output in a temporary folder (nothing of the repository's
 data/, checkpoints/ or runs/ is touched):
@@ -26,17 +27,18 @@ import time
 from pathlib import Path
 
 from benchmarks.common import REPO, base_parser, format_table, print_header, verdict, write_json
-from lib.params import load_params
+from lib.core.params import load_params
 
 TARGET_MIOU, TARGET_SECONDS = 0.98, 600.0
 TINY_DATA = {"height": 120, "width": 72, "line_length": [20, 72], "n_training": 4, "n_test": 2}
 TINY_PATCHES = {"size": 48, "per_image": 3}
 
 
-def write_params(work: Path, tiny: bool) -> Path:
-    """parameters.json with the data root, checkpoints and runs inside ``work`` (and tiny sizes when asked)."""
+def write_params(work: Path, tiny: bool, generator: str = "default") -> Path:
+    """parameters.json with the data root, checkpoints and runs inside ``work``, the synthetic ``generator``, and
+    tiny sizes when asked."""
     raw = json.loads((REPO / "parameters.json").read_text())
-    raw["data"]["root"] = str(work / "data")
+    raw["data"].update(root=str(work / "data"), generator=generator)
     raw["training"].update(checkpoints_dir=str(work / "checkpoints"), runs_dir=str(work / "runs"))
     if tiny:
         raw["data"].update(TINY_DATA)
@@ -96,6 +98,8 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--width", type=int, default=8, help="U-Net base channels")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--name", default="tta", help="run name (inside the temporary folder)")
+    p.add_argument("--generator", choices=["default", "alternate"], default="default",
+                   help="synthetic data set: ours, or the second one drawn by independent code (data.generator)")
     p.add_argument("--workdir", type=Path, default=None, help="keep everything in this (new) folder")
     args = p.parse_args(argv)
     if args.tiny:
@@ -104,13 +108,13 @@ def parse_args(argv: list[str] | None):
 
 
 def run(args, work: Path) -> dict:
-    params = write_params(work, args.tiny)
+    params = write_params(work, args.tiny, args.generator)
     seconds = {}
     for name, commands in stage_commands(args, work, params).items():
         seconds[name] = run_stage(name, commands, work / f"{name}.log", args.threads)
         print(f"  {name}: {seconds[name]:.1f} s", flush=True)
     metrics = json.loads((work / "metrics.json").read_text())
-    return {"seconds": seconds, "total_s": sum(seconds.values()),
+    return {"generator": args.generator, "seconds": seconds, "total_s": sum(seconds.values()),
             "total_without_setup_s": sum(v for k, v in seconds.items() if k != "setup"),
             "test_miou": metrics["miou"], "test_mean_image_miou": metrics.get("mean_image_miou"),
             "test_iou": metrics.get("iou")}

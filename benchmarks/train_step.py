@@ -27,8 +27,8 @@ from benchmarks.common import (
     verdict,
     write_json,
 )
-from lib.device import Runtime, memory_format, resolve_precision
-from lib.normalization import compute_normalization, normalize
+from lib.core.device import Runtime, memory_format, resolve_precision
+from lib.core.normalization import compute_normalization, normalize
 from lib.training import forward_loss, optimizer_step
 from model.unet_model import UNet
 

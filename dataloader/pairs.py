@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lib.errors import UserError
-from lib.imageio import read_image, read_mask
+from lib.core.errors import UserError
+from lib.core.imageio import read_image, read_mask
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 
@@ -87,7 +87,7 @@ def find_pairs(folder: str | Path, image_prefix: str = "", mask_prefix: str = ""
 
 def load_pair(pair: ImagePair, colors: list[tuple[int, int, int]], keep_alpha: bool = False,
               channel_axis: str = "auto") -> tuple[np.ndarray, np.ndarray]:
-    """Read an image as stored (H×W or H×W×C, see :func:`lib.imageio.read_image`) and its mask (uint8 H×W of class
+    """Read an image as stored (H×W or H×W×C, see :func:`lib.core.imageio.read_image`) and its mask (uint8 H×W of class
     indices). ``keep_alpha`` and ``channel_axis`` are ``read_image``'s (``params.data.read_options``).
 
     Raises:

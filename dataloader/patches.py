@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lib.errors import UserError
-from lib.imageio import read_image, read_mask
-from lib.jobs import IN_PROGRESS
+from lib.core.errors import UserError
+from lib.core.imageio import read_image, read_mask
+from lib.core.jobs import IN_PROGRESS
 
 MANIFEST = "manifest.csv"
 MANIFEST_FIELDS = ["file", "source", "top", "left", "flip", "rot90"]

@@ -12,13 +12,14 @@ import numpy as np
 
 from dataloader.pairs import find_pairs, load_pair
 from dataloader.patches import mask_file, read_manifest
-from lib.atomic import atomic_open
-from lib.errors import cli_main
-from lib.imageio import read_image, read_mask
-from lib.metrics import iou_per_class, mean_iou
-from lib.params import load_params
-from lib.segmenter import Segmenter, image_confusion
-from lib.visualize import plot_history, show_pairs, show_patch_grid, show_prediction
+from lib.core.atomic import atomic_open
+from lib.core.errors import cli_main
+from lib.core.imageio import read_image, read_mask
+from lib.core.metrics import iou_per_class, mean_iou
+from lib.core.params import load_params
+from lib.core.visualize import plot_history, show_pairs, show_patch_grid, show_prediction
+from lib.evaluation import image_confusion
+from lib.segmenter import Segmenter
 from model.checkpoint import load_checkpoint
 
 HERE = Path(__file__).resolve().parent

@@ -10,15 +10,19 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget in notebooks, the usual bar in a terminal
 
-from lib.errors import cli_main
-from lib.imageio import save_image, save_mask
-from lib.jobs import finish_job, start_job
-from lib.params import Params, load_params, replace
-from lib.synthetic import image_rng, synthetic_pair
+from lib.core.errors import cli_main
+from lib.core.imageio import save_image, save_mask
+from lib.core.jobs import finish_job, start_job
+from lib.core.params import Params, load_params, replace
+from lib.core.synthetic import image_rng, synthetic_pair
+from lib.core.synthetic_alt import alternate_pair
 
 OWNED = ["images/*.png", "masks/*.png"]
+# data.generator: the published-style scenes (lib/core/synthetic.py, with the ranges of parameters.json), or the
+# same kind of scene drawn by independent code (lib/core/synthetic_alt.py), to test a recipe beyond its own data
+GENERATORS = {"default": synthetic_pair, "alternate": alternate_pair}
 
 
 def generate_split(out: str | Path, split: str, n: int, params: Params, overwrite: bool = False,
@@ -48,7 +52,7 @@ def generate_split(out: str | Path, split: str, n: int, params: Params, overwrit
         name = f"i{i}.png"
         if resumed and (out / "masks" / name).is_file():
             continue  # written whole by the interrupted run (the mask goes last)
-        image, mask = synthetic_pair(image_rng(params.data.seed, split, i), params.data)
+        image, mask = GENERATORS[params.data.generator](image_rng(params.data.seed, split, i), params.data)
         save_image(out / "images" / name, image)
         save_mask(out / "masks" / name, mask, params.class_colors)
     finish_job(out)

@@ -1,7 +1,7 @@
 """Cut training patches: ``python -m lib.prepare [--src DIR] [--out DIR] [--patch-size P] [--per-image K] [--seed S]
 [--overwrite]``.
 
-Writes ``OUT/images/p<k>.png`` (``.tif`` where PNG cannot hold the data exactly, see ``lib.imageio.image_suffix``),
+Writes ``OUT/images/p<k>.png`` (``.tif`` where PNG cannot hold the data exactly, see ``lib.core.imageio.image_suffix``),
 ``OUT/masks/p<k>.png``, ``OUT/manifest.csv`` (one row per patch: file, source image, top, left, flip, rot90), so that
 training can hold out whole source images, and ``OUT/sources.json`` (dtype, channels and per-image statistics).
 """
@@ -16,18 +16,18 @@ import json
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget in notebooks, the usual bar in a terminal
 
 from dataloader.pairs import ImagePair, find_pairs, load_pair
 from dataloader.patches import MANIFEST, MANIFEST_FIELDS, SOURCES, mask_file
-from lib.atomic import atomic_write_text
-from lib.errors import UserError, cli_main
-from lib.imageio import image_suffix, save_image, save_mask
-from lib.jobs import finish_job, start_job
-from lib.normalization import image_statistics
-from lib.padding import reflect_pad
-from lib.params import Params, load_params, replace
-from lib.patches import apply_augmentation, augmentations, sample_positions
+from lib.core.atomic import atomic_write_text
+from lib.core.errors import UserError, cli_main
+from lib.core.imageio import image_suffix, save_image, save_mask
+from lib.core.jobs import finish_job, start_job
+from lib.core.normalization import image_statistics
+from lib.core.padding import reflect_pad
+from lib.core.params import Params, load_params, replace
+from lib.core.patch_sampling import apply_augmentation, augmentations, sample_positions
 
 OWNED = ["images/*.png", "images/*.tif", "masks/*.png", MANIFEST, SOURCES]
 
@@ -68,7 +68,7 @@ def prepare_patches(src: str | Path, out: str | Path, params: Params, overwrite:
     k = 0
     for s, (pair, (image, mask)) in enumerate(zip(tqdm(pairs, desc="cut patches", disable=not progress,
                                                        unit="img"), loaded)):
-        # the padding of inference (lib.padding), so that a small image looks the same to both
+        # the padding of inference (lib.core.padding), so that a small image looks the same to both
         image, mask = reflect_pad(image, p.size, p.size, (0, 1)), reflect_pad(mask, p.size, p.size, (0, 1))
         rng = np.random.default_rng([p.seed, s])
         for top, left in sample_positions(rng, mask, p.size, p.per_image, p.foreground_fraction):

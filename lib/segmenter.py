@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lib.allocator import retain_freed_memory
-from lib.device import memory_format, resolve_precision, select_device
-from lib.errors import UserError
-from lib.imageio import ImageHeader, ImageRows
-from lib.inference import sliding_window_bands, sliding_window_predict
-from lib.metrics import confusion_matrix, iou_per_class, mean_iou
-from lib.normalization import as_spec, band_statistics, normalize
-from lib.params import InferenceParams, Params, params_from_dict
+from lib.core.allocator import retain_freed_memory
+from lib.core.device import memory_format, resolve_precision, select_device
+from lib.core.errors import UserError
+from lib.core.imageio import ImageHeader, ImageRows
+from lib.core.inference import sliding_window_bands, sliding_window_predict
+from lib.core.normalization import as_spec, band_statistics, normalize
+from lib.core.params import InferenceParams, Params, params_from_dict
 from model.checkpoint import load_checkpoint, model_from_checkpoint
 from model.unet_model import UNet
 
@@ -25,7 +24,7 @@ from model.unet_model import UNet
 class Segmenter:
     """Everything inference needs, read from a checkpoint alone.
 
-    Use :meth:`from_checkpoint`, then :meth:`predict` on images as :func:`lib.imageio.read_image` returns them.
+    Use :meth:`from_checkpoint`, then :meth:`predict` on images as :func:`lib.core.imageio.read_image` returns them.
     """
 
     model: UNet
@@ -127,7 +126,7 @@ class Segmenter:
 
     def predict_bands(self, source: ImageRows, name: str = "image", block_width: int = 8192, stats_block: int = 1024
                       ) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
-        """Segment an image read in parts (:class:`lib.imageio.ImageRows`) in bounded memory: the blocks of
+        """Segment an image read in parts (:class:`lib.core.imageio.ImageRows`) in bounded memory: the blocks of
         :func:`sliding_window_bands`, identical to :meth:`predict` on the whole image. An image smaller than a window
         is segmented whole (it is small). ``image`` normalisation first reads the image once for its statistics, in
         blocks of ``stats_block``² pixels.
@@ -155,19 +154,3 @@ class Segmenter:
 
         yield from sliding_window_bands(self.model, read_region, height, width, **self._window_options(),
                                         block_width=block_width)
-
-
-def summarize(confusions: list[torch.Tensor], class_names: list[str]) -> dict:
-    """Metrics of a set of images: Keras-style mIoU and per-class IoU over one confusion matrix for all images, and
-    the published notebook's figure, the mean over images of each image's mIoU."""
-    total = torch.stack(confusions).sum(0)
-    per_image = [mean_iou(cm) for cm in confusions]
-    iou = iou_per_class(total)
-    return {"miou": mean_iou(total), "iou": {n: float(v) for n, v in zip(class_names, iou)},
-            "mean_image_miou": float(np.nanmean(per_image)) if per_image else float("nan"),
-            "n_images": len(confusions), "per_image_miou": per_image}
-
-
-def image_confusion(labels: torch.Tensor, mask: np.ndarray, n_classes: int) -> torch.Tensor:
-    """Confusion matrix of one predicted label map against its mask."""
-    return confusion_matrix(torch.from_numpy(mask.astype(np.int64)), labels.cpu(), n_classes)

@@ -10,11 +10,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from lib.device import Runtime, autocast
-from lib.distributed import all_reduce_sum
-from lib.errors import UserError
-from lib.metrics import confusion_matrix
-from lib.normalization import normalize
+from lib.core.device import Runtime, autocast
+from lib.core.distributed import all_reduce_sum
+from lib.core.errors import UserError
+from lib.core.metrics import confusion_matrix
+from lib.core.normalization import normalize
 
 
 def batches(indices: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:

@@ -9,10 +9,10 @@ from typing import Any
 
 import torch
 
-from lib.atomic import atomic_write_bytes
-from lib.errors import UserError
-from lib.normalization import as_spec
-from lib.params import Params
+from lib.core.atomic import atomic_write_bytes
+from lib.core.errors import UserError
+from lib.core.normalization import as_spec
+from lib.core.params import Params
 from model.unet_model import UNet
 
 # what inference needs (every checkpoint has these) ...
@@ -32,7 +32,7 @@ def build_checkpoint(model: UNet, params: Params, normalization: dict, training:
     Args:
         model: the U-Net (not a DDP wrapper).
         params: every parameter of the run, flags applied.
-        normalization: the input normalisation (see :func:`lib.normalization.compute_normalization`).
+        normalization: the input normalisation (see :func:`lib.core.normalization.compute_normalization`).
         training: exactly the entries of :data:`RESUME_KEYS` (train.py's checkpoints), or None.
 
     Returns:

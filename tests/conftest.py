@@ -16,11 +16,17 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from lib.params import load_params, params_from_dict  # noqa: E402
+from lib.core.params import load_params, params_from_dict  # noqa: E402
 from model import UNet  # noqa: E402
 from model.checkpoint import build_checkpoint, save_checkpoint  # noqa: E402
 
 _DEFAULT = load_params(REPO / "parameters.json")
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one worker per core: one thread each, here and in the commands the tests run, or the workers
+    # oversubscribe the cores and PyTorch gets many times slower
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None

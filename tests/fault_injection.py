@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import lib.atomic as atomic  # noqa: E402
+import lib.core.atomic as atomic  # noqa: E402
 import lib.training as training  # noqa: E402
 
 kind, count = os.environ["FAULT"].split(":")

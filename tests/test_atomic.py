@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lib.atomic import atomic_write_bytes, atomic_write_text
+from lib.core.atomic import atomic_write_bytes, atomic_write_text
 
 
 @pytest.fixture

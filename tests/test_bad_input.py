@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
+from lib.core.params import load_params
 from lib.generate import generate_dataset
-from lib.params import load_params
 from lib.prepare import prepare_patches
 from model.checkpoint import save_checkpoint
 from tests.conftest import (
@@ -244,7 +244,7 @@ ACCEPTED = [
 @pytest.mark.parametrize("case", ACCEPTED, ids=[c[0] for c in ACCEPTED])
 def test_documented_conversions_are_accepted(world, case):
     from dataloader.patches import read_manifest
-    from lib.imageio import read_image
+    from lib.core.imageio import read_image
 
     _, convert, (dtype, channels) = case
     folder = world / TRAIN / "images"

@@ -62,7 +62,7 @@ def test_inference_tiny(tmp_path: Path):
 
 def test_per_window_loop_matches_the_sliding_window_where_windows_tile_the_image():
     from benchmarks.inference import per_window_loop
-    from lib.inference import sliding_window_predict
+    from lib.core.inference import sliding_window_predict
     from model import UNet
 
     torch.manual_seed(0)
@@ -93,7 +93,12 @@ def test_time_to_accuracy_tiny(tmp_path: Path):
     result = read_result(tmp_path, "time_to_accuracy")
     assert set(result["seconds"]) == {"generate", "prepare", "train", "evaluate"}  # --tiny skips the setup
     assert {"total_s", "test_miou", "target_miou", "target_seconds", "met"} <= set(result)
-    assert 0.0 <= result["test_miou"] <= 1.0
+    ious = [v for v in result["test_iou"].values() if v is not None]  # predict.py's metrics, as read back
+    assert set(result["test_iou"]) == {"background", "line", "ellipse"} and ious
+    assert result["test_miou"] == pytest.approx(sum(ious) / len(ious), abs=1e-12)  # the mean of its class IoUs
+    assert result["total_s"] == pytest.approx(sum(result["seconds"].values()), rel=1e-6)
+    assert result["met"] == (result["test_miou"] >= result["target_miou"]
+                             and result["total_s"] <= result["target_seconds"])
 
 
 def test_patch_loading_tiny(tmp_path: Path):
@@ -124,3 +129,16 @@ def test_large_images_tiny(tmp_path: Path):
     for r in result["runs"]:
         assert r["seconds"] > 0 and r["peak_rss"] >= r["idle_rss"] > 0 and r["hwm_reset"]
     assert {"above_idle_max", "above_idle_met", "speed_spread_max", "speed_met"} <= set(result["targets"])
+
+
+def test_hardware_tiny(tmp_path: Path):
+    """Peak matmuls and the U-Net's counted work: a training step costs more than a forward pass of its batch."""
+    from benchmarks import hardware
+
+    assert hardware.main(["--tiny", "--threads", "1", "--out-dir", str(tmp_path)]) == 0
+    result = read_result(tmp_path, "hardware")
+    assert result["peak_flops"]["fp32"] > 0 and result["peak_flops"]["bf16"] > 0
+    (r,) = result["results"]
+    assert r["width"] == 4 and r["train_gflop_per_patch"] > 0 and r["inference_gflop"] > 0
+    assert 0 < r["train_fraction"] and 0 < r["inference_fraction"]
+    assert r["train_tflops"] * 1e12 == pytest.approx(r["train_fraction"] * result["peak_used"], rel=1e-9)

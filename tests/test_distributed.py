@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from dataloader.patches import PatchDataset
-from lib.device import Runtime, memory_format
-from lib.imageio import save_image, save_mask
-from lib.losses import make_loss
-from lib.metrics import mean_iou
-from lib.params import params_from_dict
+from lib.core.device import Runtime, memory_format
+from lib.core.imageio import save_image, save_mask
+from lib.core.losses import make_loss
+from lib.core.metrics import mean_iou
+from lib.core.params import params_from_dict
 from lib.training import evaluate
 from model.checkpoint import load_checkpoint, model_from_checkpoint
 from tests.conftest import assert_user_error, file_digests, random_checkpoint, run_cli
@@ -75,7 +75,8 @@ def test_sync_batchnorm_is_refused_clearly_without_cuda(tiny_patches):
     assert not (data / "checkpoints" / "syncbn").exists()
 
 
-EXIT_SCRIPT = "import sys; from lib.distributed import exit_process; print('unflushed', end=''); exit_process({code})"
+EXIT_SCRIPT = ("import sys; from lib.core.distributed import exit_process; print('unflushed', end=''); "
+               "exit_process({code})")
 
 
 @pytest.mark.parametrize("world_size", ["1", "2"])

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lib.errors import UserError
+from lib.core.errors import UserError
+from lib.core.params import load_params, replace
+from lib.core.synthetic import ELLIPSE, LINE, ellipse_mask, image_rng, line_mask, synthetic_pair
 from lib.generate import generate_dataset, generate_split
-from lib.params import load_params, replace
-from lib.synthetic import ELLIPSE, LINE, ellipse_mask, image_rng, line_mask, synthetic_pair
 from tests.conftest import REPO, assert_user_error, file_digests, run_cli
 
 DEFAULT = load_params(REPO / "parameters.json")
@@ -121,3 +121,44 @@ def test_cli_writes_both_splits(tmp_path, tiny_params_file):
     assert result.returncode == 0, result.stderr
     assert len(list((tmp_path / "d" / "images_training" / "images").glob("*.png"))) == 3
     assert len(list((tmp_path / "d" / "images_test" / "masks").glob("*.png"))) == 2
+
+
+# (semi-axis a, b, angle): a circle, an elongated ellipse at 30°, a small one
+@pytest.mark.parametrize("a,b,angle", [(15.0, 15.0, 0.0), (20.0, 8.0, np.pi / 6), (6.0, 3.0, 1.0)])
+def test_alternate_ellipses_cover_their_area(a, b, angle):
+    from lib.core.synthetic_alt import supersampled_ellipse
+
+    inside = supersampled_ellipse((100, 100), 50.3, 49.6, a, b, angle)
+    assert inside[50, 50] and not inside[0, 0]
+    assert abs(inside.sum() / (np.pi * a * b) - 1) < 0.05
+
+
+@pytest.mark.parametrize("y0,x0,y1,x1,thickness",
+                         [(10.5, 10, 10.5, 90, 4.0), (5, 5, 80, 60, 3.0), (50, 50, 50, 50, 5.0)])
+def test_alternate_lines_are_capsules(y0, x0, y1, x1, thickness):
+    from lib.core.synthetic_alt import capsule
+
+    inside = capsule((100, 100), y0, x0, y1, x1, thickness)
+    length = np.hypot(y1 - y0, x1 - x0)
+    expected = length * thickness + np.pi * (thickness / 2) ** 2  # a rectangle and two half discs
+    assert abs(inside.sum() / expected - 1) < 0.15
+    assert inside[int(y0), int(x0)] and inside[int(y1), int(x1)]
+
+
+def test_the_alternate_generator_is_its_own_and_reached_through_parameters(tmp_path):
+    """``data.generator: alternate`` writes the second set: deterministic, all three classes, and unlike the default
+    set drawn from the same random stream."""
+    from lib.core.synthetic_alt import alternate_pair
+
+    p = replace(DEFAULT, "data", generator="alternate", n_training=3, n_test=1)
+    train, _ = generate_dataset(p, tmp_path, progress=False)
+    kinds = set()
+    for i in range(3):
+        image, mask = alternate_pair(image_rng(p.data.seed, "training", i), p.data)
+        assert np.array_equal(np.asarray(Image.open(train / "images" / f"i{i}.png")), image)
+        assert np.array_equal(np.asarray(Image.open(train / "masks" / f"i{i}.png")), mask)
+        assert image.dtype == np.uint8 and image.shape == (400, 200)
+        kinds |= set(np.unique(mask).tolist())
+        default_image, _ = synthetic_pair(image_rng(p.data.seed, "training", i), DEFAULT.data)
+        assert not np.array_equal(image, default_image)
+    assert kinds == {0, 1, 2}

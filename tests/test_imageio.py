@@ -12,8 +12,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from lib.errors import UserError
-from lib.imageio import encode_image, image_suffix, read_header, read_image, read_mask, save_image
+from lib.core.errors import UserError
+from lib.core.imageio import encode_image, image_suffix, read_header, read_image, read_mask, save_image
 
 RNG = np.random.default_rng(0)
 
@@ -188,21 +188,21 @@ def test_unsupported_images_are_refused_naming_the_file(tmp_path, case):
 
 def test_an_image_that_cannot_fit_in_memory_is_refused(tmp_path, monkeypatch):
     """Pillow's decompression-bomb limit is lifted; the available memory takes its place."""
-    import lib.imageio
+    import lib.core.imageio
 
     _pillow(tmp_path / "big.png", _values("uint16", (300, 200)))
     assert read_image(tmp_path / "big.png").shape == (300, 200)  # 60,000 pixels: Pillow would accept it anyway
-    monkeypatch.setattr(lib.imageio, "available_memory", lambda: 100_000)
+    monkeypatch.setattr(lib.core.imageio, "available_memory", lambda: 100_000)
     with pytest.raises(UserError, match=r"big.png: a 200x300 image needs 0.0 GiB of memory decoded, 0.0 GiB"):
         read_image(tmp_path / "big.png")
-    monkeypatch.setattr(lib.imageio, "available_memory", lambda: 120_000)  # 300 × 200 × 2 bytes fit
+    monkeypatch.setattr(lib.core.imageio, "available_memory", lambda: 120_000)  # 300 × 200 × 2 bytes fit
     assert read_image(tmp_path / "big.png").dtype == np.uint16
 
 
 @pytest.mark.parametrize("case", [c for c in ROUND_TRIPS if c[1].endswith((".tif", ".tiff"))] + [ROUND_TRIPS[4]],
                          ids=[c[0] for c in ROUND_TRIPS if c[1].endswith((".tif", ".tiff"))] + [ROUND_TRIPS[4][0]])
 def test_rows_read_band_by_band_equal_the_whole_image(tmp_path, case):
-    from lib.imageio import ImageRows
+    from lib.core.imageio import ImageRows
 
     _, name, write, stored, _ = case
     write(tmp_path / name, stored)
@@ -215,7 +215,7 @@ def test_rows_read_band_by_band_equal_the_whole_image(tmp_path, case):
 
 
 def test_rows_of_a_tiled_bigtiff(tmp_path):
-    from lib.imageio import ImageRows
+    from lib.core.imageio import ImageRows
 
     a = _values("uint16", (700, 530, 3))
     tifffile.imwrite(tmp_path / "t.tif", a, tile=(128, 128), photometric="minisblack", planarconfig="contig",
@@ -239,7 +239,7 @@ def test_rows_of_a_tiled_bigtiff(tmp_path):
     (70, 600, [1] * 70, 3, "float16"),  # one-row bands, fewer rows than a tile, samples per pixel
 ])
 def test_tiled_tiff_written_from_bands(tmp_path, height, width, band_rows, channels, dtype):
-    from lib.imageio import write_tiled_tiff
+    from lib.core.imageio import write_tiled_tiff
 
     shape = (height, width) if channels == 1 else (height, width, channels)
     a = (RNG.integers(0, 3, shape) if dtype == "uint8" else RNG.random(shape)).astype(dtype)
@@ -260,7 +260,7 @@ def test_tiled_tiff_written_from_bands(tmp_path, height, width, band_rows, chann
 
 
 def test_tiled_tiff_refuses_bands_that_do_not_cover_the_image(tmp_path):
-    from lib.imageio import write_tiled_tiff
+    from lib.core.imageio import write_tiled_tiff
 
     with pytest.raises(ValueError, match="covered 100 of 300 rows"):
         write_tiled_tiff(tmp_path / "out.tif", [np.zeros((100, 50), np.uint8)], 300, 50, "uint8", tile=64)

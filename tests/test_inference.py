@@ -9,8 +9,8 @@ import pytest
 import torch
 from monai.inferers import sliding_window_inference
 
-from lib.inference import gaussian_weights, sliding_window_predict, window_starts
-from lib.padding import reflect_pad
+from lib.core.inference import gaussian_weights, sliding_window_predict, window_starts
+from lib.core.padding import reflect_pad
 from model import UNet
 
 SIZES = [(20, 30), (96, 96), (130, 101), (250, 397)]  # smaller than a patch, equal, not a stride multiple, large
@@ -132,7 +132,7 @@ def one_thread():
 def _whole_image_reference(model, image, window, overlap, batch_size, blend, tta):
     """The accumulate-everything algorithm the bands must reproduce bit for bit: one C×H×W accumulator, windows in
     row order, divided once by the summed weights."""
-    from lib.inference import axis_weight_sums, window_grid
+    from lib.core.inference import axis_weight_sums, window_grid
 
     padded = reflect_pad(image, window, window)
     ph, pw = padded.shape[-2:]
@@ -179,7 +179,7 @@ def test_bands_reproduce_the_whole_image_accumulation_exactly(height, width, bat
 
 @pytest.mark.parametrize("height,overlap,batch_size", [(48, 0.5, 4), (300, 0.5, 5), (301, 0.25, 1), (500, 0.0, 64)])
 def test_bands_read_each_row_once_and_hold_a_bounded_accumulator(height, overlap, batch_size):
-    from lib.inference import sliding_window_bands, window_grid
+    from lib.core.inference import sliding_window_bands, window_grid
 
     width, window = 200, 48
     image = torch.randn(1, height, width)
@@ -237,7 +237,7 @@ def test_column_blocks_reproduce_the_whole_image_accumulation_exactly(height, wi
 def test_column_blocks_bound_memory_along_the_width(width, block_width, overlap):
     """Every read and every block is at most about ``block_width`` wide; the blocks cover each pixel once; each
     block reads its rows once, in order; only the windows straddling a block boundary run twice."""
-    from lib.inference import column_blocks, sliding_window_bands, window_grid
+    from lib.core.inference import column_blocks, sliding_window_bands, window_grid
 
     height, window = 150, 48
     image = torch.randn(1, height, width)

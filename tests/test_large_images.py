@@ -11,7 +11,7 @@ import pytest
 import tifffile
 import zarr
 
-from lib.imageio import read_image, read_mask
+from lib.core.imageio import read_image, read_mask
 from lib.segmenter import Segmenter
 from tests.conftest import random_checkpoint, run_cli
 

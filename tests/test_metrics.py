@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchmetrics.classification import MulticlassJaccardIndex
 
-from lib.metrics import confusion_matrix, iou_per_class, mean_iou
+from lib.core.metrics import confusion_matrix, iou_per_class, mean_iou
 
 
 def test_hand_computed_case_with_absent_and_spurious_classes():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from lib.normalization import as_spec, compute_normalization, image_statistics, normalize
+from lib.core.normalization import as_spec, compute_normalization, image_statistics, normalize
 
 RNG = np.random.default_rng(0)
 

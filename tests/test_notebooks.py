@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import json
 import re
 from pathlib import Path
 
@@ -118,17 +118,25 @@ def test_image_preparation(prepared, workspace):
 
 
 def test_inference(checkpoint, workspace, tmp_path):
+    """The notebook finds the newest checkpoint under training.checkpoints_dir by itself, and its numbers are
+    predict.py's on the same images and window settings."""
     params_file, data_root = workspace
-    nb = run_notebook("inference.ipynb", tmp_path, checkpoint=str(checkpoint), params_file=str(params_file),
+    nb = run_notebook("inference.ipynb", tmp_path, checkpoint=None, params_file=str(params_file),
                       data_root=str(data_root), example=1, overlap=0.25, blend="gaussian", tta=True,
                       device="cpu", precision="fp32")
     assert n_figures(nb) >= 1  # the six-panel figure
     printed = text(nb)
+    assert f"{checkpoint}: classes" in printed
     assert "segmented 2 test images" in printed
     assert "i1: mIoU" in printed
-    match = re.search(r"^mIoU\s+(\S+)\s+\(one confusion matrix over 2 images\)", printed, re.MULTILINE)
-    assert match, printed
-    miou = float(match.group(1))
-    assert math.isnan(miou) or 0.0 <= miou <= 1.0
+    result = run_cli("predict.py", "--checkpoint", str(checkpoint), "--input", str(data_root / "images_test"),
+                     "--masks", str(data_root / "images_test" / "masks"), "--output", str(tmp_path / "pred"),
+                     "--metrics", str(tmp_path / "m.json"), "--overlap", "0.25", "--blend", "gaussian", "--tta",
+                     "--device", "cpu", "--precision", "fp32", "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = json.loads((tmp_path / "m.json").read_text())
     for name in ("background", "line", "ellipse"):
-        assert re.search(rf"^{name}\s+\S+$", printed, re.MULTILINE), printed
+        value = expected["iou"][name]
+        assert re.search(rf"^{name}\s+{'nan' if value is None else f'{value:.4f}'}$", printed, re.MULTILINE), printed
+    shown = "nan" if expected["miou"] is None else f"{expected['miou']:.4f}"
+    assert re.search(rf"^mIoU\s+{shown}\s+\(one confusion matrix over 2 images\)", printed, re.MULTILINE), printed

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lib.imageio import read_image, read_mask
+from lib.core.imageio import read_image, read_mask
 from tests.conftest import REPO, assert_user_error, run_cli
 
 CLASSES = [

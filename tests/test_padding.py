@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from lib.padding import mirror_indices, reflect_pad
+from lib.core.padding import mirror_indices, reflect_pad
 
 # (height, width): a single pixel, one row, tiny, under half a window, one short side, exactly a window, larger
 SIZES = [(1, 1), (1, 5), (3, 2), (20, 30), (47, 96), (96, 96), (130, 101)]

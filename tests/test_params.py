@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from lib.errors import UserError
-from lib.params import load_params, params_from_dict, replace
+from lib.core.errors import UserError
+from lib.core.params import load_params, params_from_dict, replace
 from tests.conftest import REPO, assert_user_error, run_cli
 
 
@@ -84,3 +84,12 @@ def test_missing_keys_take_defaults_and_flags_override():
     assert q.training.learning_rate == 0.5 and q.training.batch_size == p.training.batch_size
     with pytest.raises(UserError, match="training.batch_size"):
         replace(p, "training", batch_size=0)
+
+
+def test_the_default_file_is_the_repositorys_parameters_json():
+    """Commands without --params read the repository's parameters.json, wherever the module lives."""
+    from lib.core.params import DEFAULT_PATH
+    from lib.core.provenance import REPO as PROVENANCE_ROOT
+
+    assert DEFAULT_PATH == REPO / "parameters.json" and PROVENANCE_ROOT == REPO
+    assert load_params() == load_params(REPO / "parameters.json")

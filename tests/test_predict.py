@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lib.core.params import load_params
 from lib.generate import generate_split
-from lib.params import load_params
 from tests.conftest import REPO, constant_checkpoint, run_cli
 
 PARAMS = load_params(REPO / "parameters.json")
@@ -17,7 +17,7 @@ PARAMS = load_params(REPO / "parameters.json")
 
 @pytest.fixture(scope="module")
 def test_set(tmp_path_factory):
-    from lib.params import replace
+    from lib.core.params import replace
 
     root = tmp_path_factory.mktemp("predict")
     params = replace(PARAMS, "data", height=100, width=60, line_length=[20, 60])

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from dataloader.pairs import ImagePair, find_pairs, load_pair
-from lib.errors import UserError
+from lib.core.errors import UserError
+from lib.core.imageio import read_image
+from lib.core.padding import reflect_pad
+from lib.core.params import load_params, replace
+from lib.core.patch_sampling import apply_augmentation, augmentations, sample_positions
 from lib.generate import generate_split
-from lib.imageio import read_image
-from lib.padding import reflect_pad
-from lib.params import load_params, replace
-from lib.patches import apply_augmentation, augmentations, sample_positions
 from lib.prepare import prepare_patches
 from tests.conftest import REPO, assert_user_error, run_cli
 

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from dataloader.patches import SOURCES, read_manifest
-from lib.imageio import read_image
+from lib.core.imageio import read_image
 from tests.conftest import REPO, run_cli
 
 CLASSES = [

@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-import lib.atomic as atomic
-from lib.errors import UserError
-from lib.imageio import read_image
+import lib.core.atomic as atomic
+from lib.core.errors import UserError
+from lib.core.imageio import read_image
 from model.checkpoint import load_checkpoint, save_checkpoint
 from tests.conftest import REPO, assert_user_error, file_digests, run_cli
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lib.schedule import lr_factor, make_scheduler
+from lib.core.schedule import lr_factor, make_scheduler
 
 CASES = [
     # (epochs, final, expected factor per epoch)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from lib.params import DataParams
+from lib.core.params import DataParams
 
-BACKGROUND, LINE, ELLIPSE = 0, 1, 2
+LINE, ELLIPSE = 1, 2  # class indices of the shapes; 0 is the background
 
 
 def _window(cy: float, cx: float, reach: float, shape: tuple[int, int]) -> tuple[slice, slice, np.ndarray, np.ndarray]:

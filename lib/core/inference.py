@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from lib.device import autocast
-from lib.padding import reflect_pad
+from lib.core.device import autocast
+from lib.core.padding import reflect_pad
 
 BLENDS = ("mean", "gaussian")
 

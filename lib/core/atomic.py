@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from lib.errors import UserError
+from lib.core.errors import UserError
 
 
 def _file_mode(path: Path) -> int:

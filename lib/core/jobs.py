@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lib.atomic import atomic_write_text, make_folder
-from lib.errors import UserError
+from lib.core.atomic import atomic_write_text, make_folder
+from lib.core.errors import UserError
 
 IN_PROGRESS = ".in_progress.json"
 COMPLETE = ".complete.json"

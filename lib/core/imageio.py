@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lib.atomic import atomic_path, atomic_write_bytes
-from lib.errors import UserError
+from lib.core.atomic import atomic_path, atomic_write_bytes
+from lib.core.errors import UserError
 
 IMAGE_DTYPES = ("uint8", "uint16", "int16", "float32")
 CHANNEL_AXES = ("auto", "first", "last")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from lib.distributed import DistInfo, init_distributed
-from lib.errors import UserError
+from lib.core.distributed import DistInfo, init_distributed
+from lib.core.errors import UserError
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -94,7 +94,8 @@ class Runtime:
             UserError: the device is not available, or the precision is not supported on it.
         """
         dev = select_device(device)
+        resolved = resolve_precision(precision, dev, amp)  # before joining: a refused precision leaves no group
         dist = init_distributed(dev.type)
         if dist.enabled and dev.type == "cuda":
             dev = torch.device("cuda", dist.local_rank)
-        return cls(dev, resolve_precision(precision, dev, amp), memory_format(dev), dist)
+        return cls(dev, resolved, memory_format(dev), dist)

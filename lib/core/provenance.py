@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # lib/core/provenance.py → the repository root
 
 
 def git_commit() -> str:

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lib.errors import UserError
+from lib.core.errors import UserError
 
-DEFAULT_PATH = Path(__file__).resolve().parent.parent / "parameters.json"
+DEFAULT_PATH = Path(__file__).resolve().parents[2] / "parameters.json"  # the repository root
 
 
 def _spec(default: Any, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
@@ -50,6 +50,7 @@ class DataParams:
     percentiles: tuple[float, float] = _spec((0.5, 99.5), 0.0, 100.0)
     keep_alpha: bool = _spec(False)
     channel_axis: str = _spec("auto", choices=("auto", "first", "last"))
+    generator: str = _spec("default", choices=("default", "alternate"))
     seed: int = _spec(0, 0)
     n_training: int = _spec(100, 1)
     n_test: int = _spec(10, 0)
@@ -68,7 +69,7 @@ class DataParams:
 
     @property
     def read_options(self) -> dict[str, Any]:
-        """How images of this data set are read (the keyword arguments of ``lib.imageio.read_image``)."""
+        """How images of this data set are read (the keyword arguments of ``lib.core.imageio.read_image``)."""
         return {"keep_alpha": self.keep_alpha, "channel_axis": self.channel_axis}
 
 

@@ -1,0 +1,77 @@
+"""Evaluating a segmenter on a set of images: one confusion matrix per image, the set's metrics, and their table.
+
+predict.py (files streamed band by band), the inference notebook and the README figures all report through here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from dataloader.pairs import ImagePair, load_pair
+from lib.core.metrics import confusion_matrix, iou_per_class, mean_iou
+from lib.segmenter import Segmenter
+
+
+def image_confusion(labels: torch.Tensor, mask: np.ndarray, n_classes: int) -> torch.Tensor:
+    """Confusion matrix (true class × predicted class) of a predicted label map, or a block of it, against its mask."""
+    return confusion_matrix(torch.from_numpy(mask.astype(np.int64)), labels.cpu(), n_classes)
+
+
+@dataclass
+class Segmented:
+    """One image of a set: its pair, the image and mask as read, the class probabilities (C×H×W) and labels (H×W)
+    on the CPU, and the confusion matrix."""
+
+    pair: ImagePair
+    image: np.ndarray
+    truth: np.ndarray
+    probabilities: torch.Tensor
+    labels: torch.Tensor
+    confusion: torch.Tensor
+
+
+def segment_pairs(segmenter: Segmenter, pairs: list[ImagePair]) -> Iterator[Segmented]:
+    """Segment the images of ``pairs`` one by one in memory (:meth:`Segmenter.predict`) and score each against its
+    mask. Read with the model's data options (alpha, channel axis); the caller keeps what it needs of each.
+
+    Raises:
+        UserError: an image or mask that cannot be read, or that the model cannot take.
+    """
+    n_classes = len(segmenter.class_names)
+    for pair in pairs:
+        image, truth = load_pair(pair, segmenter.class_colors, **segmenter.params.data.read_options)
+        probabilities, labels = segmenter.predict(image, str(pair.image))
+        yield Segmented(pair, image, truth, probabilities.float().cpu(), labels.cpu(),
+                        image_confusion(labels, truth, n_classes))
+
+
+def summarize(confusions: list[torch.Tensor], class_names: list[str]) -> dict:
+    """Metrics of a set of images: Keras-style mIoU and per-class IoU over one confusion matrix for all images, and
+    the published notebook's figure, the mean over images of each image's mIoU."""
+    total = torch.stack(confusions).sum(0)
+    per_image = [mean_iou(cm) for cm in confusions]
+    iou = iou_per_class(total)
+    return {"miou": mean_iou(total), "iou": {n: float(v) for n, v in zip(class_names, iou)},
+            "mean_image_miou": float(np.nanmean(per_image)) if per_image else float("nan"),
+            "n_images": len(confusions), "per_image_miou": per_image}
+
+
+def format_table(metrics: dict) -> str:
+    """Per-class IoU, mIoU over the set, and the mean of per-image mIoU, as a small text table."""
+    width = max(len(n) for n in [*metrics["iou"], "mean of per-image mIoU"]) + 2
+    lines = [f"{'class':<{width}}IoU"]
+    lines += [f"{name:<{width}}{value:.4f}" for name, value in metrics["iou"].items()]
+    lines.append(f"{'mIoU':<{width}}{metrics['miou']:.4f}   (one confusion matrix over {metrics['n_images']} images)")
+    lines.append(f"{'mean of per-image mIoU':<{width}}{metrics['mean_image_miou']:.4f}")
+    return "\n".join(lines)
+
+
+def metrics_json(metrics: dict) -> str:
+    """The metrics as JSON, NaN (a class absent everywhere) written as null."""
+    clean = json.loads(json.dumps(metrics, default=float).replace("NaN", "null"))
+    return json.dumps(clean, indent=2) + "\n"

@@ -1,0 +1,14 @@
+"""Makes the repository importable from a notebook, and says where it is.
+
+Jupyter starts a notebook's kernel in ``notebooks/``, one level below the packages (``lib/``, ``dataloader/``,
+``model/``); the first cell of every notebook imports this module (``from _repo import ROOT``).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
