@@ -1,7 +1,7 @@
 """Distance to the hardware: the achieved FLOP/s of the U-Net's training step and of whole-image inference, against
 the machine's measured matmul peak in the same run.
 
-    python -m benchmarks.hardware [--widths 8 16 64] [--batch-size 16] [--image 1000 2000] [--tiny] [--threads N]
+    python -m benchmarks.hardware [--widths 8 16 64] [--batch-size 16] [--image 480 960] [--tiny] [--threads N]
 
 Peak: the best of a few square matmuls (4096² on CPU, 8192² on a GPU) in fp32 and in bf16, timed here and now
 (2·n³ FLOP each). Work: counted by ``torch.utils.flop_counter`` (convolutions and matmuls, forward and backward), which
@@ -106,7 +106,7 @@ def parse_args(argv: list[str] | None):
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--widths", type=int, nargs="+", default=[8, 16, 64], help="U-Net base channels")
     p.add_argument("--batch-size", type=int, default=16, help="patches per training step")
-    p.add_argument("--image", type=int, nargs=2, default=[1000, 2000], metavar=("H", "W"), help="inference image")
+    p.add_argument("--image", type=int, nargs=2, default=[480, 960], metavar=("H", "W"), help="inference image")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     return p.parse_args(argv)
 

@@ -72,3 +72,33 @@ def test_auto_format_switches_to_tiff_above_the_threshold(world):
     assert [p.name for p in (world / "auto").iterdir()] == ["big.tif"]
     _predict(world, "auto_png")  # below the default 64 MP: a palette PNG, as before
     assert [p.name for p in (world / "auto_png").iterdir()] == ["big.png"]
+
+
+@pytest.mark.parametrize("bands", [[48] * 14 + [28], [7, 300, 1, 392], [700]])
+def test_chunk_rows_write_each_row_of_chunks_once(tmp_path, bands):
+    """Bands of two column blocks (each top to bottom, interleaved as blocks never are, to be strict) land in the zarr
+    array exactly, and every write covers whole rows of chunks but the last."""
+    from predict import ChunkRows
+
+    array = zarr.open_array(str(tmp_path / "a.zarr"), mode="w", shape=(700, 530), chunks=(256, 256), dtype="uint8")
+    writes = []
+
+    class Recording:
+        shape, chunks = array.shape, array.chunks
+
+        def __setitem__(self, index, value):
+            writes.append((index[1].start, index[0].start, index[0].stop))
+            array[index] = value
+
+    expected = np.random.default_rng(0).integers(0, 3, (700, 530)).astype(np.uint8)
+    rows = ChunkRows(Recording())
+    tops = np.cumsum([0] + bands)
+    for top, bottom in zip(tops[:-1], tops[1:]):
+        for left, right in ((0, 300), (300, 530)):
+            rows.write(int(top), left, expected[top:bottom, left:right])
+    rows.close()
+    assert np.array_equal(array[:], expected)
+    for left in (0, 300):  # per block: chunk-aligned row ranges, in order, covering every row once
+        spans = [(a, b) for x, a, b in writes if x == left]
+        assert spans[0][0] == 0 and spans[-1][1] == 700 and all(b == a for (_, b), (a, _) in zip(spans, spans[1:]))
+        assert all(a % 256 == 0 and (b % 256 == 0 or b == 700) for a, b in spans)

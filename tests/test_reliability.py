@@ -17,7 +17,8 @@ from PIL import Image
 
 import lib.core.atomic as atomic
 from lib.core.errors import UserError
-from lib.core.imageio import read_image
+from lib.core.imageio import read_image, read_mask
+from lib.core.params import load_params
 from model.checkpoint import load_checkpoint, save_checkpoint
 from tests.conftest import REPO, assert_user_error, file_digests, run_cli
 
@@ -145,17 +146,20 @@ def test_killed_generation_and_preparation_leave_whole_files_and_rerun_finishes(
     assert file_digests(out) == file_digests(clean)  # byte-identical to an uninterrupted run
 
 
-def test_killed_prediction_leaves_whole_masks(reference, tmp_path):
+@pytest.mark.parametrize("fmt,suffix", [("png", ".png"), ("tiff", ".tif")])
+def test_killed_prediction_leaves_whole_masks(reference, tmp_path, fmt, suffix):
+    """Killed while the second mask is written (palette PNG, or the tiled TIFF written tile row by tile row): the
+    first mask is whole, no part of the second is visible, and a rerun finishes."""
     _, data, _ = reference
     ckpt = data / "checkpoints" / "kill-reference" / "best.pth"
     args = ["predict.py", "--checkpoint", str(ckpt), "--input", str(data / "images_test" / "images"),
-            "--output", str(tmp_path / "o"), "--quiet"]
+            "--output", str(tmp_path / "o"), "--quiet", "--format", fmt]
     assert _faulty("partial:2", *args).returncode == -9
     visible = [p for p in (tmp_path / "o").iterdir() if not p.name.startswith(".")]
-    assert [p.name for p in visible] == ["i0.png"]
-    Image.open(visible[0]).load()
+    assert [p.name for p in visible] == [f"i0{suffix}"]
+    assert read_mask(visible[0], load_params().class_colors).shape == (120, 72)  # decodes whole
     assert run_cli(*args).returncode == 0
-    assert sorted(p.name for p in (tmp_path / "o").glob("*.png")) == ["i0.png", "i1.png"]
+    assert sorted(p.name for p in (tmp_path / "o").glob(f"*{suffix}")) == [f"i0{suffix}", f"i1{suffix}"]
 
 
 class _RunsCode:
