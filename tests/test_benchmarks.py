@@ -137,7 +137,8 @@ def test_hardware_tiny(tmp_path: Path):
 
     assert hardware.main(["--tiny", "--threads", "1", "--out-dir", str(tmp_path)]) == 0
     result = read_result(tmp_path, "hardware")
-    assert result["peak_flops"]["fp32"] > 0 and result["peak_flops"]["bf16"] > 0
+    bf16 = result["peak_flops"]["bf16"]
+    assert result["peak_flops"]["fp32"] > 0 and (bf16 is None or bf16 > 0)  # None: no native bf16 on this CPU
     (r,) = result["results"]
     assert r["width"] == 4 and r["train_gflop_per_patch"] > 0 and r["inference_gflop"] > 0
     assert 0 < r["train_fraction"] and 0 < r["inference_fraction"]
