@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     widths, shape = ([4], (200, 300)) if args.tiny else (args.widths, tuple(args.image))
     n = 512 if args.tiny else (8192 if device.type == "cuda" else 4096)
     print_header(f"distance to the hardware on {device.type} ({rt.precision} for the U-Net)")
-    # a CPU without native bf16 emulates it, many times slower than fp32: no bf16 peak to speak of there
+    # a CPU without native bf16 converts in software: its bf16 "peak" would measure that, not the hardware (and a
+    # full run with it passed 10 minutes on such a CPU)
     native_bf16 = device.type == "cuda" or cpu_has_bf16()
     peaks = {"fp32": matmul_peak(device, torch.float32, n, repeats),
              "bf16": matmul_peak(device, torch.bfloat16, n, repeats) if native_bf16 else None}
