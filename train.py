@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import shutil
 import signal
 import sys
 import time
@@ -32,11 +34,17 @@ from lib.core.errors import UserError, cli_main
 from lib.core.losses import make_loss
 from lib.core.metrics import iou_per_class, mean_iou
 from lib.core.normalization import as_spec, compute_normalization
-from lib.core.params import Params, load_params, params_from_dict, replace
+from lib.core.params import COMPILE_MODES, Params, load_params, params_from_dict, replace
 from lib.core.provenance import git_commit, versions
 from lib.core.schedule import make_scheduler
 from lib.training import batches, evaluate, forward_loss, new_run_name, optimizer_step, predict_labels
-from model.checkpoint import build_checkpoint, check_compatible, check_resumable, load_checkpoint, save_checkpoint
+from model.checkpoint import (
+    CheckpointWriter,
+    build_checkpoint,
+    check_compatible,
+    check_resumable,
+    load_checkpoint,
+)
 from model.unet_model import UNet
 
 EXIT_INTERRUPTED, EXIT_NONFINITE = 130, 3
@@ -54,6 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="training.device")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="training.precision")
     p.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bf16 where supported, else fp16)")
+    p.add_argument("--compile", choices=COMPILE_MODES,
+                   help="torch.compile mode of the training steps (training.compile)")
     p.add_argument("--val-fraction", type=float, help="fraction of source images held out (training.val_fraction)")
     p.add_argument("--base-channels", type=int, help="U-Net width (model.base_channels)")
     p.add_argument("--bilinear", action=argparse.BooleanOptionalAction, default=None, help="model.bilinear")
@@ -69,7 +79,7 @@ def resolve_params(args: argparse.Namespace, resumed: dict | None) -> Params:
     params = params_from_dict(resumed["params"]) if resumed else load_params(args.params)
     params = replace(params, "training", epochs=args.epochs, learning_rate=args.learning_rate,
                      batch_size=args.batch_size, folder=args.folder, seed=args.seed, device=args.device,
-                     precision=args.precision, val_fraction=args.val_fraction, loss=args.loss)
+                     precision=args.precision, val_fraction=args.val_fraction, loss=args.loss, compile=args.compile)
     return replace(params, "model", base_channels=args.base_channels, bilinear=args.bilinear)
 
 
@@ -125,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     params = resolve_params(args, resumed)
     t = params.training
     rt = Runtime.start(t.device, t.precision, args.amp)
-    writer = None
+    writer, checkpoints = None, CheckpointWriter()
     try:
         if rt.device.type == "cpu":
             retain_freed_memory()
@@ -136,9 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         # ---- data, model, optimiser: every check happens before anything is written ----
         data = load_data(params, resumed, args, rt)
         net, model = build_model(params, data.patches.n_channels, resumed, args, rt)
+        step_model = compiled(model, t.compile, rt)
         loss_fn = make_loss(t.loss, t.class_weights, rt.device)
-        optimizer = torch.optim.SGD(net.parameters(), lr=t.learning_rate, momentum=t.momentum,
-                                    weight_decay=t.weight_decay)
+        optimizer = make_optimizer(net, params, rt)
         scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.precision == "fp16")
         progress = restore(resumed, optimizer, scaler, args.load) if resumed else Progress()
         if progress.epoch >= t.epochs:
@@ -154,12 +164,13 @@ def main(argv: list[str] | None = None) -> int:
         if rt.dist.is_main:
             writer = open_outputs(ckpt_dir, run_dir, params, rt)
 
-        def save(*names: str) -> None:
+        def save(name: str, *links: str) -> None:
+            """``name`` written in the background (the next save or the end of the run waits for it), ``links``
+            made the same file."""
             if rt.dist.is_main:
                 state = build_checkpoint(net, params, data.normalization,
                                          training_entries(progress, optimizer, scaler, run, data, params, rt))
-                for name in names:
-                    save_checkpoint(ckpt_dir / name, state)
+                checkpoints.save(state, ckpt_dir / name, [ckpt_dir / link for link in links])
 
         # ---- the loop ----
         stop = StopRequest()  # before the first line, so a Ctrl-C from here on is handled
@@ -175,9 +186,11 @@ def main(argv: list[str] | None = None) -> int:
         model.train()
         for epoch in range(progress.epoch, t.epochs):
             sampler.set_epoch(epoch)
-            steps = list(batches(data.train_idx[torch.tensor(list(sampler), dtype=torch.long)], t.batch_size))
+            # the epoch's order on the device: a batch's indices copied from the host each step would block on it
+            order = data.train_idx[torch.tensor(list(sampler), dtype=torch.long)].to(rt.device)
+            steps = list(batches(order, t.batch_size))
             lr, tic = optimizer.param_groups[0]["lr"], time.perf_counter()
-            outcome = train_epoch(model, loss_fn, optimizer, scaler, data, steps, progress, rt, stop, writer,
+            outcome = train_epoch(step_model, loss_fn, optimizer, scaler, data, steps, progress, rt, stop, writer,
                                   f"epoch {epoch + 1}/{t.epochs}")
             if outcome == "stopped":
                 save("interrupted.pth")
@@ -201,9 +214,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"done: checkpoints in {ckpt_dir}, TensorBoard events in {run_dir}")
         return 0
     finally:
-        if writer:
-            writer.close()
-        cleanup(rt.dist)
+        try:
+            checkpoints.wait()  # the last checkpoint is on disk before the run ends, however it ends
+        finally:
+            if writer:
+                writer.close()
+            cleanup(rt.dist)
 
 
 def load_data(params: Params, resumed: dict | None, args: argparse.Namespace, rt: Runtime) -> TrainingData:
@@ -252,9 +268,34 @@ def build_model(params: Params, n_channels: int, resumed: dict | None, args: arg
     return net, DistributedDataParallel(net, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
 
 
+def make_optimizer(net: torch.nn.Module, params: Params, rt: Runtime) -> torch.optim.SGD:
+    """SGD with momentum and weight decay (the published optimiser); on CUDA its fused kernel, which updates all
+    parameters in a few launches instead of a few per parameter."""
+    t = params.training
+    return torch.optim.SGD(net.parameters(), lr=t.learning_rate, momentum=t.momentum, weight_decay=t.weight_decay,
+                           fused=rt.device.type == "cuda")
+
+
+def compiled(model: torch.nn.Module, mode: str, rt: Runtime) -> torch.nn.Module:
+    """The module the training steps run: ``model`` itself, or ``torch.compile(model, mode=mode)``. Evaluation keeps
+    the eager module (other batch sizes and eval-mode batch norm would each compile anew).
+
+    Raises:
+        UserError: compiling on CPU without a C++ compiler (inductor builds its CPU kernels with one).
+    """
+    if mode == "off":
+        return model
+    if rt.device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++", "clang++")):
+        raise UserError(f"--compile {mode}: torch.compile on CPU needs a C++ compiler (g++ or clang++); none found")
+    return torch.compile(model, mode=None if mode == "default" else mode)
+
+
 def restore(resumed: dict, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, path: str) -> Progress:
     """Optimiser, gradient scaler and random state of a resumed run, and where it stood."""
+    fused = [group["fused"] for group in optimizer.param_groups]
     optimizer.load_state_dict(resumed["optimizer_state"])
+    for group, flag in zip(optimizer.param_groups, fused):  # the saved flag is that of the device it was saved on
+        group["fused"] = flag
     scaler.load_state_dict(resumed["scaler_state"])
     torch.set_rng_state(resumed["rng"]["torch"])
     loss_sum, loss_count = resumed["epoch_loss"]
@@ -285,36 +326,64 @@ def open_outputs(ckpt_dir: Path, run_dir: Path, params: Params, rt: Runtime):
     return writer
 
 
+def readout_interval(device: torch.device) -> int:
+    """Steps between reads of the loss on the host. A read waits for the device to finish the queued work; on a GPU
+    that leaves it idle while the next step is launched, so the losses of 32 steps are read at once. On CPU the loss
+    is computed by then anyway: every step."""
+    return 32 if device.type == "cuda" else 1
+
+
 def train_epoch(model: torch.nn.Module, loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer,
                 scaler: torch.amp.GradScaler, data: TrainingData, steps: list[torch.Tensor], progress: Progress,
                 rt: Runtime, stop: StopRequest, writer, desc: str) -> str:
-    """The steps of one epoch from ``progress.step`` on, updating ``progress`` after each.
+    """The steps of one epoch from ``progress.step`` on. Every :func:`readout_interval` steps, and at the end, the
+    losses are read (:func:`read_losses`): ``progress`` is updated, the losses logged, and a stop request or a
+    non-finite loss acted on.
 
     Returns:
         ``"done"``, ``"stopped"`` (Ctrl-C on any process, at a step boundary) or ``"non-finite"`` (a NaN or infinite
-        loss on any process; the step is not taken).
+        loss on any process; on a GPU up to 31 later updates have run in memory, and none of them is ever saved).
     """
     bar = tqdm(total=len(steps), initial=progress.step, desc=desc, disable=not rt.dist.is_main, leave=False,
                unit="step", file=sys.stdout)
+    every, pending = readout_interval(rt.device), []
     try:
         for step in range(progress.step, len(steps)):
-            if broadcast_flag(stop.requested, rt.dist, rt.device):
-                return "stopped"
             _, _, loss = forward_loss(model, loss_fn, data.images, data.masks, steps[step], data.normalization, rt,
                                       data.image_stats)
-            if broadcast_flag(not bool(torch.isfinite(loss)), rt.dist, rt.device):
-                return "non-finite"
             optimizer_step(loss, optimizer, scaler)
-            loss_value = loss.item()
-            progress.step, progress.loss_sum, progress.loss_count = step + 1, progress.loss_sum + loss_value, \
-                progress.loss_count + 1
-            if writer:
-                writer.add_scalar("train/loss_iter", loss_value, progress.epoch * len(steps) + step)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.4f}")
+            pending.append(loss.detach())
+            if len(pending) == every or step + 1 == len(steps):
+                outcome = read_losses(pending, progress, len(steps), rt, stop, writer, bar)
+                pending = []
+                if outcome != "running":
+                    return outcome
     finally:
         bar.close()
     return "done"
+
+
+def read_losses(pending: list[torch.Tensor], progress: Progress, steps_per_epoch: int, rt: Runtime,
+                stop: StopRequest, writer, bar) -> str:
+    """Read the losses of the steps since the last read (one host sync), add them to ``progress`` up to the first
+    non-finite one, log them per step, and consult every process on a non-finite loss and on a stop request.
+
+    Returns:
+        ``"running"``, ``"non-finite"`` (``progress.step`` is then the step of the first non-finite loss) or
+        ``"stopped"``.
+    """
+    values = torch.stack(pending).tolist() if len(pending) > 1 else [pending[0].item()]
+    bad = next((k for k, v in enumerate(values) if not math.isfinite(v)), None)
+    for value in values[:bad]:
+        if writer:
+            writer.add_scalar("train/loss_iter", value, progress.epoch * steps_per_epoch + progress.step)
+        progress.step, progress.loss_sum, progress.loss_count = progress.step + 1, progress.loss_sum + value, \
+            progress.loss_count + 1
+    bar.update(len(values[:bad]))
+    if broadcast_flag(bad is not None, rt.dist, rt.device):
+        return "non-finite"
+    bar.set_postfix(loss=f"{values[-1]:.4f}")
+    return "stopped" if broadcast_flag(stop.requested, rt.dist, rt.device) else "running"
 
 
 def end_epoch(model: torch.nn.Module, loss_fn: torch.nn.Module, data: TrainingData, params: Params,
@@ -387,12 +456,12 @@ def log_epoch(writer, record: dict, data: TrainingData, figure_idx: torch.Tensor
         for name, value in record["val_iou"].items():
             writer.add_scalar(f"val/iou_{name}", value, e)
     if len(figure_idx):
-        from lib.core.visualize import show_validation
+        from lib.core.visualize import validation_panel
 
         labels = predict_labels(model, data.images, figure_idx, data.normalization, rt, data.image_stats)
         images = data.patches.images[figure_idx].permute(0, 2, 3, 1).squeeze(-1).numpy()
-        writer.add_figure("val/examples", show_validation(images, data.patches.masks[figure_idx].numpy(),
-                                                           labels.numpy(), params.class_colors), e)
+        panel = validation_panel(images, data.patches.masks[figure_idx].numpy(), labels.numpy(), params.class_colors)
+        writer.add_image("val/examples", panel, e, dataformats="HWC")  # columns: image, ground truth, prediction
     writer.flush()
 
 

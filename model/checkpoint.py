@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import pickle
+import shutil
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lib.core.atomic import atomic_write_bytes
+from lib.core.atomic import atomic_path, atomic_write_bytes
 from lib.core.errors import UserError
 from lib.core.normalization import as_spec
 from lib.core.params import Params
@@ -61,6 +66,93 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def link_checkpoint(source: str | Path, path: str | Path) -> None:
+    """Make ``path`` the same checkpoint as ``source`` without serialising it again: a hard link under a temporary
+    name, renamed into place (a copy, written atomically, where the filesystem has no hard links). ``source`` was
+    synced when written, and checkpoints are only ever replaced by a rename, never rewritten, so ``path`` keeps its
+    content when ``source`` is replaced later.
+
+    Raises:
+        UserError: the folder is not writable or the disk is full; the previous file at ``path`` is left intact.
+    """
+    source, path = Path(source), Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.link.tmp")
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        os.link(source, tmp)
+    except OSError:
+        with atomic_path(path) as copy:
+            shutil.copyfile(source, copy)
+        return
+    try:
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise UserError(f"{path}: cannot write ({err.strerror or err})") from None
+
+
+def _host_copy(value: Any) -> Any:
+    """``value`` with every tensor copied to host memory, and its lists and dicts copied: a snapshot that training
+    can go on changing under."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _host_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_host_copy(v) for v in value)
+    return value
+
+
+class CheckpointWriter:
+    """Writes checkpoints in a background thread, one at a time, so that training goes on while a large state is
+    serialised and synced to disk (the published width-64 model with its momentum is 250 MB, about a second a write
+    on a CPU of this project's machines, a sixth of a GPU epoch).
+
+    :meth:`save` takes a snapshot of the state first, so the state may change as soon as it returns. A failed write
+    is raised by the next :meth:`save` or :meth:`wait`.
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def save(self, state: dict[str, Any], path: str | Path, links: Sequence[str | Path] = ()) -> None:
+        """Write ``state`` to ``path`` (:func:`save_checkpoint`), then make each of ``links`` the same file
+        (:func:`link_checkpoint`), in the background.
+
+        Raises:
+            UserError: the previous write failed.
+        """
+        self.wait()
+        snapshot = _host_copy(state)
+        self._thread = threading.Thread(target=self._write, args=(snapshot, Path(path), [Path(p) for p in links]),
+                                        name="checkpoint-writer")
+        self._thread.start()
+
+    def _write(self, state: dict[str, Any], path: Path, links: list[Path]) -> None:
+        try:
+            save_checkpoint(path, state)
+            for link in links:
+                link_checkpoint(path, link)
+        except BaseException as err:  # raised in the training thread by the next save or wait
+            self._error = err
+
+    def wait(self) -> None:
+        """Block until the write in progress (if any) is on disk.
+
+        Raises:
+            UserError: it failed (the previous files are intact).
+        """
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

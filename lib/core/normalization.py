@@ -16,6 +16,7 @@ Three modes (``data.normalization``), each per channel:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -159,6 +160,13 @@ def as_spec(normalization: dict) -> dict:
             "std": list(normalization["std"]), "low": None, "high": None}
 
 
+@functools.lru_cache(maxsize=64)
+def _channel_constants(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """Per-channel constants as a 1×C×1×1 float32 tensor on ``device``, made once: a tensor built from Python numbers
+    on a GPU is a blocking copy, which would stall every training step. (Never modified in place.)"""
+    return torch.tensor(values, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+
+
 def normalize(images: torch.Tensor, normalization: dict, image_stats: torch.Tensor | None = None) -> torch.Tensor:
     """The one normalisation rule: N×C×H×W images in their stored dtype → float32 network inputs.
 
@@ -172,17 +180,17 @@ def normalize(images: torch.Tensor, normalization: dict, image_stats: torch.Tens
     """
     spec = as_spec(normalization)
     x = images.float()
-    kw = {"dtype": torch.float32, "device": images.device}
+    device = images.device
     if spec["mode"] == "percentile":
-        x = torch.clamp(x, torch.tensor(spec["low"], **kw).view(1, -1, 1, 1),
-                        torch.tensor(spec["high"], **kw).view(1, -1, 1, 1))
+        x = torch.clamp(x, _channel_constants(tuple(spec["low"]), device),
+                        _channel_constants(tuple(spec["high"]), device))
     x = x / spec["scale"]
     if spec["mode"] == "image":
         if image_stats is None:
             raise ValueError("normalization mode 'image' needs the statistics of each image (image_stats)")
-        stats = image_stats.to(**kw) / spec["scale"]
+        stats = image_stats.to(dtype=torch.float32, device=device) / spec["scale"]
         mean, std = stats[:, 0, :, None, None], stats[:, 1, :, None, None]
     else:
-        mean = torch.tensor(spec["mean"], **kw).view(1, -1, 1, 1)
-        std = torch.tensor(spec["std"], **kw).view(1, -1, 1, 1)
+        mean = _channel_constants(tuple(spec["mean"]), device)
+        std = _channel_constants(tuple(spec["std"]), device)
     return (x - mean) / std

@@ -98,6 +98,10 @@ class ModelParams:
     bilinear: bool = _spec(False)
 
 
+# torch.compile of the training forward and backward: "off", or one of torch.compile's modes
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 @dataclass(frozen=True)
 class TrainingParams:
     """Optimisation, validation split, precision and output folders."""
@@ -115,6 +119,7 @@ class TrainingParams:
     seed: int = _spec(0, 0)
     device: str = _spec("auto", choices=("auto", "cpu", "cuda", "mps"))
     precision: str = _spec("auto", choices=("auto", "fp32", "bf16", "fp16"))
+    compile: str = _spec("off", choices=COMPILE_MODES)
     figure_patches: int = _spec(4, 0, 64)
     checkpoints_dir: str = _spec("checkpoints")
     runs_dir: str = _spec("runs")

@@ -109,17 +109,32 @@ def show_variants(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], lab
     return fig
 
 
-def show_validation(images: np.ndarray, truths: np.ndarray, preds: np.ndarray,
-                    colors: Sequence[tuple[int, int, int]], channels: Sequence[int] | None = None) -> plt.Figure:
-    """Rows of (image, ground truth, prediction) for a few validation patches (used in TensorBoard)."""
-    n = len(images)
-    fig, axes = plt.subplots(n, 3, figsize=(6, 2 * n), squeeze=False)
-    for i in range(n):
-        _show(axes[i, 0], images[i], "image" if i == 0 else None, channels)
-        _show(axes[i, 1], colorize(truths[i], colors), "ground truth" if i == 0 else None)
-        _show(axes[i, 2], colorize(preds[i], colors), "prediction" if i == 0 else None)
-    fig.tight_layout()
-    return fig
+def validation_panel(images: np.ndarray, truths: np.ndarray, preds: np.ndarray,
+                     colors: Sequence[tuple[int, int, int]], channels: Sequence[int] | None = None,
+                     gap: int = 2) -> np.ndarray:
+    """Rows of (image | ground truth | prediction) for a few validation patches, as one H×W×3 uint8 picture with
+    white gaps, for TensorBoard. Drawn with NumPy alone: a matplotlib figure took about 0.4 s an epoch, a sixth of an
+    epoch of the published run on a GPU.
+
+    Args:
+        images: N patches as stored (N×P×P or N×P×P×C, any dtype; shown by :func:`display_image`).
+        truths, preds: N×P×P class indices.
+        colors: RGB colour of each class.
+        channels: which channels to show of images with more than three.
+        gap: white pixels between panels and rows.
+
+    Returns:
+        The (N·P + (N−1)·gap) × (3·P + 2·gap) × 3 picture.
+    """
+    rows = []
+    for image, truth, pred in zip(images, truths, preds):
+        shown = display_image(image, channels)
+        shown = np.repeat(shown[..., None], 3, axis=2) if shown.ndim == 2 else shown
+        panels = [shown, colorize(truth, colors), colorize(pred, colors)]
+        white = np.full((shown.shape[0], gap, 3), 255, np.uint8)
+        rows.append(np.concatenate([panels[0], white, panels[1], white, panels[2]], axis=1))
+    white = np.full((gap, rows[0].shape[1], 3), 255, np.uint8)
+    return np.concatenate([part for row in rows for part in (row, white)][:-1], axis=0)
 
 
 def show_prediction(image: np.ndarray, truth: np.ndarray | None, probabilities: np.ndarray,

@@ -1,0 +1,176 @@
+"""The pieces of train.py's loop that keep a GPU busy: losses read in blocks, the background checkpoint writer with
+best.pth as a link, the torch.compile switch, and the TensorBoard panel drawn without matplotlib."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import train
+from lib.core.device import Runtime
+from lib.core.errors import UserError
+from lib.core.visualize import colorize, validation_panel
+from model.checkpoint import CheckpointWriter, link_checkpoint, save_checkpoint
+
+
+def _run(monkeypatch, params_file: Path, data: Path, name: str, interval: int, *extra: str) -> int:
+    monkeypatch.setattr(train, "readout_interval", lambda device: interval)
+    return train.main(["--params", str(params_file), "-f", str(data / "patches_s48"), "-e", "2", "-b", "4",
+                       "--precision", "fp32", "--name", name, *extra])
+
+
+def _loss_curve(data: Path, name: str) -> list[tuple[int, float]]:
+    acc = EventAccumulator(str(data / "runs" / name), size_guidance={"scalars": 0}).Reload()
+    return [(s.step, s.value) for s in acc.Scalars("train/loss_iter")]
+
+
+@pytest.mark.parametrize("interval", [4, 32])
+def test_reading_losses_in_blocks_changes_nothing(tiny_patches, monkeypatch, interval):
+    """The same weights, history and per-step loss curve whether the losses are read every step (CPU) or in blocks
+    (GPU), also with blocks that do not divide the epoch's steps and blocks longer than an epoch."""
+    params_file, data = tiny_patches
+    assert _run(monkeypatch, params_file, data, f"every1_{interval}", 1) == 0
+    assert _run(monkeypatch, params_file, data, f"every{interval}", interval) == 0
+    one = torch.load(data / "checkpoints" / f"every1_{interval}" / "last.pth", weights_only=True)
+    block = torch.load(data / "checkpoints" / f"every{interval}" / "last.pth", weights_only=True)
+    assert all(torch.equal(one["model_state"][k], block["model_state"][k]) for k in one["model_state"])
+    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in one["history"]]
+    assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in block["history"]]
+    curve = _loss_curve(data, f"every{interval}")
+    assert curve == _loss_curve(data, f"every1_{interval}")
+    steps_per_epoch = len(curve) // 2
+    assert steps_per_epoch % 4 and steps_per_epoch < 32  # the cases: blocks that end mid-epoch, one epoch long
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.scalars: list[tuple[str, float, int]] = []
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self.scalars.append((tag, value, step))
+
+
+class _Bar:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def update(self, n: int) -> None:
+        self.n += n
+
+    def set_postfix(self, **kwargs) -> None:
+        pass
+
+
+class _Stop:
+    def __init__(self, requested: bool) -> None:
+        self.requested = requested
+
+
+@pytest.mark.parametrize("values, stop, outcome, counted", [
+    ([0.5, 0.25, 1.0], False, "running", 3),
+    ([0.5, 0.25, 1.0], True, "stopped", 3),
+    ([0.5, math.nan, 1.0], False, "non-finite", 1),
+    ([math.inf], False, "non-finite", 0),
+    ([0.5, 0.25, -math.inf], True, "non-finite", 2),
+])
+def test_read_losses_counts_up_to_the_first_non_finite_loss(values, stop, outcome, counted):
+    progress = train.Progress(epoch=2, step=10, loss_sum=1.0, loss_count=10)
+    writer, bar = _Recorder(), _Bar()
+    result = train.read_losses([torch.tensor(v) for v in values], progress, 40, Runtime(torch.device("cpu")),
+                               _Stop(stop), writer, bar)
+    assert result == outcome
+    assert (progress.step, progress.loss_count, bar.n) == (10 + counted, 10 + counted, counted)
+    assert progress.loss_sum == pytest.approx(1.0 + sum(values[:counted]))
+    # the step of the first non-finite loss is where progress stands; each finite loss is logged at its own step
+    assert writer.scalars == [("train/loss_iter", v, 2 * 40 + 10 + k) for k, v in enumerate(values[:counted])]
+
+
+@pytest.mark.parametrize("mode, expected", [("default", None), ("reduce-overhead", "reduce-overhead"),
+                                            ("max-autotune-no-cudagraphs", "max-autotune-no-cudagraphs")])
+def test_compile_mode_reaches_torch_compile(tiny_patches, monkeypatch, mode, expected):
+    params_file, data = tiny_patches
+    calls = []
+
+    def fake_compile(model, mode=None):
+        calls.append((type(model).__name__, mode))
+        return model
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    assert _run(monkeypatch, params_file, data, f"compiled_{mode}", 1, "--compile", mode) == 0
+    assert calls == [("UNet", expected)]
+    state = torch.load(data / "checkpoints" / f"compiled_{mode}" / "last.pth", weights_only=True)
+    assert state["params"]["training"]["compile"] == mode
+
+
+def test_compile_without_a_cpp_compiler_is_refused(tiny_patches, monkeypatch, capsys):
+    params_file, data = tiny_patches
+    monkeypatch.setattr(train.shutil, "which", lambda name: None)
+    with pytest.raises(SystemExit) as stop:
+        _run(monkeypatch, params_file, data, "no_compiler", 1, "--compile", "default")
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--compile default" in err[0] and "C++ compiler" in err[0]
+    assert not (data / "checkpoints" / "no_compiler").exists()
+
+
+def test_background_writer_saves_a_snapshot_and_links_best(tmp_path):
+    state = {"model_state": {"w": torch.arange(4.0)}, "history": [{"epoch": 1}]}
+    writer = CheckpointWriter()
+    writer.save(state, tmp_path / "last.pth", [tmp_path / "best.pth"])
+    state["model_state"]["w"] += 100  # training goes on at once: the file holds the state at the call
+    state["history"].append({"epoch": 2})
+    writer.wait()
+    for name in ("last.pth", "best.pth"):
+        saved = torch.load(tmp_path / name, weights_only=True)
+        assert torch.equal(saved["model_state"]["w"], torch.arange(4.0)) and saved["history"] == [{"epoch": 1}]
+    first = (tmp_path / "best.pth").read_bytes()
+    writer.save(state, tmp_path / "last.pth")  # a later epoch that is not the best: best.pth keeps its content
+    writer.wait()
+    assert (tmp_path / "best.pth").read_bytes() == first != (tmp_path / "last.pth").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pth", "last.pth"]  # no temporary file left
+
+
+def test_link_falls_back_to_a_copy(tmp_path, monkeypatch):
+    save_checkpoint(tmp_path / "last.pth", {"w": torch.ones(3)})
+
+    def no_links(src, dst):
+        raise OSError("hard links not supported")
+
+    monkeypatch.setattr(os, "link", no_links)
+    link_checkpoint(tmp_path / "last.pth", tmp_path / "best.pth")
+    assert (tmp_path / "best.pth").read_bytes() == (tmp_path / "last.pth").read_bytes()
+    assert os.stat(tmp_path / "best.pth").st_ino != os.stat(tmp_path / "last.pth").st_ino
+
+
+def test_a_failed_background_write_is_raised_by_the_next_call(tmp_path):
+    writer = CheckpointWriter()
+    writer.save({"w": torch.ones(2)}, tmp_path / "missing" / "last.pth")
+    with pytest.raises(UserError, match="missing/last.pth: cannot write"):
+        writer.wait()
+    writer.wait()  # raised once
+
+
+@pytest.mark.parametrize("images, channels", [
+    (np.random.default_rng(0).integers(0, 256, (2, 8, 8)).astype(np.uint8), None),
+    (np.random.default_rng(1).integers(0, 4096, (3, 8, 8, 4)).astype(np.uint16), [3, 1, 0]),
+])
+def test_validation_panel_lays_out_image_truth_and_prediction(images, channels):
+    n, colors = len(images), [(0, 0, 0), (230, 40, 40), (120, 250, 80)]
+    truths = np.random.default_rng(2).integers(0, 3, (n, 8, 8))
+    preds = np.random.default_rng(3).integers(0, 3, (n, 8, 8))
+    panel = validation_panel(images, truths, preds, colors, channels)
+    assert panel.shape == (8 * n + 2 * (n - 1), 3 * 8 + 4, 3) and panel.dtype == np.uint8
+    for i in range(n):
+        row = panel[i * 10:i * 10 + 8]
+        assert np.array_equal(row[:, 10:18], colorize(truths[i], colors))
+        assert np.array_equal(row[:, 20:28], colorize(preds[i], colors))
+        assert (row[:, 8:10] == 255).all() and (row[:, 18:20] == 255).all()
+        if images.dtype == np.uint8:  # 8-bit gray shown as stored, in all three channels
+            assert all(np.array_equal(row[:, :8, c], images[i]) for c in range(3))
+    assert (panel[8:10] == 255).all()
