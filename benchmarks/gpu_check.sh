@@ -36,7 +36,9 @@ train_run() {  # $1: compile mode, $2: time limit in seconds
     timeout "$2" $PY train.py -e "$EPOCHS" -l 0.01 -b 16 -f patches_s96 --amp --compile "$1" --name published \
         2>"$OUT/train_stderr.txt" | grep -v "^$" | log
     local rc=${PIPESTATUS[0]}
-    echo "train.py --compile $1: exit $rc, wall $($PY -c "print(round($(date +%s.%N) - $t0, 1))") s for $EPOCHS epochs" | log
+    local wall; wall=$($PY -c "print(round($(date +%s.%N) - $t0, 1))")
+    echo "$wall" > "$OUT/train_wall.txt"
+    echo "train.py --compile $1: exit $rc, wall $wall s for $EPOCHS epochs" | log
     return "$rc"
 }
 train_run "$MODE" 330
@@ -49,6 +51,16 @@ fi
 $PY predict.py --checkpoint checkpoints/published/best.pth --input data/images_test/images \
     --masks data/images_test/masks --output "$OUT/pred" --metrics "$OUT/test_metrics.json" 2>&1 | tail -8 | log
 rm -rf "$OUT/pred"
+$PY - "$OUT" "$EPOCHS" <<'PY' 2>&1 | log
+import json, sys
+from pathlib import Path
+out, epochs = Path(sys.argv[1]), int(sys.argv[2])
+wall, m = float((out / "train_wall.txt").read_text()), json.loads((out / "test_metrics.json").read_text())
+line = m["iou"]["line"]
+ok = lambda good: "met" if good else "MISSED"
+print(f"published run: {epochs} epochs in {wall:.1f} s (target <= 300 s for 100: {ok(epochs == 100 and wall <= 300)}), "
+      f"test mIoU {m['miou']:.4f} (>= 0.99: {ok(m['miou'] >= 0.99)}), line {line:.4f} (>= 0.97: {ok(line >= 0.97)})")
+PY
 
 timeout $((585 - SECONDS)) $PY -m benchmarks.hardware --device cuda --widths 8 16 64 --image 1920 3840 --out-dir "$OUT" 2>&1 \
     | grep -v Warning | log

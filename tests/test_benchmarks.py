@@ -6,6 +6,7 @@ They run with one torch thread: on a shared machine two threads can be many time
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,16 @@ def test_hardware_tiny(tmp_path: Path):
     assert r["width"] == 4 and r["train_gflop_per_patch"] > 0 and r["inference_gflop"] > 0
     assert 0 < r["train_fraction"] and 0 < r["inference_fraction"]
     assert r["train_tflops"] * 1e12 == pytest.approx(r["train_fraction"] * result["peak_used"], rel=1e-9)
+
+
+def test_gpu_step_tiny_on_cpu(tmp_path: Path):
+    """The step benchmark's variants run train.py's own step: from the same weights and batches, the old loop and the
+    new one (losses read in blocks, the optimiser of train.py) reach the same loss on CPU."""
+    from benchmarks import gpu_step
+
+    assert gpu_step.main(["--tiny", "--device", "cpu", "--variants", "sync", "fused", "--out-dir", str(tmp_path)]) == 0
+    result = read_result(tmp_path, "gpu_step")
+    sync, fused = result["results"]
+    assert (sync["variant"], fused["variant"]) == ("sync", "fused")
+    assert sync["last_loss"] == fused["last_loss"] and math.isfinite(sync["last_loss"])
+    assert all(r["ms_per_step"] > 0 and r["published_s"] > 0 for r in result["results"])
