@@ -17,6 +17,7 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from lib.core.metrics import iou_per_class, mean_iou
 from lib.core.normalization import as_spec, compute_normalization
 from lib.core.params import COMPILE_MODES, Params, load_params, params_from_dict, replace
 from lib.core.provenance import git_commit, versions
-from lib.core.schedule import make_scheduler
+from lib.core.schedule import SCHEDULES, schedule_factor, set_rate
 from lib.training import batches, evaluate, forward_loss, new_run_name, optimizer_step, predict_labels
 from model.checkpoint import (
     CheckpointWriter,
@@ -64,6 +65,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bf16 where supported, else fp16)")
     p.add_argument("--compile", choices=COMPILE_MODES,
                    help="torch.compile mode of the training steps (training.compile)")
+    p.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule (training.schedule)")
+    p.add_argument("--warmup-fraction", type=float, help="share of the steps that warm up, cosine schedule "
+                   "(training.warmup_fraction)")
     p.add_argument("--val-fraction", type=float, help="fraction of source images held out (training.val_fraction)")
     p.add_argument("--base-channels", type=int, help="U-Net width (model.base_channels)")
     p.add_argument("--bilinear", action=argparse.BooleanOptionalAction, default=None, help="model.bilinear")
@@ -79,7 +83,8 @@ def resolve_params(args: argparse.Namespace, resumed: dict | None) -> Params:
     params = params_from_dict(resumed["params"]) if resumed else load_params(args.params)
     params = replace(params, "training", epochs=args.epochs, learning_rate=args.learning_rate,
                      batch_size=args.batch_size, folder=args.folder, seed=args.seed, device=args.device,
-                     precision=args.precision, val_fraction=args.val_fraction, loss=args.loss, compile=args.compile)
+                     precision=args.precision, val_fraction=args.val_fraction, loss=args.loss, compile=args.compile,
+                     schedule=args.schedule, warmup_fraction=args.warmup_fraction)
     return replace(params, "model", base_channels=args.base_channels, bilinear=args.bilinear)
 
 
@@ -154,8 +159,6 @@ def main(argv: list[str] | None = None) -> int:
         if progress.epoch >= t.epochs:
             raise UserError(f"{args.load}: the run already finished its {t.epochs} epochs (pass -e with more to "
                             "extend)")
-        # the rate is a function of the epoch alone: a resumed run follows its (possibly overridden) epochs and rate
-        scheduler = make_scheduler(optimizer, t.epochs, t.lr_final_factor, t.learning_rate, progress.epoch)
 
         # ---- outputs (rank 0 only) ----
         ckpt_root, runs_root = Path(t.checkpoints_dir), Path(t.runs_dir)
@@ -189,9 +192,15 @@ def main(argv: list[str] | None = None) -> int:
             # the epoch's order on the device: a batch's indices copied from the host each step would block on it
             order = data.train_idx[torch.tensor(list(sampler), dtype=torch.long)].to(rt.device)
             steps = list(batches(order, t.batch_size))
-            lr, tic = optimizer.param_groups[0]["lr"], time.perf_counter()
-            outcome = train_epoch(step_model, loss_fn, optimizer, scaler, data, steps, progress, rt, stop, writer,
-                                  f"epoch {epoch + 1}/{t.epochs}")
+
+            def rate(step: int, epoch: int = epoch, n: int = len(steps)) -> float:
+                # a function of where the run stands alone: a resumed run follows its (possibly overridden) schedule
+                return t.learning_rate * schedule_factor(t.schedule, epoch, step, n, t.epochs, t.lr_final_factor,
+                                                         t.warmup_fraction)
+
+            lr, tic = rate(0), time.perf_counter()
+            outcome = train_epoch(step_model, loss_fn, optimizer, scaler, data, steps, rate, progress, rt, stop,
+                                  writer, f"epoch {epoch + 1}/{t.epochs}")
             if outcome == "stopped":
                 save("interrupted.pth")
                 return interrupted(ckpt_dir, progress, rt)
@@ -200,7 +209,6 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"error: non-finite loss at epoch {epoch + 1}, step {progress.step + 1}; stopped. The last "
                           f"good checkpoint is {ckpt_dir / 'last.pth'} (try a lower learning rate)", file=sys.stderr)
                 return EXIT_NONFINITE
-            scheduler.step()
             record, improved = end_epoch(model, loss_fn, data, params, progress, rt, lr, time.perf_counter() - tic)
             if rt.dist.is_main:
                 log_epoch(writer, record, data, figure_idx, model, params, rt)
@@ -334,11 +342,12 @@ def readout_interval(device: torch.device) -> int:
 
 
 def train_epoch(model: torch.nn.Module, loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                scaler: torch.amp.GradScaler, data: TrainingData, steps: list[torch.Tensor], progress: Progress,
-                rt: Runtime, stop: StopRequest, writer, desc: str) -> str:
-    """The steps of one epoch from ``progress.step`` on. Every :func:`readout_interval` steps, and at the end, the
-    losses are read (:func:`read_losses`): ``progress`` is updated, the losses logged, and a stop request or a
-    non-finite loss acted on.
+                scaler: torch.amp.GradScaler, data: TrainingData, steps: list[torch.Tensor],
+                rate: Callable[[int], float], progress: Progress, rt: Runtime, stop: StopRequest, writer,
+                desc: str) -> str:
+    """The steps of one epoch from ``progress.step`` on, step ``k`` at the learning rate ``rate(k)``. Every
+    :func:`readout_interval` steps, and at the end, the losses are read (:func:`read_losses`): ``progress`` is
+    updated, the losses logged, and a stop request or a non-finite loss acted on.
 
     Returns:
         ``"done"``, ``"stopped"`` (Ctrl-C on any process, at a step boundary) or ``"non-finite"`` (a NaN or infinite
@@ -349,6 +358,7 @@ def train_epoch(model: torch.nn.Module, loss_fn: torch.nn.Module, optimizer: tor
     every, pending = readout_interval(rt.device), []
     try:
         for step in range(progress.step, len(steps)):
+            set_rate(optimizer, rate(step))
             _, _, loss = forward_loss(model, loss_fn, data.images, data.masks, steps[step], data.normalization, rt,
                                       data.image_stats)
             optimizer_step(loss, optimizer, scaler)

@@ -1,7 +1,8 @@
 """Time to accuracy of the CPU demo: wall time of each ``make demo`` stage and the test mIoU reached.
 
     python -m benchmarks.time_to_accuracy [--skip-setup] [--epochs 8] [--lr 0.05] [--width 8] [--batch-size 16]
-        [--generator default|alternate]
+        [--generator default|alternate] [--schedule published|cosine] [--warmup F] [--loss ce|dice_ce]
+        [--per-image N]
 
 Stages, each a fresh process as ``make demo`` runs them, all output in a temporary folder (nothing of the repository's
 data/, checkpoints/ or runs/ is touched):
@@ -9,10 +10,12 @@ data/, checkpoints/ or runs/ is touched):
 * setup: ``python -m venv`` and ``pip install -r requirements.txt`` into a new virtual environment (about 1.5 min;
   ``--skip-setup`` leaves it out; the later stages run with this interpreter either way);
 * generate: ``python -m lib.generate``; prepare: ``python -m lib.prepare``;
-* train: ``python train.py -e E -l LR -b B --base-channels W`` on the patches;
+* train: ``python train.py -e E -l LR -b B --base-channels W --schedule S --warmup-fraction F --loss L`` on the
+  patches;
 * evaluate: ``python predict.py`` on the test images with their masks, giving the test mIoU.
 
-Target: test mIoU ≥ 0.98 within 10 minutes (the stages run, setup included when it runs). Not part of run_all.
+Targets: test mIoU ≥ 0.98 within 150 s on our set (``--skip-setup``), and within ``make demo``'s 10 minutes on the
+second set (``--generator alternate``); the stages that ran count, set-up included when it runs. Not part of run_all.
 """
 
 from __future__ import annotations
@@ -29,16 +32,19 @@ from pathlib import Path
 from benchmarks.common import REPO, base_parser, format_table, print_header, verdict, write_json
 from lib.core.params import load_params
 
-TARGET_MIOU, TARGET_SECONDS = 0.98, 600.0
+TARGET_MIOU = 0.98
+# seconds of the stages that ran (set-up only when it ran): our set in 150 s, the second set within make demo's 10 min
+TARGET_SECONDS = {"default": 150.0, "alternate": 600.0}
 TINY_DATA = {"height": 120, "width": 72, "line_length": [20, 72], "n_training": 4, "n_test": 2}
 TINY_PATCHES = {"size": 48, "per_image": 3}
 
 
-def write_params(work: Path, tiny: bool, generator: str = "default") -> Path:
-    """parameters.json with the data root, checkpoints and runs inside ``work``, the synthetic ``generator``, and
-    tiny sizes when asked."""
+def write_params(work: Path, tiny: bool, generator: str = "default", patches: dict | None = None) -> Path:
+    """parameters.json with the data root, checkpoints and runs inside ``work``, the synthetic ``generator``, the
+    ``patches`` settings given, and tiny sizes when asked."""
     raw = json.loads((REPO / "parameters.json").read_text())
     raw["data"].update(root=str(work / "data"), generator=generator)
+    raw["patches"].update(patches or {})
     raw["training"].update(checkpoints_dir=str(work / "checkpoints"), runs_dir=str(work / "runs"))
     if tiny:
         raw["data"].update(TINY_DATA)
@@ -61,7 +67,8 @@ def stage_commands(args, work: Path, params: Path) -> dict[str, list[list[str]]]
                      "--out", str(patches)]],
         "train": [[py, "train.py", "-e", str(args.epochs), "-l", str(args.lr), "-b", str(args.batch_size),
                    "--base-channels", str(args.width), "-f", str(patches.resolve()), "--name", args.name,
-                   "--params", str(params)]],
+                   "--params", str(params), "--schedule", args.schedule, "--warmup-fraction", str(args.warmup),
+                   "--loss", args.loss]],
         "evaluate": [[py, "predict.py", "--checkpoint", str(ckpt_dir / "best.pth"), "--input",
                       str(data / "images_test" / "images"), "--masks", str(data / "images_test" / "masks"),
                       "--output", str(work / "predictions"), "--metrics", str(work / "metrics.json"), "--quiet"]],
@@ -100,6 +107,10 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--name", default="tta", help="run name (inside the temporary folder)")
     p.add_argument("--generator", choices=["default", "alternate"], default="default",
                    help="synthetic data set: ours, or the second one drawn by independent code (data.generator)")
+    p.add_argument("--schedule", choices=["published", "cosine"], default="published", help="training.schedule")
+    p.add_argument("--warmup", type=float, default=0.0, help="training.warmup_fraction (cosine schedule)")
+    p.add_argument("--loss", choices=["ce", "dice_ce"], default="ce", help="training.loss")
+    p.add_argument("--per-image", type=int, default=None, help="patches.per_image (default: parameters.json's)")
     p.add_argument("--workdir", type=Path, default=None, help="keep everything in this (new) folder")
     args = p.parse_args(argv)
     if args.tiny:
@@ -108,7 +119,8 @@ def parse_args(argv: list[str] | None):
 
 
 def run(args, work: Path) -> dict:
-    params = write_params(work, args.tiny, args.generator)
+    patches = {"per_image": args.per_image} if args.per_image else {}
+    params = write_params(work, args.tiny, args.generator, patches)
     seconds = {}
     for name, commands in stage_commands(args, work, params).items():
         seconds[name] = run_stage(name, commands, work / f"{name}.log", args.threads)
@@ -131,16 +143,17 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
-    met = result["test_miou"] >= TARGET_MIOU and result["total_s"] <= TARGET_SECONDS
+    target_s = TARGET_SECONDS[args.generator]
+    met = result["test_miou"] >= TARGET_MIOU and result["total_s"] <= target_s
     rows = [[name, s] for name, s in result["seconds"].items()] + [["total", result["total_s"]]]
     print(format_table(["stage", "seconds"], rows))
     print(f"test mIoU {result['test_miou']:.4f} (target ≥{TARGET_MIOU}: "
           f"{verdict(result['test_miou'], TARGET_MIOU)}); total {result['total_s']:.0f} s "
-          f"(target ≤{TARGET_SECONDS:.0f} s: {verdict(result['total_s'], TARGET_SECONDS, False)}); "
+          f"(target ≤{target_s:.0f} s on the {args.generator} set: {verdict(result['total_s'], target_s, False)}); "
           f"{'met' if met else 'MISSED'}")
     settings = {k: v for k, v in vars(args).items() if k not in ("out_dir", "workdir")}
     path = write_json("time_to_accuracy", {"settings": settings, **result, "target_miou": TARGET_MIOU,
-                                           "target_seconds": TARGET_SECONDS, "met": met}, args.out_dir)
+                                           "target_seconds": target_s, "met": met}, args.out_dir)
     print(f"wrote {path}")
     return 0
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
+import math
 
-from lib.core.schedule import lr_factor, make_scheduler
+import pytest
+
+from lib.core.schedule import cosine_factor, lr_factor, schedule_factor
 
 CASES = [
     # (epochs, final, expected factor per epoch)
@@ -32,36 +33,44 @@ def test_boundaries_for_many_epoch_counts(epochs):
         assert factors[-1] == pytest.approx(0.01)
 
 
-def test_scheduler_sets_the_optimizer_rate_each_epoch():
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    sched = make_scheduler(opt, 4, 0.0)
-    rates = []
-    for _ in range(4):
-        rates.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    assert rates == pytest.approx([0.1, 0.1, 0.05, 0.0])
+def test_published_schedule_is_per_epoch():
+    """``schedule_factor('published', ...)`` is :func:`lr_factor` for every step of an epoch."""
+    for epoch in range(5):
+        assert {schedule_factor("published", epoch, k, 7, 5, 0.1) for k in range(7)} == {lr_factor(epoch, 5, 0.1)}
 
 
-@pytest.mark.parametrize("start", [1, 2, 3, 5])
-def test_a_scheduler_started_at_an_epoch_continues_the_uninterrupted_one(start):
-    """Resuming needs no scheduler state: a schedule started at ``start`` (from an optimiser whose rate is stale,
-    as after loading its state) gives the rates of the uninterrupted one, also with a new base rate."""
-    def rates(opt, sched, n):
-        out = []
-        for _ in range(n):
-            out.append(opt.param_groups[0]["lr"])
-            opt.step()
-            sched.step()
-        return out
+COSINE = [
+    # (total, warm-up steps, final, expected factor per step)
+    (4, 0, 0.0, [1.0, (1 + math.cos(math.pi / 4)) / 2, 0.5, (1 + math.cos(3 * math.pi / 4)) / 2]),
+    (4, 2, 0.0, [0.5, 1.0, 1.0, 0.5]),
+    (3, 0, 0.1, [1.0, 0.1 + 0.9 * 0.75, 0.1 + 0.9 * 0.25]),
+    (1, 0, 0.1, [1.0]),
+]
 
-    whole = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.2)
-    expected = rates(whole, make_scheduler(whole, 6, 0.1), 6)
-    stale = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.0123)
-    assert rates(stale, make_scheduler(stale, 6, 0.1, 0.2, start), 6 - start) == pytest.approx(expected[start:])
-    doubled = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.0123)
-    got = rates(doubled, make_scheduler(doubled, 6, 0.1, 0.4, start), 6 - start)
-    assert got == pytest.approx([2 * r for r in expected[start:]])
+
+@pytest.mark.parametrize("total,warmup,final,expected", COSINE)
+def test_cosine_factors(total, warmup, final, expected):
+    assert [cosine_factor(k, total, warmup, final) for k in range(total)] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("epochs,steps,fraction", [(1, 10, 0.0), (2, 450, 0.05), (3, 7, 0.3), (12, 450, 0.02)])
+def test_cosine_schedule_warms_up_then_falls_to_the_final_factor(epochs, steps, fraction):
+    factors = [schedule_factor("cosine", e, k, steps, epochs, 0.01, fraction) for e in range(epochs)
+               for k in range(steps)]
+    warmup = round(fraction * epochs * steps)
+    assert factors[:warmup] == pytest.approx([(k + 1) / warmup for k in range(warmup)])
+    after = factors[warmup:]
+    assert after[0] == 1.0 and all(a > b for a, b in zip(after, after[1:]))
+    assert 0.01 < after[-1] < 0.01 + 0.99 * 0.5 * (1 - math.cos(math.pi / len(after))) + 1e-12
+
+
+def test_bad_schedule_or_position_raises():
+    with pytest.raises(ValueError):
+        schedule_factor("step", 0, 0, 10, 2, 0.1)
+    with pytest.raises(ValueError):
+        cosine_factor(4, 4, 0, 0.1)
+    with pytest.raises(ValueError):
+        cosine_factor(0, 4, 4, 0.1)
 
 
 def test_bad_epoch_raises():

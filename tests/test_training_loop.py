@@ -174,3 +174,20 @@ def test_validation_panel_lays_out_image_truth_and_prediction(images, channels):
         if images.dtype == np.uint8:  # 8-bit gray shown as stored, in all three channels
             assert all(np.array_equal(row[:, :8, c], images[i]) for c in range(3))
     assert (panel[8:10] == 255).all()
+
+
+def test_cosine_schedule_sets_each_step_rate(tiny_patches, monkeypatch):
+    """With ``--schedule cosine`` the rate changes step by step; the epoch records give each epoch's first rate."""
+    from lib.core.schedule import schedule_factor
+
+    params_file, data = tiny_patches
+    rates = []
+    real = train.set_rate
+    monkeypatch.setattr(train, "set_rate", lambda optimizer, rate: (rates.append(rate), real(optimizer, rate)))
+    assert _run(monkeypatch, params_file, data, "cosine", 1, "--schedule", "cosine", "--warmup-fraction", "0.25",
+                "-l", "0.08") == 0
+    steps = len(rates) // 2
+    assert rates == [0.08 * schedule_factor("cosine", e, k, steps, 2, 0.01, 0.25) for e in range(2)
+                     for k in range(steps)]
+    history = torch.load(data / "checkpoints" / "cosine" / "last.pth", weights_only=True)["history"]
+    assert [h["lr"] for h in history] == [rates[0], rates[steps]]

@@ -98,6 +98,7 @@ class ModelParams:
     bilinear: bool = _spec(False)
 
 
+SCHEDULES = ("published", "cosine")  # lib.core.schedule's (it imports torch, which this module does not)
 # torch.compile of the training forward and backward: "off", or one of torch.compile's modes
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -113,6 +114,8 @@ class TrainingParams:
     momentum: float = _spec(0.9, 0.0, 1.0)
     weight_decay: float = _spec(1e-4, 0.0)
     lr_final_factor: float = _spec(0.01, 0.0, 1.0)
+    schedule: str = _spec("published", choices=SCHEDULES)
+    warmup_fraction: float = _spec(0.0, 0.0, 0.5)
     val_fraction: float = _spec(0.1, 0.0, 0.9)
     loss: str = _spec("ce", choices=("ce", "dice_ce"))
     class_weights: list[float] | None = _spec(None, 0.0)

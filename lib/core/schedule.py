@@ -1,10 +1,14 @@
-"""The learning-rate schedule: constant for the first half of the epochs, then a linear decrease."""
+"""Learning-rate schedules. ``published``: constant for the first half of the epochs, then a linear decrease, epoch by
+epoch (the original project's). ``cosine``: a linear warm-up, then a half cosine down to the final factor, step by
+step (for short runs, where an epoch is a large part of the training)."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+
+from lib.core.params import SCHEDULES
 
 
 def lr_factor(epoch: int, epochs: int, final_factor: float) -> float:
@@ -26,15 +30,49 @@ def lr_factor(epoch: int, epochs: int, final_factor: float) -> float:
     return 1.0 - (1.0 - final_factor) * (epoch - half + 1) / (epochs - half)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, epochs: int, final_factor: float,
-                   base_lr: float | None = None, start_epoch: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-epoch LambdaLR following :func:`lr_factor` (call ``step()`` after each epoch).
 
-    The rate is a function of the epoch alone, so a resumed run needs no scheduler state: ``start_epoch`` starts the
-    schedule there (the optimiser's rate is set to that epoch's), with ``base_lr`` as the base rate of every group
-    (default: the groups' current rates).
+
+def cosine_factor(step: int, total: int, warmup: int, final_factor: float) -> float:
+    """Multiplier of the base rate at ``step`` (0-based) of ``total``: ``(step + 1) / warmup`` during the first
+    ``warmup`` steps, then ``final + (1 - final)(1 + cos(π t)) / 2`` with ``t`` going from 0 at the end of the
+    warm-up to ``(total - warmup - 1) / (total - warmup)`` at the last step.
+
+    Raises:
+        ValueError: ``step`` outside ``0..total-1`` or ``warmup`` outside ``0..total-1``.
     """
+    if not 0 <= step < total or not 0 <= warmup < total:
+        raise ValueError(f"step {step} / warm-up {warmup} outside 0..{total - 1}")
+    if step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / (total - warmup)
+    return final_factor + (1.0 - final_factor) * (1.0 + math.cos(math.pi * t)) / 2
+
+
+def schedule_factor(schedule: str, epoch: int, step: int, steps_per_epoch: int, epochs: int, final_factor: float,
+                    warmup_fraction: float = 0.0) -> float:
+    """Multiplier of the base rate for ``step`` of ``epoch`` (both 0-based): a function of where the run stands
+    alone, so a resumed run needs no scheduler state.
+
+    Args:
+        schedule: ``published`` (:func:`lr_factor`, per epoch) or ``cosine`` (:func:`cosine_factor`, per step).
+        epoch, step: where the run stands.
+        steps_per_epoch, epochs: the run's length.
+        final_factor: the multiplier at the end.
+        warmup_fraction: the share of all steps that warm up (``cosine`` only).
+
+    Raises:
+        ValueError: an unknown schedule, or a position outside the run.
+    """
+    if schedule == "published":
+        return lr_factor(epoch, epochs, final_factor)
+    if schedule == "cosine":
+        total = epochs * steps_per_epoch
+        warmup = min(round(warmup_fraction * total), total - 1)
+        return cosine_factor(epoch * steps_per_epoch + step, total, warmup, final_factor)
+    raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+
+
+def set_rate(optimizer: torch.optim.Optimizer, rate: float) -> None:
+    """The learning rate of every parameter group."""
     for group in optimizer.param_groups:
-        group["initial_lr"] = group["lr"] if base_lr is None else base_lr
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda e: lr_factor(min(e, epochs - 1), epochs, final_factor), last_epoch=start_epoch - 1)
+        group["lr"] = rate
