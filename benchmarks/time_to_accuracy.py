@@ -1,7 +1,7 @@
 """Time to accuracy of the CPU demo: wall time of each ``make demo`` stage and the test mIoU reached.
 
     python -m benchmarks.time_to_accuracy [--skip-setup] [--epochs 8] [--lr 0.05] [--width 8] [--batch-size 16]
-        [--generator default|alternate] [--schedule published|cosine] [--warmup F] [--loss ce|dice_ce]
+        [--generator default|alternate] [--schedule published|cosine] [--warmup-fraction F] [--loss ce|dice_ce]
         [--per-image N]
 
 Stages, each a fresh process as ``make demo`` runs them, all output in a temporary folder (nothing of the repository's
@@ -67,7 +67,7 @@ def stage_commands(args, work: Path, params: Path) -> dict[str, list[list[str]]]
                      "--out", str(patches)]],
         "train": [[py, "train.py", "-e", str(args.epochs), "-l", str(args.lr), "-b", str(args.batch_size),
                    "--base-channels", str(args.width), "-f", str(patches.resolve()), "--name", args.name,
-                   "--params", str(params), "--schedule", args.schedule, "--warmup-fraction", str(args.warmup),
+                   "--params", str(params), "--schedule", args.schedule, "--warmup-fraction", str(args.warmup_fraction),
                    "--loss", args.loss]],
         "evaluate": [[py, "predict.py", "--checkpoint", str(ckpt_dir / "best.pth"), "--input",
                       str(data / "images_test" / "images"), "--masks", str(data / "images_test" / "masks"),
@@ -108,7 +108,7 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--generator", choices=["default", "alternate"], default="default",
                    help="synthetic data set: ours, or the second one drawn by independent code (data.generator)")
     p.add_argument("--schedule", choices=["published", "cosine"], default="published", help="training.schedule")
-    p.add_argument("--warmup", type=float, default=0.0, help="training.warmup_fraction (cosine schedule)")
+    p.add_argument("--warmup-fraction", type=float, default=0.0, help="training.warmup_fraction (cosine schedule)")
     p.add_argument("--loss", choices=["ce", "dice_ce"], default="ce", help="training.loss")
     p.add_argument("--per-image", type=int, default=None, help="patches.per_image (default: parameters.json's)")
     p.add_argument("--workdir", type=Path, default=None, help="keep everything in this (new) folder")
