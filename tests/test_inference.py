@@ -339,3 +339,24 @@ def test_row_segments_split_batches_along_window_rows():
     assert _row_segments(4, 16, 5) == [(0, 4, 5), (1, 0, 5), (2, 0, 5), (3, 0, 1)]  # several rows
     assert _row_segments(5, 6, 1) == [(5, 0, 1)]  # one window per row
 
+
+def _with_nan(p: torch.Tensor) -> torch.Tensor:
+    p = p.clone()
+    p[1, 0, 0] = p[2, 0, 1] = p[0, 0, 3] = float("nan")
+    p[:, 0, 2] = float("nan")
+    return p
+
+
+@pytest.mark.parametrize("make", [
+    lambda: torch.rand(3, 40, 50),
+    lambda: torch.randint(0, 3, (3, 40, 50)).float(),  # ties: the first maximum
+    lambda: torch.rand(1, 7, 9),  # one class
+    lambda: torch.rand(8, 20, 30)[:, :, 5:25],  # more classes, a strided view
+    lambda: _with_nan(torch.rand(3, 4, 5)),  # NaN: the first NaN, as max(0)
+])
+def test_class_argmax_is_max_indices(make):
+    from lib.core.inference import class_argmax
+
+    torch.manual_seed(0)
+    p = make()
+    assert torch.equal(class_argmax(p), p.max(0).indices)

@@ -78,6 +78,26 @@ def _flip_views(tta: bool) -> list[tuple[int, ...]]:
     return [(), (-1,), (-2,), (-2, -1)] if tta else [()]
 
 
+def class_argmax(probabilities: torch.Tensor) -> torch.Tensor:
+    """The H×W int64 index of the largest of C×H×W values, the first on ties and the first NaN where there is one:
+    ``probabilities.max(0).indices``.
+
+    On CPU it counts, per pixel, the classes before the first that equals the maximum, in elementwise passes over
+    one class at a time: ``max(0)`` over a short leading class axis took about 3 times as long there (and
+    ``argmax(0)`` 30 times). Elsewhere ``max(0)`` is one kernel where the passes would be a dozen launches.
+    """
+    if probabilities.device.type != "cpu":
+        return probabilities.max(0).indices
+    best = probabilities.amax(0)
+    labels = torch.zeros(best.shape, dtype=torch.int64)
+    found = torch.zeros(best.shape, dtype=torch.bool)
+    for c in range(probabilities.shape[0] - 1):
+        found |= probabilities[c] == best
+        found |= probabilities[c].isnan()  # amax propagates NaN, which equals nothing
+        labels += ~found
+    return labels
+
+
 def _check_options(overlap: float, blend: str, window: int, batch_size: int, activation: str | None) -> None:
     if not 0 <= overlap < 1:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
@@ -91,12 +111,16 @@ def _check_options(overlap: float, blend: str, window: int, batch_size: int, act
 
 def _predict_windows(predictor: Callable[[torch.Tensor], torch.Tensor], windows: torch.Tensor, tta: bool,
                      activation: str | None, precision: str, device: torch.device) -> torch.Tensor:
-    """Class probabilities (or raw outputs) of a batch of windows, averaged over the test-time flips, float32."""
+    """Class probabilities (or raw outputs) of a batch of windows, averaged over the test-time flips, contiguous
+    float32."""
     out = None
     for dims in _flip_views(tta):
         with autocast(device, precision):
             logits = predictor(windows.flip(dims) if dims else windows)
-        logits = logits.float()
+        # contiguous whatever the model's memory format, the class axis outermost as in the accumulator: on CPU the
+        # softmax of a channels_last batch took longer than contiguous() and softmax together, and adds from it into
+        # the accumulator three times as long
+        logits = logits.float().contiguous()
         probs = logits.softmax(1) if activation == "softmax" else logits
         probs = probs.flip(dims) if dims else probs
         out = probs if out is None else out + probs
@@ -190,8 +214,7 @@ def sliding_window_bands(
             # divided out of place, as the accumulator's rows are reused
             band = sums[:, :, left - x0:right - x0] / torch.outer(row_sums[top:top + sums.shape[1]],
                                                                    col_sums[left:right])
-            # max(0).indices is argmax(0) (the first maximum on ties), and many times faster on CPU
-            yield top, left, band, band.max(0).indices
+            yield top, left, band, class_argmax(band)
 
 
 def _row_segments(start: int, end: int, columns: int) -> list[tuple[int, int, int]]:
