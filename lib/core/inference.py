@@ -85,6 +85,12 @@ def class_argmax(probabilities: torch.Tensor) -> torch.Tensor:
     On CPU it counts, per pixel, the classes before the first that equals the maximum, in elementwise passes over
     one class at a time: ``max(0)`` over a short leading class axis took about 3 times as long there (and
     ``argmax(0)`` 30 times). Elsewhere ``max(0)`` is one kernel where the passes would be a dozen launches.
+
+    Args:
+        probabilities: C×H×W values (any strides), C at least 1.
+
+    Returns:
+        The H×W int64 class indices, on the values' device.
     """
     if probabilities.device.type != "cpu":
         return probabilities.max(0).indices
