@@ -265,3 +265,98 @@ def test_column_blocks_bound_memory_along_the_width(width, block_width, overlap)
     blocks = column_blocks(width, xs, window, block_width)
     seams = len(blocks) - 1
     assert len(blocks) > 1 and sum(windows_run) <= len(ys) * (len(xs) + seams * -(-window // (xs[1] - xs[0])))
+
+
+def _positional_predictor(window: int, classes: int = 3):
+    """A predictor whose output at a pixel depends on the input there and on the pixel's place in its window (a fixed
+    random pattern), so that a window cut or added at the wrong place, or twice, changes the result."""
+    g = torch.Generator().manual_seed(window)
+    pattern, mix = torch.randn(classes, window, window, generator=g), torch.randn(classes, 1, 1, generator=g)
+    return lambda x: x[:, :1] * mix + pattern
+
+
+def _per_window_reference(predictor, image, window, overlap, blend, tta):
+    """The plain loop the row-wise cutting and overlap-add must reproduce bit for bit: every window on its own, in
+    row order, added into one whole-image accumulator, divided once by the summed weights."""
+    from lib.core.inference import axis_weight_sums, window_grid
+
+    height, width = image.shape[-2:]
+    ys, xs = window_grid(height, width, window, overlap)
+    weights = gaussian_weights(window) if blend == "gaussian" else None
+    acc = None
+    for y in ys:
+        for x in xs:
+            win = image[None, :, y:y + window, x:x + window]
+            out = None
+            for dims in [(), (-1,), (-2,), (-2, -1)] if tta else [()]:
+                probs = predictor(win.flip(dims) if dims else win).float().softmax(1)
+                probs = probs.flip(dims) if dims else probs
+                out = probs if out is None else out + probs
+            out = (out / 4 if tta else out)[0]
+            out = out * weights if weights is not None else out
+            acc = torch.zeros(out.shape[0], height, width) if acc is None else acc
+            acc[:, y:y + window, x:x + window] += out
+    acc /= torch.outer(axis_weight_sums(height, ys, window, blend), axis_weight_sums(width, xs, window, blend))
+    return acc, acc.max(0).indices
+
+
+# window 32: (height, width, overlap, batch_size, blend, tta, block_width). A row of windows is cut and added in one
+# go (one add per slice of stride columns), the window flush with the right edge apart, and a run shorter than the
+# slices window by window; batches split rows and span several.
+ROW_CASES = [
+    (70, 100, 0.3, 5, "mean", False, 8192),  # stride 22 does not divide the window: slices of 22 and 10 columns
+    (40, 150, 0.9, 7, "mean", False, 8192),  # stride 3: runs of 7 split the rows of 41, shorter than the 11 slices
+    (40, 150, 0.9, 100, "gaussian", False, 8192),  # by 11 slices; a batch spans parts of three rows
+    (36, 100, 0.95, 50, "mean", False, 8192),  # stride 2: 16 slices
+    (64, 96, 0.0, 3, "mean", False, 8192),  # overlap 0: one slice, no flush window
+    (65, 97, 0.0, 4, "gaussian", False, 8192),  # overlap 0 and flush windows overlapping their neighbours by 31
+    (50, 32, 0.5, 2, "mean", False, 8192),  # one window wide (and the rows flush at the bottom)
+    (32, 32, 0.5, 1, "mean", True, 8192),  # a single window
+    (90, 200, 0.5, 1, "mean", False, 8192),  # one window per batch
+    (60, 130, 0.75, 3, "mean", True, 8192),  # runs no longer than the 4 slices: added window by window
+    (60, 130, 0.75, 9, "gaussian", True, 8192),  # runs of up to 9: by slices, a batch ending with the flush window
+    (80, 300, 0.5, 10, "mean", False, 64),  # column blocks of two windows
+    (80, 301, 0.9, 50, "gaussian", False, 100),  # column blocks at overlap 0.9, the last one with a flush window
+]
+
+
+@pytest.mark.parametrize("height,width,overlap,batch_size,blend,tta,block_width", ROW_CASES)
+def test_row_wise_cutting_and_adding_reproduce_a_per_window_loop(height, width, overlap, batch_size, blend, tta,
+                                                                 block_width, one_thread):
+    predictor = _positional_predictor(32)
+    image = torch.randn(1, height, width, generator=torch.Generator().manual_seed(height * width))
+    expected = _per_window_reference(predictor, image, 32, overlap, blend, tta)
+    got = sliding_window_predict(predictor, image, window=32, overlap=overlap, batch_size=batch_size, blend=blend,
+                                 tta=tta, block_width=block_width)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
+def test_row_segments_split_batches_along_window_rows():
+    from lib.core.inference import _row_segments
+
+    assert _row_segments(0, 3, 5) == [(0, 0, 3)]
+    assert _row_segments(3, 9, 5) == [(0, 3, 5), (1, 0, 4)]  # the end of one row and most of the next
+    assert _row_segments(4, 16, 5) == [(0, 4, 5), (1, 0, 5), (2, 0, 5), (3, 0, 1)]  # several rows
+    assert _row_segments(5, 6, 1) == [(5, 0, 1)]  # one window per row
+
+
+def _with_nan(p: torch.Tensor) -> torch.Tensor:
+    p = p.clone()
+    p[1, 0, 0] = p[2, 0, 1] = p[0, 0, 3] = float("nan")
+    p[:, 0, 2] = float("nan")
+    return p
+
+
+@pytest.mark.parametrize("make", [
+    lambda: torch.rand(3, 40, 50),
+    lambda: torch.randint(0, 3, (3, 40, 50)).float(),  # ties: the first maximum
+    lambda: torch.rand(1, 7, 9),  # one class
+    lambda: torch.rand(8, 20, 30)[:, :, 5:25],  # more classes, a strided view
+    lambda: _with_nan(torch.rand(3, 4, 5)),  # NaN: the first NaN, as max(0)
+])
+def test_class_argmax_is_max_indices(make):
+    from lib.core.inference import class_argmax
+
+    torch.manual_seed(0)
+    p = make()
+    assert torch.equal(class_argmax(p), p.max(0).indices)

@@ -78,6 +78,32 @@ def _flip_views(tta: bool) -> list[tuple[int, ...]]:
     return [(), (-1,), (-2,), (-2, -1)] if tta else [()]
 
 
+def class_argmax(probabilities: torch.Tensor) -> torch.Tensor:
+    """The H×W int64 index of the largest of C×H×W values, the first on ties and the first NaN where there is one:
+    ``probabilities.max(0).indices``.
+
+    On CPU it counts, per pixel, the classes before the first that equals the maximum, in elementwise passes over
+    one class at a time: ``max(0)`` over a short leading class axis took about 3 times as long there (and
+    ``argmax(0)`` 30 times). Elsewhere ``max(0)`` is one kernel where the passes would be a dozen launches.
+
+    Args:
+        probabilities: C×H×W values (any strides), C at least 1.
+
+    Returns:
+        The H×W int64 class indices, on the values' device.
+    """
+    if probabilities.device.type != "cpu":
+        return probabilities.max(0).indices
+    best = probabilities.amax(0)
+    labels = torch.zeros(best.shape, dtype=torch.int64)
+    found = torch.zeros(best.shape, dtype=torch.bool)
+    for c in range(probabilities.shape[0] - 1):
+        found |= probabilities[c] == best
+        found |= probabilities[c].isnan()  # amax propagates NaN, which equals nothing
+        labels += ~found
+    return labels
+
+
 def _check_options(overlap: float, blend: str, window: int, batch_size: int, activation: str | None) -> None:
     if not 0 <= overlap < 1:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
@@ -91,12 +117,17 @@ def _check_options(overlap: float, blend: str, window: int, batch_size: int, act
 
 def _predict_windows(predictor: Callable[[torch.Tensor], torch.Tensor], windows: torch.Tensor, tta: bool,
                      activation: str | None, precision: str, device: torch.device) -> torch.Tensor:
-    """Class probabilities (or raw outputs) of a batch of windows, averaged over the test-time flips, float32."""
+    """Class probabilities (or raw outputs) of a batch of windows, averaged over the test-time flips, contiguous
+    float32."""
     out = None
     for dims in _flip_views(tta):
         with autocast(device, precision):
             logits = predictor(windows.flip(dims) if dims else windows)
-        logits = logits.float()
+        # contiguous whatever the model's memory format, the class axis outermost as in the accumulator: on CPU the
+        # softmax of a channels_last batch took longer than contiguous() and softmax together, and adds from it into
+        # the accumulator three times as long. One copy for type and layout: a channels_last bf16 batch took 6.7 ms
+        # by float().contiguous() and 0.7 ms so
+        logits = logits.to(torch.float32, memory_format=torch.contiguous_format)
         probs = logits.softmax(1) if activation == "softmax" else logits
         probs = probs.flip(dims) if dims else probs
         out = probs if out is None else out + probs
@@ -148,9 +179,9 @@ def sliding_window_bands(
     covers a band of output rows has run, the band is final: it is normalised by the summed blend weights, its argmax
     taken, and it is yielded and released. An image wider than ``block_width`` is done in column blocks
     (:func:`column_blocks`), each streamed top to bottom in turn, so that memory is bounded along both sides: the
-    input rows of the current windows and the accumulator of the rows they cover, about (window + stride) rows ×
-    ``block_width`` × classes. The result is identical to accumulating the whole image (each pixel sums the same
-    windows in the same order).
+    input rows of the current windows and the accumulator of the rows they cover, about (2 × window + stride) rows ×
+    ``block_width`` × classes (a window of spare rows lets it grow without a copy at every window row). The result
+    is identical to accumulating the whole image (each pixel sums the same windows in the same order).
 
     Args:
         predictor: maps N×C_in×P×P inputs to N×C×P×P outputs.
@@ -184,13 +215,115 @@ def sliding_window_bands(
                                 device=device)
     for left, right, block_xs in column_blocks(width, xs, window, block_width):
         x0 = block_xs[0]  # the block's input and accumulator start at its first window's column
-        for top, band in _block_bands(predict, read_region, height, ys, block_xs, window, batch_size, weights,
+        for top, sums in _block_bands(predict, read_region, height, ys, block_xs, window, batch_size, weights,
                                       memory_format, device):
-            # the summed weights are separable (see axis_weight_sums): the divisor of a band is an outer product
-            band /= torch.outer(row_sums[top:top + band.shape[1]], col_sums[x0:x0 + band.shape[2]])
-            band = band[:, :, left - x0:right - x0]
-            # max(0).indices is argmax(0) (the first maximum on ties), and many times faster on CPU
-            yield top, left, band, band.max(0).indices
+            # the summed weights are separable (see axis_weight_sums): the divisor of a band is an outer product;
+            # divided out of place, as the accumulator's rows are reused
+            band = sums[:, :, left - x0:right - x0] / torch.outer(row_sums[top:top + sums.shape[1]],
+                                                                   col_sums[left:right])
+            yield top, left, band, class_argmax(band)
+
+
+def _row_segments(start: int, end: int, columns: int) -> list[tuple[int, int, int]]:
+    """The windows ``start .. end - 1`` of a grid of ``columns`` windows a row, numbered in row order, as runs along
+    window rows: ``(row, first column, end column)`` per row, top to bottom (a batch may split a row or span several).
+    """
+    segments = []
+    while start < end:
+        row, first = divmod(start, columns)
+        stop = min(columns, first + end - start)
+        segments.append((row, first, stop))
+        start += stop - first
+    return segments
+
+
+def _row_windows(strip: torch.Tensor, first: int, end: int, grid: int, stride: int, window: int) -> list[torch.Tensor]:
+    """Views of the windows ``first .. end - 1`` of one window row, cut from the C×``window``×W ``strip`` under it.
+
+    Args:
+        strip: the input rows of the window row, over the columns of the block (``x0 .. x0 + W``).
+        first, end: the windows of the row to cut, in column order.
+        grid: how many windows lie on the stride grid (start ``k × stride``); a window after them is flush with the
+            right edge of the strip.
+        stride, window: the column stride and side of the windows.
+
+    Returns:
+        One or two n×C×``window``×``window`` views (no copy): the windows on the grid, then the flush one.
+    """
+    views = []
+    if first < grid:
+        # unfold yields exactly the grid windows: the flush one is the only start past the last multiple of stride
+        views.append(strip.unfold(2, window, stride)[:, :, first:min(end, grid)].permute(2, 0, 1, 3))
+    if end > grid:
+        views.append(strip[None, :, :, strip.shape[2] - window:])
+    return views
+
+
+def _overlap_add(acc: torch.Tensor, outs: torch.Tensor, first: int, stride: int) -> None:
+    """Add the outputs of the grid windows ``first .. first + n - 1`` of one window row to ``acc`` in place.
+
+    Window ``k`` covers the columns ``k × stride .. k × stride + window``. Cut into slices of ``stride`` columns, the
+    ``j``-th slice of every window lands on a stride-aligned block of columns ``(k + j) × stride``, so one add per
+    slice (``ceil(window / stride)`` adds) places the run instead of one add per window; a run of no more windows than
+    that is added window by window. Either way each pixel adds its windows left to right, as a loop over the windows
+    would, so the sums do not depend on how batches split a row.
+
+    Args:
+        acc: C×``window``×W' accumulator rows of the window row, W' at least ``(first + n - 1 + ceil(window /
+            stride)) × stride`` (slices of stride columns may run past the last window).
+        outs: the n×C×``window``×``window`` outputs, in column order.
+        first: the grid column of the first window.
+        stride: the column stride of the windows.
+    """
+    n, _, _, window = outs.shape
+    slices = range(0, window, stride)
+    if n <= len(slices):
+        for k in range(n):
+            left = (first + k) * stride
+            acc[:, :, left:left + window] += outs[k]
+        return
+    src = outs.permute(1, 2, 0, 3)  # C×window×n×window: the windows side by side
+    # the last slice first: the window on the left of a pixel comes before the one on its right
+    for j, offset in reversed(list(enumerate(slices))):
+        width = min(stride, window - offset)
+        blocks = acc[:, :, (first + j) * stride:(first + j + n) * stride].unflatten(2, (n, stride))
+        blocks[..., :width] += src[..., offset:offset + width]
+
+
+class _RowBuffer:
+    """Rows ``top .. bottom`` of a C×H×W image held in a buffer with spare rows below them: rows are appended at the
+    bottom and released at the top, and the held rows are copied to a new buffer only when the spare rows run out
+    (a ``torch.cat`` per append copied them every time). Rows not yet appended are zeros."""
+
+    def __init__(self, channels: int, width: int, spare: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.buffer = torch.zeros(channels, 0, width, dtype=dtype, device=device)
+        self.start = 0  # the buffer row of image row ``top``
+        self.top = self.bottom = 0
+        self.spare = spare
+
+    @property
+    def rows(self) -> torch.Tensor:
+        """The held rows, a view of the buffer."""
+        return self.buffer[:, self.start:self.start + self.bottom - self.top]
+
+    def release(self, top: int) -> None:
+        """Drop the rows above ``top`` (all of them, and move to ``top``, if it is past the bottom)."""
+        self.start += max(0, min(top, self.bottom) - self.top)
+        self.top, self.bottom = top, max(top, self.bottom)
+
+    def append(self, rows: torch.Tensor | int) -> None:
+        """Append a C×n×W tensor, or ``n`` rows of zeros, at the bottom."""
+        count = rows if isinstance(rows, int) else rows.shape[1]
+        held = self.bottom - self.top
+        if self.start + held + count > self.buffer.shape[1]:
+            channels, _, width = self.buffer.shape
+            buffer = torch.zeros(channels, held + count + self.spare, width, dtype=self.buffer.dtype,
+                                 device=self.buffer.device)
+            buffer[:, :held] = self.rows
+            self.buffer, self.start = buffer, 0
+        if not isinstance(rows, int):
+            self.buffer[:, self.start + held:self.start + held + count] = rows
+        self.bottom += count
 
 
 def _block_bands(predict: Callable[[torch.Tensor], torch.Tensor],
@@ -199,42 +332,53 @@ def _block_bands(predict: Callable[[torch.Tensor], torch.Tensor],
                  weights: torch.Tensor | None, memory_format: torch.memory_format, device: torch.device
                  ) -> Iterator[tuple[int, torch.Tensor]]:
     """The weighted sums of window outputs over the columns ``xs[0] .. xs[-1] + window``, in final bands of rows
-    ``(top, C×h×w)`` (not yet divided by the summed weights): windows in row order, each band yielded once no
-    window still to run covers it."""
-    x0, x1 = xs[0], xs[-1] + window
-    corners = [(r, y, x) for r, y in enumerate(ys) for x in xs]
-    rows_in = torch.zeros(0, device=device)  # input rows in_top .. in_top + len
-    in_top = 0
-    acc: torch.Tensor | None = None  # accumulated outputs of rows acc_top .. acc_top + len
-    acc_top = 0
-    for start in range(0, len(corners), batch_size):
-        batch = corners[start:start + batch_size]
-        first, last = batch[0][1], batch[-1][1] + window
-        got = in_top + (rows_in.shape[1] if rows_in.numel() else 0)  # input rows read so far
-        if rows_in.numel():
-            rows_in = rows_in[:, first - in_top:]  # rows above these windows are done with
-        in_top = first
-        if last > got:
-            new = read_region(max(got, first), last, x0, x1).to(device)
-            rows_in = torch.cat([rows_in, new], dim=1) if rows_in.numel() else new
-        windows = torch.stack([rows_in[:, y - in_top:y - in_top + window, x - x0:x - x0 + window]
-                               for _, y, x in batch])
+    ``(top, C×h×w)`` (not yet divided by the summed weights, a view valid until the next band is asked for): windows
+    in row order, each band yielded once no window still to run covers it.
+
+    Windows are cut and added a run of a window row at a time (:func:`_row_windows`, :func:`_overlap_add`), not one
+    by one: with a fast model the per-window Python work was the bottleneck."""
+    x0, width = xs[0], xs[-1] + window - xs[0]
+    stride = xs[1] - xs[0] if len(xs) > 1 else window
+    grid = len(xs) - (xs[-1] - x0 != (len(xs) - 1) * stride)  # all but a last window flush with the edge
+    # the slices of _overlap_add run up to ceil(window / stride) - 1 strides past the last grid window
+    acc_width = max(width, (grid - 1 + -(-window // stride)) * stride)
+    rows_in: _RowBuffer | None = None  # input rows
+    acc: _RowBuffer | None = None  # accumulated outputs
+    total = len(ys) * len(xs)
+    for start in range(0, total, batch_size):
+        segments = _row_segments(start, min(total, start + batch_size), len(xs))
+        first, last = ys[segments[0][0]], ys[segments[-1][0]] + window
+        if rows_in is None:  # the first read (of the first window row, at row 0) tells the input's channels and type
+            new = read_region(0, last, x0, x0 + width).to(device)
+            rows_in = _RowBuffer(new.shape[0], width, window, new.dtype, device)
+            rows_in.append(new)
+        rows_in.release(first)  # rows above these windows are done with
+        if last > rows_in.bottom:
+            rows_in.append(read_region(rows_in.bottom, last, x0, x0 + width).to(device))
+        held = rows_in.rows
+        windows = torch.cat([view for row, a, b in segments for view in _row_windows(
+            held[:, ys[row] - first:ys[row] - first + window], a, b, grid, stride, window)])
         out = predict(windows.contiguous(memory_format=memory_format))
         if weights is not None:
             out = out * weights
         if acc is None:
-            acc = torch.zeros(out.shape[1], 0, x1 - x0, dtype=torch.float32, device=device)
-        if last > acc_top + acc.shape[1]:
-            grow = torch.zeros(acc.shape[0], last - acc_top - acc.shape[1], acc.shape[2], dtype=torch.float32,
-                               device=device)
-            acc = torch.cat([acc, grow], dim=1)
-        for k, (_, y, x) in enumerate(batch):
-            acc[:, y - acc_top:y - acc_top + window, x - x0:x - x0 + window] += out[k]
+            acc = _RowBuffer(out.shape[1], acc_width, window, torch.float32, device)
+        if last > acc.bottom:
+            acc.append(last - acc.bottom)
+        sums, done = acc.rows, 0
+        for row, a, b in segments:
+            rows = sums[:, ys[row] - acc.top:ys[row] - acc.top + window]
+            on_grid = max(0, min(b, grid) - a)
+            if on_grid:
+                _overlap_add(rows, out[done:done + on_grid], a, stride)
+            if b > grid:  # the flush window
+                rows[:, :, width - window:width] += out[done + b - a - 1]
+            done += b - a
         following = start + batch_size
-        final = ys[corners[following][0]] if following < len(corners) else height
-        if final > acc_top:
-            yield acc_top, acc[:, :final - acc_top]
-            acc, acc_top = acc[:, final - acc_top:], final
+        final = ys[following // len(xs)] if following < total else height
+        if final > acc.top:
+            yield acc.top, sums[:, :final - acc.top, :width]
+            acc.release(final)
 
 
 @torch.inference_mode()
