@@ -47,6 +47,12 @@ def apply_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on CPU), so that a timing covers it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def cpu_model() -> str:
     """The CPU model name from /proc/cpuinfo (or the platform's answer)."""
     try:

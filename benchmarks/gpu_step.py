@@ -23,7 +23,7 @@ import time
 import torch
 
 import train
-from benchmarks.common import base_parser, format_table, print_header, write_json
+from benchmarks.common import base_parser, format_table, print_header, synchronize, write_json
 from lib.core.device import Runtime, memory_format, resolve_precision
 from lib.core.losses import make_loss
 from lib.core.normalization import compute_normalization
@@ -32,11 +32,6 @@ from lib.training import forward_loss, optimizer_step
 from model.unet_model import UNet
 
 PUBLISHED_STEPS = 100 * 450  # 100 epochs of 7200 training patches in batches of 16
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def run_variant(variant: str, rt: Runtime, width: int, batch_size: int, warmup: int, steps: int,

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import apply_threads, base_parser, format_table, print_header, write_json
+from benchmarks.common import apply_threads, base_parser, format_table, print_header, synchronize, write_json
 from lib.core.device import Runtime, autocast, cpu_has_bf16, memory_format, resolve_precision
 from lib.core.inference import sliding_window_predict, window_grid
 from lib.core.losses import make_loss
@@ -36,12 +36,10 @@ def best_seconds(fn: Callable[[], object], repeats: int, device: torch.device) -
     fn()
     times = []
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         tic = time.perf_counter()
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         times.append(time.perf_counter() - tic)
     return min(times)
 

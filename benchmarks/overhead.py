@@ -51,6 +51,7 @@ from benchmarks.common import (
     reset_peak_rss,
     rss_bytes,
     summarize,
+    synchronize,
     verdict,
     write_json,
 )
@@ -78,12 +79,6 @@ def make_model(width: int, seed: int = 0, device: torch.device = torch.device("c
 def settings(device: torch.device = torch.device("cpu")) -> tuple[torch.device, str, torch.memory_format]:
     """Device, precision and memory format as the Segmenter picks them for ``device``."""
     return device, resolve_precision("auto", device, amp=True), memory_format(device)
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work (a no-op on CPU), so that a timing covers it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def predict(model: UNet, image: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,8 +30,6 @@ def lr_factor(epoch: int, epochs: int, final_factor: float) -> float:
     return 1.0 - (1.0 - final_factor) * (epoch - half + 1) / (epochs - half)
 
 
-
-
 def cosine_factor(step: int, total: int, warmup: int, final_factor: float) -> float:
     """Multiplier of the base rate at ``step`` (0-based) of ``total``: ``(step + 1) / warmup`` during the first
     ``warmup`` steps, then ``final + (1 - final)(1 + cos(π t)) / 2`` with ``t`` going from 0 at the end of the
