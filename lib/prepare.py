@@ -20,7 +20,7 @@ from tqdm.auto import tqdm  # a widget in notebooks, the usual bar in a terminal
 
 from dataloader.pairs import ImagePair, find_pairs, load_pair
 from dataloader.patches import MANIFEST, MANIFEST_FIELDS, SOURCES, mask_file
-from lib.core.atomic import atomic_write_text
+from lib.core.atomic import atomic_write_text, deferred_sync
 from lib.core.errors import UserError, cli_main
 from lib.core.imageio import image_suffix, save_image, save_mask
 from lib.core.jobs import finish_job, start_job
@@ -66,21 +66,23 @@ def prepare_patches(src: str | Path, out: str | Path, params: Params, overwrite:
     suffix = image_suffix(first.dtype, 1 if first.ndim == 2 else first.shape[2])
     rows = []
     k = 0
-    for s, (pair, (image, mask)) in enumerate(zip(tqdm(pairs, desc="cut patches", disable=not progress,
-                                                       unit="img"), loaded)):
-        # the padding of inference (lib.core.padding), so that a small image looks the same to both
-        image, mask = reflect_pad(image, p.size, p.size, (0, 1)), reflect_pad(mask, p.size, p.size, (0, 1))
-        rng = np.random.default_rng([p.seed, s])
-        for top, left in sample_positions(rng, mask, p.size, p.per_image, p.foreground_fraction):
-            window = (slice(top, top + p.size), slice(left, left + p.size))
-            for flip, rot in variants:
-                name = f"p{k}{suffix}"
-                rows.append({"file": name, "source": pair.name, "top": top, "left": left, "flip": flip, "rot90": rot})
-                if not (resumed and (out / "masks" / mask_file(name)).is_file()):
-                    save_image(out / "images" / name, apply_augmentation(image[window], flip, rot))
-                    save_mask(out / "masks" / mask_file(name), apply_augmentation(mask[window], flip, rot),
-                              params.class_colors)
-                k += 1
+    with deferred_sync():  # one sync for the thousands of patch files, before the manifest that lists them
+        for s, (pair, (image, mask)) in enumerate(zip(tqdm(pairs, desc="cut patches", disable=not progress,
+                                                           unit="img"), loaded)):
+            # the padding of inference (lib.core.padding), so that a small image looks the same to both
+            image, mask = reflect_pad(image, p.size, p.size, (0, 1)), reflect_pad(mask, p.size, p.size, (0, 1))
+            rng = np.random.default_rng([p.seed, s])
+            for top, left in sample_positions(rng, mask, p.size, p.per_image, p.foreground_fraction):
+                window = (slice(top, top + p.size), slice(left, left + p.size))
+                for flip, rot in variants:
+                    name = f"p{k}{suffix}"
+                    rows.append({"file": name, "source": pair.name, "top": top, "left": left, "flip": flip,
+                                 "rot90": rot})
+                    if not (resumed and (out / "masks" / mask_file(name)).is_file()):
+                        save_image(out / "images" / name, apply_augmentation(image[window], flip, rot))
+                        save_mask(out / "masks" / mask_file(name), apply_augmentation(mask[window], flip, rot),
+                                  params.class_colors)
+                    k += 1
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, MANIFEST_FIELDS, lineterminator="\n")
     writer.writeheader()

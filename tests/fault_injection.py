@@ -45,17 +45,17 @@ if kind == "replace":
 
     atomic.os.replace = replace
 elif kind in ("partial", "enospc"):
-    real_fsync = atomic.os.fsync
+    real_settle = atomic._settle  # every atomic write passes here, durable or inside deferred_sync
 
-    def fsync(fd):
+    def settle(tmp):
         if _due():
             if kind == "enospc":
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            os.ftruncate(fd, os.fstat(fd).st_size // 2)
+            os.truncate(tmp, tmp.stat().st_size // 2)
             _kill()
-        return real_fsync(fd)
+        return real_settle(tmp)
 
-    atomic.os.fsync = fsync
+    atomic._settle = settle
 elif kind == "step":
     real_make_inputs = training.make_inputs
 

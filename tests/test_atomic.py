@@ -1,14 +1,17 @@
-"""Atomic writes leave files with the permissions a plain open() would: 0666 less the umask, or the replaced file's."""
+"""Atomic writes leave files with the permissions a plain open() would: 0666 less the umask, or the replaced file's;
+inside ``deferred_sync`` they skip their own fsync and one sync follows the block."""
 
 from __future__ import annotations
 
 import os
 import stat
+import threading
 from pathlib import Path
 
 import pytest
 
-from lib.core.atomic import atomic_write_bytes, atomic_write_text
+import lib.core.atomic as atomic
+from lib.core.atomic import atomic_write_bytes, atomic_write_text, deferred_sync
 
 
 @pytest.fixture
@@ -42,3 +45,42 @@ def test_a_replaced_file_keeps_its_permissions(tmp_path, umask, existing):
     path.chmod(existing)
     atomic_write_text(path, "new")
     assert path.read_text() == "new" and mode(path) == existing
+
+
+@pytest.fixture
+def syncs(monkeypatch):
+    """Counts of os.fsync and os.sync calls made through lib.core.atomic."""
+    counts = {"fsync": 0, "sync": 0}
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        counts["fsync"] += 1
+        real_fsync(fd)
+
+    monkeypatch.setattr(atomic.os, "fsync", fsync)
+    monkeypatch.setattr(atomic.os, "sync", lambda: counts.__setitem__("sync", counts["sync"] + 1))
+    return counts
+
+
+@pytest.mark.parametrize("files", [1, 5])
+def test_deferred_writes_skip_their_fsync_and_sync_once_at_the_end(tmp_path, syncs, files):
+    with deferred_sync():
+        with deferred_sync():  # nested: still one sync, at the outer end
+            for k in range(files):
+                atomic_write_text(tmp_path / f"f{k}.txt", str(k))
+        assert syncs == {"fsync": 0, "sync": 0}
+        assert sorted(p.name for p in tmp_path.iterdir()) == [f"f{k}.txt" for k in range(files)]
+    assert syncs == {"fsync": 0, "sync": 1}
+    atomic_write_text(tmp_path / "after.txt", "x")  # outside the block: durable on its own again
+    assert syncs == {"fsync": 1, "sync": 1}
+
+
+def test_deferring_is_per_thread_and_a_failed_block_does_not_sync(tmp_path, syncs):
+    with deferred_sync():
+        other = threading.Thread(target=atomic_write_text, args=(tmp_path / "other.txt", "x"))
+        other.start()
+        other.join()
+    assert syncs == {"fsync": 1, "sync": 1}
+    with pytest.raises(RuntimeError), deferred_sync():
+        raise RuntimeError("failed job")
+    assert syncs == {"fsync": 1, "sync": 1}

@@ -192,6 +192,13 @@ def test_an_image_that_cannot_fit_in_memory_is_refused(tmp_path, monkeypatch):
 
     _pillow(tmp_path / "big.png", _values("uint16", (300, 200)))
     assert read_image(tmp_path / "big.png").shape == (300, 200)  # 60,000 pixels: Pillow would accept it anyway
+
+    def unasked():
+        raise AssertionError("the available memory was read for a small image")
+
+    monkeypatch.setattr(lib.core.imageio, "available_memory", unasked)
+    assert read_image(tmp_path / "big.png").shape == (300, 200)  # under ALWAYS_FITS_BYTES: not checked
+    monkeypatch.setattr(lib.core.imageio, "ALWAYS_FITS_BYTES", 0)
     monkeypatch.setattr(lib.core.imageio, "available_memory", lambda: 100_000)
     with pytest.raises(UserError, match=r"big.png: a 200x300 image needs 0.0 GiB of memory decoded, 0.0 GiB"):
         read_image(tmp_path / "big.png")
