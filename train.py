@@ -35,7 +35,7 @@ from lib.core.errors import UserError, cli_main
 from lib.core.losses import make_loss
 from lib.core.metrics import iou_per_class, mean_iou
 from lib.core.normalization import as_spec, compute_normalization
-from lib.core.params import COMPILE_MODES, Params, load_params, params_from_dict, replace
+from lib.core.params import COMPILE_MODES, OPTIMIZERS, Params, load_params, params_from_dict, replace
 from lib.core.provenance import git_commit, versions
 from lib.core.schedule import SCHEDULES, schedule_factor, set_rate
 from lib.training import batches, evaluate, forward_loss, new_run_name, optimizer_step, predict_labels
@@ -65,6 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bf16 where supported, else fp16)")
     p.add_argument("--compile", choices=COMPILE_MODES,
                    help="torch.compile mode of the training steps (training.compile)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="sgd (the published one) or adamw (training.optimizer)")
     p.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule (training.schedule)")
     p.add_argument("--warmup-fraction", type=float, help="share of the steps that warm up, cosine schedule "
                    "(training.warmup_fraction)")
@@ -84,7 +85,7 @@ def resolve_params(args: argparse.Namespace, resumed: dict | None) -> Params:
     params = replace(params, "training", epochs=args.epochs, learning_rate=args.learning_rate,
                      batch_size=args.batch_size, folder=args.folder, seed=args.seed, device=args.device,
                      precision=args.precision, val_fraction=args.val_fraction, loss=args.loss, compile=args.compile,
-                     schedule=args.schedule, warmup_fraction=args.warmup_fraction)
+                     schedule=args.schedule, warmup_fraction=args.warmup_fraction, optimizer=args.optimizer)
     return replace(params, "model", base_channels=args.base_channels, bilinear=args.bilinear)
 
 
@@ -276,12 +277,15 @@ def build_model(params: Params, n_channels: int, resumed: dict | None, args: arg
     return net, DistributedDataParallel(net, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
 
 
-def make_optimizer(net: torch.nn.Module, params: Params, rt: Runtime) -> torch.optim.SGD:
-    """SGD with momentum and weight decay (the published optimiser); on CUDA its fused kernel, which updates all
-    parameters in a few launches instead of a few per parameter."""
-    t = params.training
+def make_optimizer(net: torch.nn.Module, params: Params, rt: Runtime) -> torch.optim.Optimizer:
+    """``sgd``: SGD with momentum and weight decay (the published optimiser); ``adamw``: AdamW with the same weight
+    decay (decoupled) and its default betas (``training.momentum`` is SGD's alone). On CUDA either runs its fused
+    kernel, which updates all parameters in a few launches instead of a few per parameter."""
+    t, fused = params.training, rt.device.type == "cuda"
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(net.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay, fused=fused)
     return torch.optim.SGD(net.parameters(), lr=t.learning_rate, momentum=t.momentum, weight_decay=t.weight_decay,
-                           fused=rt.device.type == "cuda")
+                           fused=fused)
 
 
 def compiled(model: torch.nn.Module, mode: str, rt: Runtime) -> torch.nn.Module:
@@ -299,7 +303,14 @@ def compiled(model: torch.nn.Module, mode: str, rt: Runtime) -> torch.nn.Module:
 
 
 def restore(resumed: dict, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, path: str) -> Progress:
-    """Optimiser, gradient scaler and random state of a resumed run, and where it stood."""
+    """Optimiser, gradient scaler and random state of a resumed run, and where it stood.
+
+    Raises:
+        UserError: the run was trained with another optimiser than the one asked for now.
+    """
+    saved = resumed["params"]["training"].get("optimizer", "sgd")  # checkpoints from before the option: SGD
+    if saved != ("adamw" if isinstance(optimizer, torch.optim.AdamW) else "sgd"):
+        raise UserError(f"{path}: the run was trained with the {saved} optimiser; resume it with --optimizer {saved}")
     fused = [group["fused"] for group in optimizer.param_groups]
     optimizer.load_state_dict(resumed["optimizer_state"])
     for group, flag in zip(optimizer.param_groups, fused):  # the saved flag is that of the device it was saved on

@@ -191,3 +191,31 @@ def test_cosine_schedule_sets_each_step_rate(tiny_patches, monkeypatch):
                      for k in range(steps)]
     history = torch.load(data / "checkpoints" / "cosine" / "last.pth", weights_only=True)["history"]
     assert [h["lr"] for h in history] == [rates[0], rates[steps]]
+
+
+@pytest.mark.parametrize("optimizer, kind, state_keys", [("sgd", torch.optim.SGD, {"momentum_buffer"}),
+                                                          ("adamw", torch.optim.AdamW, {"step", "exp_avg",
+                                                                                        "exp_avg_sq"})])
+def test_optimizer_option_trains_and_resumes_with_its_optimizer(tiny_patches, monkeypatch, capsys, optimizer, kind,
+                                                                 state_keys):
+    """``--optimizer`` picks the optimiser (its state is what the checkpoint carries), a resumed run extends with the
+    same one, and resuming with the other is refused in one line."""
+    params_file, data = tiny_patches
+    made = []
+    real = train.make_optimizer
+    monkeypatch.setattr(train, "make_optimizer", lambda *a: made.append(real(*a)) or made[-1])
+    name = f"opt_{optimizer}"
+    assert _run(monkeypatch, params_file, data, name, 1, "--optimizer", optimizer, "-l", "0.003") == 0
+    assert type(made[-1]) is kind and made[-1].defaults["weight_decay"] == 1e-4
+    last = data / "checkpoints" / name / "last.pth"
+    state = torch.load(last, weights_only=True)
+    assert state["params"]["training"]["optimizer"] == optimizer
+    assert set(next(iter(state["optimizer_state"]["state"].values()))) == state_keys
+    assert train.main(["--load", str(last), "-e", "3"]) == 0
+    assert type(made[-1]) is kind and torch.load(last, weights_only=True)["epoch"] == 3
+    other = "sgd" if optimizer == "adamw" else "adamw"
+    with pytest.raises(SystemExit) as stop:
+        train.main(["--load", str(last), "-e", "4", "--optimizer", other])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and err[-1] == (f"error: {last}: the run was trained with the {optimizer} optimiser; "
+                                                f"resume it with --optimizer {optimizer}")

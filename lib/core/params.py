@@ -99,6 +99,7 @@ class ModelParams:
 
 
 SCHEDULES = ("published", "cosine")  # lib.core.schedule's (it imports torch, which this module does not)
+OPTIMIZERS = ("sgd", "adamw")  # train.py's make_optimizer
 # torch.compile of the training forward and backward: "off", or one of torch.compile's modes
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -111,6 +112,7 @@ class TrainingParams:
     epochs: int = _spec(100, 1)
     learning_rate: float = _spec(0.01, 0.0, lo_open=True)
     batch_size: int = _spec(16, 1)
+    optimizer: str = _spec("sgd", choices=OPTIMIZERS)
     momentum: float = _spec(0.9, 0.0, 1.0)
     weight_decay: float = _spec(1e-4, 0.0)
     lr_final_factor: float = _spec(0.01, 0.0, 1.0)
