@@ -26,7 +26,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from dataloader.patches import SOURCES, PatchDataset, split_sources
+from dataloader.manifest import SOURCES
+from dataloader.patches import PatchDataset, split_sources
 from lib.core.allocator import retain_freed_memory
 from lib.core.atomic import make_folder
 from lib.core.device import Runtime

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -10,46 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dataloader.manifest import SOURCES, mask_file, read_manifest
 from lib.core.errors import UserError
 from lib.core.imageio import read_image, read_mask
-from lib.core.jobs import IN_PROGRESS
-
-MANIFEST = "manifest.csv"
-MANIFEST_FIELDS = ["file", "source", "top", "left", "flip", "rot90"]
-SOURCES = "sources.json"
-
-
-def mask_file(image_file: str) -> str:
-    """The mask of patch ``images/<image_file>`` is ``masks/<stem>.png`` (masks are always palette PNGs)."""
-    stem, dot, _ = image_file.rpartition(".")
-    return f"{stem if dot else image_file}.png"
-
-
-def read_manifest(folder: str | Path) -> list[dict]:
-    """The rows of ``folder/manifest.csv`` (file, source, top, left, flip, rot90).
-
-    Raises:
-        UserError: the folder is missing or empty, preparation was interrupted, or the manifest is missing or malformed.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"{folder}: patch folder not found (run python -m lib.prepare first)")
-    if (folder / IN_PROGRESS).exists():
-        raise UserError(f"{folder}: patch preparation was interrupted; rerun python -m lib.prepare to finish it")
-    path = folder / MANIFEST
-    if not path.is_file():
-        if not any(folder.iterdir()):
-            raise UserError(f"{folder}: patch folder is empty (run python -m lib.prepare first)")
-        raise UserError(f"{path}: manifest not found (expected a CSV with columns {','.join(MANIFEST_FIELDS)})")
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"file", "source"} - set(reader.fieldnames or [])
-        if missing:
-            raise UserError(f"{path}: manifest lacks column(s) {sorted(missing)}")
-        rows = list(reader)
-    if not rows:
-        raise UserError(f"{path}: manifest lists no patches")
-    return rows
 
 
 class PatchDataset:

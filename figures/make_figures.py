@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dataloader.manifest import mask_file, read_manifest
 from dataloader.pairs import find_pairs, load_pair
-from dataloader.patches import mask_file, read_manifest
 from lib.core.atomic import atomic_open
 from lib.core.errors import cli_main
 from lib.core.imageio import read_image, read_mask

@@ -18,16 +18,16 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm  # a widget in notebooks, the usual bar in a terminal
 
+from dataloader.manifest import MANIFEST, MANIFEST_FIELDS, SOURCES, mask_file
 from dataloader.pairs import ImagePair, find_pairs, load_pair
-from dataloader.patches import MANIFEST, MANIFEST_FIELDS, SOURCES, mask_file
 from lib.core.atomic import atomic_write_text, deferred_sync
 from lib.core.errors import UserError, cli_main
 from lib.core.imageio import image_suffix, save_image, save_mask
 from lib.core.jobs import finish_job, start_job
-from lib.core.normalization import image_statistics
 from lib.core.padding import reflect_pad
 from lib.core.params import Params, load_params, replace
 from lib.core.patch_sampling import apply_augmentation, augmentations, sample_positions
+from lib.core.statistics import image_statistics
 
 OWNED = ["images/*.png", "images/*.tif", "masks/*.png", MANIFEST, SOURCES]
 

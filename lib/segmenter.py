@@ -14,8 +14,9 @@ from lib.core.device import memory_format, resolve_precision, select_device
 from lib.core.errors import UserError
 from lib.core.imageio import ImageHeader, ImageRows
 from lib.core.inference import sliding_window_bands, sliding_window_predict
-from lib.core.normalization import as_spec, band_statistics, normalize
+from lib.core.normalization import as_spec, normalize
 from lib.core.params import InferenceParams, Params, params_from_dict
+from lib.core.statistics import band_statistics
 from model.checkpoint import load_checkpoint, model_from_checkpoint
 from model.unet_model import UNet
 

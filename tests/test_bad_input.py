@@ -243,7 +243,7 @@ ACCEPTED = [
 
 @pytest.mark.parametrize("case", ACCEPTED, ids=[c[0] for c in ACCEPTED])
 def test_documented_conversions_are_accepted(world, case):
-    from dataloader.patches import read_manifest
+    from dataloader.manifest import read_manifest
     from lib.core.imageio import read_image
 
     _, convert, (dtype, channels) = case

@@ -121,10 +121,11 @@ def test_written_images_read_back_exactly_in_the_chosen_format(tmp_path):
             assert got.dtype == a.dtype and np.array_equal(got, a), (dtype, channels)
 
 
-def test_eight_bit_png_bytes_are_those_of_the_published_layout():
+def test_eight_bit_png_bytes_are_a_plain_pillow_png_at_zlib_level_1():
+    """The published layout (a plain gray PNG); level 1 since the encoding of thousands of patches is what counts."""
     a = _values("uint8", (16, 16))
     buffer = io.BytesIO()
-    Image.fromarray(a).save(buffer, format="PNG", optimize=False, compress_level=6)
+    Image.fromarray(a).save(buffer, format="PNG", optimize=False, compress_level=1)
     assert encode_image(a) == buffer.getvalue()
 
 

@@ -49,3 +49,15 @@ def test_the_rule_catches_an_upward_import(tmp_path):
     upward = tmp_path / "m.py"
     upward.write_text("def f():\n    from lib.segmenter import Segmenter\n")
     assert {package_of(m) for m in repo_imports(upward)} - ALLOWED["dataloader"] == {"lib"}
+
+
+@pytest.mark.parametrize("module", ["lib.generate", "lib.prepare", "dataloader.manifest", "lib.core.statistics",
+                                    "lib.core.padding"])
+def test_data_preparation_starts_without_torch(module):
+    """Importing torch takes 2.5 s here: the stages that need no model (generate, prepare) do not import it."""
+    import subprocess
+    import sys
+
+    code = f"import sys, {module}; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch')[:3])"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", f"{module} imports {done.stdout.strip()}"

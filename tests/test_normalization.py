@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from lib.core.normalization import as_spec, compute_normalization, image_statistics, normalize
+from lib.core.normalization import as_spec, compute_normalization, normalize
+from lib.core.statistics import image_statistics
 
 RNG = np.random.default_rng(0)
 

@@ -14,7 +14,7 @@ import tifffile
 import torch
 from PIL import Image
 
-from dataloader.patches import SOURCES, read_manifest
+from dataloader.manifest import SOURCES, read_manifest
 from lib.core.imageio import read_image
 from tests.conftest import REPO, run_cli
 

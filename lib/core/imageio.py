@@ -30,8 +30,10 @@ Image.MAX_IMAGE_PIXELS = None
 
 
 def _encode_png(img: Image.Image) -> bytes:
+    # zlib level 1: a 96×96 patch image encodes in 0.42 instead of 0.74 ms and its mask in 0.17 instead of 0.43 ms,
+    # for files 0.4% and 9% larger (noisy pixels barely compress at any level)
     buffer = io.BytesIO()
-    img.save(buffer, format="PNG", optimize=False, compress_level=6)
+    img.save(buffer, format="PNG", optimize=False, compress_level=1)
     return buffer.getvalue()
 
 

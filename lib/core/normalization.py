@@ -17,55 +17,17 @@ Three modes (``data.normalization``), each per channel:
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
+
+from lib.core.statistics import floor_std, merge_moments, moments
 
 MODES = ("zscore", "percentile", "image")
 SCALES = {"uint8": 255.0, "uint16": 65535.0, "int16": 32768.0, "float32": 1.0}
 _EXACT_PERCENTILE_VALUES = 1 << 25  # float data with more values per channel is subsampled (strided) for percentiles
 _CHUNK = 256  # patches per chunk when computing statistics (bounded float64 temporaries)
-
-
-def _floor(std: np.ndarray, mean: np.ndarray) -> np.ndarray:
-    # a constant channel has std 0: a tiny floor, relative to the values, keeps the division finite
-    return np.maximum(std, 1e-8 * np.maximum(1.0, np.abs(mean)))
-
-
-def _merge(a: tuple[np.ndarray, np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray, np.ndarray]
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Chan et al.'s merge of (count, mean, sum of squared deviations): exact, no cancellation."""
-    (na, ma, sa), (nb, mb, sb) = a, b
-    n = na + nb
-    delta = mb - ma
-    return n, ma + delta * nb / n, sa + sb + delta**2 * na * nb / n
-
-
-def _moments(chunk: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    x = chunk.astype(np.float64)
-    n = np.full(x.shape[-1] if axes == (0, 1) else x.shape[1], float(np.prod([x.shape[a] for a in axes])))
-    mean = x.mean(axis=axes)
-    dev = x - (mean if axes == (0, 1) else mean.reshape(1, -1, 1, 1))
-    return n, mean, (dev * dev).sum(axis=axes)
-
-
-def image_statistics(image: np.ndarray, rows: int = 1024) -> tuple[list[float], list[float]]:
-    """Per-channel mean and (unbiased) std of an H×W or H×W×C image in its stored units, computed in bands of rows
-    (float64 temporaries of one band only)."""
-    return band_statistics(image[top:top + rows] for top in range(0, image.shape[0], rows))
-
-
-def band_statistics(bands: Iterable[np.ndarray]) -> tuple[list[float], list[float]]:
-    """Per-channel mean and (unbiased) std of an image given as bands of rows (h×W or h×W×C each), as
-    :func:`image_statistics` computes them: an image streamed from disk never needs to be in memory whole."""
-    total = None
-    for band in bands:
-        part = _moments(band[..., None] if band.ndim == 2 else band, (0, 1))
-        total = part if total is None else _merge(total, part)
-    n, mean, m2 = total
-    std = np.sqrt(m2 / np.maximum(n - 1, 1))
-    return [float(v) for v in mean], [float(v) for v in _floor(std, mean)]
 
 
 def _channel_values(images: torch.Tensor, c: int) -> np.ndarray:
@@ -143,11 +105,11 @@ def compute_normalization(images: torch.Tensor, mode: str = "zscore",
         chunk = images[start:start + _CHUNK].numpy()
         if low is not None:
             chunk = np.clip(chunk.astype(np.float64), low, high)
-        part = _moments(chunk, (0, 2, 3))
-        total = part if total is None else _merge(total, part)
+        part = moments(chunk, (0, 2, 3))
+        total = part if total is None else merge_moments(total, part)
     n, mean, m2 = total
     mean, std = mean / spec["scale"], np.sqrt(m2 / np.maximum(n - 1, 1)) / spec["scale"]
-    spec["mean"], spec["std"] = [float(v) for v in mean], [float(v) for v in _floor(std, mean)]
+    spec["mean"], spec["std"] = [float(v) for v in mean], [float(v) for v in floor_std(std, mean)]
     return spec
 
 

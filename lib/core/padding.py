@@ -4,12 +4,15 @@ again and again for an image much smaller than the window; a side of one pixel i
 
 from __future__ import annotations
 
-from typing import TypeVar
+import sys
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-import torch
 
-Array = TypeVar("Array", np.ndarray, torch.Tensor)
+if TYPE_CHECKING:
+    import torch
+
+Array = TypeVar("Array", np.ndarray, "torch.Tensor")
 
 
 def mirror_indices(size: int, target: int) -> np.ndarray:
@@ -43,7 +46,8 @@ def reflect_pad(x: Array, height: int, width: int, axes: tuple[int, int] = (-2, 
     if h >= height and w >= width:
         return x
     rows, cols = mirror_indices(h, height), mirror_indices(w, width)
-    if isinstance(x, torch.Tensor):
+    torch = sys.modules.get("torch")  # not imported by patch preparation, and then x is no tensor
+    if torch is not None and isinstance(x, torch.Tensor):
         rows_t, cols_t = (torch.from_numpy(i).to(x.device) for i in (rows, cols))
         return x.index_select(axes[0], rows_t).index_select(axes[1], cols_t)
     return np.take(np.take(x, rows, axis=axes[0]), cols, axis=axes[1])
