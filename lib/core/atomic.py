@@ -67,10 +67,8 @@ def _settle(tmp: Path) -> None:
 def deferred_sync() -> Iterator[None]:
     """Atomic writes of this thread inside the block skip their own fsync; one ``os.sync()`` at its end makes them
     durable together. For jobs of thousands of small files (patches), where an fsync each cost most of the time;
-    a kill still leaves only whole files, since the rename alone guarantees that.
-
-    Raises:
-        UserError: the sync fails.
+    a kill still leaves only whole files, since the rename alone guarantees that. No sync follows a block left by an
+    exception: the job is unfinished and a rerun rewrites what it needs.
     """
     outer = getattr(_deferred, "active", False)
     _deferred.active = True
