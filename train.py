@@ -81,8 +81,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def resolve_params(args: argparse.Namespace, resumed: dict | None) -> Params:
-    """parameters.json (or, when resuming, the parameters the run was started with), overridden by the flags."""
+    """parameters.json (or, when resuming, the parameters the run was started with), overridden by the flags.
+
+    Raises:
+        UserError: a resumed run asked for another optimiser than it was trained with.
+    """
     params = params_from_dict(resumed["params"]) if resumed else load_params(args.params)
+    if resumed and args.optimizer not in (None, params.training.optimizer):  # its state fits its own optimiser only
+        raise UserError(f"{args.load}: the run was trained with the {params.training.optimizer} optimiser; resume it "
+                        f"with --optimizer {params.training.optimizer}")
     params = replace(params, "training", epochs=args.epochs, learning_rate=args.learning_rate,
                      batch_size=args.batch_size, folder=args.folder, seed=args.seed, device=args.device,
                      precision=args.precision, val_fraction=args.val_fraction, loss=args.loss, compile=args.compile,
@@ -304,14 +311,7 @@ def compiled(model: torch.nn.Module, mode: str, rt: Runtime) -> torch.nn.Module:
 
 
 def restore(resumed: dict, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, path: str) -> Progress:
-    """Optimiser, gradient scaler and random state of a resumed run, and where it stood.
-
-    Raises:
-        UserError: the run was trained with another optimiser than the one asked for now.
-    """
-    saved = resumed["params"]["training"].get("optimizer", "sgd")  # checkpoints from before the option: SGD
-    if saved != ("adamw" if isinstance(optimizer, torch.optim.AdamW) else "sgd"):
-        raise UserError(f"{path}: the run was trained with the {saved} optimiser; resume it with --optimizer {saved}")
+    """Optimiser, gradient scaler and random state of a resumed run, and where it stood."""
     fused = [group["fused"] for group in optimizer.param_groups]
     optimizer.load_state_dict(resumed["optimizer_state"])
     for group, flag in zip(optimizer.param_groups, fused):  # the saved flag is that of the device it was saved on
