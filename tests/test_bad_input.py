@@ -1,5 +1,6 @@
 """One table of bad inputs through the real commands: each gives exit code 2, one line naming the culprit, no
-traceback, and leaves every file that existed before unchanged."""
+traceback, and leaves every file that existed before unchanged. The table calls each command's ``main`` in the test
+process (:func:`run_main`); one case per command also runs as a real process (:func:`run_cli`)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from tests.conftest import (
     constant_checkpoint,
     file_digests,
     run_cli,
+    run_main,
     tiny_params_dict,
     write_params,
 )
@@ -220,17 +222,31 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_bad_input(world, case):
+def _check_bad_input(world: Path, case: tuple, run: Callable) -> None:
     _, setup, fragments = case
     argv = setup(world)
     before = file_digests(world)
-    result = run_cli(*argv)
+    result = run(*argv)
     assert_user_error(result, *fragments)
     after = file_digests(world)
     assert {k: v for k, v in after.items() if k in before} == before  # nothing that existed changed
     assert not (world / "patches_new").exists() and not (world / "new").exists()
     assert not (world / "pred").is_dir() or not any((world / "pred").iterdir())  # predict.py wrote no mask
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(world, case):
+    _check_bad_input(world, case, run_main)
+
+
+# one case of each command as a real process: the `__main__` route, its exit status, and no warning at import
+IN_A_PROCESS = [c for c in CASES if c[0] in ("params-wrong-type", "image-without-mask", "epochs-0",
+                                                "predict-mask-other-size")]
+
+
+@pytest.mark.parametrize("case", IN_A_PROCESS, ids=[c[0] for c in IN_A_PROCESS])
+def test_bad_input_in_its_own_process(world, case):
+    _check_bad_input(world, case, run_cli)
 
 
 # (id, conversion of each training image, what the first patch must be: dtype and channels); its pixels must be the

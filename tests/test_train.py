@@ -13,7 +13,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from model.checkpoint import MODEL_KEYS, RESUME_KEYS, save_checkpoint
-from tests.conftest import REPO, assert_user_error, run_cli
+from tests.conftest import REPO, assert_user_error, run_cli, run_main
 
 
 def _train(params_file: Path, data: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -107,10 +107,10 @@ def test_empty_folder_and_missing_manifest(tiny_patches, tmp_path):
     params_file, _ = tiny_patches
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert_user_error(run_cli("train.py", "--params", str(params_file), "-f", str(empty)), str(empty), "empty")
+    assert_user_error(run_main("train.py", "--params", str(params_file), "-f", str(empty)), str(empty), "empty")
     (empty / "images").mkdir()
     (empty / "images" / "p0.png").write_bytes(b"")
-    assert_user_error(run_cli("train.py", "--params", str(params_file), "-f", str(empty)), "manifest.csv")
+    assert_user_error(run_main("train.py", "--params", str(params_file), "-f", str(empty)), "manifest.csv")
 
 
 def test_bad_checkpoints(trained, tmp_path):
@@ -118,17 +118,17 @@ def test_bad_checkpoints(trained, tmp_path):
     folder = ["--params", str(params_file), "-f", str(data / "patches_s48")]
     text = tmp_path / "notes.pth"
     text.write_text("not a checkpoint")
-    assert_user_error(run_cli("train.py", *folder, "--load", str(text)), str(text), "checkpoint")
+    assert_user_error(run_main("train.py", *folder, "--load", str(text)), str(text), "checkpoint")
     good = (data / "checkpoints" / "reference" / "last.pth").read_bytes()
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(good[: len(good) // 2])
-    assert_user_error(run_cli("train.py", *folder, "--load", str(truncated)), str(truncated))
+    assert_user_error(run_main("train.py", *folder, "--load", str(truncated)), str(truncated))
     state = _weights(data / "checkpoints" / "reference" / "last.pth")
     state["model_config"] = {**state["model_config"], "n_classes": 4}
     other = tmp_path / "four_classes.pth"
     save_checkpoint(other, state)
-    assert_user_error(run_cli("train.py", *folder, "--load", str(other)), str(other), "4 classes")
-    finished = run_cli("train.py", *folder, "--load", str(data / "checkpoints" / "reference" / "last.pth"))
+    assert_user_error(run_main("train.py", *folder, "--load", str(other)), str(other), "4 classes")
+    finished = run_main("train.py", *folder, "--load", str(data / "checkpoints" / "reference" / "last.pth"))
     assert_user_error(finished, "already finished")
 
 
