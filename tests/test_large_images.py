@@ -13,7 +13,7 @@ import zarr
 
 from lib.core.imageio import read_image, read_mask
 from lib.segmenter import Segmenter
-from tests.conftest import random_checkpoint, run_cli
+from tests.conftest import random_checkpoint, run_main
 
 COLORS = [(0, 0, 0), (230, 40, 40), (120, 250, 80)]
 
@@ -35,9 +35,9 @@ def world(tmp_path_factory) -> Path:
 
 
 def _predict(world: Path, out: str, *extra: str):
-    done = run_cli("predict.py", "--checkpoint", str(world / "c.pth"), "--input", str(world / "images"), "--masks",
-                   str(world / "masks"), "--output", str(world / out), "--metrics", str(world / f"{out}.json"),
-                   "--quiet", "--precision", "fp32", "--batch-size", "16", *extra)
+    done = run_main("predict.py", "--checkpoint", str(world / "c.pth"), "--input", str(world / "images"), "--masks",
+                    str(world / "masks"), "--output", str(world / out), "--metrics", str(world / f"{out}.json"),
+                    "--quiet", "--precision", "fp32", "--batch-size", "16", *extra)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((world / f"{out}.json").read_text())
 

@@ -1,5 +1,6 @@
 """A user's own data set: 4 classes, RGB images of varying sizes (one RGBA, one smaller than a patch), colour-coded
-masks, Img_i/Mask_i names — prepare → train → predict → evaluate through the real commands, with no code change."""
+masks, Img_i/Mask_i names — prepare → train → predict → evaluate through the commands' ``main`` (conftest.run_main),
+with no code change."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from PIL import Image
 
 from lib.core.imageio import read_image, read_mask
-from tests.conftest import REPO, assert_user_error, run_cli
+from tests.conftest import REPO, assert_user_error, run_main
 
 CLASSES = [
     {"name": "background", "index": 0, "color": [0, 0, 0]},
@@ -73,7 +74,7 @@ def own_data(tmp_path_factory) -> tuple[Path, Path]:
 def own_trained(own_data) -> tuple[Path, Path, Path]:
     """Patches cut and a U-Net trained by the real commands: ``(root, params file, best checkpoint)``."""
     root, params = own_data
-    prepared = run_cli("-m", "lib.prepare", "--params", str(params))
+    prepared = run_main("-m", "lib.prepare", "--params", str(params))
     assert prepared.returncode == 0, prepared.stderr
     patches = root / "patches_s48"
     assert len(list((patches / "images").glob("*.png"))) == 6 * 4 * 8  # flips × 90° rotations: 8 symmetries
@@ -81,7 +82,7 @@ def own_trained(own_data) -> tuple[Path, Path, Path]:
     assert first.shape == (48, 48, 3)
     assert set(np.unique(read_mask(patches / "masks" / "p0.png", [tuple(c["color"]) for c in CLASSES]))) <= {0, 1, 2, 3}
 
-    trained = run_cli("train.py", "--params", str(params), "--name", "own")
+    trained = run_main("train.py", "--params", str(params), "--name", "own")
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert "val mIoU" in trained.stdout and "vessel" in trained.stdout
     return root, params, root / "checkpoints" / "own" / "best.pth"
@@ -91,9 +92,9 @@ def test_prepare_train_predict_evaluate(own_trained):
     root, _, checkpoint = own_trained
 
     out, metrics_file = root / "pred", root / "metrics.json"
-    predicted = run_cli("predict.py", "--checkpoint", str(checkpoint),
-                        "--input", str(root / "test" / "images"), "--masks", str(root / "test" / "masks"),
-                        "--output", str(out), "--metrics", str(metrics_file), "--quiet")
+    predicted = run_main("predict.py", "--checkpoint", str(checkpoint),
+                         "--input", str(root / "test" / "images"), "--masks", str(root / "test" / "masks"),
+                         "--output", str(out), "--metrics", str(metrics_file), "--quiet")
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     metrics = json.loads(metrics_file.read_text())
     assert list(metrics["iou"]) == ["background", "cell", "nucleus", "vessel"] and metrics["n_images"] == 3
@@ -132,7 +133,7 @@ def _bad_set(tmp_path: Path) -> Path:
 
 
 def _prepare(params: Path, src: Path, out: Path):
-    return run_cli("-m", "lib.prepare", "--params", str(params), "--src", str(src), "--out", str(out))
+    return run_main("-m", "lib.prepare", "--params", str(params), "--src", str(src), "--out", str(out))
 
 
 def test_colour_that_is_no_class(own_data, tmp_path):

@@ -16,7 +16,7 @@ from PIL import Image
 
 from dataloader.manifest import SOURCES, read_manifest
 from lib.core.imageio import read_image
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_main
 
 CLASSES = [
     {"name": "background", "index": 0, "color": [0, 0, 0]},
@@ -76,12 +76,13 @@ def _params(root: Path, **data) -> Path:
 
 
 def _pipeline(root: Path, params: Path) -> tuple[Path, dict]:
-    """prepare → train → predict with masks, through the real commands: ``(best checkpoint, metrics)``."""
+    """prepare → train → predict with masks, through the commands' ``main`` (:func:`run_main`; the processes' own
+    route is tested in test_bad_input.py and test_train.py): ``(best checkpoint, metrics)``."""
     for args in (["-m", "lib.prepare", "--params", str(params)], ["train.py", "--params", str(params), "--name", "r"]):
-        done = run_cli(*args)
+        done = run_main(*args)
         assert done.returncode == 0, done.stderr[-3000:]
     checkpoint = root / "checkpoints" / "r" / "best.pth"
-    done = run_cli("predict.py", "--checkpoint", str(checkpoint), "--input", str(root / "test" / "images"),
+    done = run_main("predict.py", "--checkpoint", str(checkpoint), "--input", str(root / "test" / "images"),
                    "--masks", str(root / "test" / "masks"), "--output", str(root / "pred"), "--metrics",
                    str(root / "metrics.json"), "--quiet")
     assert done.returncode == 0, done.stderr[-3000:]

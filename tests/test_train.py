@@ -139,7 +139,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_patches):
     last = data / "checkpoints" / "diverge" / "last.pth"
     good = last.read_bytes()
     # continue the run for a second epoch with an absurd learning rate: the loss blows up
-    result = run_cli("train.py", "--load", str(last), "-e", "3", "-l", "1e38")
+    result = run_main("train.py", "--load", str(last), "-e", "3", "-l", "1e38")
     assert result.returncode == 3, result.stderr[-2000:]
     assert "non-finite loss" in result.stderr and "Traceback" not in result.stderr
     assert last.read_bytes() == good
