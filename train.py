@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         loss_fn = make_loss(t.loss, t.class_weights, rt.device)
         optimizer = make_optimizer(net, params, rt)
         scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.precision == "fp16")
-        progress = restore(resumed, optimizer, scaler, args.load) if resumed else Progress()
+        progress = restore(resumed, optimizer, scaler) if resumed else Progress()
         if progress.epoch >= t.epochs:
             raise UserError(f"{args.load}: the run already finished its {t.epochs} epochs (pass -e with more to "
                             "extend)")
@@ -310,7 +310,7 @@ def compiled(model: torch.nn.Module, mode: str, rt: Runtime) -> torch.nn.Module:
     return torch.compile(model, mode=None if mode == "default" else mode)
 
 
-def restore(resumed: dict, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, path: str) -> Progress:
+def restore(resumed: dict, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> Progress:
     """Optimiser, gradient scaler and random state of a resumed run, and where it stood."""
     fused = [group["fused"] for group in optimizer.param_groups]
     optimizer.load_state_dict(resumed["optimizer_state"])
