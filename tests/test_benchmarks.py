@@ -90,9 +90,12 @@ def test_overhead_tiny(tmp_path: Path):
 
 def test_time_to_accuracy_tiny(tmp_path: Path):
     done = run_cli("-m", "benchmarks.time_to_accuracy", "--tiny", "--threads", "1", "--out-dir", str(tmp_path),
-                   "--workdir", str(tmp_path / "work"))
+                   "--workdir", str(tmp_path / "work"), "--optimizer", "adamw", "--loss", "dice_ce")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = read_result(tmp_path, "time_to_accuracy")
+    trained = torch.load(tmp_path / "work" / "checkpoints" / "tta" / "best.pth", weights_only=True)["params"]
+    assert (trained["training"]["optimizer"], trained["training"]["loss"]) == ("adamw", "dice_ce")
+    assert (result["settings"]["optimizer"], result["settings"]["compile"]) == ("adamw", "off")
     assert set(result["seconds"]) == {"generate", "prepare", "train", "evaluate"}  # --tiny skips the setup
     assert {"total_s", "test_miou", "target_miou", "target_seconds", "met"} <= set(result)
     metrics = json.loads((tmp_path / "work" / "metrics.json").read_text())  # what predict.py wrote
@@ -101,6 +104,16 @@ def test_time_to_accuracy_tiny(tmp_path: Path):
     assert result["total_s"] == pytest.approx(sum(result["seconds"].values()), rel=1e-6)
     assert result["met"] == (result["test_miou"] >= result["target_miou"]
                              and result["total_s"] <= result["target_seconds"])
+
+
+def test_time_to_accuracy_passes_the_compile_mode_to_train_py(tmp_path: Path):
+    from benchmarks import time_to_accuracy
+
+    args = time_to_accuracy.parse_args(["--skip-setup", "--compile", "default", "--epochs", "3"])
+    params = time_to_accuracy.write_params(tmp_path, tiny=True)
+    (train,) = time_to_accuracy.stage_commands(args, tmp_path, params)["train"]
+    assert train[train.index("--compile") + 1] == "default" and train[train.index("--optimizer") + 1] == "sgd"
+    assert train[train.index("-e") + 1] == "3"
 
 
 def test_patch_loading_tiny(tmp_path: Path):
