@@ -2,7 +2,7 @@
 
     python -m benchmarks.time_to_accuracy [--skip-setup] [--epochs 8] [--lr 0.05] [--width 8] [--batch-size 16]
         [--generator default|alternate] [--schedule published|cosine] [--warmup-fraction F] [--loss ce|dice_ce]
-        [--optimizer sgd|adamw] [--compile MODE] [--per-image N]
+        [--optimizer sgd|adamw] [--compile MODE] [--seed N] [--per-image N]
 
 Stages, each a fresh process as ``make demo`` runs them, all output in a temporary folder (nothing of the repository's
 data/, checkpoints/ or runs/ is touched):
@@ -11,8 +11,8 @@ data/, checkpoints/ or runs/ is touched):
   ``--skip-setup`` leaves it out; the later stages run with this interpreter either way);
 * generate: ``python -m lib.generate``; prepare: ``python -m lib.prepare``;
 * train: ``python train.py -e E -l LR -b B --base-channels W --schedule S --warmup-fraction F --loss L
-  --optimizer O --compile M`` on the patches (``--compile`` counts its compilation: an empty inductor cache compiles
-  from scratch);
+  --optimizer O --compile M [--seed N]`` on the patches (``--compile`` counts its compilation: an empty inductor
+  cache compiles from scratch);
 * evaluate: ``python predict.py`` on the test images with their masks, giving the test mIoU.
 
 Targets: test mIoU ≥ 0.98 within 150 s on our set (``--skip-setup``), and within ``make demo``'s 10 minutes on the
@@ -69,7 +69,8 @@ def stage_commands(args, work: Path, params: Path) -> dict[str, list[list[str]]]
         "train": [[py, "train.py", "-e", str(args.epochs), "-l", str(args.lr), "-b", str(args.batch_size),
                    "--base-channels", str(args.width), "-f", str(patches.resolve()), "--name", args.name,
                    "--params", str(params), "--schedule", args.schedule, "--warmup-fraction", str(args.warmup_fraction),
-                   "--loss", args.loss, "--optimizer", args.optimizer, "--compile", args.compile]],
+                   "--loss", args.loss, "--optimizer", args.optimizer, "--compile", args.compile,
+                   *(["--seed", str(args.seed)] if args.seed is not None else [])]],
         "evaluate": [[py, "predict.py", "--checkpoint", str(ckpt_dir / "best.pth"), "--input",
                       str(data / "images_test" / "images"), "--masks", str(data / "images_test" / "masks"),
                       "--output", str(work / "predictions"), "--metrics", str(work / "metrics.json"), "--quiet"]],
@@ -113,6 +114,8 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--loss", choices=["ce", "dice_ce"], default="ce", help="training.loss")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="training.optimizer")
     p.add_argument("--compile", choices=COMPILE_MODES, default="off", help="training.compile (torch.compile mode)")
+    p.add_argument("--seed", type=int, default=None, help="training.seed (default: parameters.json's): "
+                   "initialisation, validation split and shuffling; the data stay the same")
     p.add_argument("--per-image", type=int, default=None, help="patches.per_image (default: parameters.json's)")
     p.add_argument("--workdir", type=Path, default=None, help="keep everything in this (new) folder")
     args = p.parse_args(argv)

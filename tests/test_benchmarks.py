@@ -106,14 +106,17 @@ def test_time_to_accuracy_tiny(tmp_path: Path):
                              and result["total_s"] <= result["target_seconds"])
 
 
-def test_time_to_accuracy_passes_the_compile_mode_to_train_py(tmp_path: Path):
+def test_time_to_accuracy_passes_compile_mode_and_seed_to_train_py(tmp_path: Path):
     from benchmarks import time_to_accuracy
 
-    args = time_to_accuracy.parse_args(["--skip-setup", "--compile", "default", "--epochs", "3"])
+    args = time_to_accuracy.parse_args(["--skip-setup", "--compile", "default", "--epochs", "3", "--seed", "7"])
     params = time_to_accuracy.write_params(tmp_path, tiny=True)
     (train,) = time_to_accuracy.stage_commands(args, tmp_path, params)["train"]
     assert train[train.index("--compile") + 1] == "default" and train[train.index("--optimizer") + 1] == "sgd"
-    assert train[train.index("-e") + 1] == "3"
+    assert train[train.index("-e") + 1] == "3" and train[train.index("--seed") + 1] == "7"
+    (default,) = time_to_accuracy.stage_commands(time_to_accuracy.parse_args(["--skip-setup"]), tmp_path,
+                                                 params)["train"]
+    assert "--seed" not in default  # parameters.json's seed
 
 
 def test_patch_loading_tiny(tmp_path: Path):
