@@ -46,10 +46,12 @@ def run_main(*args: str) -> subprocess.CompletedProcess:
     process: its exit status (``main``'s return value, or the code of the ``SystemExit`` it raises), stdout, and
     stderr with any warning it raised appended, as a Python process would print it.
 
-    A command refused before it does any work spends nearly all of its time as a process importing torch (about
-    2.3 s on 2 cores), so the bad-input tables call ``main``; their cases that run through a real process
-    (``test_bad_input.py``) cover what only a process shows: the ``__main__`` route and its exit, and warnings at
-    import. Any other exception propagates, as a traceback would end a process."""
+    As a process, a command spends 2–3 s importing torch on 2 cores (train.py 1.8 s more, for the compiler that
+    the first optimiser call imports): most of a refused command's time and much of a tiny pipeline's. So the
+    bad-input table and the real-data, own-data and large-image pipelines call ``main``; the cases that still run
+    as processes (one bad input per command, training end to end, kills, torchrun) cover what only a process shows:
+    the ``__main__`` route and its exit, and warnings at import. Any other exception propagates, as a traceback
+    would end a process."""
     name, argv = (args[1], list(args[2:])) if args[0] == "-m" else (args[0].removesuffix(".py"), list(args[1:]))
     main = importlib.import_module(name).main
     out, err, code = io.StringIO(), io.StringIO(), 0
