@@ -72,7 +72,7 @@ def own_data(tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def own_trained(own_data) -> tuple[Path, Path, Path]:
-    """Patches cut and a U-Net trained by the real commands: ``(root, params file, best checkpoint)``."""
+    """Patches cut and a U-Net trained by the commands' ``main``: ``(root, params file, best checkpoint)``."""
     root, params = own_data
     prepared = run_main("-m", "lib.prepare", "--params", str(params))
     assert prepared.returncode == 0, prepared.stderr

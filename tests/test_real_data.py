@@ -83,8 +83,8 @@ def _pipeline(root: Path, params: Path) -> tuple[Path, dict]:
         assert done.returncode == 0, done.stderr[-3000:]
     checkpoint = root / "checkpoints" / "r" / "best.pth"
     done = run_main("predict.py", "--checkpoint", str(checkpoint), "--input", str(root / "test" / "images"),
-                   "--masks", str(root / "test" / "masks"), "--output", str(root / "pred"), "--metrics",
-                   str(root / "metrics.json"), "--quiet")
+                    "--masks", str(root / "test" / "masks"), "--output", str(root / "pred"), "--metrics",
+                    str(root / "metrics.json"), "--quiet")
     assert done.returncode == 0, done.stderr[-3000:]
     return checkpoint, json.loads((root / "metrics.json").read_text())
 
