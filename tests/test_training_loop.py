@@ -17,6 +17,7 @@ from lib.core.device import Runtime
 from lib.core.errors import UserError
 from lib.core.visualize import colorize, validation_panel
 from model.checkpoint import CheckpointWriter, link_checkpoint, save_checkpoint
+from tests.conftest import assert_user_error, run_main
 
 
 def _run(monkeypatch, params_file: Path, data: Path, name: str, interval: int, *extra: str) -> int:
@@ -196,7 +197,7 @@ def test_cosine_schedule_sets_each_step_rate(tiny_patches, monkeypatch):
 @pytest.mark.parametrize("optimizer, kind, state_keys", [("sgd", torch.optim.SGD, {"momentum_buffer"}),
                                                           ("adamw", torch.optim.AdamW, {"step", "exp_avg",
                                                                                         "exp_avg_sq"})])
-def test_optimizer_option_trains_and_resumes_with_its_optimizer(tiny_patches, monkeypatch, capsys, optimizer, kind,
+def test_optimizer_option_trains_and_resumes_with_its_optimizer(tiny_patches, monkeypatch, optimizer, kind,
                                                                  state_keys):
     """``--optimizer`` picks the optimiser (its state is what the checkpoint carries), a resumed run extends with the
     same one, and resuming with the other is refused in one line."""
@@ -214,8 +215,8 @@ def test_optimizer_option_trains_and_resumes_with_its_optimizer(tiny_patches, mo
     assert train.main(["--load", str(last), "-e", "3"]) == 0
     assert type(made[-1]) is kind and torch.load(last, weights_only=True)["epoch"] == 3
     other = "sgd" if optimizer == "adamw" else "adamw"
-    with pytest.raises(SystemExit) as stop:
-        train.main(["--load", str(last), "-e", "4", "--optimizer", other])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert stop.value.code == 2 and err[-1] == (f"error: {last}: the run was trained with the {optimizer} optimiser; "
-                                                f"resume it with --optimizer {optimizer}")
+    refused = run_main("train.py", "--load", str(last), "-e", "4", "--optimizer", other)
+    message = (f"error: {last}: the run was trained with the {optimizer} optimiser; resume it with --optimizer "
+               f"{optimizer}")
+    assert_user_error(refused, message)
+    assert refused.stderr.strip() == message
