@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     native_bf16 = device.type == "cuda" or cpu_has_bf16()
     peaks = {"fp32": matmul_peak(device, torch.float32, n, repeats),
              "bf16": matmul_peak(device, torch.bfloat16, n, repeats) if native_bf16 else None}
-    peak = peaks["bf16" if rt.precision in ("bf16", "fp16") else "fp32"]
+    peak_precision = "bf16" if rt.precision in ("bf16", "fp16") else "fp32"
+    peak = peaks[peak_precision]
     results = []
     for width in widths:
         step, step_flops = training_step(width, args.batch_size, rt)
@@ -145,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     path = write_json("hardware", {"device": device.type,
                                    "device_name": torch.cuda.get_device_name() if device.type == "cuda" else None,
                                    "precision": rt.precision, "matmul_n": n, "peak_flops": peaks,
-                                   "peak_used": peak, "batch_size": args.batch_size, "image": list(shape),
+                                   "peak_used": peak, "peak_precision": peak_precision,
+                                   "batch_size": args.batch_size, "image": list(shape),
                                    "results": results, "tiny": args.tiny}, args.out_dir)
     print(f"results: {path}")
     return 0

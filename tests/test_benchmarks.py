@@ -46,6 +46,20 @@ def test_run_all_runs_train_step_and_summarises(tmp_path: Path, capsys):
     assert "== targets ==" in capsys.readouterr().out
 
 
+def test_run_all_reports_the_fraction_of_peak(tmp_path: Path, capsys):
+    """make bench includes the hardware benchmark: a row for training and inference at each width, no verdict."""
+    from benchmarks import run_all
+
+    assert run_all.main(["--tiny", "--only", "hardware", "--threads", "1", "--out-dir", str(tmp_path)]) == 0
+    hardware = read_result(tmp_path, "hardware")
+    rows = read_result(tmp_path, "run_all")["targets"]
+    assert [r["measure"].split(":")[0] for r in rows] == ["width 4", "width 4"]
+    assert [r["value"] for r in rows] == [f"{100 * hardware['results'][0][k]:.1f}%"
+                                          for k in ("train_fraction", "inference_fraction")]
+    assert all(hardware["peak_precision"] in r["measure"] and r["verdict"] == "" for r in rows)
+    assert "of the matmul peak" in capsys.readouterr().out
+
+
 def test_inference_tiny(tmp_path: Path):
     from benchmarks import inference
 
