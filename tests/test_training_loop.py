@@ -109,14 +109,12 @@ def test_compile_mode_reaches_torch_compile(tiny_patches, monkeypatch, mode, exp
     assert state["params"]["training"]["compile"] == mode
 
 
-def test_compile_without_a_cpp_compiler_is_refused(tiny_patches, monkeypatch, capsys):
+def test_compile_without_a_cpp_compiler_is_refused(tiny_patches, monkeypatch):
     params_file, data = tiny_patches
     monkeypatch.setattr(train.shutil, "which", lambda name: None)
-    with pytest.raises(SystemExit) as stop:
-        _run(monkeypatch, params_file, data, "no_compiler", 1, "--compile", "default")
-    assert stop.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--compile default" in err[0] and "C++ compiler" in err[0]
+    result = run_main("train.py", "--params", str(params_file), "-f", str(data / "patches_s48"), "-e", "2",
+                      "--name", "no_compiler", "--compile", "default")
+    assert_user_error(result, "--compile default", "C++ compiler")
     assert not (data / "checkpoints" / "no_compiler").exists()
 
 
