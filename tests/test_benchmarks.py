@@ -148,16 +148,20 @@ def test_patch_loading_tiny(tmp_path: Path):
 
 
 def test_large_images_tiny(tmp_path: Path):
-    """Two sizes streamed by predict.py's route in fresh processes, and MONAI's zarr route beside the first: the
-    window grids coincide, so the labels agree everywhere."""
+    """Two sizes streamed by predict.py's route in fresh processes, and MONAI's zarr route at a third size (as in
+    make bench), beside ours at that size, which the targets leave out: the window grids coincide, so the labels
+    agree everywhere."""
     result = run_cli("-m", "benchmarks.large_images", "--tiny", "--threads", "1", "--out-dir", str(tmp_path),
                      env={"OMP_NUM_THREADS": "1"}, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     result = read_result(tmp_path, "large_images")
     ours = [r for r in result["runs"] if r["route"] == "ours"]
     (monai,) = [r for r in result["runs"] if r["route"] == "MONAI"]
-    assert [r["shape"] for r in ours] == [[96, 1008], [288, 1008]]
+    assert [(r["shape"], r["scaling"]) for r in ours] == [([96, 1008], False), ([192, 1008], True),
+                                                          ([288, 1008], True)]
     assert monai["shape"] == ours[0]["shape"] and monai["agreement"] == 1.0
+    assert result["targets"]["speed_spread_max"] == pytest.approx(abs(ours[2]["speed_vs_first"]))
+    assert "speed_vs_first" not in ours[0]
     for r in result["runs"]:
         assert r["seconds"] > 0 and r["peak_rss"] >= r["idle_rss"] > 0 and r["hwm_reset"]
     assert {"above_idle_max", "above_idle_met", "speed_spread_max", "speed_met"} <= set(result["targets"])
