@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import REPO, base_parser, format_table, print_header, verdict, write_json
-from lib.core.params import COMPILE_MODES, OPTIMIZERS, load_params
+from lib.core.params import COMPILE_MODES, OPTIMIZERS, SCHEDULES, load_params
 
 TARGET_MIOU = 0.98
 # seconds of the stages that ran (set-up only when it ran): our set in 150 s, the second set within make demo's 10 min
@@ -109,7 +109,7 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--name", default="tta", help="run name (inside the temporary folder)")
     p.add_argument("--generator", choices=["default", "alternate"], default="default",
                    help="synthetic data set: ours, or the second one drawn by independent code (data.generator)")
-    p.add_argument("--schedule", choices=["published", "cosine"], default="published", help="training.schedule")
+    p.add_argument("--schedule", choices=SCHEDULES, default="published", help="training.schedule")
     p.add_argument("--warmup-fraction", type=float, default=0.0, help="training.warmup_fraction (cosine schedule)")
     p.add_argument("--loss", choices=["ce", "dice_ce"], default="ce", help="training.loss")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="training.optimizer")
