@@ -84,7 +84,10 @@ ALPHA = [
     ("png-16-rgba", _png16, _values("uint16", (6, 5, 4))),
     ("png-gray-alpha", lambda p, a: _pillow(p, a, "LA"), _values("uint8", (6, 5, 2))),
     ("tiff-rgba", lambda p, a: _tiff(p, a, photometric="rgb", extrasamples=["unassalpha"]),
-     _values("uint16", (6, 5, 4))),
+     _values("uint8", (6, 5, 4))),
+    ("tiff-rgba-tifffile-default", _tiff, _values("uint8", (6, 5, 4))),
+    ("tiff-gray-alpha", lambda p, a: _tiff(p, a, photometric="minisblack", extrasamples=["assocalpha"]),
+     _values("uint8", (6, 5, 2))),
 ]
 
 
@@ -98,6 +101,28 @@ def test_alpha_is_dropped_unless_kept(tmp_path, case, keep_alpha):
     expected = stored if keep_alpha else stored[..., :-1]
     assert read_header(path, keep_alpha=keep_alpha).channels == expected.shape[2]
     assert np.array_equal(got, expected[..., 0] if expected.shape[2] == 1 else expected)
+
+
+# tifffile.imwrite(f, a) marks the 4th of 4 samples as alpha whatever the data: scientific images keep every channel
+TIFF_KEEPS_EVERY_CHANNEL = [
+    ("uint16-4-samples-last", "uint16", (30, 20, 4), False),
+    ("float32-4-planes", "float32", (30, 20, 4), True),
+    ("int16-2-samples-last", "int16", (30, 20, 2), False),
+    ("float32-2-planes", "float32", (30, 20, 2), True),
+    ("uint8-4-planes", "uint8", (30, 20, 4), True),
+    ("uint16-4-explicit-alpha", "uint16", (30, 20, 4), False),
+]
+
+
+@pytest.mark.parametrize("case", TIFF_KEEPS_EVERY_CHANNEL, ids=[c[0] for c in TIFF_KEEPS_EVERY_CHANNEL])
+def test_tiff_extra_samples_of_scientific_images_stay_channels(tmp_path, case):
+    name, dtype, shape, planar = case
+    a = _values(dtype, shape)
+    extra = {"photometric": "rgb", "extrasamples": ["unassalpha"]} if "explicit" in name else {}
+    _tiff(tmp_path / "a.tif", np.moveaxis(a, -1, 0) if planar else a, **extra)
+    got = read_image(tmp_path / "a.tif")
+    assert got.dtype == a.dtype and np.array_equal(got, a)
+    assert read_header(tmp_path / "a.tif").channels == shape[2]
 
 
 def test_channel_axis_decides_generic_tiff_pages(tmp_path):

@@ -251,7 +251,11 @@ def _tiff_open(path: Path, read: bool, channel_axis: str) -> tuple[np.ndarray | 
     kept, first = _tiff_plan(axes, shape, channel_axis, path)
     height, width, channels = (kept[1], kept[2], kept[0]) if first else (*kept, 1)[:3]
     extra = tag.value if tag is not None else ()
-    alpha = channels in (2, 4) and any(int(v) in (1, 2) for v in (extra if isinstance(extra, tuple) else (extra,)))
+    # tifffile marks the last sample of every 4-sample array it writes as alpha, whatever the data; only the
+    # interleaved 8-bit RGBA and gray+alpha of image editors are taken for alpha, so no channel of a scientific
+    # image (16-bit, float, or one plane per channel) is dropped
+    marked = any(int(v) in (1, 2) for v in (extra if isinstance(extra, tuple) else (extra,)))
+    alpha = marked and channels in (2, 4) and dtype == np.uint8 and not first
     if array is not None:
         array = array.reshape(kept)
         array = np.ascontiguousarray(np.moveaxis(array, 0, -1) if first else array)
