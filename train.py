@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # ---- data, model, optimiser: every check happens before anything is written ----
         data = load_data(params, resumed, args, rt)
+        params = with_trained_patch_size(params, data, rt)
         net, model = build_model(params, data.patches.n_channels, resumed, args, rt)
         step_model = compiled(model, t.compile, rt)
         loss_fn = make_loss(t.loss, t.class_weights, rt.device)
@@ -265,6 +266,19 @@ def load_data(params: Params, resumed: dict | None, args: argparse.Namespace, rt
     return TrainingData(folder, patches, train_idx, val_idx, val_sources, normalization,
                         patches.images.to(rt.device), patches.masks.to(rt.device),
                         image_stats.to(rt.device) if image_stats is not None else None)
+
+
+def with_trained_patch_size(params: Params, data: TrainingData, rt: Runtime) -> Params:
+    """``params`` with ``patches.size`` set to the side of the patches in the folder: the checkpoint records it and
+    predict.py slides windows of it, so the model is applied at the size it learnt, also when the folder was
+    prepared with ``--patch-size`` or for another ``patches.size`` than the parameters file gives now."""
+    size = data.patches.images.shape[-1]
+    if size == params.patches.size:
+        return params
+    if rt.dist.is_main:
+        print(f"note: {data.folder} holds patches of {size}x{size}, not patches.size {params.patches.size}: the "
+              f"checkpoint records {size}, the window predict.py will slide", file=sys.stderr)
+    return replace(params, "patches", size=size)
 
 
 def build_model(params: Params, n_channels: int, resumed: dict | None, args: argparse.Namespace, rt: Runtime

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,8 +13,9 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from lib.segmenter import Segmenter
 from model.checkpoint import MODEL_KEYS, RESUME_KEYS, save_checkpoint
-from tests.conftest import REPO, assert_user_error, run_cli, run_main
+from tests.conftest import REPO, assert_user_error, run_cli, run_main, write_params
 
 
 def _train(params_file: Path, data: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -144,3 +146,19 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_patches):
     assert "non-finite loss" in result.stderr and "Traceback" not in result.stderr
     assert last.read_bytes() == good
     assert all(torch.isfinite(v.float()).all() for v in _weights(last)["model_state"].values())
+
+
+def test_the_checkpoint_records_the_size_of_the_patches_it_learnt(tiny_patches, tmp_path):
+    """patches.size 64 in the parameters file but a folder of 48×48 patches (prepared with --patch-size, or before
+    the size was changed): the checkpoint says 48, so predict.py slides the window the model learnt."""
+    params_file, data = tiny_patches
+    raw = json.loads(params_file.read_text())
+    raw["patches"]["size"] = 64
+    other = write_params(tmp_path / "params_64.json", raw)
+    result = run_main("train.py", "--params", str(other), "-f", str(data / "patches_s48"), "-e", "1",
+                      "--name", "size48", "--precision", "fp32")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "holds patches of 48x48, not patches.size 64" in result.stderr
+    state = _weights(data / "checkpoints" / "size48" / "last.pth")
+    assert state["params"]["patches"]["size"] == 48
+    assert Segmenter.from_checkpoint(data / "checkpoints" / "size48" / "last.pth", device="cpu").window == 48
