@@ -151,6 +151,8 @@ def segment_file(segmenter: Segmenter, image_path: Path, out: Path, mask: Path |
         tiff = fmt == "tiff" or (fmt == "auto" and height * width > tiff_above * 1e6)
         probabilities = ProbabilitySink(out / f"{image_path.stem}_probabilities", height, width, n_classes, tiff) \
             if save_probabilities else None
+        if probabilities is not None:
+            stack.callback(probabilities.discard)  # a run stopped by an error leaves no temporary folder
 
         def label_blocks():
             for top, left, band, labels in segmenter.predict_bands(source, str(image_path), block_width):
@@ -274,6 +276,11 @@ class ProbabilitySink:
         buffer = io.BytesIO()
         np.save(buffer, gather(self.blocks, self.shape))
         atomic_write_bytes(self.stem.with_name(self.stem.name + ".npy"), buffer.getvalue())
+
+    def discard(self) -> None:
+        """Remove the temporary zarr folder, if :meth:`close` did not rename it into place."""
+        if self.streamed:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def assign_images(pixels: list[int], world_size: int) -> list[list[int]]:

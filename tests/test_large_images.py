@@ -13,7 +13,7 @@ import zarr
 
 from lib.core.imageio import read_image, read_mask
 from lib.segmenter import Segmenter
-from tests.conftest import random_checkpoint, run_main
+from tests.conftest import assert_user_error, random_checkpoint, run_main
 
 COLORS = [(0, 0, 0), (230, 40, 40), (120, 250, 80)]
 
@@ -102,3 +102,20 @@ def test_chunk_rows_write_each_row_of_chunks_once(tmp_path, bands):
         spans = [(a, b) for x, a, b in writes if x == left]
         assert spans[0][0] == 0 and spans[-1][1] == 700 and all(b == a for (_, b), (a, _) in zip(spans, spans[1:]))
         assert all(a % 256 == 0 and (b % 256 == 0 or b == 700) for a, b in spans)
+
+
+@pytest.mark.parametrize("block_width", [8192, 100])
+def test_a_bad_mask_value_in_the_last_rows_leaves_no_file(world, tmp_path, block_width):
+    """The mask's error comes once most of the image is segmented: no mask, no probabilities and no temporary
+    folder may be left behind."""
+    (tmp_path / "masks").mkdir()
+    bad = read_mask(world / "masks" / "big.tif", COLORS).copy()
+    bad[-3:, -40:] = 5
+    tifffile.imwrite(tmp_path / "masks" / "big.tif", bad, tile=(128, 128))
+    out = tmp_path / "out"
+    done = run_main("predict.py", "--checkpoint", str(world / "c.pth"), "--input", str(world / "images"), "--masks",
+                    str(tmp_path / "masks"), "--output", str(out), "--quiet", "--precision", "fp32",
+                    "--batch-size", "16", "--format", "tiff", "--save-probabilities", "--block-width",
+                    str(block_width))
+    assert_user_error(done, "big.tif", "[5]")
+    assert sorted(p.name for p in out.iterdir()) == []
