@@ -305,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     segmenter.inference = segmenter.params.inference
     if args.block_width < segmenter.window:
         raise UserError(f"--block-width {args.block_width}: expected at least the window, {segmenter.window} pixels")
+    if args.metrics and not args.masks:
+        raise UserError(f"--metrics {args.metrics}: needs --masks (the metrics compare the masks with the predictions)")
+    if args.metrics and Path(args.metrics).is_dir():
+        raise UserError(f"--metrics {args.metrics}: is a folder (expected the path of a JSON file)")
     images = input_images(Path(args.input))
     masks: dict[Path, Path] = {}
     if args.masks:

@@ -155,6 +155,16 @@ class CheckpointWriter:
             raise error
 
 
+def _is_torch_file(path: Path) -> bool:
+    """Whether a file starts as ``torch.save`` writes: a zip archive, or a pickle (the legacy format)."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(4)
+    except OSError as err:
+        raise UserError(f"{path}: not a readable checkpoint ({err.strerror or err})") from None
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint with ``torch.load(weights_only=True)``: a file carrying code is refused, never run.
 
@@ -164,11 +174,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
+    if not _is_torch_file(path):
+        raise UserError(f"{path}: not a checkpoint (not a file written by torch.save)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        lines = [ln.strip() for ln in str(err).splitlines() if "Unsupported" in ln or "WeightsUnpickler" in ln]
-        reason = lines[0].removeprefix("WeightsUnpickler error: ")[:160] if lines else "unsafe content"
+        # torch wraps the unpickler's reason (e.g. "Trying to load unsupported GLOBAL posix.system ...") in advice
+        advice = ("Weights only load failed", "Please file an issue", "Check the documentation")
+        lines = [ln.strip().removeprefix("WeightsUnpickler error:").strip() for ln in str(err).splitlines()]
+        reason = next((ln for ln in lines if ln and not ln.startswith(advice)), "unsafe content")[:160]
         raise UserError(f"{path}: refused, not a plain-data checkpoint ({reason})") from None
     except Exception as err:  # noqa: BLE001 - any other failure of the unpickler means "not a checkpoint"
         raise UserError(f"{path}: not a readable checkpoint ({err.__class__.__name__})") from None

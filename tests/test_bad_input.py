@@ -219,6 +219,12 @@ CASES = [
      ["good.pth", "cannot resume", "optimizer_state"]),
     ("predict-block-width-below-the-window", lambda w: _predict(w, "--block-width", "10"),
      ["--block-width 10", "window"]),
+    ("predict-metrics-without-masks", lambda w: [*_predict_without_masks(w), "--metrics", str(w / "m.json")],
+     ["--metrics", "needs --masks"]),
+    ("predict-metrics-is-a-folder", lambda w: _predict(w, "--metrics", str(w / "data")), ["--metrics", "is a folder"]),
+    ("predict-checkpoint-is-json", lambda w: ((w / "c.json").write_text('{"a": 1}'),
+                                              _swap(_predict(w), "--checkpoint", str(w / "c.json")))[1],
+     ["c.json", "not a checkpoint", "torch.save"]),
 ]
 
 
@@ -290,4 +296,4 @@ def test_images_smaller_than_a_patch_are_padded_in_preparation(world):
 
 
 def test_case_count():
-    assert len(CASES) + len(ACCEPTED) + 1 == 46  # reported in the README
+    assert len(CASES) + len(ACCEPTED) + 1 == 49  # reported in the README
