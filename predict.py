@@ -91,7 +91,8 @@ def mask_path(masks: Path, image: Path, image_prefix: str, mask_prefix: str) -> 
         candidate = masks / f"{mask_prefix}{stem}{suffix}"
         if candidate.is_file():
             return candidate
-    raise UserError(f"{image}: no mask found (expected {masks / (mask_prefix + stem)}.png)")
+    other = f" or {image.suffix}" if image.suffix.lower() != ".png" else ""
+    raise UserError(f"{image}: no mask found (expected {masks / (mask_prefix + stem)}.png{other})")
 
 
 def check_inputs(images: list[Path], masks: dict[Path, Path], segmenter: Segmenter) -> list[ImageHeader]:

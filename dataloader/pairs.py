@@ -76,12 +76,13 @@ def find_pairs(folder: str | Path, image_prefix: str = "", mask_prefix: str = ""
         key = image_id(image, image_prefix)
         mask = masks.pop(key, None)
         if require_masks and mask is None:
-            raise UserError(f"{image}: no mask for this image (expected {folder / 'masks' / (mask_prefix + key)}.png)")
+            raise UserError(f"{image}: no mask for this image (expected {folder / 'masks' / (mask_prefix + key)}.png, "
+                            ".tif or another image suffix)")
         pairs.append(ImagePair(image.stem, image, mask))
     if masks:
         orphan = next(iter(masks.values()))
-        expected = folder / "images" / f"{image_prefix}{image_id(orphan, mask_prefix)}.png"
-        raise UserError(f"{orphan}: mask without an image (expected {expected})")
+        expected = folder / "images" / f"{image_prefix}{image_id(orphan, mask_prefix)}"
+        raise UserError(f"{orphan}: mask without an image (expected {expected}.png, .tif or another image suffix)")
     return pairs
 
 

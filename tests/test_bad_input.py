@@ -219,6 +219,9 @@ CASES = [
      ["good.pth", "cannot resume", "optimizer_state"]),
     ("predict-block-width-below-the-window", lambda w: _predict(w, "--block-width", "10"),
      ["--block-width 10", "window"]),
+    ("predict-tiff-image-without-mask", lambda w: (_as_tiff(w / "data/images_test/images/i1.png", np.uint8),
+                                                   (w / "data/images_test/masks/i1.png").unlink(), _predict(w))[2],
+     ["i1.tif", "no mask", "i1.png or .tif"]),
     ("predict-metrics-without-masks", lambda w: [*_predict_without_masks(w), "--metrics", str(w / "m.json")],
      ["--metrics", "needs --masks"]),
     ("predict-metrics-is-a-folder", lambda w: _predict(w, "--metrics", str(w / "data")), ["--metrics", "is a folder"]),
@@ -296,4 +299,4 @@ def test_images_smaller_than_a_patch_are_padded_in_preparation(world):
 
 
 def test_case_count():
-    assert len(CASES) + len(ACCEPTED) + 1 == 49  # reported in the README
+    assert len(CASES) + len(ACCEPTED) + 1 == 50  # reported in the README
