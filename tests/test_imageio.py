@@ -13,7 +13,7 @@ import tifffile
 from PIL import Image
 
 from lib.core.errors import UserError
-from lib.core.imageio import encode_image, image_suffix, read_header, read_image, read_mask, save_image
+from lib.core.imageio import ImageRows, encode_image, image_suffix, read_header, read_image, read_mask, save_image
 
 RNG = np.random.default_rng(0)
 
@@ -199,7 +199,21 @@ REFUSED = [
     ("tiff-truncated", lambda p: p.write_bytes(encode_image(_values("float32", (64, 64)))[:300]),
      "not a readable image"),
     ("text-named-tif", lambda p: p.write_text("not an image"), "not a readable image"),
+    ("tiff-corrupt-zlib-tile", lambda p: _corrupt_last_tile(p, "zlib"), "not a readable image (Error -3"),
+    ("tiff-corrupt-lzma-strip", lambda p: _corrupt_last_tile(p, "lzma"), "not a readable image"),
 ]
+
+
+def _corrupt_last_tile(path: Path, compression: str) -> None:
+    """A compressed TIFF whose header is sound and whose last tile (or strip) is garbage: its codec's own error
+    (zlib.error, lzma.LZMAError) must become one line naming the file, where and while it is decoded."""
+    tiles = {"tile": (16, 16)} if compression == "zlib" else {"rowsperstrip": 8}
+    _tiff(path, _values("uint16", (40, 40)), compression=compression, **tiles)
+    with tifffile.TiffFile(path) as tif:
+        offset, count = tif.pages[0].dataoffsets[-1], tif.pages[0].databytecounts[-1]
+    data = bytearray(path.read_bytes())
+    data[offset:offset + count] = b"\x00" * count
+    path.write_bytes(bytes(data))
 
 
 @pytest.mark.parametrize("case", REFUSED, ids=[c[0] for c in REFUSED])
@@ -210,6 +224,15 @@ def test_unsupported_images_are_refused_naming_the_file(tmp_path, case):
         read_image(tmp_path / "bad.tif")
     message = str(err.value)
     assert message.startswith(str(tmp_path / "bad.tif")) and fragment in message and "\n" not in message
+
+
+@pytest.mark.parametrize("compression", ["zlib", "lzma"])
+def test_a_corrupt_tile_read_band_by_band_is_refused_naming_its_rows(tmp_path, compression):
+    _corrupt_last_tile(tmp_path / "bad.tif", compression)
+    with ImageRows(tmp_path / "bad.tif") as rows:
+        assert rows.rows(0, 8).shape == (8, 40)  # the sound part reads
+        with pytest.raises(UserError, match=r"bad.tif \(rows 32..40, columns 0..40\): not a readable image"):
+            rows.rows(32, 40)
 
 
 def test_an_image_that_cannot_fit_in_memory_is_refused(tmp_path, monkeypatch):

@@ -246,7 +246,9 @@ def _tiff_open(path: Path, read: bool, channel_axis: str) -> tuple[np.ndarray | 
             axes, shape, dtype = series.axes, tuple(series.shape), np.dtype(series.dtype)
             tag = tif.pages[0].tags.get("ExtraSamples")
             array = series.asarray() if read else None
-    except (tifffile.TiffFileError, OSError, ValueError, IndexError, struct.error) as err:
+    except MemoryError:
+        raise
+    except Exception as err:  # noqa: BLE001 - tifffile's codecs raise their own errors (zlib.error, LZMAError, ...)
         raise UserError(f"{path}: not a readable image ({_reason(err)})") from None
     kept, first = _tiff_plan(axes, shape, channel_axis, path)
     height, width, channels = (kept[1], kept[2], kept[0]) if first else (*kept, 1)[:3]
@@ -394,7 +396,9 @@ class ImageRows:
         index = tuple(axes.get(i, slice(None)) for i in range(self._zarr.ndim))
         try:
             band = np.asarray(self._zarr[index])
-        except (OSError, ValueError, RuntimeError) as err:
+        except MemoryError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a corrupt tile: any codec's error (zlib.error, LZMAError, ...)
             raise UserError(f"{where}: not a readable image ({_reason(err)})") from None
         # drop the axes of length 1 in the file (not a band's single row), as _tiff_plan does
         band = band.reshape([n for n, full in zip(band.shape, self._zarr.shape) if full != 1])
