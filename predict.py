@@ -96,8 +96,8 @@ def mask_path(masks: Path, image: Path, image_prefix: str, mask_prefix: str) -> 
 
 
 def check_inputs(images: list[Path], masks: dict[Path, Path], segmenter: Segmenter) -> list[ImageHeader]:
-    """Every image fits the model (pixel type, channels) and its mask's size, read from the headers before any
-    output is written; returns the headers."""
+    """Every image fits the model (pixel type, channels) and its mask's size, read from the headers, and every
+    mask holds class values only, before any output is written; returns the headers."""
     headers = []
     for image in images:
         header = read_header(image, **segmenter.params.data.read_options)
@@ -109,8 +109,24 @@ def check_inputs(images: list[Path], masks: dict[Path, Path], segmenter: Segment
             if (mask.height, mask.width) != (header.height, header.width):
                 raise UserError(f"{masks[image]}: mask is {mask.width}x{mask.height} but its image is "
                                 f"{header.width}x{header.height} (width x height)")
+            check_mask_values(masks[image], segmenter.class_colors, mask.height, mask.width)
         headers.append(header)
     return headers
+
+
+def check_mask_values(mask: Path, colors: list[tuple[int, int, int]], height: int, width: int,
+                      band_pixels: int = 2**24) -> None:
+    """Read a mask through once, in bands of about ``band_pixels``, so that a value that is no class stops the run
+    before the first output rather than once segmentation reaches it (a PNG is decoded and checked whole; a TIFF
+    costs a second read, small beside segmenting its image).
+
+    Raises:
+        UserError: naming the mask, the rows and the values.
+    """
+    step = max(1, band_pixels // width)
+    with ImageRows(mask, mask_colors=colors) as rows:
+        for top in range(0, height, step):
+            rows.rows(top, min(height, top + step))
 
 
 def check_outputs(images: list[Path], masks: dict[Path, Path], out: Path) -> None:

@@ -104,18 +104,40 @@ def test_chunk_rows_write_each_row_of_chunks_once(tmp_path, bands):
         assert all(a % 256 == 0 and (b % 256 == 0 or b == 700) for a, b in spans)
 
 
-@pytest.mark.parametrize("block_width", [8192, 100])
-def test_a_bad_mask_value_in_the_last_rows_leaves_no_file(world, tmp_path, block_width):
-    """The mask's error comes once most of the image is segmented: no mask, no probabilities and no temporary
-    folder may be left behind."""
-    (tmp_path / "masks").mkdir()
+def _predict_into(world: Path, images: Path, masks: Path, out: Path, block_width: int):
+    return run_main("predict.py", "--checkpoint", str(world / "c.pth"), "--input", str(images), "--masks",
+                    str(masks), "--output", str(out), "--quiet", "--precision", "fp32", "--batch-size", "16",
+                    "--format", "tiff", "--save-probabilities", "--block-width", str(block_width))
+
+
+def test_a_bad_mask_value_in_the_last_rows_is_refused_before_any_output(world, tmp_path):
+    """predict.py reads every mask through before segmenting, so a value that is no class in the last tile of the
+    second image's mask stops the run before the first image's mask is written, not once segmentation reaches it."""
+    for sub in ("images", "masks"):
+        (tmp_path / sub).mkdir()
+        for name in ("a.tif", "big.tif"):
+            (tmp_path / sub / name).write_bytes((world / sub / "big.tif").read_bytes())
     bad = read_mask(world / "masks" / "big.tif", COLORS).copy()
     bad[-3:, -40:] = 5
     tifffile.imwrite(tmp_path / "masks" / "big.tif", bad, tile=(128, 128))
     out = tmp_path / "out"
-    done = run_main("predict.py", "--checkpoint", str(world / "c.pth"), "--input", str(world / "images"), "--masks",
-                    str(tmp_path / "masks"), "--output", str(out), "--quiet", "--precision", "fp32",
-                    "--batch-size", "16", "--format", "tiff", "--save-probabilities", "--block-width",
-                    str(block_width))
-    assert_user_error(done, "big.tif", "[5]")
+    assert_user_error(_predict_into(world, tmp_path / "images", tmp_path / "masks", out, 100), "big.tif", "[5]")
+    assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize("block_width", [8192, 100])
+def test_an_image_tile_that_fails_to_decode_mid_run_leaves_no_file(world, tmp_path, block_width):
+    """The image's last tile is garbage: the error comes once most of the image is segmented, and no mask, no
+    probabilities and no temporary folder may be left behind."""
+    (tmp_path / "images").mkdir()
+    image = tmp_path / "images" / "big.tif"
+    image.write_bytes((world / "images" / "big.tif").read_bytes())
+    with tifffile.TiffFile(image) as tif:
+        offset, count = tif.pages[0].dataoffsets[-1], tif.pages[0].databytecounts[-1]
+    data = bytearray(image.read_bytes())
+    data[offset:offset + count] = b"\x00" * count
+    image.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    done = _predict_into(world, tmp_path / "images", world / "masks", out, block_width)
+    assert_user_error(done, "big.tif", "not a readable image")
     assert sorted(p.name for p in out.iterdir()) == []
