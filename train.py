@@ -83,18 +83,63 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def resolve_params(args: argparse.Namespace, resumed: dict | None) -> Params:
     """parameters.json (or, when resuming, the parameters the run was started with), overridden by the flags.
 
+    A resumed run keeps its parameters: a ``--params`` file that says otherwise is reported and ignored, and the
+    flags that would change what it has done so far are refused.
+
     Raises:
-        UserError: a resumed run asked for another optimiser than it was trained with.
+        UserError: a resumed run asked for another optimiser, seed or validation share than it was trained with.
     """
     params = params_from_dict(resumed["params"]) if resumed else load_params(args.params)
-    if resumed and args.optimizer not in (None, params.training.optimizer):  # its state fits its own optimiser only
-        raise UserError(f"{args.load}: the run was trained with the {params.training.optimizer} optimiser; resume it "
-                        f"with --optimizer {params.training.optimizer}")
+    if resumed:
+        check_resume_flags(args, params)
     params = replace(params, "training", epochs=args.epochs, learning_rate=args.learning_rate,
                      batch_size=args.batch_size, folder=args.folder, seed=args.seed, device=args.device,
                      precision=args.precision, val_fraction=args.val_fraction, loss=args.loss, compile=args.compile,
                      schedule=args.schedule, warmup_fraction=args.warmup_fraction, optimizer=args.optimizer)
-    return replace(params, "model", base_channels=args.base_channels, bilinear=args.bilinear)
+    params = replace(params, "model", base_channels=args.base_channels, bilinear=args.bilinear)
+    if resumed and args.params:
+        note_ignored_params(args.params, params, args.load)
+    return params
+
+
+def check_resume_flags(args: argparse.Namespace, params: Params) -> None:
+    """Refuse the flags a resumed run cannot take: another optimiser (its state fits its own only), or another seed
+    or validation share (they drew the validation images: changed, the run would validate on images it trained on).
+
+    Raises:
+        UserError: naming the flag, the checkpoint and the run's value.
+    """
+    t = params.training
+    if args.optimizer not in (None, t.optimizer):
+        raise UserError(f"{args.load}: the run was trained with the {t.optimizer} optimiser; resume it with "
+                        f"--optimizer {t.optimizer}")
+    for flag, value, kept in (("--seed", args.seed, t.seed), ("--val-fraction", args.val_fraction, t.val_fraction)):
+        if value is not None and value != kept:
+            raise UserError(f"{flag} {value}: {args.load} drew its validation images with {flag} {kept}, which a "
+                            "resumed run keeps (resume without the flag)")
+
+
+def note_ignored_params(path: str, params: Params, load: str) -> None:
+    """Print which values of a ``--params`` file differ from those the resumed run goes on with (its own, overridden
+    by the flags)."""
+    given, kept = _flat(load_params(path).to_dict()), _flat(params.to_dict())
+    differ = [k for k in given if given[k] != kept.get(k)]
+    if differ and os.environ.get("RANK", "0") == "0":  # under torchrun, one note
+        shown = ", ".join(f"{k} ({given[k]!r}; the run: {kept.get(k)!r})" for k in differ[:3])
+        more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
+        print(f"note: {path}: {shown}{more} differ from the parameters of {load}, which a resumed run keeps (flags "
+              "such as -e and -l override them)", file=sys.stderr)
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """``{"training": {"seed": 0}}`` as ``{"training.seed": 0}``."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def patch_folder(params: Params) -> Path:

@@ -162,3 +162,31 @@ def test_the_checkpoint_records_the_size_of_the_patches_it_learnt(tiny_patches, 
     state = _weights(data / "checkpoints" / "size48" / "last.pth")
     assert state["params"]["patches"]["size"] == 48
     assert Segmenter.from_checkpoint(data / "checkpoints" / "size48" / "last.pth", device="cpu").window == 48
+
+
+def test_a_resumed_run_keeps_its_split_and_reports_a_params_file_it_ignores(tiny_patches, tmp_path):
+    params_file, data = tiny_patches
+    first = run_main("train.py", "--params", str(params_file), "-f", str(data / "patches_s48"), "-e", "1",
+                     "--name", "keeps", "--precision", "fp32")
+    assert first.returncode == 0, first.stderr[-2000:]
+    last = data / "checkpoints" / "keeps" / "last.pth"
+    before = last.read_bytes()
+    # the seed and the validation share drew the validation images: changed, it would validate on trained images
+    assert_user_error(run_main("train.py", "--load", str(last), "-e", "2", "--seed", "3"),
+                      "--seed 3", str(last), "--seed 0")
+    assert_user_error(run_main("train.py", "--load", str(last), "-e", "2", "--val-fraction", "0.5"),
+                      "--val-fraction 0.5", "--val-fraction 0.25")
+    assert last.read_bytes() == before
+    raw = json.loads(params_file.read_text())
+    raw["training"]["learning_rate"] = 0.2
+    raw["model"]["base_channels"] = 8
+    other = write_params(tmp_path / "other.json", raw)
+    resumed = run_main("train.py", "--load", str(last), "-e", "2", "--params", str(other))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    note = [ln for ln in resumed.stderr.splitlines() if ln.startswith("note:")]
+    assert len(note) == 1, resumed.stderr
+    assert "model.base_channels (8; the run: 4)" in note[0] and "training.learning_rate" in note[0], note[0]
+    state = _weights(last)
+    assert state["epoch"] == 2 and state["model_config"]["base_channels"] == 4
+    assert state["params"]["training"]["learning_rate"] == json.loads(params_file.read_text())["training"][
+        "learning_rate"]
