@@ -261,8 +261,11 @@ def main(argv: list[str] | None = None) -> int:
                 return interrupted(ckpt_dir, progress, rt)
             if outcome == "non-finite":
                 if rt.dist.is_main:
-                    print(f"error: non-finite loss at epoch {epoch + 1}, step {progress.step + 1}; stopped. The last "
-                          f"good checkpoint is {ckpt_dir / 'last.pth'} (try a lower learning rate)", file=sys.stderr)
+                    checkpoints.wait()
+                    last = ckpt_dir / "last.pth"
+                    kept = f"The last good checkpoint is {last}" if last.is_file() else "No checkpoint was written"
+                    print(f"error: non-finite loss at epoch {epoch + 1}, step {progress.step + 1}; stopped. {kept} "
+                          "(try a lower learning rate)", file=sys.stderr)
                 return EXIT_NONFINITE
             record, improved = end_epoch(model, loss_fn, data, params, progress, rt, lr, time.perf_counter() - tic)
             if rt.dist.is_main:

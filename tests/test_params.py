@@ -48,6 +48,8 @@ BAD_CASES = [
     ("class-gap", lambda r: r["classes"][2].update(index=5), ["classes", "indices"]),
     ("colour-range", lambda r: r["classes"][1].update(color=[300, 0, 0]), ["classes[1].color[0]"]),
     ("weights-count", lambda r: r["training"].update(class_weights=[1, 2]), ["training.class_weights", "3 weights"]),
+    ("weights-all-zero", lambda r: r["training"].update(class_weights=[0, 0, 0]),
+     ["training.class_weights", "at least one weight > 0"]),
 ]
 
 

@@ -190,3 +190,12 @@ def test_a_resumed_run_keeps_its_split_and_reports_a_params_file_it_ignores(tiny
     assert state["epoch"] == 2 and state["model_config"]["base_channels"] == 4
     assert state["params"]["training"]["learning_rate"] == json.loads(params_file.read_text())["training"][
         "learning_rate"]
+
+
+def test_a_run_that_diverges_in_its_first_epoch_says_no_checkpoint_was_written(tiny_patches):
+    params_file, data = tiny_patches
+    result = run_main("train.py", "--params", str(params_file), "-f", str(data / "patches_s48"), "-e", "1",
+                      "-l", "1e38", "--name", "diverge_at_once", "--precision", "fp32")
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert "non-finite loss at epoch 1" in result.stderr and "No checkpoint was written" in result.stderr
+    assert not (data / "checkpoints" / "diverge_at_once" / "last.pth").exists()

@@ -7,6 +7,27 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy over the pixels, each weighted by its class's weight if given: ``F.cross_entropy``, except
+    that a batch whose pixels all have weight 0 (a patch of background alone with the background weighted 0) gives 0
+    instead of 0 / 0 = NaN, which would stop training as a diverged run."""
+    if weight is None:
+        return F.cross_entropy(logits, target)
+    total = F.cross_entropy(logits, target, weight=weight, reduction="sum")
+    return total / weight[target].sum().clamp_min(torch.finfo(torch.float32).tiny)
+
+
+class CrossEntropyLoss(nn.Module):
+    """:func:`cross_entropy` as a module (the class weights a buffer, moved with it)."""
+
+    def __init__(self, weight: torch.Tensor | None = None):
+        super().__init__()
+        self.register_buffer("weight", weight)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return cross_entropy(logits, target, self.weight)
+
+
 class DiceCELoss(nn.Module):
     """Cross-entropy plus soft Dice loss (mean over classes present in the batch or predicted), for unbalanced classes.
 
@@ -17,11 +38,11 @@ class DiceCELoss(nn.Module):
 
     def __init__(self, weight: torch.Tensor | None = None, smooth: float = 1.0):
         super().__init__()
-        self.register_buffer("weight", weight if weight is not None else None)
+        self.register_buffer("weight", weight)
         self.smooth = smooth
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        ce = F.cross_entropy(logits, target, weight=self.weight)
+        ce = cross_entropy(logits, target, self.weight)
         probs = logits.float().softmax(1)
         onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
         dims = (0, 2, 3)
@@ -35,7 +56,7 @@ def make_loss(kind: str, class_weights: list[float] | None, device: torch.device
     """``ce``: cross-entropy on logits; ``dice_ce``: :class:`DiceCELoss`. Class weights apply to the CE term."""
     weight = torch.tensor(class_weights, dtype=torch.float32, device=device) if class_weights else None
     if kind == "ce":
-        return nn.CrossEntropyLoss(weight=weight)
+        return CrossEntropyLoss(weight).to(device)
     if kind == "dice_ce":
         return DiceCELoss(weight).to(device)
     raise ValueError(f"unknown loss {kind!r}")

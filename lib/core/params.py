@@ -279,6 +279,8 @@ def _check_consistency(params: Params) -> None:
     weights = params.training.class_weights
     if weights is not None and len(weights) != len(classes):
         raise _Invalid("training.class_weights", f"expected {len(classes)} weights (one per class), got {len(weights)}")
+    if weights is not None and not any(w > 0 for w in weights):
+        raise _Invalid("training.class_weights", f"expected at least one weight > 0, got {weights}")
 
 
 def params_from_dict(raw: Any) -> Params:

@@ -1,0 +1,49 @@
+"""Losses: class-weighted cross-entropy equals PyTorch's, and a batch whose pixels all weigh 0 gives 0, not NaN."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lib.core.losses import make_loss
+
+# (id, class weights, target of the batch: "random" or one class everywhere)
+CASES = [
+    ("unweighted", None, "random"),
+    ("weighted", [0.5, 1.0, 2.0], "random"),
+    ("background-weighted-0", [0.0, 1.0, 1.0], "random"),
+    ("one-class-everywhere", [0.5, 1.0, 2.0], 2),
+]
+
+
+def _batch(target: str | int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(4, 3, 12, 10, generator=g)
+    labels = torch.randint(0, 3, (4, 12, 10), generator=g) if target == "random" else torch.full((4, 12, 10), target)
+    return logits, labels
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_cross_entropy_equals_pytorchs_weighted_mean(case):
+    _, weights, target = case
+    logits, labels = _batch(target)
+    w = torch.tensor(weights) if weights else None
+    got = make_loss("ce", weights, torch.device("cpu"))(logits, labels)
+    expected = F.cross_entropy(logits, labels, weight=w)
+    assert torch.allclose(got, expected, rtol=1e-6, atol=0)
+    if weights is None:
+        assert torch.equal(got, expected)  # the default path is PyTorch's own
+
+
+@pytest.mark.parametrize("kind", ["ce", "dice_ce"])
+def test_a_batch_of_zero_weight_pixels_gives_a_finite_loss_and_gradient(kind):
+    """Background weighted 0 and a batch of background alone: PyTorch's weighted mean is 0 / 0."""
+    logits, labels = _batch(0)
+    logits.requires_grad_(True)
+    assert torch.isnan(F.cross_entropy(logits, labels, weight=torch.tensor([0.0, 1.0, 1.0])))
+    loss = make_loss(kind, [0.0, 1.0, 1.0], torch.device("cpu"))(logits, labels)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+    if kind == "ce":
+        assert loss.item() == 0 and not logits.grad.any()
