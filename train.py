@@ -83,8 +83,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def resolve_params(args: argparse.Namespace, resumed: dict | None) -> Params:
     """parameters.json (or, when resuming, the parameters the run was started with), overridden by the flags.
 
-    A resumed run keeps its parameters: a ``--params`` file that says otherwise is reported and ignored, and the
-    flags that would change what it has done so far are refused.
+    A resumed run keeps its parameters (a ``--params`` file that says otherwise is reported, see
+    :func:`note_ignored_params`, and ignored), and the flags that would change what it has done so far are refused.
 
     Raises:
         UserError: a resumed run asked for another optimiser, seed or validation share than it was trained with.
@@ -96,10 +96,7 @@ def resolve_params(args: argparse.Namespace, resumed: dict | None) -> Params:
                      batch_size=args.batch_size, folder=args.folder, seed=args.seed, device=args.device,
                      precision=args.precision, val_fraction=args.val_fraction, loss=args.loss, compile=args.compile,
                      schedule=args.schedule, warmup_fraction=args.warmup_fraction, optimizer=args.optimizer)
-    params = replace(params, "model", base_channels=args.base_channels, bilinear=args.bilinear)
-    if resumed and args.params:
-        note_ignored_params(args.params, params, args.load)
-    return params
+    return replace(params, "model", base_channels=args.base_channels, bilinear=args.bilinear)
 
 
 def check_resume_flags(args: argparse.Namespace, params: Params) -> None:
@@ -124,7 +121,7 @@ def note_ignored_params(path: str, params: Params, load: str) -> None:
     by the flags)."""
     given, kept = _flat(load_params(path).to_dict()), _flat(params.to_dict())
     differ = [k for k in given if given[k] != kept.get(k)]
-    if differ and os.environ.get("RANK", "0") == "0":  # under torchrun, one note
+    if differ:
         shown = ", ".join(f"{k} ({given[k]!r}; the run: {kept.get(k)!r})" for k in differ[:3])
         more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
         print(f"note: {path}: {shown}{more} differ from the parameters of {load}, which a resumed run keeps (flags "
@@ -214,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         if progress.epoch >= t.epochs:
             raise UserError(f"{args.load}: the run already finished its {t.epochs} epochs (pass -e with more to "
                             "extend)")
+        if resumed and args.params and rt.dist.is_main:  # once every check has passed: an error stays one line
+            note_ignored_params(args.params, params, args.load)
 
         # ---- outputs (rank 0 only) ----
         ckpt_root, runs_root = Path(t.checkpoints_dir), Path(t.runs_dir)
