@@ -29,12 +29,24 @@ def _natural_key(path: Path) -> list:
 
 
 def list_images(folder: str | Path) -> list[Path]:
-    """Image files of a folder in natural order (hidden and temporary files skipped)."""
+    """Image files of a folder in natural order (hidden and temporary files skipped).
+
+    Raises:
+        UserError: the folder is missing, or two of its images share a name but for the suffix (``x.jpg`` and
+            ``x.bmp``): images and masks pair, and outputs are named, by the name without its suffix.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder}: folder not found")
-    return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")),
-                  key=_natural_key)
+    images = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")),
+                    key=lambda p: (_natural_key(p), p.name))
+    seen: dict[str, Path] = {}
+    for image in images:
+        if image.stem in seen:
+            raise UserError(f"{image}: shares the name {image.stem!r} with {seen[image.stem].name} (images and masks "
+                            "pair, and outputs are named, by the name without its suffix: rename one)")
+        seen[image.stem] = image
+    return images
 
 
 def image_id(path: Path, prefix: str) -> str:

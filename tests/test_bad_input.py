@@ -155,6 +155,8 @@ CASES = [
      ["i1.png", "no mask"]),
     ("mask-without-image", lambda w: ((w / TRAIN / "images" / "i2.png").unlink(), _prep(w))[1],
      ["masks/i2.png", "mask without an image"]),
+    ("two-images-one-name", lambda w: (shutil.copy(w / TRAIN / "images" / "i1.png", w / TRAIN / "images" / "i1.bmp"),
+                                       _prep(w))[1], ["i1.png", "shares the name 'i1' with i1.bmp"]),
     ("sizes-differ", lambda w: (Image.new("L", (30, 30)).save(w / TRAIN / "masks" / "i0.png"), _prep(w))[1],
      ["i0.png", "30x30", "72x120"]),
     ("mask-value-outside-classes", lambda w: (_mask_value(w / TRAIN / "masks" / "i3.png", 9), _prep(w))[1],
@@ -222,6 +224,9 @@ CASES = [
     ("predict-tiff-image-without-mask", lambda w: (_as_tiff(w / "data/images_test/images/i1.png", np.uint8),
                                                    (w / "data/images_test/masks/i1.png").unlink(), _predict(w))[2],
      ["i1.tif", "no mask", "i1.png or .tif"]),
+    ("predict-two-images-one-name", lambda w: (shutil.copy(w / "data/images_test/images/i1.png",
+                                                           w / "data/images_test/images/i1.jpg"), _predict(w))[1],
+     ["i1.png", "shares the name 'i1' with i1.jpg"]),
     ("predict-metrics-without-masks", lambda w: [*_predict_without_masks(w), "--metrics", str(w / "m.json")],
      ["--metrics", "needs --masks"]),
     ("predict-metrics-is-a-folder", lambda w: _predict(w, "--metrics", str(w / "data")), ["--metrics", "is a folder"]),
@@ -299,4 +304,4 @@ def test_images_smaller_than_a_patch_are_padded_in_preparation(world):
 
 
 def test_case_count():
-    assert len(CASES) + len(ACCEPTED) + 1 == 50  # reported in the README
+    assert len(CASES) + len(ACCEPTED) + 1 == 52  # reported in the README
