@@ -236,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{data.folder}, U-Net width {params.model.base_channels} "
                   f"({sum(p.numel() for p in net.parameters()):,} parameters), {rt.device.type} {rt.precision}, "
                   f"{rt.dist.world_size} process(es), epochs {progress.epoch + 1}..{t.epochs}")
+            if not len(data.val_idx):
+                print(f"note: no validation images ({len(data.patches.source_names())} source image(s), "
+                      f"training.val_fraction {t.val_fraction}): best.pth follows last.pth", file=sys.stderr)
         sampler = DistributedSampler(range(len(data.train_idx)), num_replicas=rt.dist.world_size,
                                      rank=rt.dist.rank, shuffle=True, seed=t.seed)
         figure_idx = data.val_idx[torch.linspace(0, len(data.val_idx) - 1, min(t.figure_patches, len(data.val_idx))
@@ -475,7 +478,8 @@ def end_epoch(model: torch.nn.Module, loss_fn: torch.nn.Module, data: TrainingDa
     to the next epoch with the record appended.
 
     Returns:
-        ``(record, improved)``: the epoch's record, and whether its validation mIoU is the best so far.
+        ``(record, improved)``: the epoch's record, and whether its validation mIoU is the best so far (always
+        without validation images, so that ``best.pth`` is then the last model rather than missing).
     """
     totals = all_reduce_sum(torch.tensor([progress.loss_sum, progress.loss_count], dtype=torch.float64,
                                          device=rt.device), rt.dist)
@@ -487,7 +491,7 @@ def end_epoch(model: torch.nn.Module, loss_fn: torch.nn.Module, data: TrainingDa
         record.update(val_loss=val_loss, val_miou=mean_iou(cm),
                       val_iou={n: float(v) for n, v in zip(params.class_names, iou_per_class(cm))})
     progress.history.append(record)
-    improved = record.get("val_miou", -math.inf) > progress.best
+    improved = record.get("val_miou", -math.inf) > progress.best or not len(data.val_idx)
     progress.best = max(progress.best, record.get("val_miou", -math.inf))
     progress.epoch, progress.step, progress.loss_sum, progress.loss_count = progress.epoch + 1, 0, 0.0, 0
     return record, improved

@@ -199,3 +199,16 @@ def test_a_run_that_diverges_in_its_first_epoch_says_no_checkpoint_was_written(t
     assert result.returncode == 3, result.stderr[-2000:]
     assert "non-finite loss at epoch 1" in result.stderr and "No checkpoint was written" in result.stderr
     assert not (data / "checkpoints" / "diverge_at_once" / "last.pth").exists()
+
+
+def test_without_validation_images_best_follows_last(tiny_patches):
+    params_file, data = tiny_patches
+    result = run_main("train.py", "--params", str(params_file), "-f", str(data / "patches_s48"), "-e", "2",
+                      "--val-fraction", "0", "--name", "no_val", "--precision", "fp32")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "note: no validation images (8 source image(s), training.val_fraction 0.0): best.pth follows last.pth" \
+        in result.stderr
+    run = data / "checkpoints" / "no_val"
+    last, best = _weights(run / "last.pth"), _weights(run / "best.pth")
+    assert best["epoch"] == last["epoch"] == 2 and best["val_sources"] == []
+    assert all(torch.equal(best["model_state"][k], v) for k, v in last["model_state"].items())
