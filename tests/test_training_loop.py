@@ -16,6 +16,7 @@ import train
 from lib.core.device import Runtime
 from lib.core.errors import UserError
 from lib.core.visualize import colorize, validation_panel
+from lib.training import new_run_name
 from model.checkpoint import CheckpointWriter, link_checkpoint, save_checkpoint
 from tests.conftest import assert_user_error, run_main
 
@@ -218,3 +219,31 @@ def test_optimizer_option_trains_and_resumes_with_its_optimizer(tiny_patches, mo
                f"{optimizer}")
     assert_user_error(refused, message)
     assert refused.stderr.strip() == message
+
+
+# (id, --name, accepted): a run name is one plain folder name, whatever the script of its letters
+RUN_NAMES = [
+    ("plain", "demo_2-b.v1", True),
+    ("unicode-letters", "ünï_名前", True),
+    ("200-bytes", "a" * 200, True),
+    ("too-long", "a" * 201, False),
+    ("too-long-in-bytes", "ü" * 101, False),
+    ("slash", "a/b", False),
+    ("parent", "..", False),
+    ("space", "a b", False),
+    ("empty", "", False),
+]
+
+
+@pytest.mark.parametrize("case", RUN_NAMES, ids=[c[0] for c in RUN_NAMES])
+def test_run_names_are_plain_folder_names(tmp_path, case):
+    _, name, accepted = case
+    if accepted:
+        assert new_run_name("patches_s96", name, tmp_path / "c", tmp_path / "r") == name
+        (tmp_path / "c" / name).mkdir(parents=True)  # the name can be made, and is then taken
+        with pytest.raises(UserError, match="a run of that name exists"):
+            new_run_name("patches_s96", name, tmp_path / "c", tmp_path / "r")
+    else:
+        with pytest.raises(UserError, match="expected a plain folder name") as err:
+            new_run_name("patches_s96", name, tmp_path / "c", tmp_path / "r")
+        assert len(str(err.value)) < 200
