@@ -36,7 +36,7 @@ from lib.core.errors import UserError, cli_main
 from lib.core.losses import make_loss
 from lib.core.metrics import iou_per_class, mean_iou
 from lib.core.normalization import as_spec, compute_normalization
-from lib.core.params import COMPILE_MODES, OPTIMIZERS, Params, load_params, params_from_dict, replace
+from lib.core.params import COMPILE_MODES, LOSSES, OPTIMIZERS, Params, load_params, params_from_dict, replace
 from lib.core.provenance import git_commit, versions
 from lib.core.schedule import SCHEDULES, schedule_factor, set_rate
 from lib.training import batches, evaluate, forward_loss, new_run_name, optimizer_step, predict_labels
@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--val-fraction", type=float, help="fraction of source images held out (training.val_fraction)")
     p.add_argument("--base-channels", type=int, help="U-Net width (model.base_channels)")
     p.add_argument("--bilinear", action=argparse.BooleanOptionalAction, default=None, help="model.bilinear")
-    p.add_argument("--loss", choices=["ce", "dice_ce"], help="training.loss")
+    p.add_argument("--loss", choices=LOSSES, help="training.loss")
     p.add_argument("--name", help="run name (default: <folder>_<date-time>)")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (DDP only)")
     p.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True)")

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import REPO, base_parser, format_table, print_header, verdict, write_json
-from lib.core.params import COMPILE_MODES, OPTIMIZERS, SCHEDULES, load_params
+from lib.core.params import COMPILE_MODES, GENERATORS, LOSSES, OPTIMIZERS, SCHEDULES, load_params
 
 TARGET_MIOU = 0.98
 # seconds of the stages that ran (set-up only when it ran): our set in 150 s, the second set within make demo's 10 min
@@ -107,11 +107,11 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--width", type=int, default=8, help="U-Net base channels")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--name", default="tta", help="run name (inside the temporary folder)")
-    p.add_argument("--generator", choices=["default", "alternate"], default="default",
+    p.add_argument("--generator", choices=GENERATORS, default="default",
                    help="synthetic data set: ours, or the second one drawn by independent code (data.generator)")
     p.add_argument("--schedule", choices=SCHEDULES, default="published", help="training.schedule")
     p.add_argument("--warmup-fraction", type=float, default=0.0, help="training.warmup_fraction (cosine schedule)")
-    p.add_argument("--loss", choices=["ce", "dice_ce"], default="ce", help="training.loss")
+    p.add_argument("--loss", choices=LOSSES, default="ce", help="training.loss")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="training.optimizer")
     p.add_argument("--compile", choices=COMPILE_MODES, default="off", help="training.compile (torch.compile mode)")
     p.add_argument("--seed", type=int, default=None, help="training.seed (default: parameters.json's): "

@@ -77,9 +77,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=None, help="number of training images (default: data.n_training)")
     parser.add_argument("--n-test", type=int, default=None, help="number of test images (default: data.n_test)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: data.seed)")
+    parser.add_argument("--generator", choices=list(GENERATORS), default=None,
+                        help="synthetic set: ours, or the second drawn by independent code (default: data.generator)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output")
     args = parser.parse_args(argv)
-    params = replace(load_params(args.params), "data", n_training=args.n, n_test=args.n_test, seed=args.seed)
+    params = replace(load_params(args.params), "data", n_training=args.n, n_test=args.n_test, seed=args.seed,
+                     generator=args.generator)
     train, test = generate_dataset(params, args.out, args.overwrite)
     print(f"wrote {params.data.n_training} training images to {train} and {params.data.n_test} test images to {test}")
 

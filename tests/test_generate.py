@@ -10,7 +10,7 @@ from lib.core.errors import UserError
 from lib.core.params import load_params, replace
 from lib.core.synthetic import ELLIPSE, LINE, ellipse_mask, image_rng, line_mask, synthetic_pair
 from lib.generate import generate_dataset, generate_split
-from tests.conftest import REPO, assert_user_error, file_digests, run_cli
+from tests.conftest import REPO, assert_user_error, file_digests, run_cli, run_main
 
 DEFAULT = load_params(REPO / "parameters.json")
 
@@ -162,3 +162,16 @@ def test_the_alternate_generator_is_its_own_and_reached_through_parameters(tmp_p
         default_image, _ = synthetic_pair(image_rng(p.data.seed, "training", i), DEFAULT.data)
         assert not np.array_equal(image, default_image)
     assert kinds == {0, 1, 2}
+
+
+def test_the_generator_flag_selects_the_second_set(tmp_path, tiny_params_file):
+    from lib.core.params import GENERATORS as CHOICES
+    from lib.generate import GENERATORS
+
+    assert tuple(GENERATORS) == CHOICES  # parameters.json's choices are the generators there are
+    result = run_main("-m", "lib.generate", "--params", str(tiny_params_file), "--out", str(tmp_path / "d"),
+                      "--n", "1", "--generator", "alternate")
+    assert result.returncode == 0, result.stderr
+    p = replace(load_params(tiny_params_file), "data", generator="alternate")
+    image, _ = GENERATORS["alternate"](image_rng(p.data.seed, "training", 0), p.data)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "d" / "images_training" / "images" / "i0.png")), image)

@@ -37,6 +37,9 @@ class ClassSpec:
     color: tuple[int, int, int] = _spec((0, 0, 0), 0, 255)
 
 
+GENERATORS = ("default", "alternate")  # the synthetic sets of lib.generate (lib/core/synthetic*.py)
+
+
 @dataclass(frozen=True)
 class DataParams:
     """Where the images live, and how the synthetic benchmark is drawn (pairs are ``[low, high]`` ranges)."""
@@ -50,7 +53,7 @@ class DataParams:
     percentiles: tuple[float, float] = _spec((0.5, 99.5), 0.0, 100.0)
     keep_alpha: bool = _spec(False)
     channel_axis: str = _spec("auto", choices=("auto", "first", "last"))
-    generator: str = _spec("default", choices=("default", "alternate"))
+    generator: str = _spec("default", choices=GENERATORS)
     seed: int = _spec(0, 0)
     n_training: int = _spec(100, 1)
     n_test: int = _spec(10, 0)
@@ -100,6 +103,7 @@ class ModelParams:
 
 SCHEDULES = ("published", "cosine")  # lib.core.schedule's (it imports torch, which this module does not)
 OPTIMIZERS = ("sgd", "adamw")  # train.py's make_optimizer
+LOSSES = ("ce", "dice_ce")  # lib.core.losses' make_loss
 # torch.compile of the training forward and backward: "off", or one of torch.compile's modes
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -119,7 +123,7 @@ class TrainingParams:
     schedule: str = _spec("published", choices=SCHEDULES)
     warmup_fraction: float = _spec(0.0, 0.0, 0.5)
     val_fraction: float = _spec(0.1, 0.0, 0.9)
-    loss: str = _spec("ce", choices=("ce", "dice_ce"))
+    loss: str = _spec("ce", choices=LOSSES)
     class_weights: list[float] | None = _spec(None, 0.0)
     seed: int = _spec(0, 0)
     device: str = _spec("auto", choices=("auto", "cpu", "cuda", "mps"))
