@@ -63,6 +63,11 @@ ROUND_TRIPS = [
     ("tiff-uint16-planar-rgb", "a.tif", lambda p, a: _tiff(p, np.moveaxis(a, -1, 0), photometric="rgb",
                                                              planarconfig="separate"),
      _values("uint16", (9, 7, 3)), None),
+    # tifffile writes an H×W×C array with photometric minisblack as H pages of W×C (axes QYX): rows are pages
+    ("tiff-uint16-pages-of-rows", "a.tif", lambda p, a: _tiff(p, a, photometric="minisblack"),
+     _values("uint16", (24, 30, 3)), None),
+    ("tiff-float32-pages-of-rows-wide", "a.tif", lambda p, a: _tiff(p, a, photometric="minisblack"),
+     _values("float32", (20, 40, 2)), None),
 ]
 
 
@@ -267,6 +272,7 @@ def test_rows_read_band_by_band_equal_the_whole_image(tmp_path, case):
         assert (rows.header.height, rows.header.width) == whole.shape[:2]
         bands = [rows.rows(top, min(top + 4, whole.shape[0])) for top in range(0, whole.shape[0], 4)]
         assert np.array_equal(rows.rows(2, 3), whole[2:3])  # a band of one row keeps its row axis
+        assert np.array_equal(rows.rows(1, 5, 2, 6), whole[1:5, 2:6])  # and a block of columns (predict.py's)
     assert np.array_equal(np.concatenate(bands), whole)
 
 

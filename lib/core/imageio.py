@@ -262,7 +262,11 @@ def _tiff_open(path: Path, read: bool, channel_axis: str) -> tuple[np.ndarray | 
         array = array.reshape(kept)
         array = np.ascontiguousarray(np.moveaxis(array, 0, -1) if first else array)
     header = ImageHeader(height, width, channels, dtype.name)
-    return array, _TiffLayout(header, alpha, first, axes.index("Y"), axes.index("X"))
+    # the rows and columns are the file's axes that the plan made them, not those tifffile names Y and X: pages of
+    # generic planes read as H×W×C (tifffile's QYX) have their rows on the page axis
+    keep = [i for i, n in enumerate(shape) if n != 1]
+    y, x = (keep[1], keep[2]) if first else (keep[0], keep[1])
+    return array, _TiffLayout(header, alpha, first, y, x)
 
 
 def _read_tiff(path: Path, channel_axis: str) -> tuple[np.ndarray, bool]:
