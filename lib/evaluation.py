@@ -6,6 +6,7 @@ predict.py (files streamed band by band), the inference notebook and the README 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -72,6 +73,17 @@ def format_table(metrics: dict) -> str:
 
 
 def metrics_json(metrics: dict) -> str:
-    """The metrics as JSON, NaN (a class absent everywhere) written as null."""
-    clean = json.loads(json.dumps(metrics, default=float).replace("NaN", "null"))
-    return json.dumps(clean, indent=2) + "\n"
+    """The metrics as JSON, NaN (a class absent everywhere) written as null; names are left as they are."""
+    return json.dumps(_nan_as_none(metrics), indent=2, allow_nan=False) + "\n"
+
+
+def _nan_as_none(value):
+    """``value`` with every float NaN (at any depth) replaced by None, and NumPy and torch scalars as floats."""
+    if isinstance(value, dict):
+        return {k: _nan_as_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nan_as_none(v) for v in value]
+    if isinstance(value, (str, bool, int)) or value is None:
+        return value
+    number = float(value)
+    return None if math.isnan(number) else number

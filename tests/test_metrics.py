@@ -1,14 +1,17 @@
-"""Keras-style mean IoU: hand-computed cases, and agreement with torchmetrics."""
+"""Keras-style mean IoU: hand-computed cases, agreement with torchmetrics, and the metrics JSON."""
 
 from __future__ import annotations
 
+import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from torchmetrics.classification import MulticlassJaccardIndex
 
 from lib.core.metrics import confusion_matrix, iou_per_class, mean_iou
+from lib.evaluation import metrics_json
 
 
 def test_hand_computed_case_with_absent_and_spurious_classes():
@@ -54,3 +57,14 @@ def test_agrees_with_torchmetrics_macro_jaccard(n_classes, seed):
                        torch.randint(0, n_classes, (4, 32, 32), generator=g))
     reference = MulticlassJaccardIndex(num_classes=n_classes, average="macro")(pred, target)
     assert mean_iou(confusion_matrix(target, pred, n_classes)) == pytest.approx(float(reference), abs=1e-6)
+
+
+def test_metrics_json_writes_nan_as_null_and_leaves_names_alone():
+    metrics = {"miou": 0.5, "iou": {"NaN_class": float("nan"), "line": np.float64(0.25)},
+               "per_image": [{"name": "NaNO3_crystal.tif", "miou": torch.tensor(float("nan"))}],
+               "images": ["NaNO3_crystal.tif"], "n_images": 1}
+    text = metrics_json(metrics)
+    assert json.loads(text) == {"miou": 0.5, "iou": {"NaN_class": None, "line": 0.25},
+                                "per_image": [{"name": "NaNO3_crystal.tif", "miou": None}],
+                                "images": ["NaNO3_crystal.tif"], "n_images": 1}
+    assert "NaN" in text and "null" in text  # the names kept, the values written as JSON allows
