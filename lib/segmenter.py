@@ -122,8 +122,13 @@ class Segmenter:
                 "memory_format": memory_format(self.device)}
 
     def predict(self, image: np.ndarray, name: str = "image") -> tuple[torch.Tensor, torch.Tensor]:
-        """Class probabilities (C×H×W) and labels (H×W) of a whole image, by :func:`sliding_window_predict`."""
-        return sliding_window_predict(self.model, self.to_input(image, name), **self._window_options())
+        """Class probabilities (C×H×W) and labels (H×W) of a whole image, by :func:`sliding_window_predict`.
+
+        Raises:
+            UserError: the image does not fit the model, or its probabilities are not finite.
+        """
+        probabilities, labels = sliding_window_predict(self.model, self.to_input(image, name), **self._window_options())
+        return _finite(probabilities, name, 0, 0), labels
 
     def predict_bands(self, source: ImageRows, name: str = "image", block_width: int = 8192, stats_block: int = 1024
                       ) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
@@ -137,7 +142,7 @@ class Segmenter:
             :func:`sliding_window_bands` for their order).
 
         Raises:
-            UserError: the image does not fit the model, or cannot be read.
+            UserError: the image does not fit the model, cannot be read, or gives probabilities that are not finite.
         """
         header = source.header
         self.check_image(header, name)
@@ -153,5 +158,21 @@ class Segmenter:
         def read_region(top: int, bottom: int, left: int, right: int) -> torch.Tensor:
             return normalize(self._channels(source.rows(top, bottom, left, right))[None], self.normalization, stats)[0]
 
-        yield from sliding_window_bands(self.model, read_region, height, width, **self._window_options(),
-                                        block_width=block_width)
+        for top, left, probabilities, labels in sliding_window_bands(self.model, read_region, height, width,
+                                                                     **self._window_options(), block_width=block_width):
+            yield top, left, _finite(probabilities, name, top, left), labels
+
+
+def _finite(probabilities: torch.Tensor, name: str, top: int, left: int) -> torch.Tensor:
+    """The C×h×w probabilities of rows ``top ..`` and columns ``left ..``, refused if any is NaN or infinite: pixel
+    values far outside the training data's range can overflow float32 once normalised, and the argmax of NaN would
+    quietly be class 0.
+
+    Raises:
+        UserError: naming the image and the block.
+    """
+    if not torch.isfinite(probabilities).all():
+        h, w = probabilities.shape[-2:]
+        raise UserError(f"{name} (rows {top}..{top + h}, columns {left}..{left + w}): the model's probabilities are "
+                        "not finite (pixel values too far outside the training data's range once normalised?)")
+    return probabilities

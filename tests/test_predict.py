@@ -6,11 +6,14 @@ import json
 
 import numpy as np
 import pytest
+import tifffile
+import torch
 from PIL import Image
 
 from lib.core.params import load_params
 from lib.generate import generate_split
-from tests.conftest import REPO, constant_checkpoint, run_cli
+from model.checkpoint import save_checkpoint
+from tests.conftest import REPO, assert_user_error, constant_checkpoint, run_cli, run_main
 
 PARAMS = load_params(REPO / "parameters.json")
 
@@ -67,3 +70,21 @@ def test_single_file_probabilities_and_options(test_set, tmp_path):
     probs = np.load(tmp_path / "o" / "i1_probabilities.npy")
     assert probs.shape == (3, 100, 60) and np.allclose(probs.sum(0), 1, atol=1e-4) and (probs[1] > 0.99).all()
     assert set(np.unique(np.asarray(Image.open(tmp_path / "o" / "i1.png")))) == {1}
+
+
+@pytest.mark.parametrize("shape", [(64, 80), (20, 30)])  # streamed in blocks; smaller than the window (whole)
+def test_probabilities_that_are_not_finite_are_refused(tmp_path, shape):
+    """A float model whose normalisation divides by 1e-3 and an image at 3e38: the normalised input overflows
+    float32, so the probabilities would be NaN and the mask quietly class 0."""
+    state = torch.load(constant_checkpoint(tmp_path / "c.pth", 1), weights_only=True)
+    state["normalization"] = {"mode": "zscore", "dtype": "float32", "scale": 1.0, "mean": [0.0], "std": [1e-3],
+                              "low": None, "high": None}
+    save_checkpoint(tmp_path / "c.pth", state)
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "hot.tif", np.full(shape, 3e38, np.float32))
+    tifffile.imwrite(tmp_path / "in" / "fine.tif", np.full(shape, 0.5, np.float32))
+    out = tmp_path / "out"
+    result = run_main("predict.py", "--checkpoint", str(tmp_path / "c.pth"), "--input", str(tmp_path / "in"),
+                      "--output", str(out), "--quiet")
+    assert_user_error(result, "hot.tif (rows 0..", "probabilities are not finite")
+    assert not (out / "hot.png").exists()
