@@ -89,7 +89,7 @@ def test_image_statistics_in_bands_equal_the_whole_image():
     values = image.astype(np.float64)
     assert np.allclose(mean, values.mean(axis=(0, 1)), rtol=1e-13)
     assert np.allclose(std, values.std(axis=(0, 1), ddof=1), rtol=1e-9)
-    assert image_statistics(np.full((4, 4), 7, np.uint8))[1][0] > 0  # a constant image: a floor, not 0
+    assert image_statistics(np.full((4, 4), 7, np.uint8))[1][0] == 1  # a constant image: centred only
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -105,3 +105,26 @@ def test_bad_options_are_refused(kwargs, match):
 def test_unsupported_dtype_is_refused():
     with pytest.raises(ValueError, match="int32"):
         compute_normalization(torch.zeros(2, 1, 4, 4, dtype=torch.int32))
+
+
+# (id, unit of the data): float data in any unit normalises to the same network input
+UNITS = [("metres", 1.0), ("nanometres-as-metres", 1e-9), ("tiny", 1e-30), ("huge", 1e30)]
+
+
+@pytest.mark.parametrize("mode", ["zscore", "image"])
+@pytest.mark.parametrize("case", UNITS, ids=[c[0] for c in UNITS])
+def test_the_normalised_input_does_not_depend_on_the_unit_of_float_data(case, mode):
+    _, unit = case
+    base = torch.from_numpy(RNG.normal(3.0, 0.5, (4, 2, 8, 8)).astype(np.float32))
+    base[:, 1] = 5.0  # a constant channel: centred to 0, not divided by a floor
+    scaled = (base.double() * unit).float()
+    got = normalize(scaled, compute_normalization(scaled, mode), _per_patch_statistics(scaled))
+    expected = normalize(base, compute_normalization(base, mode), _per_patch_statistics(base))
+    assert torch.isfinite(got).all()
+    assert torch.allclose(got, expected, atol=1e-4)
+    assert torch.equal(got[:, 1], torch.zeros_like(got[:, 1]))
+
+
+def _per_patch_statistics(patches: torch.Tensor) -> torch.Tensor:
+    """N×2×C: each patch's mean and std, as ``image`` mode takes them (here each patch is its own image)."""
+    return torch.tensor([image_statistics(p.permute(1, 2, 0).numpy()) for p in patches], dtype=torch.float64)

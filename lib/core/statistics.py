@@ -9,9 +9,12 @@ import numpy as np
 
 
 def floor_std(std: np.ndarray, mean: np.ndarray) -> np.ndarray:
-    """``std`` with a floor: a constant channel has std 0, and a tiny floor relative to the values keeps the division
-    finite."""
-    return np.maximum(std, 1e-8 * np.maximum(1.0, np.abs(mean)))
+    """``std``, or 1 for a channel that is constant (std 0, or within float rounding of it: at most 1e-8 of its mean),
+    as scikit-learn's StandardScaler does. The test is relative to the values alone, so data of any magnitude keeps
+    its spread (an absolute floor of 1e-8 flattened float data around 1e-30 to a blank input), and a constant channel
+    is only centred: a value that differs at prediction is not multiplied by 1e8."""
+    std, mean = np.asarray(std, dtype=np.float64), np.asarray(mean, dtype=np.float64)
+    return np.where(std > 1e-8 * np.abs(mean), std, 1.0)
 
 
 def merge_moments(a: tuple[np.ndarray, np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray, np.ndarray]
