@@ -12,8 +12,8 @@ import numpy as np
 
 from dataloader.manifest import mask_file, read_manifest
 from dataloader.pairs import find_pairs, load_pair
-from lib.core.atomic import atomic_open
-from lib.core.errors import cli_main
+from lib.core.atomic import atomic_open, make_folder
+from lib.core.errors import UserError, cli_main
 from lib.core.imageio import read_image, read_mask
 from lib.core.metrics import iou_per_class, mean_iou
 from lib.core.params import load_params
@@ -25,9 +25,9 @@ from model.checkpoint import load_checkpoint
 HERE = Path(__file__).resolve().parent
 
 
-def save_figure(fig, name: str) -> None:
-    """Write ``figures/<name>`` atomically: a figure already there is replaced whole or not at all."""
-    with atomic_open(HERE / name, "wb") as handle:
+def save_figure(fig, path: Path) -> None:
+    """Write a figure atomically: a figure already there is replaced whole or not at all."""
+    with atomic_open(path, "wb") as handle:
         fig.savefig(handle, format="png", dpi=80)
 
 
@@ -37,32 +37,46 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--params", default=None)
     parser.add_argument("--example", type=int, default=0, help="test image shown in the prediction figure")
+    parser.add_argument("--out", default=str(HERE), help="folder of the figures (default: figures/)")
     args = parser.parse_args(argv)
     params = load_params(args.params)
     d, colors = params.data, params.class_colors
     root = Path(d.root)
+    figures = {}  # every figure is drawn before the first is written: an error leaves the folder as it was
 
     pairs = find_pairs(root / d.training_folder, d.image_prefix, d.mask_prefix)[:5]
     loaded = [load_pair(p, colors, **d.read_options) for p in pairs]
-    save_figure(show_pairs([i for i, _ in loaded], [m for _, m in loaded], colors, [p.name for p in pairs]),
-                "input_data.png")
+    figures["input_data.png"] = show_pairs([i for i, _ in loaded], [m for _, m in loaded], colors,
+                                           [p.name for p in pairs])
 
     folder = root / params.patches.folder
     rows = read_manifest(folder)[: 4 * 8]
     images = [read_image(folder / "images" / r["file"]) for r in rows]
     masks = [read_mask(folder / "masks" / mask_file(r["file"]), colors) for r in rows]
-    save_figure(show_patch_grid(images, masks, colors, columns=8), "patches.png")
+    figures["patches.png"] = show_patch_grid(images, masks, colors, columns=8)
 
-    save_figure(plot_history(load_checkpoint(args.checkpoint)["history"]), "training_curve.png")
+    history = load_checkpoint(args.checkpoint).get("history")
+    if not history:
+        raise UserError(f"{args.checkpoint}: no training history (expected a checkpoint written by train.py)")
+    figures["training_curve.png"] = plot_history(history)
 
     segmenter = Segmenter.from_checkpoint(args.checkpoint)
-    pair = find_pairs(root / d.test_folder, d.image_prefix, d.mask_prefix)[args.example]
+    tests = find_pairs(root / d.test_folder, d.image_prefix, d.mask_prefix)
+    if not 0 <= args.example < len(tests):
+        raise UserError(f"--example {args.example}: expected 0..{len(tests) - 1} ({len(tests)} test images in "
+                        f"{root / d.test_folder})")
+    pair = tests[args.example]
     image, truth = load_pair(pair, colors, **d.read_options)
-    probabilities, labels = segmenter.predict(image)
+    probabilities, labels = segmenter.predict(image, str(pair.image))
     cm = image_confusion(labels, truth, len(segmenter.class_names))
-    save_figure(show_prediction(image, truth, probabilities.numpy().astype(np.float32), segmenter.class_names, colors,
-                                iou_per_class(cm).tolist(), mean_iou(cm)), "prediction.png")
-    print(f"wrote figures to {HERE}")
+    figures["prediction.png"] = show_prediction(image, truth, probabilities.numpy().astype(np.float32),
+                                                segmenter.class_names, colors, iou_per_class(cm).tolist(),
+                                                mean_iou(cm))
+    out = Path(args.out)
+    make_folder(out)
+    for name, fig in figures.items():
+        save_figure(fig, out / name)
+    print(f"wrote {len(figures)} figures to {out}")
 
 
 if __name__ == "__main__":

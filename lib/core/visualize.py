@@ -189,7 +189,7 @@ def plot_history(history: Sequence[dict]) -> plt.Figure:
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_iou) = plt.subplots(1, 2, figsize=(10, 3.6))
     ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="training loss")
-    if all("val_loss" in h for h in history):
+    if history and all("val_loss" in h for h in history):  # a run without validation images has none
         ax_loss.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation loss")
         ax_iou.plot(epochs, [h["val_miou"] for h in history], "o-", color="k", label="mIoU")
         for name in history[0]["val_iou"]:

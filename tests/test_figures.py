@@ -1,0 +1,52 @@
+"""figures.make_figures: the README's four figures from a data set and a checkpoint, all or none."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from model.checkpoint import save_checkpoint
+from tests.conftest import assert_user_error, constant_checkpoint, run_main
+
+NAMES = ["input_data.png", "patches.png", "prediction.png", "training_curve.png"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_patches):
+    params_file, data = tiny_patches
+    done = run_main("train.py", "--params", str(params_file), "-f", str(data / "patches_s48"), "-e", "1",
+                    "--name", "figures", "--precision", "fp32")
+    assert done.returncode == 0, done.stderr[-2000:]
+    return data / "checkpoints" / "figures" / "best.pth"
+
+
+def test_the_four_figures_are_written_to_the_chosen_folder(tiny_patches, checkpoint, tmp_path):
+    params_file, _ = tiny_patches
+    done = run_main("-m", "figures.make_figures", "--checkpoint", str(checkpoint), "--params", str(params_file),
+                    "--out", str(tmp_path / "figs"), "--example", "1")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == NAMES
+    for name in NAMES:
+        with Image.open(tmp_path / "figs" / name) as figure:
+            assert figure.format == "PNG" and min(figure.size) > 100
+
+
+@pytest.mark.parametrize("bad", ["example", "channels", "no-history"])
+def test_an_error_writes_no_figure(tiny_patches, checkpoint, tmp_path, bad):
+    """The figures are drawn first and written last: a failure at the prediction figure leaves none of them."""
+    params_file, data = tiny_patches
+    if bad == "example":
+        args, fragments = ["--checkpoint", str(checkpoint), "--example", "7"], ["--example 7", "expected 0..1"]
+    elif bad == "no-history":
+        other = str(constant_checkpoint(tmp_path / "plain.pth", 0))
+        args, fragments = ["--checkpoint", other], [other, "no training history"]
+    else:
+        other = constant_checkpoint(tmp_path / "two.pth", 0, n_channels=2)
+        state = torch.load(other, weights_only=True)
+        state["history"] = torch.load(checkpoint, weights_only=True)["history"]
+        save_checkpoint(other, state)
+        args, fragments = ["--checkpoint", str(other)], ["images_test/images/i0.png", "the model expects 2"]
+    done = run_main("-m", "figures.make_figures", *args, "--params", str(params_file), "--out", str(tmp_path / "figs"))
+    assert_user_error(done, *fragments)
+    assert not (tmp_path / "figs").exists()
