@@ -19,15 +19,15 @@ import numpy as np
 from tqdm.auto import tqdm  # a widget in notebooks, the usual bar in a terminal
 
 from dataloader.manifest import MANIFEST, MANIFEST_FIELDS, SOURCES, mask_file
-from dataloader.pairs import ImagePair, find_pairs, load_pair
+from dataloader.pairs import ImagePair, find_pairs
 from lib.core.atomic import atomic_write_text, deferred_sync
 from lib.core.errors import UserError, cli_main
-from lib.core.imageio import image_suffix, save_image, save_mask
+from lib.core.imageio import ImageHeader, ImageRows, image_suffix, read_mask, save_image, save_mask
 from lib.core.jobs import finish_job, start_job
 from lib.core.padding import reflect_pad
 from lib.core.params import Params, load_params, replace
 from lib.core.patch_sampling import apply_augmentation, augmentations, sample_positions
-from lib.core.statistics import image_statistics
+from lib.core.statistics import band_statistics
 
 OWNED = ["images/*.png", "images/*.tif", "masks/*.png", MANIFEST, SOURCES]
 
@@ -38,6 +38,8 @@ def prepare_patches(src: str | Path, out: str | Path, params: Params, overwrite:
 
     Images smaller than a patch are reflect-padded at the bottom and right first (the manifest's coordinates refer to
     the padded image). Each source image has its own random stream, so the output is byte-identical for a seed.
+    Memory does not grow with the data set: a first pass checks every pair band by band, a second cuts one image at
+    a time, reading a TIFF's windows alone (its mask is held whole, one byte a pixel, to sample them).
 
     Args:
         src: folder with ``images/`` and ``masks/``.
@@ -56,71 +58,95 @@ def prepare_patches(src: str | Path, out: str | Path, params: Params, overwrite:
     p = params.patches
     pairs = find_pairs(src, params.data.image_prefix, params.data.mask_prefix)
     variants = augmentations(p.flips, p.rotate90)
-    loaded = _load_all(pairs, params, progress)  # every input is checked before anything is written
+    summary = check_pairs(pairs, params, progress)  # every input is checked before anything is written
     signature = {"src": str(Path(src).resolve()), "patches": dataclasses.asdict(p),
                  "sources": [pair.name for pair in pairs]}
     resumed = start_job(out, signature, OWNED, overwrite)
     (out / "images").mkdir(exist_ok=True)
     (out / "masks").mkdir(exist_ok=True)
-    first = loaded[0][0]
-    suffix = image_suffix(first.dtype, 1 if first.ndim == 2 else first.shape[2])
+    suffix = image_suffix(summary["dtype"], summary["channels"])
     rows = []
     k = 0
     with deferred_sync():  # one sync for the thousands of patch files, before the manifest that lists them
-        for s, (pair, (image, mask)) in enumerate(zip(tqdm(pairs, desc="cut patches", disable=not progress,
-                                                           unit="img"), loaded)):
-            # the padding of inference (lib.core.padding), so that a small image looks the same to both
-            image, mask = reflect_pad(image, p.size, p.size, (0, 1)), reflect_pad(mask, p.size, p.size, (0, 1))
-            rng = np.random.default_rng([p.seed, s])
-            for top, left in sample_positions(rng, mask, p.size, p.per_image, p.foreground_fraction):
-                window = (slice(top, top + p.size), slice(left, left + p.size))
-                for flip, rot in variants:
-                    name = f"p{k}{suffix}"
-                    rows.append({"file": name, "source": pair.name, "top": top, "left": left, "flip": flip,
-                                 "rot90": rot})
-                    if not (resumed and (out / "masks" / mask_file(name)).is_file()):
-                        save_image(out / "images" / name, apply_augmentation(image[window], flip, rot))
-                        save_mask(out / "masks" / mask_file(name), apply_augmentation(mask[window], flip, rot),
-                                  params.class_colors)
-                    k += 1
+        for s, pair in enumerate(tqdm(pairs, desc="cut patches", disable=not progress, unit="img")):
+            with ImageRows(pair.image, **params.data.read_options) as source:
+                mask = read_mask(pair.mask, params.class_colors)
+                height, width = mask.shape
+                # a small image whole, padded as inference pads it (lib.core.padding), so both see the same pixels
+                image = reflect_pad(source.rows(0, height), p.size, p.size, (0, 1)) \
+                    if height < p.size or width < p.size else None
+                mask = reflect_pad(mask, p.size, p.size, (0, 1))
+                rng = np.random.default_rng([p.seed, s])
+                for top, left in sample_positions(rng, mask, p.size, p.per_image, p.foreground_fraction):
+                    window = (slice(top, top + p.size), slice(left, left + p.size))
+                    pixels = image[window] if image is not None else source.rows(top, top + p.size, left,
+                                                                                left + p.size)
+                    for flip, rot in variants:
+                        name = f"p{k}{suffix}"
+                        rows.append({"file": name, "source": pair.name, "top": top, "left": left, "flip": flip,
+                                     "rot90": rot})
+                        if not (resumed and (out / "masks" / mask_file(name)).is_file()):
+                            save_image(out / "images" / name, apply_augmentation(pixels, flip, rot))
+                            save_mask(out / "masks" / mask_file(name), apply_augmentation(mask[window], flip, rot),
+                                      params.class_colors)
+                        k += 1
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, MANIFEST_FIELDS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(out / SOURCES, json.dumps(source_summary(pairs, [image for image, _ in loaded]), indent=1))
+    atomic_write_text(out / SOURCES, json.dumps(summary, indent=1))
     atomic_write_text(out / MANIFEST, buffer.getvalue())
     finish_job(out)
     return k
 
 
-def source_summary(pairs: list[ImagePair], images: list[np.ndarray]) -> dict:
-    """``sources.json``: the data set's dtype and channel count, and each source image's size and per-channel mean
-    and std in stored units (the statistics of ``image`` normalisation)."""
-    first = images[0]
-    summary = {"dtype": first.dtype.name, "channels": 1 if first.ndim == 2 else int(first.shape[2]), "images": {}}
-    for pair, image in zip(pairs, images):
-        mean, std = image_statistics(image)
-        summary["images"][pair.name] = {"height": int(image.shape[0]), "width": int(image.shape[1]),
-                                        "mean": mean, "std": std}
-    return summary
+def describe(image: np.ndarray | ImageHeader) -> str:
+    """``uint16, 4 channels``: what a data set must share, of an H×W[×C] array or an image's header."""
+    if isinstance(image, np.ndarray):
+        dtype, channels = image.dtype.name, 1 if image.ndim == 2 else image.shape[2]
+    else:
+        dtype, channels = image.dtype, image.channels
+    return f"{dtype}, {channels} channel{'s' if channels > 1 else ''}"
 
 
-def describe(image: np.ndarray) -> str:
-    """``uint16, 4 channels``: what a data set must share."""
-    channels = 1 if image.ndim == 2 else image.shape[2]
-    return f"{image.dtype.name}, {channels} channel{'s' if channels > 1 else ''}"
+def check_pairs(pairs: list[ImagePair], params: Params, progress: bool, band_pixels: int = 2**20) -> dict:
+    """Read every pair through once, in bands of rows of about ``band_pixels`` (a PNG is decoded whole): the image
+    is readable (finite, if float), its mask has its size and class values only, and the data set has one pixel type
+    and channel count. Only the summary is kept, so memory is one band (and its float64 statistics) at a time.
 
+    Returns:
+        ``sources.json``: the data set's dtype and channel count, and each source image's size and per-channel mean
+        and std in stored units (the statistics of ``image`` normalisation: those of
+        :func:`lib.core.statistics.image_statistics`, to rounding).
 
-def _load_all(pairs: list[ImagePair], params: Params, progress: bool) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Read and check every pair (readable, same size, mask values are classes, one dtype and channel count)."""
-    loaded = []
+    Raises:
+        UserError: naming the file (and the rows) at fault.
+    """
+    summary: dict = {"images": {}}
     for pair in tqdm(pairs, desc="read images", disable=not progress, unit="img"):
-        image, mask = load_pair(pair, params.class_colors, **params.data.read_options)
-        if loaded and describe(image) != describe(loaded[0][0]):
-            raise UserError(f"{pair.image}: image of {describe(image)} among images of {describe(loaded[0][0])} "
-                            f"({pairs[0].image.name}); a data set has one pixel type and one channel count")
-        loaded.append((image, mask))
-    return loaded
+        if pair.mask is None:
+            raise UserError(f"{pair.image}: no mask")
+        with ImageRows(pair.image, **params.data.read_options) as image, \
+                ImageRows(pair.mask, mask_colors=params.class_colors) as mask:
+            h, w = image.header.height, image.header.width
+            if (mask.header.height, mask.header.width) != (h, w):
+                raise UserError(f"{pair.mask}: mask is {mask.header.width}x{mask.header.height} but its image is "
+                                f"{w}x{h} (width x height)")
+            if "dtype" not in summary:
+                summary.update(dtype=image.header.dtype, channels=image.header.channels, first=pair.image.name,
+                               kind=describe(image.header))
+            elif describe(image.header) != summary["kind"]:
+                raise UserError(f"{pair.image}: image of {describe(image.header)} among images of {summary['kind']} "
+                                f"({summary['first']}); a data set has one pixel type and one channel count")
+
+            def bands(image=image, mask=mask, h=h, rows=max(1, band_pixels // w)):
+                for top in range(0, h, rows):
+                    mask.rows(top, min(h, top + rows))  # its values are checked as it is read
+                    yield image.rows(top, min(h, top + rows))
+
+            mean, std = band_statistics(bands())
+        summary["images"][pair.name] = {"height": h, "width": w, "mean": mean, "std": std}
+    return {"dtype": summary["dtype"], "channels": summary["channels"], "images": summary["images"]}
 
 
 @cli_main

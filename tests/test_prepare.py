@@ -120,3 +120,49 @@ def test_cli_defaults_and_flags(tmp_path, tiny_params_file):
     assert len(_rows(out)) == 4 * 2 * 4
     again = run_cli("-m", "lib.prepare", "--params", str(tiny_params_file), "--per-image", "2", "--patch-size", "32")
     assert_user_error(again, "patches_s32", "--overwrite")
+
+
+def test_a_tiled_tiff_is_never_decoded_whole(tmp_path, monkeypatch):
+    """Memory does not grow with the data set: a TIFF's statistics come band by band and its patches window by
+    window (only its mask, one byte a pixel, is read whole), and the result is that of the whole arrays."""
+    import json
+
+    import tifffile
+
+    from dataloader import pairs
+    from lib.core import imageio
+    from lib.core.statistics import image_statistics
+
+    rng = np.random.default_rng(4)
+    (tmp_path / "src" / "images").mkdir(parents=True)
+    (tmp_path / "src" / "masks").mkdir()
+    arrays = {}
+    for name, (h, w) in (("a", (300, 260)), ("b", (130, 410))):
+        image = rng.integers(0, 4096, (h, w, 3), dtype=np.uint16)
+        mask = rng.integers(0, 3, (h, w), dtype=np.uint8)
+        tifffile.imwrite(tmp_path / "src" / "images" / f"{name}.tif", image, tile=(64, 64),
+                         photometric="minisblack", planarconfig="contig")
+        tifffile.imwrite(tmp_path / "src" / "masks" / f"{name}.tif", mask, tile=(64, 64))
+        arrays[name] = image
+    whole = imageio.read_image
+
+    def masks_only(path, *args, **kwargs):
+        assert path.parent.name == "masks", f"{path} decoded whole"
+        return whole(path, *args, **kwargs)
+
+    monkeypatch.setattr(imageio, "read_image", masks_only)
+    monkeypatch.setattr(pairs, "read_image", masks_only)  # and wherever it was imported by name
+    params = replace(SMALL, "patches", foreground_fraction=0.5)
+    out = tmp_path / "patches"
+    assert prepare_patches(tmp_path / "src", out, params, progress=False) == 2 * 3 * 4
+    monkeypatch.undo()
+    for r in _rows(out):
+        top, left = int(r["top"]), int(r["left"])
+        window = arrays[r["source"]][top:top + 48, left:left + 48]
+        assert np.array_equal(read_image(out / "images" / r["file"]),
+                              apply_augmentation(window, r["flip"], int(r["rot90"])))
+    summary = json.loads((out / "sources.json").read_text())
+    for name, image in arrays.items():
+        mean, std = image_statistics(image)
+        assert np.allclose(summary["images"][name]["mean"], mean, rtol=1e-12)
+        assert np.allclose(summary["images"][name]["std"], std, rtol=1e-12)
