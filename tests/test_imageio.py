@@ -14,6 +14,7 @@ from PIL import Image
 
 from lib.core.errors import UserError
 from lib.core.imageio import ImageRows, encode_image, image_suffix, read_header, read_image, read_mask, save_image
+from tests.conftest import REPO
 
 RNG = np.random.default_rng(0)
 
@@ -209,13 +210,14 @@ REFUSED = [
 ]
 
 
-def _corrupt_last_tile(path: Path, compression: str) -> None:
-    """A compressed TIFF whose header is sound and whose last tile (or strip) is garbage: its codec's own error
-    (zlib.error, lzma.LZMAError) must become one line naming the file, where and while it is decoded."""
+def _corrupt_last_tile(path: Path, compression: str, which: int = -1, shape: tuple[int, int] = (40, 40)) -> None:
+    """A compressed TIFF whose header is sound and whose last tile (or strip, or the ``which``-th) is garbage: its
+    codec's own error (zlib.error, lzma.LZMAError) must become one line naming the file, where and while it is
+    decoded."""
     tiles = {"tile": (16, 16)} if compression == "zlib" else {"rowsperstrip": 8}
-    _tiff(path, _values("uint16", (40, 40)), compression=compression, **tiles)
+    _tiff(path, _values("uint16", shape), compression=compression, **tiles)
     with tifffile.TiffFile(path) as tif:
-        offset, count = tif.pages[0].dataoffsets[-1], tif.pages[0].databytecounts[-1]
+        offset, count = tif.pages[0].dataoffsets[which], tif.pages[0].databytecounts[which]
     data = bytearray(path.read_bytes())
     data[offset:offset + count] = b"\x00" * count
     path.write_bytes(bytes(data))
@@ -238,6 +240,21 @@ def test_a_corrupt_tile_read_band_by_band_is_refused_naming_its_rows(tmp_path, c
         assert rows.rows(0, 8).shape == (8, 40)  # the sound part reads
         with pytest.raises(UserError, match=r"bad.tif \(rows 32..40, columns 0..40\): not a readable image"):
             rows.rows(32, 40)
+
+
+def test_a_corrupt_first_tile_gives_one_line_and_no_noise_at_exit(tmp_path):
+    """zarr reads a band's tiles as concurrent tasks: when the first fails, the others must not be left pending, or
+    about 26 lines of "Task was destroyed but it is pending!" follow the one-line error when the process exits."""
+    import subprocess
+    import sys
+
+    _corrupt_last_tile(tmp_path / "bad.tif", "zlib", which=0, shape=(400, 400))  # the first of 625 tiles
+    code = ("from lib.core.imageio import ImageRows\nfrom lib.core.errors import UserError\n"
+            f"rows = ImageRows({str(tmp_path / 'bad.tif')!r})\n"
+            "try:\n    rows.rows(0, 400)\nexcept UserError as err:\n    print(err)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    lines = (done.stdout + done.stderr).splitlines()
+    assert len(lines) == 1 and "bad.tif (rows 0..400, columns 0..400): not a readable image" in lines[0], lines
 
 
 def test_an_image_that_cannot_fit_in_memory_is_refused(tmp_path, monkeypatch):

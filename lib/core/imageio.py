@@ -355,6 +355,31 @@ def read_header(path: str | Path, keep_alpha: bool = False, channel_axis: str = 
     return ImageHeader(height, width, with_alpha if keep_alpha else plain, dtype)
 
 
+def _cancel_pending_reads() -> None:
+    """Cancel the reads zarr left pending on its event loop after one of them failed: it reads a region's tiles as
+    concurrent tasks, and the others, destroyed at exit, printed about 26 lines ("Task was destroyed but it is
+    pending!") under the one-line error. A no-op where zarr's loop cannot be reached (another zarr version)."""
+    import asyncio
+
+    try:
+        from zarr.core import sync
+
+        loop = sync._get_loop()
+    except Exception:  # noqa: BLE001 - internals of zarr 3; without them the error is still right, only noisier
+        return
+
+    async def cancel() -> None:
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    try:
+        asyncio.run_coroutine_threadsafe(cancel(), loop).result(timeout=10)
+    except Exception:  # noqa: BLE001 - best effort, as above
+        pass
+
+
 class ImageRows:
     """An image read band by band: ``rows(top, bottom)`` returns those rows as :func:`read_image` would.
 
@@ -403,6 +428,7 @@ class ImageRows:
         except MemoryError:
             raise
         except Exception as err:  # noqa: BLE001 - a corrupt tile: any codec's error (zlib.error, LZMAError, ...)
+            _cancel_pending_reads()
             raise UserError(f"{where}: not a readable image ({_reason(err)})") from None
         # drop the axes of length 1 in the file (not a band's single row), as _tiff_plan does
         band = band.reshape([n for n, full in zip(band.shape, self._zarr.shape) if full != 1])
