@@ -92,11 +92,18 @@ def resolve_params(args: argparse.Namespace, resumed: dict | None) -> Params:
     params = params_from_dict(resumed["params"]) if resumed else load_params(args.params)
     if resumed:
         check_resume_flags(args, params)
-    params = replace(params, "training", epochs=args.epochs, learning_rate=args.learning_rate,
-                     batch_size=args.batch_size, folder=args.folder, seed=args.seed, device=args.device,
-                     precision=args.precision, val_fraction=args.val_fraction, loss=args.loss, compile=args.compile,
-                     schedule=args.schedule, warmup_fraction=args.warmup_fraction, optimizer=args.optimizer)
-    return replace(params, "model", base_channels=args.base_channels, bilinear=args.bilinear)
+    for group, values in flag_values(args).items():
+        params = replace(params, group, **values)
+    return params
+
+
+def flag_values(args: argparse.Namespace) -> dict[str, dict]:
+    """The parameters the flags set, by group (``None``: not given, parameters.json or the checkpoint decides)."""
+    return {"training": dict(epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size,
+                             folder=args.folder, seed=args.seed, device=args.device, precision=args.precision,
+                             val_fraction=args.val_fraction, loss=args.loss, compile=args.compile,
+                             schedule=args.schedule, warmup_fraction=args.warmup_fraction, optimizer=args.optimizer),
+            "model": dict(base_channels=args.base_channels, bilinear=args.bilinear)}
 
 
 def check_resume_flags(args: argparse.Namespace, params: Params) -> None:
@@ -116,11 +123,14 @@ def check_resume_flags(args: argparse.Namespace, params: Params) -> None:
                             "resumed run keeps (resume without the flag)")
 
 
-def note_ignored_params(path: str, params: Params, load: str) -> None:
-    """Print which values of a ``--params`` file differ from those the resumed run goes on with (its own, overridden
-    by the flags)."""
+def note_ignored_params(args: argparse.Namespace, params: Params) -> None:
+    """Print which values of a ``--params`` file differ from those the resumed run goes on with (its own; those the
+    flags set on the command line are left out, as they are not ignored)."""
+    path, load = args.params, args.load
+    flagged = {f"{group}.{key}" for group, values in flag_values(args).items() for key, v in values.items()
+               if v is not None}
     given, kept = _flat(load_params(path).to_dict()), _flat(params.to_dict())
-    differ = [k for k in given if given[k] != kept.get(k)]
+    differ = [k for k in given if given[k] != kept.get(k) and k not in flagged]
     if differ:
         shown = ", ".join(f"{k} ({given[k]!r}; the run: {kept.get(k)!r})" for k in differ[:3])
         more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
@@ -212,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"{args.load}: the run already finished its {t.epochs} epochs (pass -e with more to "
                             "extend)")
         if resumed and args.params and rt.dist.is_main:  # once every check has passed: an error stays one line
-            note_ignored_params(args.params, params, args.load)
+            note_ignored_params(args, params)
 
         # ---- outputs (rank 0 only) ----
         ckpt_root, runs_root = Path(t.checkpoints_dir), Path(t.runs_dir)
@@ -310,12 +320,22 @@ def load_data(params: Params, resumed: dict | None, args: argparse.Namespace, rt
         check_compatible(resumed, patches.n_channels, classes, args.load, patches.dtype,
                          args.params or "parameters.json")
         check_resumable(resumed, args.load)
+        if sorted(val_sources) != sorted(resumed["val_sources"]):  # it would validate on images it trained on
+            raise UserError(f"{folder}: its validation images would be {_names(val_sources)}, but {args.load} "
+                            f"validated on {_names(resumed['val_sources'])}; resume with the run's patch folder, "
+                            f"{resumed['patch_folder']}")
     normalization = resumed["normalization"] if resumed else compute_normalization(
         patches.images[train_idx], params.data.normalization, params.data.percentiles)
     image_stats = patch_image_stats(patches, normalization)
     return TrainingData(folder, patches, train_idx, val_idx, val_sources, normalization,
                         patches.images.to(rt.device), patches.masks.to(rt.device),
                         image_stats.to(rt.device) if image_stats is not None else None)
+
+
+def _names(sources: list[str], shown: int = 3) -> str:
+    """``a, b, c and 4 more``: a short list of source image names for a message."""
+    head = ", ".join(sorted(sources)[:shown]) or "none"
+    return head + (f" and {len(sources) - shown} more" if len(sources) > shown else "")
 
 
 def with_trained_patch_size(params: Params, data: TrainingData, rt: Runtime) -> Params:

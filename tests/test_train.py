@@ -13,6 +13,9 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from lib.core.params import load_params
+from lib.generate import generate_split
+from lib.prepare import prepare_patches
 from lib.segmenter import Segmenter
 from model.checkpoint import MODEL_KEYS, RESUME_KEYS, save_checkpoint
 from tests.conftest import REPO, assert_user_error, run_cli, run_main, write_params
@@ -176,9 +179,16 @@ def test_a_resumed_run_keeps_its_split_and_reports_a_params_file_it_ignores(tiny
                       "--seed 3", str(last), "--seed 0")
     assert_user_error(run_main("train.py", "--load", str(last), "-e", "2", "--val-fraction", "0.5"),
                       "--val-fraction 0.5", "--val-fraction 0.25")
+    # so did the patch folder's source images: a folder of other sources is refused too
+    params = load_params(params_file)
+    more = generate_split(tmp_path / "more", "training", 11, params, progress=False)
+    prepare_patches(more, tmp_path / "patches_more", params, progress=False)
+    assert_user_error(run_main("train.py", "--load", str(last), "-e", "2", "-f", str(tmp_path / "patches_more")),
+                      "patches_more: its validation images would be", "resume with the run's patch folder")
     assert last.read_bytes() == before
     raw = json.loads(params_file.read_text())
     raw["training"]["learning_rate"] = 0.2
+    raw["training"]["epochs"] = 7  # -e 2 below sets it: not ignored, so not in the note
     raw["model"]["base_channels"] = 8
     other = write_params(tmp_path / "other.json", raw)
     resumed = run_main("train.py", "--load", str(last), "-e", "2", "--params", str(other))
@@ -186,6 +196,7 @@ def test_a_resumed_run_keeps_its_split_and_reports_a_params_file_it_ignores(tiny
     note = [ln for ln in resumed.stderr.splitlines() if ln.startswith("note:")]
     assert len(note) == 1, resumed.stderr
     assert "model.base_channels (8; the run: 4)" in note[0] and "training.learning_rate" in note[0], note[0]
+    assert "training.epochs" not in note[0]
     state = _weights(last)
     assert state["epoch"] == 2 and state["model_config"]["base_channels"] == 4
     assert state["params"]["training"]["learning_rate"] == json.loads(params_file.read_text())["training"][
