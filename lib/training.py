@@ -104,9 +104,10 @@ def new_run_name(folder: str, name: str | None, checkpoints_dir: Path, runs_dir:
     """
     if name is not None:
         # \w: letters and digits of any script; 200 bytes stays clear of the file systems' 255-byte names
-        if not re.fullmatch(r"[\w.-]+", name) or name in (".", "..") or len(name.encode()) > 200:
+        # not starting with "." (hidden from ls and `make figures`) or "-" (read as an option)
+        if not re.fullmatch(r"\w[\w.-]*", name) or len(name.encode()) > 200:
             raise UserError(f"--name {name[:40]!r}{'...' if len(name) > 40 else ''}: expected a plain folder name "
-                            "(letters, digits, . _ -) of at most 200 bytes")
+                            "(letters, digits, . _ -, not starting with . or -) of at most 200 bytes")
         if (checkpoints_dir / name).exists() or (runs_dir / name).exists():
             raise UserError(f"--name {name}: a run of that name exists; choose another name or --load to resume it")
         return name

@@ -230,6 +230,9 @@ RUN_NAMES = [
     ("too-long-in-bytes", "ü" * 101, False),
     ("slash", "a/b", False),
     ("parent", "..", False),
+    ("hidden", ".hidden", False),
+    ("dots", "...", False),
+    ("option-like", "-x", False),
     ("space", "a b", False),
     ("empty", "", False),
 ]
