@@ -33,13 +33,14 @@ OWNED = ["images/*.png", "images/*.tif", "masks/*.png", MANIFEST, SOURCES]
 
 
 def prepare_patches(src: str | Path, out: str | Path, params: Params, overwrite: bool = False,
-                    progress: bool = True) -> int:
+                    progress: bool = True, whole_bytes: int = 64 * 2**20) -> int:
     """Cut ``patches.per_image`` random windows of ``patches.size`` from every image of ``src``, in each augmentation.
 
     Images smaller than a patch are reflect-padded at the bottom and right first (the manifest's coordinates refer to
     the padded image). Each source image has its own random stream, so the output is byte-identical for a seed.
     Memory does not grow with the data set: a first pass checks every pair band by band, a second cuts one image at
-    a time, reading a TIFF's windows alone (its mask is held whole, one byte a pixel, to sample them).
+    a time, reading the windows of a TIFF larger than ``whole_bytes`` alone (its mask is held whole, one byte a
+    pixel, to sample them); a smaller image is read whole, as one read is faster than a read per window.
 
     Args:
         src: folder with ``images/`` and ``masks/``.
@@ -47,6 +48,7 @@ def prepare_patches(src: str | Path, out: str | Path, params: Params, overwrite:
         params: patch parameters, class colours, and the name rule of ``data``.
         overwrite: replace a finished or foreign output folder.
         progress: show a tqdm bar.
+        whole_bytes: the largest image (in decoded bytes) read whole rather than window by window.
 
     Returns:
         The number of patches written.
@@ -72,9 +74,11 @@ def prepare_patches(src: str | Path, out: str | Path, params: Params, overwrite:
             with ImageRows(pair.image, **params.data.read_options) as source:
                 mask = read_mask(pair.mask, params.class_colors)
                 height, width = mask.shape
-                # a small image whole, padded as inference pads it (lib.core.padding), so both see the same pixels
-                image = reflect_pad(source.rows(0, height), p.size, p.size, (0, 1)) \
-                    if height < p.size or width < p.size else None
+                h = source.header
+                small = height < p.size or width < p.size
+                whole = small or height * width * h.channels * np.dtype(h.dtype).itemsize <= whole_bytes
+                # an image smaller than a patch is padded as inference pads it (lib.core.padding): both see the same
+                image = reflect_pad(source.rows(0, height), p.size, p.size, (0, 1)) if whole else None
                 mask = reflect_pad(mask, p.size, p.size, (0, 1))
                 rng = np.random.default_rng([p.seed, s])
                 for top, left in sample_positions(rng, mask, p.size, p.per_image, p.foreground_fraction):

@@ -154,7 +154,7 @@ def test_a_tiled_tiff_is_never_decoded_whole(tmp_path, monkeypatch):
     monkeypatch.setattr(pairs, "read_image", masks_only)  # and wherever it was imported by name
     params = replace(SMALL, "patches", foreground_fraction=0.5)
     out = tmp_path / "patches"
-    assert prepare_patches(tmp_path / "src", out, params, progress=False) == 2 * 3 * 4
+    assert prepare_patches(tmp_path / "src", out, params, progress=False, whole_bytes=0) == 2 * 3 * 4
     monkeypatch.undo()
     for r in _rows(out):
         top, left = int(r["top"]), int(r["left"])
