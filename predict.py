@@ -109,13 +109,12 @@ def check_inputs(images: list[Path], masks: dict[Path, Path], segmenter: Segment
             if (mask.height, mask.width) != (header.height, header.width):
                 raise UserError(f"{masks[image]}: mask is {mask.width}x{mask.height} but its image is "
                                 f"{header.width}x{header.height} (width x height)")
-            check_mask_values(masks[image], segmenter.class_colors, mask.height, mask.width)
+            check_mask_values(masks[image], segmenter.class_colors)
         headers.append(header)
     return headers
 
 
-def check_mask_values(mask: Path, colors: list[tuple[int, int, int]], height: int, width: int,
-                      band_pixels: int = 2**24) -> None:
+def check_mask_values(mask: Path, colors: list[tuple[int, int, int]], band_pixels: int = 2**24) -> None:
     """Read a mask through once, in bands of about ``band_pixels``, so that a value that is no class stops the run
     before the first output rather than once segmentation reaches it (a PNG is decoded and checked whole; a TIFF
     costs a second read, small beside segmenting its image).
@@ -123,10 +122,9 @@ def check_mask_values(mask: Path, colors: list[tuple[int, int, int]], height: in
     Raises:
         UserError: naming the mask, the rows and the values.
     """
-    step = max(1, band_pixels // width)
     with ImageRows(mask, mask_colors=colors) as rows:
-        for top in range(0, height, step):
-            rows.rows(top, min(height, top + step))
+        for _ in rows.bands(band_pixels):  # each band's values are checked as it is read
+            pass
 
 
 def check_outputs(images: list[Path], masks: dict[Path, Path], out: Path) -> None:

@@ -126,31 +126,26 @@ def check_pairs(pairs: list[ImagePair], params: Params, progress: bool, band_pix
     Raises:
         UserError: naming the file (and the rows) at fault.
     """
-    summary: dict = {"images": {}}
+    first: ImageHeader | None = None
+    images = {}
     for pair in tqdm(pairs, desc="read images", disable=not progress, unit="img"):
         if pair.mask is None:
             raise UserError(f"{pair.image}: no mask")
         with ImageRows(pair.image, **params.data.read_options) as image, \
                 ImageRows(pair.mask, mask_colors=params.class_colors) as mask:
-            h, w = image.header.height, image.header.width
-            if (mask.header.height, mask.header.width) != (h, w):
+            header = image.header
+            if (mask.header.height, mask.header.width) != (header.height, header.width):
                 raise UserError(f"{pair.mask}: mask is {mask.header.width}x{mask.header.height} but its image is "
-                                f"{w}x{h} (width x height)")
-            if "dtype" not in summary:
-                summary.update(dtype=image.header.dtype, channels=image.header.channels, first=pair.image.name,
-                               kind=describe(image.header))
-            elif describe(image.header) != summary["kind"]:
-                raise UserError(f"{pair.image}: image of {describe(image.header)} among images of {summary['kind']} "
-                                f"({summary['first']}); a data set has one pixel type and one channel count")
-
-            def bands(image=image, mask=mask, h=h, rows=max(1, band_pixels // w)):
-                for top in range(0, h, rows):
-                    mask.rows(top, min(h, top + rows))  # its values are checked as it is read
-                    yield image.rows(top, min(h, top + rows))
-
-            mean, std = band_statistics(bands())
-        summary["images"][pair.name] = {"height": h, "width": w, "mean": mean, "std": std}
-    return {"dtype": summary["dtype"], "channels": summary["channels"], "images": summary["images"]}
+                                f"{header.width}x{header.height} (width x height)")
+            first = first or header
+            if describe(header) != describe(first):
+                raise UserError(f"{pair.image}: image of {describe(header)} among images of {describe(first)} "
+                                f"({pairs[0].image.name}); a data set has one pixel type and one channel count")
+            # each mask band's values are checked as it is read, before the image's band of the same rows
+            bands = (band for _, band in zip(mask.bands(band_pixels), image.bands(band_pixels)))
+            mean, std = band_statistics(bands)
+        images[pair.name] = {"height": header.height, "width": header.width, "mean": mean, "std": std}
+    return {"dtype": first.dtype, "channels": first.channels, "images": images}
 
 
 @cli_main

@@ -250,7 +250,8 @@ def _tiff_open(path: Path, read: bool, channel_axis: str) -> tuple[np.ndarray | 
         raise
     except Exception as err:  # noqa: BLE001 - tifffile's codecs raise their own errors (zlib.error, LZMAError, ...)
         raise UserError(f"{path}: not a readable image ({_reason(err)})") from None
-    kept, first = _tiff_plan(axes, shape, channel_axis, path)
+    keep, first = _tiff_plan(axes, shape, channel_axis, path)
+    kept = [shape[i] for i in keep]
     height, width, channels = (kept[1], kept[2], kept[0]) if first else (*kept, 1)[:3]
     extra = tag.value if tag is not None else ()
     # tifffile marks the last sample of every 4-sample array it writes as alpha, whatever the data; only the
@@ -264,7 +265,6 @@ def _tiff_open(path: Path, read: bool, channel_axis: str) -> tuple[np.ndarray | 
     header = ImageHeader(height, width, channels, dtype.name)
     # the rows and columns are the file's axes that the plan made them, not those tifffile names Y and X: pages of
     # generic planes read as H×W×C (tifffile's QYX) have their rows on the page axis
-    keep = [i for i, n in enumerate(shape) if n != 1]
     y, x = (keep[1], keep[2]) if first else (keep[0], keep[1])
     return array, _TiffLayout(header, alpha, first, y, x)
 
@@ -288,8 +288,8 @@ def _tiff_header(layout: _TiffLayout, keep_alpha: bool, path: Path) -> ImageHead
 
 
 def _tiff_plan(axes: str, shape: tuple[int, ...], channel_axis: str, path: Path) -> tuple[list[int], bool]:
-    """How a TIFF's array becomes H×W or H×W×C: the shape without its length-1 axes, and whether the channels come
-    first (to be moved last).
+    """How a TIFF's array becomes H×W or H×W×C: the file's axes that are kept (those not of length 1, in order:
+    rows, columns and channels, or channels first), and whether the channels come first (to be moved last).
 
     The rule: axes of length 1 are dropped. Two axes are YX. Of three, samples last (``YXS``) is H×W×C and one plane
     per channel (``SYX``, ``CYX``) is C×H×W. Where the file does not say (pages of generic planes, tifffile's ``Q``
@@ -302,18 +302,18 @@ def _tiff_plan(axes: str, shape: tuple[int, ...], channel_axis: str, path: Path)
     keep = [i for i, n in enumerate(shape) if n != 1]
     named, kept = "".join(axes[i] for i in keep), [shape[i] for i in keep]
     if len(kept) == 2:
-        return kept, False
+        return keep, False
     if len(kept) != 3 or not ((named[1:] == "YX" and named[0] in "SCQI") or (named[:2] == "YX" and named[2] in "SCQ")):
         raise UserError(f"{path}: unsupported TIFF axes {axes!r} of shape {shape} (expected one 2-D image: YX, "
                         "YXS (samples last) or CYX (one plane per channel))")
     if named[0] in "SC":
-        return kept, True
+        return keep, True
     if named[2] in "SC":
-        return kept, False
+        return keep, False
     if channel_axis != "auto":
-        return kept, channel_axis == "first"
+        return keep, channel_axis == "first"
     if kept[0] <= MAX_AUTO_CHANNELS or kept[2] <= MAX_AUTO_CHANNELS:
-        return kept, kept[0] <= MAX_AUTO_CHANNELS
+        return keep, kept[0] <= MAX_AUTO_CHANNELS
     raise UserError(f"{path}: TIFF axes {axes!r} of shape {shape}: cannot tell the channel axis (no side has at "
                     f"most {MAX_AUTO_CHANNELS} planes); set data.channel_axis to 'first' or 'last'")
 
@@ -441,6 +441,17 @@ class ImageRows:
         if self.mask_colors is not None:
             return mask_indices(band, self.mask_colors, where)
         return check_pixels(band, where)
+
+    def bands(self, band_pixels: int = 2**20) -> Iterator[np.ndarray]:
+        """The whole image as :meth:`rows` gives it, top to bottom, in bands of rows of about ``band_pixels`` pixels
+        (at least one row): a pass over an image of any size in bounded memory.
+
+        Raises:
+            UserError: as :meth:`rows`, naming the band.
+        """
+        height, step = self.header.height, max(1, band_pixels // self.header.width)
+        for top in range(0, height, step):
+            yield self.rows(top, min(height, top + step))
 
     def close(self) -> None:
         if self._store is not None:
