@@ -9,7 +9,7 @@ import pytest
 import torch
 from monai.inferers import sliding_window_inference
 
-from lib.core.inference import gaussian_weights, sliding_window_predict, window_starts
+from lib.core.inference import gaussian_weights, sliding_window_predict, window_grid, window_starts
 from lib.core.padding import reflect_pad
 from model import UNet
 
@@ -200,9 +200,10 @@ def test_bands_read_each_row_once_and_hold_a_bounded_accumulator(height, overlap
     assert reads[0][0] == 0 and reads[-1][1] == height
     assert all(b0 == a1 for (_, b0), (a1, _) in zip(reads, reads[1:]))  # each input row read once, in order
     ys, xs = window_grid(height, width, window, overlap)
-    rows_per_batch = -(-batch_size // len(xs))  # window rows one batch spans (at most)
+    rows_per_group = -(-batch_size // len(xs))  # window rows cut together: about a batch
     stride = max(1, round(window * (1 - overlap)))
-    assert max(h for _, h in bands) <= max(window, (rows_per_batch + 1) * stride)
+    # a band is one group, but the last holds the groups its batches spanned, up to the bottom edge
+    assert max(h for _, h in bands) <= 2 * rows_per_group * stride + window
 
 
 # (height, width, block_width) at window 32: blocks of one window column (the minimum), a block boundary that is no
@@ -320,6 +321,29 @@ ROW_CASES = [
 ]
 
 
+@pytest.mark.parametrize("held", [40 * 3 * 32 * 32 * 4, 10**12])
+@pytest.mark.parametrize("height,width,overlap,batch_size,blend,tta,block_width",
+                         [ROW_CASES[k] for k in (0, 2, 5, 6, 10, 12)])
+def test_outputs_held_back_as_on_a_gpu_reproduce_a_per_window_loop(height, width, overlap, batch_size, blend, tta,
+                                                                  block_width, held, one_thread, monkeypatch):
+    """On an accelerator outputs wait until enough have run (40 windows here, or the whole image), and are
+    added many groups at once, the row flush with the bottom edge with them: still bit for bit the loop."""
+    import lib.core.inference as inference
+
+    monkeypatch.setattr(inference, "_stitch_bytes", lambda device: held)
+    predictor = _positional_predictor(32)
+    image = torch.randn(1, height, width, generator=torch.Generator().manual_seed(height * width))
+    expected = _per_window_reference(predictor, image, 32, overlap, blend, tta)
+    bands = list(inference.sliding_window_bands(predictor, lambda a, b, c, d: image[:, a:b, c:d], height, width, 32,
+                                                overlap, batch_size, blend, tta, block_width=block_width))
+    if held > 10**9:
+        assert len(bands) == len(inference.column_blocks(width, window_grid(height, width, 32, overlap)[1], 32,
+                                                         block_width))  # one band a column block
+    got = sliding_window_predict(predictor, image, window=32, overlap=overlap, batch_size=batch_size, blend=blend,
+                                 tta=tta, block_width=block_width)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
 @pytest.mark.parametrize("height,width,overlap,batch_size,blend,tta,block_width", ROW_CASES)
 def test_row_wise_cutting_and_adding_reproduce_a_per_window_loop(height, width, overlap, batch_size, blend, tta,
                                                                  block_width, one_thread):
@@ -329,15 +353,6 @@ def test_row_wise_cutting_and_adding_reproduce_a_per_window_loop(height, width, 
     got = sliding_window_predict(predictor, image, window=32, overlap=overlap, batch_size=batch_size, blend=blend,
                                  tta=tta, block_width=block_width)
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
-
-
-def test_row_segments_split_batches_along_window_rows():
-    from lib.core.inference import _row_segments
-
-    assert _row_segments(0, 3, 5) == [(0, 0, 3)]
-    assert _row_segments(3, 9, 5) == [(0, 3, 5), (1, 0, 4)]  # the end of one row and most of the next
-    assert _row_segments(4, 16, 5) == [(0, 4, 5), (1, 0, 5), (2, 0, 5), (3, 0, 1)]  # several rows
-    assert _row_segments(5, 6, 1) == [(5, 0, 1)]  # one window per row
 
 
 def _with_nan(p: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,7 @@ half a patch, and the class probabilities of overlapping windows are averaged.""
 from __future__ import annotations
 
 import functools
+from collections import deque
 from collections.abc import Callable, Iterator
 
 import torch
@@ -12,6 +13,8 @@ from lib.core.device import autocast
 from lib.core.padding import reflect_pad
 
 BLENDS = ("mean", "gaussian")
+# outputs added together on an accelerator (see _stitch_bytes)
+STITCH_BYTES = 64 * 2**20
 
 
 def window_starts(size: int, window: int, stride: int) -> list[int]:
@@ -27,10 +30,15 @@ def window_starts(size: int, window: int, stride: int) -> list[int]:
     return starts
 
 
+def window_stride(window: int, overlap: float) -> int:
+    """The step between windows that share ``overlap`` of their side: ``round(window × (1 - overlap))``, at least 1."""
+    return max(1, round(window * (1 - overlap)))
+
+
 def window_grid(height: int, width: int, window: int, overlap: float) -> tuple[list[int], list[int]]:
-    """Row and column starts of the windows over an image of at least ``window`` × ``window`` pixels: a stride of
-    ``round(window × (1 - overlap))`` (at least 1), the last window flush with the border (:func:`window_starts`)."""
-    stride = max(1, round(window * (1 - overlap)))
+    """Row and column starts of the windows over an image of at least ``window`` × ``window`` pixels, every
+    :func:`window_stride`, the last window flush with the border (:func:`window_starts`)."""
+    stride = window_stride(window, overlap)
     return window_starts(height, window, stride), window_starts(width, window, stride)
 
 
@@ -115,23 +123,33 @@ def _check_options(overlap: float, blend: str, window: int, batch_size: int, act
         raise ValueError(f"activation must be 'softmax' or None, got {activation!r}")
 
 
-def _predict_windows(predictor: Callable[[torch.Tensor], torch.Tensor], windows: torch.Tensor, tta: bool,
-                     activation: str | None, precision: str, device: torch.device) -> torch.Tensor:
-    """Class probabilities (or raw outputs) of a batch of windows, averaged over the test-time flips, contiguous
-    float32."""
-    out = None
+def _forward(predictor: Callable[[torch.Tensor], torch.Tensor], windows: torch.Tensor, tta: bool, precision: str,
+             device: torch.device) -> torch.Tensor:
+    """The predictor's outputs of a batch of N windows in each test-time view, flipped back: N×V×C×P×P (V = 1, or 4
+    with ``tta``), as the predictor gives them (type, layout). Nothing more is done per batch, see
+    :func:`_probabilities`."""
+    views = []
     for dims in _flip_views(tta):
         with autocast(device, precision):
             logits = predictor(windows.flip(dims) if dims else windows)
+        views.append(logits.flip(dims) if dims else logits)  # per-pixel softmax: flipping before it is the same
+    return views[0].unsqueeze(1) if len(views) == 1 else torch.stack(views, 1)
+
+
+def _probabilities(outputs: torch.Tensor, activation: str | None) -> torch.Tensor:
+    """Class probabilities (or raw outputs), contiguous float32 N×C×P×P, of the N×V×C×P×P outputs of
+    :func:`_forward`, averaged over the V views. Done once for a group of batches: on a GPU each operation is a
+    kernel launch that costs more than its work."""
+    out = None
+    for view in range(outputs.shape[1]):
         # contiguous whatever the model's memory format, the class axis outermost as in the accumulator: on CPU the
         # softmax of a channels_last batch took longer than contiguous() and softmax together, and adds from it into
         # the accumulator three times as long. One copy for type and layout: a channels_last bf16 batch took 6.7 ms
         # by float().contiguous() and 0.7 ms so
-        logits = logits.to(torch.float32, memory_format=torch.contiguous_format)
+        logits = outputs[:, view].to(torch.float32, memory_format=torch.contiguous_format)
         probs = logits.softmax(1) if activation == "softmax" else logits
-        probs = probs.flip(dims) if dims else probs
         out = probs if out is None else out + probs
-    return out / 4 if tta else out
+    return out / outputs.shape[1] if outputs.shape[1] > 1 else out
 
 
 def column_blocks(width: int, xs: list[int], window: int, block_width: int) -> list[tuple[int, int, list[int]]]:
@@ -179,9 +197,10 @@ def sliding_window_bands(
     covers a band of output rows has run, the band is final: it is normalised by the summed blend weights, its argmax
     taken, and it is yielded and released. An image wider than ``block_width`` is done in column blocks
     (:func:`column_blocks`), each streamed top to bottom in turn, so that memory is bounded along both sides: the
-    input rows of the current windows and the accumulator of the rows they cover, about (2 × window + stride) rows ×
-    ``block_width`` × classes (a window of spare rows lets it grow without a copy at every window row). The result
-    is identical to accumulating the whole image (each pixel sums the same windows in the same order).
+    input rows of the current windows and the accumulator of the rows they cover, a few window rows of about a batch
+    each × ``block_width`` × classes, plus, on an accelerator, about :data:`STITCH_BYTES` of outputs held back to be
+    added together (:func:`_stitch_bytes`). The result is identical to accumulating the whole image window by window
+    (each pixel sums the same windows in the same order).
 
     Args:
         predictor: maps N×C_in×P×P inputs to N×C×P×P outputs.
@@ -208,15 +227,16 @@ def sliding_window_bands(
         raise ValueError(f"image of {height}x{width} is smaller than the window {window}: pad it first")
     device = torch.device(device)
     ys, xs = window_grid(height, width, window, overlap)
-    row_sums = axis_weight_sums(height, ys, window, blend, sigma_scale, device)
-    col_sums = axis_weight_sums(width, xs, window, blend, sigma_scale, device)
-    weights = gaussian_weights(window, sigma_scale, device) if blend == "gaussian" else None
-    predict = functools.partial(_predict_windows, predictor, tta=tta, activation=activation, precision=precision,
-                                device=device)
+    # computed on the host and moved in one copy each: on a GPU, an add per window start was a kernel launch each
+    row_sums = axis_weight_sums(height, ys, window, blend, sigma_scale).to(device)
+    col_sums = axis_weight_sums(width, xs, window, blend, sigma_scale).to(device)
+    weights = gaussian_weights(window, sigma_scale).to(device) if blend == "gaussian" else None
+    forward = functools.partial(_forward, predictor, tta=tta, precision=precision, device=device)
     for left, right, block_xs in column_blocks(width, xs, window, block_width):
         x0 = block_xs[0]  # the block's input and accumulator start at its first window's column
-        for top, sums in _block_bands(predict, read_region, height, ys, block_xs, window, batch_size, weights,
-                                      memory_format, device):
+        for top, sums in _block_bands(forward, activation, read_region, height, ys, block_xs,
+                                      window_stride(window, overlap), window, batch_size, weights, memory_format,
+                                      device):
             # the summed weights are separable (see axis_weight_sums): the divisor of a band is an outer product;
             # divided out of place, as the accumulator's rows are reused
             band = sums[:, :, left - x0:right - x0] / torch.outer(row_sums[top:top + sums.shape[1]],
@@ -224,70 +244,91 @@ def sliding_window_bands(
             yield top, left, band, class_argmax(band)
 
 
-def _row_segments(start: int, end: int, columns: int) -> list[tuple[int, int, int]]:
-    """The windows ``start .. end - 1`` of a grid of ``columns`` windows a row, numbered in row order, as runs along
-    window rows: ``(row, first column, end column)`` per row, top to bottom (a batch may split a row or span several).
-    """
-    segments = []
-    while start < end:
-        row, first = divmod(start, columns)
-        stop = min(columns, first + end - start)
-        segments.append((row, first, stop))
-        start += stop - first
-    return segments
+def _group_end(first: int, ys: list[int], stride: int, rows: int) -> int:
+    """The end of the group of window rows that starts at row ``first``: up to ``rows`` consecutive rows on the
+    stride grid (start ``k × stride``), or a row off the grid (flush with the bottom edge) alone."""
+    end = first + 1
+    if ys[first] == first * stride:
+        while end < min(len(ys), first + rows) and ys[end] == end * stride:
+            end += 1
+    return end
 
 
-def _row_windows(strip: torch.Tensor, first: int, end: int, grid: int, stride: int, window: int) -> list[torch.Tensor]:
-    """Views of the windows ``first .. end - 1`` of one window row, cut from the C×``window``×W ``strip`` under it.
-
-    Args:
-        strip: the input rows of the window row, over the columns of the block (``x0 .. x0 + W``).
-        first, end: the windows of the row to cut, in column order.
-        grid: how many windows lie on the stride grid (start ``k × stride``); a window after them is flush with the
-            right edge of the strip.
-        stride, window: the column stride and side of the windows.
-
-    Returns:
-        One or two n×C×``window``×``window`` views (no copy): the windows on the grid, then the flush one.
-    """
-    views = []
-    if first < grid:
-        # unfold yields exactly the grid windows: the flush one is the only start past the last multiple of stride
-        views.append(strip.unfold(2, window, stride)[:, :, first:min(end, grid)].permute(2, 0, 1, 3))
-    if end > grid:
-        views.append(strip[None, :, :, strip.shape[2] - window:])
-    return views
-
-
-def _overlap_add(acc: torch.Tensor, outs: torch.Tensor, first: int, stride: int) -> None:
-    """Add the outputs of the grid windows ``first .. first + n - 1`` of one window row to ``acc`` in place.
-
-    Window ``k`` covers the columns ``k × stride .. k × stride + window``. Cut into slices of ``stride`` columns, the
-    ``j``-th slice of every window lands on a stride-aligned block of columns ``(k + j) × stride``, so one add per
-    slice (``ceil(window / stride)`` adds) places the run instead of one add per window; a run of no more windows than
-    that is added window by window. Either way each pixel adds its windows left to right, as a loop over the windows
-    would, so the sums do not depend on how batches split a row.
+def _cut_group(strip: torch.Tensor, rows: int, columns: int, grid: int, stride: int, window: int,
+               memory_format: torch.memory_format) -> torch.Tensor:
+    """The windows of ``rows`` window rows, ``stride`` apart, cut from the C×h×W ``strip`` under them in one copy
+    (two with a flush window): ``(rows × columns)×C×window×window`` in row order, in ``memory_format``.
 
     Args:
-        acc: C×``window``×W' accumulator rows of the window row, W' at least ``(first + n - 1 + ceil(window /
-            stride)) × stride`` (slices of stride columns may run past the last window).
-        outs: the n×C×``window``×``window`` outputs, in column order.
-        first: the grid column of the first window.
-        stride: the column stride of the windows.
+        strip: the input rows of the window rows, over the columns of the block, the first window row at its top.
+        rows, columns: window rows and windows a row.
+        grid: windows a row on the stride grid (start ``k × stride``); a window after them is flush with the right
+            edge of the strip.
     """
-    n, _, _, window = outs.shape
-    slices = range(0, window, stride)
-    if n <= len(slices):
-        for k in range(n):
-            left = (first + k) * stride
-            acc[:, :, left:left + window] += outs[k]
-        return
-    src = outs.permute(1, 2, 0, 3)  # C×window×n×window: the windows side by side
-    # the last slice first: the window on the left of a pixel comes before the one on its right
-    for j, offset in reversed(list(enumerate(slices))):
-        width = min(stride, window - offset)
-        blocks = acc[:, :, (first + j) * stride:(first + j + n) * stride].unflatten(2, (n, stride))
-        blocks[..., :width] += src[..., offset:offset + width]
+    channels, _, width = strip.shape
+    windows = torch.empty(rows * columns, channels, window, window, dtype=strip.dtype, device=strip.device,
+                          memory_format=memory_format)
+    by_row = windows.unflatten(0, (rows, columns))
+    row_strips = strip.unfold(1, window, stride)[:, :rows]  # C×rows×W×window: a window row's input rows last
+    # unfold yields exactly the grid windows: the flush one is the only start past the last multiple of stride
+    by_row[:, :grid] = row_strips.unfold(2, window, stride).permute(1, 2, 0, 3, 4)
+    if columns > grid:
+        by_row[:, grid] = row_strips[:, :, width - window:].permute(1, 0, 3, 2)
+    return windows
+
+
+def _overlap_add(acc: torch.Tensor, outs: torch.Tensor, rows: int, grid: int, stride: int, flush_left: int) -> None:
+    """Add the outputs of consecutive window rows (in row order, as :func:`_cut_group` cuts them) to ``acc`` in place.
+
+    Cut into slices of ``stride`` rows and columns, the ``(i, j)``-th slice of the window of row ``r`` and column
+    ``k`` lands on the stride-aligned block ``(r + i, k + j)``, so one add per pair of slices places every grid
+    window of the rows (``ceil(window / stride)²`` adds; a single row is not cut into row slices), and one add per row
+    slice the flush windows. The slices go from the last to the first, the flush windows after the grid ones of their
+    row: each pixel adds its windows in row order, as a loop over the windows would, so the sums do not depend on how
+    the rows are grouped.
+
+    Args:
+        acc: C×H'×W' accumulator rows from the first window row's top, H' and W' at least
+            ``(n - 1 + ceil(window / stride)) × stride`` for ``n`` the window rows and the grid columns (slices may
+            run past the last window).
+        outs: the ``(rows × columns)×C×window×window`` outputs.
+        rows: the window rows, ``stride`` apart.
+        grid: windows a row on the stride grid; a window after them (``columns > grid``) starts at ``flush_left``.
+        stride: the stride of the windows along both axes.
+        flush_left: the first column of the flush window.
+    """
+    _, _, window, _ = outs.shape
+    by_row = outs.unflatten(0, (rows, outs.shape[0] // rows))
+    on_grid = by_row[:, :grid].permute(2, 0, 3, 1, 4)  # C×rows×window×grid×window: the windows side by side
+    flush = by_row[:, grid].permute(1, 0, 2, 3) if by_row.shape[1] > grid else None  # C×rows×window×window
+    columns = list(enumerate(range(0, window, stride)))
+    row_slices = columns if rows > 1 else [(0, 0)]
+    for i, top in reversed(row_slices):
+        height = min(stride, window - top) if rows > 1 else window
+        if rows > 1:  # C×rows×height×W'
+            band = acc[:, i * stride:(i + rows) * stride].unflatten(1, (rows, stride))[:, :, :height]
+        else:
+            band = acc[:, None, :window]
+        for j, left in reversed(columns):
+            width = min(stride, window - left)
+            blocks = band[..., j * stride:(j + grid) * stride].unflatten(3, (grid, stride))[..., :width]
+            blocks += on_grid[:, :, top:top + height, :, left:left + width]
+        if flush is not None:
+            band[..., flush_left:flush_left + window] += flush[:, :, top:top + height]
+
+
+def _take(queue: deque[torch.Tensor], count: int) -> torch.Tensor:
+    """The first ``count`` windows of the batches in ``queue``, removed from it: a view when they lie in one batch,
+    else one concatenation."""
+    parts = []
+    while count:
+        head = queue.popleft()
+        if head.shape[0] > count:
+            queue.appendleft(head[count:])
+            head = head[:count]
+        parts.append(head)
+        count -= head.shape[0]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 class _RowBuffer:
@@ -326,59 +367,83 @@ class _RowBuffer:
         self.bottom += count
 
 
-def _block_bands(predict: Callable[[torch.Tensor], torch.Tensor],
+def _stitch_bytes(device: torch.device) -> int:
+    """Outputs held back before they are added: none on CPU (memory is the cost there), about
+    :data:`STITCH_BYTES` on an accelerator, where each add is a kernel launch that costs more than its work."""
+    return 0 if device.type == "cpu" else STITCH_BYTES
+
+
+def _block_bands(forward: Callable[[torch.Tensor], torch.Tensor], activation: str | None,
                  read_region: Callable[[int, int, int, int], torch.Tensor],
-                 height: int, ys: list[int], xs: list[int], window: int, batch_size: int,
+                 height: int, ys: list[int], xs: list[int], stride: int, window: int, batch_size: int,
                  weights: torch.Tensor | None, memory_format: torch.memory_format, device: torch.device
                  ) -> Iterator[tuple[int, torch.Tensor]]:
     """The weighted sums of window outputs over the columns ``xs[0] .. xs[-1] + window``, in final bands of rows
-    ``(top, C×h×w)`` (not yet divided by the summed weights, a view valid until the next band is asked for): windows
-    in row order, each band yielded once no window still to run covers it.
+    ``(top, C×h×w)`` (not yet divided by the summed weights, a view valid until the next band is asked for).
 
-    Windows are cut and added a run of a window row at a time (:func:`_row_windows`, :func:`_overlap_add`), not one
-    by one: with a fast model the per-window Python work was the bottleneck."""
-    x0, width = xs[0], xs[-1] + window - xs[0]
-    stride = xs[1] - xs[0] if len(xs) > 1 else window
-    grid = len(xs) - (xs[-1] - x0 != (len(xs) - 1) * stride)  # all but a last window flush with the edge
-    # the slices of _overlap_add run up to ceil(window / stride) - 1 strides past the last grid window
-    acc_width = max(width, (grid - 1 + -(-window // stride)) * stride)
+    Windows are cut a group of window rows at a time, about a batch (:func:`_cut_group`), and run ``batch_size`` at
+    a time in row order, batches spanning groups. Their outputs are added a few groups at a time, a few adds for all
+    their windows (:func:`_overlap_add`): with a fast model, one operation per window, or per window row, was the
+    bottleneck. On CPU each group is added once it has run; on an accelerator outputs wait until about
+    :func:`_stitch_bytes` of them have run. A band is yielded after each addition."""
+    x0, width, columns = xs[0], xs[-1] + window - xs[0], len(xs)
+    grid = columns - (xs[-1] - x0 != (columns - 1) * stride)  # all but a last window flush with the edge
+    slices = -(-window // stride)  # the adds of _overlap_add run up to slices - 1 strides past the last window
+    acc_width = max(width, (grid - 1 + slices) * stride)
     rows_in: _RowBuffer | None = None  # input rows
     acc: _RowBuffer | None = None  # accumulated outputs
-    total = len(ys) * len(xs)
-    for start in range(0, total, batch_size):
-        segments = _row_segments(start, min(total, start + batch_size), len(xs))
-        first, last = ys[segments[0][0]], ys[segments[-1][0]] + window
-        if rows_in is None:  # the first read (of the first window row, at row 0) tells the input's channels and type
-            new = read_region(0, last, x0, x0 + width).to(device)
-            rows_in = _RowBuffer(new.shape[0], width, window, new.dtype, device)
-            rows_in.append(new)
-        rows_in.release(first)  # rows above these windows are done with
-        if last > rows_in.bottom:
-            rows_in.append(read_region(rows_in.bottom, last, x0, x0 + width).to(device))
-        held = rows_in.rows
-        windows = torch.cat([view for row, a, b in segments for view in _row_windows(
-            held[:, ys[row] - first:ys[row] - first + window], a, b, grid, stride, window)])
-        out = predict(windows.contiguous(memory_format=memory_format))
+    inputs: deque[torch.Tensor] = deque()  # windows cut, not yet run
+    outputs: deque[torch.Tensor] = deque()  # outputs not yet added
+    groups: deque[tuple[int, int]] = deque()  # window rows cut, not yet added
+    queued = ready = first = classes = 0
+    while groups or first < len(ys):
+        if first < len(ys):
+            # about a batch; once the classes are known, as many rows as are held back before adding (accelerators)
+            held = _stitch_bytes(device) // (columns * classes * window * window * 4) if classes else 0
+            end = _group_end(first, ys, stride, max(-(-batch_size // columns), held))
+            top, bottom = ys[first], ys[end - 1] + window
+            if rows_in is None:  # the first read (at row 0) tells the input's channels and type
+                new = read_region(0, bottom, x0, x0 + width).to(device)
+                rows_in = _RowBuffer(new.shape[0], width, window, new.dtype, device)
+                rows_in.append(new)
+            rows_in.release(top)  # rows above these windows are done with
+            if bottom > rows_in.bottom:
+                rows_in.append(read_region(rows_in.bottom, bottom, x0, x0 + width).to(device))
+            inputs.append(_cut_group(rows_in.rows, end - first, columns, grid, stride, window, memory_format))
+            groups.append((first, end))
+            queued += (end - first) * columns
+            first = end
+        while queued >= batch_size or (queued and first == len(ys)):
+            count = min(batch_size, queued)
+            outputs.append(forward(_take(inputs, count).contiguous(memory_format=memory_format)))
+            queued, ready, classes = queued - count, ready + count, outputs[-1].shape[2]
+        # the window rows whose outputs are all in
+        start, end = groups[0][0], groups[0][0]
+        while groups and (groups[0][1] - start) * columns <= ready:
+            end = groups.popleft()[1]
+        if end == start:
+            continue
+        if first < len(ys) and ready * classes * window * window * 4 < _stitch_bytes(device):
+            groups.appendleft((start, end))  # wait for more
+            continue
+        outs = _probabilities(_take(outputs, (end - start) * columns), activation)
+        ready -= outs.shape[0]
         if weights is not None:
-            out = out * weights
+            outs = outs * weights
         if acc is None:
-            acc = _RowBuffer(out.shape[1], acc_width, window, torch.float32, device)
-        if last > acc.bottom:
-            acc.append(last - acc.bottom)
-        sums, done = acc.rows, 0
-        for row, a, b in segments:
-            rows = sums[:, ys[row] - acc.top:ys[row] - acc.top + window]
-            on_grid = max(0, min(b, grid) - a)
-            if on_grid:
-                _overlap_add(rows, out[done:done + on_grid], a, stride)
-            if b > grid:  # the flush window
-                rows[:, :, width - window:width] += out[done + b - a - 1]
-            done += b - a
-        following = start + batch_size
-        final = ys[following // len(xs)] if following < total else height
-        if final > acc.top:
-            yield acc.top, sums[:, :final - acc.top, :width]
-            acc.release(final)
+            acc = _RowBuffer(classes, acc_width, window, torch.float32, device)
+        on_grid = end - start - (ys[end - 1] != (end - 1) * stride)  # a last row flush with the bottom edge apart
+        needed = max(ys[start] + (on_grid - 1 + slices) * stride, ys[end - 1] + window)
+        if needed > acc.bottom:
+            acc.append(needed - acc.bottom)
+        if on_grid:
+            _overlap_add(acc.rows, outs[:on_grid * columns], on_grid, grid, stride, width - window)
+        if on_grid < end - start:
+            _overlap_add(acc.rows[:, ys[end - 1] - acc.top:], outs[on_grid * columns:], 1, grid, stride,
+                         width - window)
+        final = ys[end] if end < len(ys) else height
+        yield acc.top, acc.rows[:, :final - acc.top, :width]
+        acc.release(final)
 
 
 @torch.inference_mode()
