@@ -1,12 +1,15 @@
 """Stitching overhead and memory of sliding-window inference, from 0.08 to 32 megapixels.
 
-    python -m benchmarks.overhead [--megapixels 0.08 1 8 32] [--memory-at 8 32] [--repeats N] [--device cuda] [--tiny]
+    python -m benchmarks.overhead [--megapixels 0.08 1 8 32] [--memory-at 8 32] [--repeats N] [--device cuda]
+        [--launches] [--tiny]
 
 Time: ``sliding_window_predict`` as the Segmenter calls it by default (bf16 autocast on CPUs with native bf16 and on
 CUDA, channels_last) vs the model alone on the same window batches (cut beforehand, the same autocast per batch, no
 softmax and no stitching); overhead = call / model − 1 (target ≤ 5%), and time per megapixel to show linear growth.
 With ``--device cuda`` the model, the image and the result stay on the GPU (host transfers are not stitching), each
-timing ends with a synchronisation, and memory is not measured (it is the host's). The minor page
+timing ends with a synchronisation, and memory is not measured (it is the host's). There the model of the
+benchmark is bound by launching kernels from Python, and a busy host moves the timings by tens of percent between
+runs; ``--launches`` counts what the stitching adds per window batch, a figure that does not move. The minor page
 faults of each are shown: with glibc's malloc the model's activations are at times served from reused memory and at
 times from fresh pages that the kernel must fault in (after the heap was trimmed), which moves either timing by up to
 about 30%. To see the overhead without that effect, run with
@@ -108,6 +111,30 @@ def model_alone(model: UNet, batches: list[torch.Tensor]) -> None:
     synchronize(device)
 
 
+# what a launch-bound GPU pays for: kernel launches and the copies and sets the runtime queues
+LAUNCH_CALLS = {"cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx", "cudaMemcpyAsync",
+                "cudaMemsetAsync"}
+# ATen operations that launch no kernel: views, allocations without a fill, no-op conversions
+VIEW_OPS = {"aten::" + name for name in (
+    "alias", "as_strided", "contiguous", "detach", "empty", "empty_like", "empty_strided", "expand", "flatten",
+    "lift_fresh", "narrow", "permute", "reshape", "result_type", "select", "slice", "squeeze", "t", "to",
+    "transpose", "unflatten", "unfold", "unsqueeze", "view", "_unsafe_view")}
+
+
+def count_operations(fn: Callable[[], object], device: torch.device) -> int:
+    """Kernel launches (with the runtime's queued copies and sets) of one call of ``fn`` on CUDA; on CPU, the ATen
+    operations called from Python that do work (not views): the count a launch-bound device pays for per call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        fn()
+    if device.type == "cuda":
+        return sum(e.name in LAUNCH_CALLS for e in prof.events())
+    return sum(e.name.startswith("aten::") and e.cpu_parent is None and e.name not in VIEW_OPS
+               for e in prof.events())
+
+
 def default_rounds(megapixels: float) -> int:
     return 5 if megapixels <= 1 else 2
 
@@ -127,8 +154,9 @@ def counting_faults(fn: Callable[[], object], faults: list[int]) -> Callable[[],
 
 
 def time_size(model: UNet, megapixels: float, batch_size: int, rounds: int, warmup: int,
-              device: torch.device = torch.device("cpu")) -> dict:
-    """Interleaved timing of the call and of the model alone at one image size, the image on ``device``."""
+              device: torch.device = torch.device("cpu"), launches: bool = False) -> dict:
+    """Interleaved timing of the call and of the model alone at one image size, the image on ``device``; with
+    ``launches``, also the operations of each (:func:`count_operations`), once the timings are done."""
     shape = image_shape(megapixels)
     image = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0)).to(device)
     batches = window_batches(image, batch_size)
@@ -140,10 +168,16 @@ def time_size(model: UNet, megapixels: float, batch_size: int, rounds: int, warm
     call["minor_faults"], alone["minor_faults"] = faults["call"][warmup:], faults["model"][warmup:]
     mp = shape[0] * shape[1] / 1e6
     overhead = call["min_s"] / alone["min_s"] - 1
+    operations = None
+    if launches:
+        operations = {"call": count_operations(lambda: predict(model, image, batch_size), device),
+                      "model": count_operations(lambda: model_alone(model, batches), device)}
+        operations["batches"] = len(batches)
+        operations["extra_per_batch"] = (operations["call"] - operations["model"]) / len(batches)
     return {"megapixels": mp, "shape": list(shape), "windows": sum(len(b) for b in batches), "rounds": rounds,
             "call": call, "model": alone, "overhead": overhead,
             "overhead_median": call["median_s"] / alone["median_s"] - 1,
-            "call_s_per_megapixel": call["min_s"] / mp, "met": overhead <= TARGET_OVERHEAD}
+            "call_s_per_megapixel": call["min_s"] / mp, "operations": operations, "met": overhead <= TARGET_OVERHEAD}
 
 
 def expected_bytes(height: int, width: int, batch_size: int) -> dict:
@@ -202,16 +236,26 @@ def median_k(counts: list[int]) -> str:
     return f"{round(statistics.median(counts) / 1000)}k" if counts else "-"
 
 
+def _operations(operations: dict | None) -> str:
+    """``model + extra`` operations per window batch, or ``-`` when not counted."""
+    if operations is None:
+        return "-"
+    return f"{operations['model'] / operations['batches']:.0f} + {operations['extra_per_batch']:.1f}"
+
+
 def print_tables(timings: list[dict], memory: list[dict], precision: str, device: torch.device) -> None:
     rows = [[f"{t['megapixels']:.2f} MP", f"{t['shape'][0]}×{t['shape'][1]}", t["windows"], t["rounds"],
              t["call"]["min_s"], t["model"]["min_s"], f"{100 * t['overhead']:.1f}%",
              f"{100 * t['overhead_median']:.1f}%", t["call_s_per_megapixel"],
              f"{median_k(t['call']['minor_faults'])} / {median_k(t['model']['minor_faults'])}",
-             verdict(t["overhead"], TARGET_OVERHEAD, higher_is_better=False)] for t in timings]
+             _operations(t["operations"]), verdict(t["overhead"], TARGET_OVERHEAD, higher_is_better=False)]
+            for t in timings]
     print(f"\ntime: sliding_window_predict on {device} ({precision}, channels_last) vs the model alone on the same "
           f"batches (best of interleaved rounds; target overhead ≤{100 * TARGET_OVERHEAD:.0f}%)")
     print(format_table(["image", "H×W", "windows", "rounds", "call s", "model s", "overhead", "overhead (median)",
-                        "call s/MP", "page faults call / model", "target"], rows))
+                        "call s/MP", "page faults call / model",
+                        "launches / batch: model + extra" if device.type == "cuda" else "ops / batch: model + extra",
+                        "target"], rows))
     if not memory:
         return
     rows = [[f"{m['shape'][0] * m['shape'][1] / 1e6:.2f} MP", f"{m['shape'][0]}×{m['shape'][1]}",
@@ -232,6 +276,9 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where the model, the image and the accumulator live (cuda: no memory measurement)")
+    p.add_argument("--launches", action="store_true",
+                   help="also count the kernel launches (CUDA) or working ATen operations (CPU) of the call and of "
+                        "the model alone, per window batch (torch.profiler; after the timings)")
     p.add_argument("--memory-probe", type=int, nargs=2, metavar=("H", "W"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.tiny:
@@ -259,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     timings = []
     for k, mp in enumerate(args.megapixels):
         timings.append(time_size(model, mp, args.batch_size, args.repeats or default_rounds(mp),
-                                 args.warmup if k == 0 else 0, device))
+                                 args.warmup if k == 0 else 0, device, args.launches))
     memory = [measure_memory(mp, args.width, args.batch_size, args.threads) for mp in args.memory_at]
     print_tables(timings, memory, precision, device)
     growth = [t["call_s_per_megapixel"] for t in timings]

@@ -92,11 +92,14 @@ def test_per_window_loop_matches_the_sliding_window_where_windows_tile_the_image
 def test_overhead_tiny(tmp_path: Path):
     from benchmarks import overhead
 
-    assert overhead.main(["--tiny", "--threads", "1", "--memory-at", "0.04", "--out-dir", str(tmp_path)]) == 0
+    assert overhead.main(["--tiny", "--threads", "1", "--memory-at", "0.04", "--launches",
+                          "--out-dir", str(tmp_path)]) == 0
     result = read_result(tmp_path, "overhead")
     assert [round(t["megapixels"], 2) for t in result["timings"]] == [0.02, 0.04]
     for t in result["timings"]:
         assert {"shape", "windows", "call", "model", "overhead", "call_s_per_megapixel", "met"} <= set(t)
+        ops = t["operations"]
+        assert ops["call"] > ops["model"] > 0 and ops["batches"] * 4 >= t["windows"]  # the stitching does work
     (memory,) = result["memory"]
     assert {"shape", "rss_before", "peak_increase", "hwm_increase", "expected", "peak_vs_expected"} <= set(memory)
     assert memory["peak_increase"] >= 0 and memory["expected"]["total"] > 0
