@@ -125,29 +125,30 @@ def _check_options(overlap: float, blend: str, window: int, batch_size: int, act
 
 def _forward(predictor: Callable[[torch.Tensor], torch.Tensor], windows: torch.Tensor, tta: bool, precision: str,
              device: torch.device) -> torch.Tensor:
-    """The predictor's outputs of a batch of N windows in each test-time view, flipped back: N×V×C×P×P (V = 1, or 4
-    with ``tta``), as the predictor gives them (type, layout). Nothing more is done per batch, see
-    :func:`_probabilities`."""
+    """The predictor's outputs of a batch of N windows in each test-time view (:func:`_flip_views`), not flipped
+    back: N×V×C×P×P (V = 1, or 4 with ``tta``), as the predictor gives them (type, layout). Nothing more is done per
+    batch, see :func:`_probabilities`."""
     views = []
     for dims in _flip_views(tta):
         with autocast(device, precision):
-            logits = predictor(windows.flip(dims) if dims else windows)
-        views.append(logits.flip(dims) if dims else logits)  # per-pixel softmax: flipping before it is the same
+            views.append(predictor(windows.flip(dims) if dims else windows))
     return views[0].unsqueeze(1) if len(views) == 1 else torch.stack(views, 1)
 
 
 def _probabilities(outputs: torch.Tensor, activation: str | None) -> torch.Tensor:
     """Class probabilities (or raw outputs), contiguous float32 N×C×P×P, of the N×V×C×P×P outputs of
-    :func:`_forward`, averaged over the V views. Done once for a group of batches: on a GPU each operation is a
-    kernel launch that costs more than its work."""
+    :func:`_forward`, each view flipped back after its softmax and the views averaged. Done once for a group of
+    batches: on a GPU each operation is a kernel launch that costs more than its work."""
     out = None
-    for view in range(outputs.shape[1]):
+    for view, dims in enumerate(_flip_views(outputs.shape[1] > 1)):
         # contiguous whatever the model's memory format, the class axis outermost as in the accumulator: on CPU the
         # softmax of a channels_last batch took longer than contiguous() and softmax together, and adds from it into
         # the accumulator three times as long. One copy for type and layout: a channels_last bf16 batch took 6.7 ms
         # by float().contiguous() and 0.7 ms so
         logits = outputs[:, view].to(torch.float32, memory_format=torch.contiguous_format)
         probs = logits.softmax(1) if activation == "softmax" else logits
+        # after the softmax, not before: a vectorised CPU softmax rounds the last P² mod 8 pixels of a window apart
+        probs = probs.flip(dims) if dims else probs
         out = probs if out is None else out + probs
     return out / outputs.shape[1] if outputs.shape[1] > 1 else out
 
