@@ -368,6 +368,23 @@ class _RowBuffer:
         self.bottom += count
 
 
+def _add_rows(acc: _RowBuffer, outs: torch.Tensor, starts: list[int], first: int, grid: int, stride: int,
+              flush_left: int) -> None:
+    """Add the outputs of consecutive window rows, the ``first``-th onwards and starting at rows ``starts``, to the
+    accumulator rows ``acc`` (from ``starts[0]``), grown as needed: the rows on the stride grid in one
+    :func:`_overlap_add`, a last row flush with the bottom edge in another."""
+    window = outs.shape[-1]
+    on_grid = len(starts) - (starts[-1] != (first + len(starts) - 1) * stride)
+    needed = max(starts[0] + (on_grid - 1 + -(-window // stride)) * stride, starts[-1] + window)
+    if needed > acc.bottom:
+        acc.append(needed - acc.bottom)
+    columns = outs.shape[0] // len(starts)
+    if on_grid:
+        _overlap_add(acc.rows, outs[:on_grid * columns], on_grid, grid, stride, flush_left)
+    if on_grid < len(starts):
+        _overlap_add(acc.rows[:, starts[-1] - acc.top:], outs[on_grid * columns:], 1, grid, stride, flush_left)
+
+
 def _stitch_bytes(device: torch.device) -> int:
     """Outputs held back before they are added: none on CPU (memory is the cost there), about
     :data:`STITCH_BYTES` on an accelerator, where each add is a kernel launch that costs more than its work."""
@@ -389,8 +406,8 @@ def _block_bands(forward: Callable[[torch.Tensor], torch.Tensor], activation: st
     :func:`_stitch_bytes` of them have run. A band is yielded after each addition."""
     x0, width, columns = xs[0], xs[-1] + window - xs[0], len(xs)
     grid = columns - (xs[-1] - x0 != (columns - 1) * stride)  # all but a last window flush with the edge
-    slices = -(-window // stride)  # the adds of _overlap_add run up to slices - 1 strides past the last window
-    acc_width = max(width, (grid - 1 + slices) * stride)
+    # the adds of _overlap_add run up to ceil(window / stride) - 1 strides past the last window
+    acc_width = max(width, (grid - 1 + -(-window // stride)) * stride)
     rows_in: _RowBuffer | None = None  # input rows
     acc: _RowBuffer | None = None  # accumulated outputs
     inputs: deque[torch.Tensor] = deque()  # windows cut, not yet run
@@ -400,8 +417,8 @@ def _block_bands(forward: Callable[[torch.Tensor], torch.Tensor], activation: st
     while groups or first < len(ys):
         if first < len(ys):
             # about a batch; once the classes are known, as many rows as are held back before adding (accelerators)
-            held = _stitch_bytes(device) // (columns * classes * window * window * 4) if classes else 0
-            end = _group_end(first, ys, stride, max(-(-batch_size // columns), held))
+            held_rows = _stitch_bytes(device) // (columns * classes * window * window * 4) if classes else 0
+            end = _group_end(first, ys, stride, max(-(-batch_size // columns), held_rows))
             top, bottom = ys[first], ys[end - 1] + window
             if rows_in is None:  # the first read (at row 0) tells the input's channels and type
                 new = read_region(0, bottom, x0, x0 + width).to(device)
@@ -433,15 +450,7 @@ def _block_bands(forward: Callable[[torch.Tensor], torch.Tensor], activation: st
             outs = outs * weights
         if acc is None:
             acc = _RowBuffer(classes, acc_width, window, torch.float32, device)
-        on_grid = end - start - (ys[end - 1] != (end - 1) * stride)  # a last row flush with the bottom edge apart
-        needed = max(ys[start] + (on_grid - 1 + slices) * stride, ys[end - 1] + window)
-        if needed > acc.bottom:
-            acc.append(needed - acc.bottom)
-        if on_grid:
-            _overlap_add(acc.rows, outs[:on_grid * columns], on_grid, grid, stride, width - window)
-        if on_grid < end - start:
-            _overlap_add(acc.rows[:, ys[end - 1] - acc.top:], outs[on_grid * columns:], 1, grid, stride,
-                         width - window)
+        _add_rows(acc, outs, ys[start:end], start, grid, stride, width - window)
         final = ys[end] if end < len(ys) else height
         yield acc.top, acc.rows[:, :final - acc.top, :width]
         acc.release(final)
