@@ -112,6 +112,41 @@ def test_foreground_sampling_centres_on_foreground():
     assert len(sample_positions(rng, np.zeros((60, 60), np.uint8), 48, 5, 1.0)) == 5  # no foreground: uniform
 
 
+def _sample_positions_by_nonzero(rng, mask, size, count, foreground_fraction):
+    """The sampling before class_row_counts: every pixel of the class found with np.nonzero for each patch."""
+    h, w = mask.shape
+    classes = [c for c in np.unique(mask) if c != 0]
+    n_fg = int(round(foreground_fraction * count)) if classes else 0
+    positions = []
+    for i in range(count):
+        if i < n_fg:
+            ys, xs = np.nonzero(mask == classes[int(rng.integers(len(classes)))])
+            j = int(rng.integers(len(ys)))
+            top, left = np.clip(ys[j] - size // 2, 0, h - size), np.clip(xs[j] - size // 2, 0, w - size)
+            positions.append((int(top), int(left)))
+        else:
+            positions.append((int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))))
+    return positions
+
+
+@pytest.mark.parametrize("shape,classes,fraction,band", [((200, 300), 3, 0.5, 2**20), ((97, 61), 7, 1.0, 100),
+                                                         ((64, 64), 2, 0.25, 1), ((150, 40), 256, 0.8, 1000)])
+def test_foreground_sampling_draws_the_pixels_of_the_nonzero_scan(shape, classes, fraction, band, monkeypatch):
+    """Same seed, same windows as scanning every pixel of the class (rare classes, a class absent, no foreground at
+    all, bands of one pixel or a few rows), now with per-row counts."""
+    import lib.core.patch_sampling as sampling
+
+    rng = np.random.default_rng(sum(shape))
+    mask = rng.choice(classes, size=shape, p=[0.6] + [0.4 / (classes - 1)] * (classes - 1)).astype(np.uint8)
+    mask[mask == classes // 2] = 0  # a class with no pixel
+    counts = sampling.class_row_counts(mask, band)
+    assert counts.sum() == mask.size and counts.shape[1] == int(mask.max()) + 1
+    assert all(np.array_equal(counts[:, c], (mask == c).sum(1)) for c in range(counts.shape[1]))
+    monkeypatch.setattr(sampling, "class_row_counts", lambda m: counts)
+    got = sampling.sample_positions(np.random.default_rng(5), mask, 32, 40, fraction)
+    assert got == _sample_positions_by_nonzero(np.random.default_rng(5), mask, 32, 40, fraction)
+
+
 def test_cli_defaults_and_flags(tmp_path, tiny_params_file):
     assert run_cli("-m", "lib.generate", "--params", str(tiny_params_file)).returncode == 0
     result = run_cli("-m", "lib.prepare", "--params", str(tiny_params_file), "--per-image", "2", "--patch-size", "32")
