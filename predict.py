@@ -127,12 +127,19 @@ def check_mask_values(mask: Path, colors: list[tuple[int, int, int]], band_pixel
             pass
 
 
-def check_outputs(images: list[Path], masks: dict[Path, Path], out: Path) -> None:
+def writes_tiff(fmt: str, height: int, width: int, tiff_above: float) -> bool:
+    """Whether the mask of an image of this size is a tiled TIFF (its probabilities zarr), else a PNG (npy)."""
+    return fmt == "tiff" or (fmt == "auto" and height * width > tiff_above * 1e6)
+
+
+def check_outputs(images: list[Path], headers: list[ImageHeader], masks: dict[Path, Path], out: Path, fmt: str,
+                  tiff_above: float) -> None:
     """No mask or probability file to be written may replace an input image or mask (a TIFF image segmented into
     its own folder would otherwise be overwritten by its TIFF mask)."""
     inputs = {p.resolve() for p in [*images, *masks.values()]}
-    for image in images:
-        for name in (f"{image.stem}.png", f"{image.stem}.tif", f"{image.stem}_probabilities.npy"):
+    for image, header in zip(images, headers):
+        tiff = writes_tiff(fmt, header.height, header.width, tiff_above)
+        for name in (f"{image.stem}{'.tif' if tiff else '.png'}", f"{image.stem}_probabilities.npy"):
             if (out / name).resolve() in inputs:
                 raise UserError(f"{out / name}: the output would replace an input file; choose another --output "
                                 "folder")
@@ -163,7 +170,7 @@ def segment_file(segmenter: Segmenter, image_path: Path, out: Path, mask: Path |
         source = stack.enter_context(ImageRows(image_path, **segmenter.params.data.read_options))
         truth = stack.enter_context(ImageRows(mask, mask_colors=colors)) if mask is not None else None
         height, width = source.header.height, source.header.width
-        tiff = fmt == "tiff" or (fmt == "auto" and height * width > tiff_above * 1e6)
+        tiff = writes_tiff(fmt, height, width, tiff_above)
         probabilities = ProbabilitySink(out / f"{image_path.stem}_probabilities", height, width, n_classes, tiff) \
             if save_probabilities else None
         if probabilities is not None:
@@ -335,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         masks = {im: mask_path(Path(args.masks), im, image_prefix, mask_prefix) for im in images}
     headers = check_inputs(images, masks, segmenter)
     out = Path(args.output)
-    check_outputs(images, masks, out)
+    check_outputs(images, headers, masks, out, args.format, args.tiff_above)
     check_writable(out)
     if args.metrics:
         check_writable(Path(args.metrics).resolve().parent)

@@ -72,6 +72,27 @@ def test_single_file_probabilities_and_options(test_set, tmp_path):
     assert set(np.unique(np.asarray(Image.open(tmp_path / "o" / "i1.png")))) == {1}
 
 
+@pytest.mark.parametrize("fmt,refused", [("auto", False), ("png", False), ("tiff", True)])
+def test_tiff_images_segmented_into_their_own_folder(test_set, tmp_path, fmt, refused):
+    """PNG masks beside TIFF images replace nothing (the format is known from each image's size); TIFF masks would
+    replace the images, and are refused before anything is written."""
+    _, folder = test_set
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(2):
+        tifffile.imwrite(images / f"i{i}.tif", np.asarray(Image.open(folder / "images" / f"i{i}.png")))
+    before = {p.name: p.read_bytes() for p in images.iterdir()}
+    result = run_main("predict.py", "--checkpoint", str(constant_checkpoint(tmp_path / "c.pth", 1)), "--input",
+                      str(images), "--output", str(images), "--format", fmt, "--quiet")
+    if refused:
+        assert_user_error(result, "i0.tif", "would replace an input file")
+        assert sorted(p.name for p in images.iterdir()) == ["i0.tif", "i1.tif"]
+    else:
+        assert result.returncode == 0, result.stderr
+        assert sorted(p.name for p in images.iterdir()) == ["i0.png", "i0.tif", "i1.png", "i1.tif"]
+    assert all((images / name).read_bytes() == data for name, data in before.items())
+
+
 @pytest.mark.parametrize("shape", [(64, 80), (20, 30)])  # streamed in blocks; smaller than the window (whole)
 def test_probabilities_that_are_not_finite_are_refused(tmp_path, shape):
     """A float model whose normalisation divides by 1e-3 and an image at 3e38: the normalised input overflows
