@@ -27,46 +27,39 @@ def apply_augmentation(patch: np.ndarray, flip: str, rot90: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(patch, rot90, axes=(0, 1)))
 
 
-def class_row_counts(mask: np.ndarray, band_pixels: int = 2**20) -> np.ndarray:
-    """How many pixels of each class value every row of a mask holds.
-
-    Counted in bands of about ``band_pixels`` pixels (one ``bincount`` of row × classes + value each), so that no
-    temporary grows with the mask: a comparison and ``np.nonzero`` over a whole 8000² mask took hundreds of MB.
+def class_band_counts(mask: np.ndarray, band_rows: int) -> np.ndarray:
+    """How many pixels of each class value every band of ``band_rows`` rows of a mask holds.
 
     Args:
         mask: H×W non-negative integer class values.
-        band_pixels: pixels counted at a time.
+        band_rows: rows a band (the last band may be shorter).
 
     Returns:
-        H×K int64 counts, K the largest value + 1.
+        ceil(H / band_rows)×K int64 counts, K the largest value + 1: a table that stays small for any mask shape
+        with bands of tens of thousands of pixels (per-row counts of a 200000×96 mask of 256 classes took 410 MB).
     """
-    height, width = mask.shape
     classes = int(mask.max()) + 1 if mask.size else 1
-    counts = np.zeros((height, classes), dtype=np.int64)
-    step = max(1, band_pixels // max(width, 1))
-    for top in range(0, height, step):
-        band = mask[top:top + step]
-        index = np.arange(band.shape[0], dtype=np.int64)[:, None] * classes + band
-        counts[top:top + band.shape[0]] = np.bincount(index.ravel(), minlength=band.shape[0] * classes).reshape(
-            band.shape[0], classes)
-    return counts
+    return np.stack([np.bincount(mask[top:top + band_rows].ravel(), minlength=classes)
+                     for top in range(0, mask.shape[0], band_rows)]).astype(np.int64)
 
 
 def sample_positions(rng: np.random.Generator, mask: np.ndarray, size: int, count: int,
-                     foreground_fraction: float = 0.0) -> list[tuple[int, int]]:
+                     foreground_fraction: float = 0.0, band_pixels: int = 2**16) -> list[tuple[int, int]]:
     """Top-left corners of ``count`` windows fully inside a (padded) image.
 
     Uniformly random (the published sampling), except that ``round(foreground_fraction * count)`` windows are centred
     on a random pixel of a random foreground class present in the mask (nnU-Net's oversampling for rare classes),
     shifted to stay inside the image. The foreground pixel is the ``j``-th of its class in row order, ``j`` uniform:
-    found from the per-row counts of :func:`class_row_counts` and one row of the mask, not from all the class's
-    pixels.
+    found from the class counts of bands of about ``band_pixels`` pixels (:func:`class_band_counts`) and one band of
+    the mask, not from all the class's pixels (a comparison and ``np.nonzero`` over a whole 8000² mask per patch
+    took hundreds of MB and seconds).
     """
     h, w = mask.shape
     n_fg = int(round(foreground_fraction * count))
-    cumulative = {}  # class -> its running pixel count by row
+    band_rows = max(1, band_pixels // max(w, 1))
+    cumulative = {}  # class -> its running pixel count by band
     if n_fg:
-        counts = class_row_counts(mask)
+        counts = class_band_counts(mask, band_rows)
         cumulative = {c: np.cumsum(counts[:, c]) for c in range(1, counts.shape[1]) if counts[:, c].any()}
     classes = list(cumulative)
     positions = []
@@ -74,9 +67,11 @@ def sample_positions(rng: np.random.Generator, mask: np.ndarray, size: int, coun
         if i < n_fg and classes:
             c = classes[int(rng.integers(len(classes)))]
             j = int(rng.integers(cumulative[c][-1]))
-            y = int(np.searchsorted(cumulative[c], j, side="right"))
-            x = int(np.flatnonzero(mask[y] == c)[j - (cumulative[c][y - 1] if y else 0)])
-            top = int(np.clip(y - size // 2, 0, h - size))
+            band = int(np.searchsorted(cumulative[c], j, side="right"))
+            first = band * band_rows
+            k = j - (int(cumulative[c][band - 1]) if band else 0)
+            y, x = divmod(int(np.flatnonzero(mask[first:first + band_rows] == c)[k]), w)
+            top = int(np.clip(first + y - size // 2, 0, h - size))
             left = int(np.clip(x - size // 2, 0, w - size))
         else:
             top, left = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
