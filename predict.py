@@ -133,16 +133,21 @@ def writes_tiff(fmt: str, height: int, width: int, tiff_above: float) -> bool:
 
 
 def check_outputs(images: list[Path], headers: list[ImageHeader], masks: dict[Path, Path], out: Path, fmt: str,
-                  tiff_above: float) -> None:
+                  tiff_above: float, metrics: Path | None = None) -> None:
     """No mask or probability file to be written may replace an input image or mask (a TIFF image segmented into
-    its own folder would otherwise be overwritten by its TIFF mask)."""
+    its own folder would otherwise be overwritten by its TIFF mask), and the metrics file none of these."""
     inputs = {p.resolve() for p in [*images, *masks.values()]}
+    written = set()
     for image, header in zip(images, headers):
         tiff = writes_tiff(fmt, header.height, header.width, tiff_above)
         for name in (f"{image.stem}{'.tif' if tiff else '.png'}", f"{image.stem}_probabilities.npy"):
             if (out / name).resolve() in inputs:
                 raise UserError(f"{out / name}: the output would replace an input file; choose another --output "
                                 "folder")
+            written.add((out / name).resolve())
+    if metrics is not None and metrics.resolve() in inputs | written:
+        raise UserError(f"--metrics {metrics}: would replace an {'input' if metrics.resolve() in inputs else 'output'}"
+                        " file (expected the path of a new JSON file)")
 
 
 def check_writable(folder: Path) -> None:
@@ -342,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         masks = {im: mask_path(Path(args.masks), im, image_prefix, mask_prefix) for im in images}
     headers = check_inputs(images, masks, segmenter)
     out = Path(args.output)
-    check_outputs(images, headers, masks, out, args.format, args.tiff_above)
+    check_outputs(images, headers, masks, out, args.format, args.tiff_above,
+                  Path(args.metrics) if args.metrics else None)
     check_writable(out)
     if args.metrics:
         check_writable(Path(args.metrics).resolve().parent)

@@ -93,6 +93,21 @@ def test_tiff_images_segmented_into_their_own_folder(test_set, tmp_path, fmt, re
     assert all((images / name).read_bytes() == data for name, data in before.items())
 
 
+@pytest.mark.parametrize("target,kind", [("truth", "input"), ("image", "input"), ("out", "output")])
+def test_metrics_file_may_not_replace_an_input_or_an_output(test_set, tmp_path, target, kind):
+    """``--metrics`` naming a ground-truth mask, an image or a mask to be written: refused before anything is
+    written (it replaced the ground truth with JSON)."""
+    _, folder = test_set
+    paths = {"truth": folder / "masks" / "i0.png", "image": folder / "images" / "i0.png",
+             "out": tmp_path / "o" / "i0.png"}
+    before = {p: p.read_bytes() for p in [*(folder / "masks").iterdir(), *(folder / "images").iterdir()]}
+    result = run_main("predict.py", "--checkpoint", str(constant_checkpoint(tmp_path / "c.pth", 1)), "--input",
+                      str(folder / "images"), "--masks", str(folder / "masks"), "--output", str(tmp_path / "o"),
+                      "--metrics", str(paths[target]), "--quiet")
+    assert_user_error(result, f"--metrics {paths[target]}", f"would replace an {kind} file")
+    assert all(p.read_bytes() == data for p, data in before.items()) and not (tmp_path / "o" / "i0.png").exists()
+
+
 @pytest.mark.parametrize("shape", [(64, 80), (20, 30)])  # streamed in blocks; smaller than the window (whole)
 def test_probabilities_that_are_not_finite_are_refused(tmp_path, shape):
     """A float model whose normalisation divides by 1e-3 and an image at 3e38: the normalised input overflows
