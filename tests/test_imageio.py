@@ -69,6 +69,13 @@ ROUND_TRIPS = [
      _values("uint16", (24, 30, 3)), None),
     ("tiff-float32-pages-of-rows-wide", "a.tif", lambda p, a: _tiff(p, a, photometric="minisblack"),
      _values("float32", (20, 40, 2)), None),
+    # one pixel high or wide: rows and columns of length 1 stay (a 1×W×3 image was read as a W×3 gray one)
+    ("tiff-uint16-one-row", "a.tif", _tiff, _values("uint16", (1, 40)), None),
+    ("tiff-uint16-rgb-one-row", "a.tif", _tiff, _values("uint16", (1, 40, 3)), None),
+    ("tiff-float32-one-column", "a.tif", _tiff, _values("float32", (40, 1)), None),
+    ("tiff-uint16-planar-one-row", "a.tif", lambda p, a: _tiff(p, np.moveaxis(a, -1, 0), photometric="minisblack",
+                                                                 planarconfig="separate"),
+     _values("uint16", (1, 40, 4)), None),
 ]
 
 
@@ -83,6 +90,9 @@ def test_images_read_back_exactly(tmp_path, case):
     header = read_header(tmp_path / name)
     assert (header.height, header.width, header.channels, header.dtype) == (
         *expected.shape[:2], 1 if expected.ndim == 2 else expected.shape[2], expected.dtype.name)
+    with ImageRows(tmp_path / name) as rows:  # read in bands (a TIFF) the same
+        assert np.array_equal(rows.rows(0, header.height), expected)
+        assert np.array_equal(rows.rows(header.height - 1, header.height), expected[-1:])
 
 
 ALPHA = [

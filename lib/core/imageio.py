@@ -227,13 +227,15 @@ class ImageHeader:
 @dataclass(frozen=True)
 class _TiffLayout:
     """How the first series of a TIFF maps to H×W or H×W×C: its header (channels counting alpha), whether the last
-    channel is alpha, whether the channels come first in the file, and the position of the Y axis there."""
+    channel is alpha, whether the channels come first in the file, the positions of the rows and columns there, and
+    the file's axes that are kept (see :func:`_tiff_plan`)."""
 
     header: ImageHeader
     alpha: bool
     first: bool
     y: int
     x: int
+    keep: tuple[int, ...]
 
 
 def _tiff_open(path: Path, read: bool, channel_axis: str) -> tuple[np.ndarray | None, _TiffLayout]:
@@ -266,7 +268,7 @@ def _tiff_open(path: Path, read: bool, channel_axis: str) -> tuple[np.ndarray | 
     # the rows and columns are the file's axes that the plan made them, not those tifffile names Y and X: pages of
     # generic planes read as H×W×C (tifffile's QYX) have their rows on the page axis
     y, x = (keep[1], keep[2]) if first else (keep[0], keep[1])
-    return array, _TiffLayout(header, alpha, first, y, x)
+    return array, _TiffLayout(header, alpha, first, y, x, tuple(keep))
 
 
 def _read_tiff(path: Path, channel_axis: str) -> tuple[np.ndarray, bool]:
@@ -291,7 +293,8 @@ def _tiff_plan(axes: str, shape: tuple[int, ...], channel_axis: str, path: Path)
     """How a TIFF's array becomes H×W or H×W×C: the file's axes that are kept (those not of length 1, in order:
     rows, columns and channels, or channels first), and whether the channels come first (to be moved last).
 
-    The rule: axes of length 1 are dropped. Two axes are YX. Of three, samples last (``YXS``) is H×W×C and one plane
+    The rule: axes of length 1 are dropped, except rows and columns (Y, X) where the file names them. Two axes are
+    YX. Of three, samples last (``YXS``) is H×W×C and one plane
     per channel (``SYX``, ``CYX``) is C×H×W. Where the file does not say (pages of generic planes, tifffile's ``Q``
     or ``I``), ``channel_axis`` decides: ``first`` or ``last``; ``auto`` takes the axis of at most 16 planes, the
     first if both are. Anything else (a Z stack, a time series, 4-D data) is refused.
@@ -299,7 +302,10 @@ def _tiff_plan(axes: str, shape: tuple[int, ...], channel_axis: str, path: Path)
     Raises:
         UserError: unsupported axes, or generic axes whose channel axis ``auto`` cannot tell.
     """
-    keep = [i for i, n in enumerate(shape) if n != 1]
+    # rows and columns stay where the file names them (an image one pixel high is still 2-D); generic pages (Q, I)
+    # name no rows, so there every axis of length 1 goes
+    named_rows = not set(axes) & set("QI")
+    keep = [i for i, n in enumerate(shape) if n != 1 or (named_rows and axes[i] in "YX")]
     named, kept = "".join(axes[i] for i in keep), [shape[i] for i in keep]
     if len(kept) == 2:
         return keep, False
@@ -399,7 +405,8 @@ class ImageRows:
 
             _, layout = _tiff_open(self.path, False, channel_axis)
             self.header = _tiff_header(layout, keep_alpha, self.path)
-            self._alpha, self._first, self._y, self._x = layout.alpha, layout.first, layout.y, layout.x
+            self._alpha, self._first, self._y, self._x, self._keep = (layout.alpha, layout.first, layout.y, layout.x,
+                                                                      layout.keep)
             try:
                 self._store = tifffile.imread(self.path, aszarr=True)
                 self._zarr = zarr.open(self._store, mode="r")
@@ -430,8 +437,7 @@ class ImageRows:
         except Exception as err:  # noqa: BLE001 - a corrupt tile: any codec's error (zlib.error, LZMAError, ...)
             _cancel_pending_reads()
             raise UserError(f"{where}: not a readable image ({_reason(err)})") from None
-        # drop the axes of length 1 in the file (not a band's single row), as _tiff_plan does
-        band = band.reshape([n for n, full in zip(band.shape, self._zarr.shape) if full != 1])
+        band = band.reshape([band.shape[i] for i in self._keep])  # the axes _tiff_plan keeps
         if self._first:
             band = np.moveaxis(band, 0, -1)
         if self._alpha and not self.keep_alpha:
