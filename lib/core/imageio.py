@@ -227,15 +227,19 @@ class ImageHeader:
 @dataclass(frozen=True)
 class _TiffLayout:
     """How the first series of a TIFF maps to H×W or H×W×C: its header (channels counting alpha), whether the last
-    channel is alpha, whether the channels come first in the file, the positions of the rows and columns there, and
-    the file's axes that are kept (see :func:`_tiff_plan`)."""
+    channel is alpha, whether the channels come first in the file, and the file's axes that are kept (see
+    :func:`_tiff_plan`)."""
 
     header: ImageHeader
     alpha: bool
     first: bool
-    y: int
-    x: int
     keep: tuple[int, ...]
+
+    @property
+    def rows_and_columns(self) -> tuple[int, int]:
+        """The file's axes of the rows and the columns: those the plan made them, not those tifffile names Y and X
+        (pages of generic planes read as H×W×C, tifffile's QYX, have their rows on the page axis)."""
+        return self.keep[self.first], self.keep[self.first + 1]
 
 
 def _tiff_open(path: Path, read: bool, channel_axis: str) -> tuple[np.ndarray | None, _TiffLayout]:
@@ -265,10 +269,7 @@ def _tiff_open(path: Path, read: bool, channel_axis: str) -> tuple[np.ndarray | 
         array = array.reshape(kept)
         array = np.ascontiguousarray(np.moveaxis(array, 0, -1) if first else array)
     header = ImageHeader(height, width, channels, dtype.name)
-    # the rows and columns are the file's axes that the plan made them, not those tifffile names Y and X: pages of
-    # generic planes read as H×W×C (tifffile's QYX) have their rows on the page axis
-    y, x = (keep[1], keep[2]) if first else (keep[0], keep[1])
-    return array, _TiffLayout(header, alpha, first, y, x, tuple(keep))
+    return array, _TiffLayout(header, alpha, first, tuple(keep))
 
 
 def _read_tiff(path: Path, channel_axis: str) -> tuple[np.ndarray, bool]:
@@ -405,8 +406,8 @@ class ImageRows:
 
             _, layout = _tiff_open(self.path, False, channel_axis)
             self.header = _tiff_header(layout, keep_alpha, self.path)
-            self._alpha, self._first, self._y, self._x, self._keep = (layout.alpha, layout.first, layout.y, layout.x,
-                                                                      layout.keep)
+            self._alpha, self._first, self._keep = layout.alpha, layout.first, layout.keep
+            self._y, self._x = layout.rows_and_columns
             try:
                 self._store = tifffile.imread(self.path, aszarr=True)
                 self._zarr = zarr.open(self._store, mode="r")
