@@ -62,20 +62,21 @@ def gaussian_weights(window: int, sigma_scale: float = 0.125, device: torch.devi
     return weights.clamp(min=torch.finfo(torch.float32).tiny).float()
 
 
-def axis_weight_sums(size: int, starts: list[int], window: int, blend: str, sigma_scale: float = 0.125,
-                     device: torch.device | None = None) -> torch.Tensor:
-    """Sum over the windows starting at ``starts`` of their blend weights along one axis (float32, length ``size``).
+def axis_weight_sums(size: int, starts: list[int], window: int, blend: str, sigma_scale: float = 0.125
+                     ) -> torch.Tensor:
+    """Sum over the windows starting at ``starts`` of their blend weights along one axis (float32, length ``size``,
+    on the host: one add per window start, a kernel launch each on a GPU).
 
     The blend weights of a window are separable (:func:`gaussian_weights` is the outer product of a 1-D Gaussian
     with itself; the mean blend is all ones) and the windows form a grid, so the sum of the weights of all windows at
     a pixel is ``outer(axis_weight_sums(rows), axis_weight_sums(columns))``: integer window counts for the mean blend.
     """
     if blend == "gaussian":
-        g = _gaussian_profile(window, sigma_scale, device)
+        g = _gaussian_profile(window, sigma_scale, None)
         weights = g / g.max()
     else:
-        weights = torch.ones(window, dtype=torch.float64, device=device)
-    sums = torch.zeros(size, dtype=torch.float64, device=device)
+        weights = torch.ones(window, dtype=torch.float64)
+    sums = torch.zeros(size, dtype=torch.float64)
     for start in starts:
         sums[start:start + window] += weights
     return sums.float()
@@ -228,7 +229,7 @@ def sliding_window_bands(
         raise ValueError(f"image of {height}x{width} is smaller than the window {window}: pad it first")
     device = torch.device(device)
     ys, xs = window_grid(height, width, window, overlap)
-    # computed on the host and moved in one copy each: on a GPU, an add per window start was a kernel launch each
+    # computed on the host (see axis_weight_sums) and moved in one copy each
     row_sums = axis_weight_sums(height, ys, window, blend, sigma_scale).to(device)
     col_sums = axis_weight_sums(width, xs, window, blend, sigma_scale).to(device)
     weights = gaussian_weights(window, sigma_scale).to(device) if blend == "gaussian" else None
