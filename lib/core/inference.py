@@ -303,16 +303,13 @@ def _overlap_add(acc: torch.Tensor, outs: torch.Tensor, rows: int, grid: int, st
     by_row = outs.unflatten(0, (rows, outs.shape[0] // rows))
     on_grid = by_row[:, :grid].permute(2, 0, 3, 1, 4)  # C×rows×window×grid×window: the windows side by side
     flush = by_row[:, grid].permute(1, 0, 2, 3) if by_row.shape[1] > grid else None  # C×rows×window×window
-    columns = list(enumerate(range(0, window, stride)))
-    row_slices = columns if rows > 1 else [(0, 0)]
-    for i, top in reversed(row_slices):
-        height = min(stride, window - top) if rows > 1 else window
-        if rows > 1:  # C×rows×height×W'
-            band = acc[:, i * stride:(i + rows) * stride].unflatten(1, (rows, stride))[:, :, :height]
-        else:
-            band = acc[:, None, :window]
-        for j, left in reversed(columns):
-            width = min(stride, window - left)
+    columns = [(j, left, min(stride, window - left)) for j, left in enumerate(range(0, window, stride))]
+    row_slices = columns if rows > 1 else [(0, 0, window)]  # one window row is added whole
+    for i, top, height in reversed(row_slices):
+        # C×rows×height×W'
+        band = (acc[:, i * stride:(i + rows) * stride].unflatten(1, (rows, stride))[:, :, :height] if rows > 1
+                else acc[:, None, :window])
+        for j, left, width in reversed(columns):
             blocks = band[..., j * stride:(j + grid) * stride].unflatten(3, (grid, stride))[..., :width]
             blocks += on_grid[:, :, top:top + height, :, left:left + width]
         if flush is not None:
