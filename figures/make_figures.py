@@ -55,12 +55,13 @@ def main(argv: list[str] | None = None) -> None:
     masks = [read_mask(folder / "masks" / mask_file(r["file"]), colors) for r in rows]
     figures["patches.png"] = show_patch_grid(images, masks, colors, columns=8)
 
-    history = load_checkpoint(args.checkpoint).get("history")
+    state = load_checkpoint(args.checkpoint)
+    history = state.get("history")
     if not history:
         raise UserError(f"{args.checkpoint}: no training history (expected a checkpoint written by train.py)")
     figures["training_curve.png"] = plot_history(history)
 
-    segmenter = Segmenter.from_checkpoint(args.checkpoint)
+    segmenter = Segmenter.from_state(state, args.checkpoint)
     tests = find_pairs(root / d.test_folder, d.image_prefix, d.mask_prefix)
     if not 0 <= args.example < len(tests):
         raise UserError(f"--example {args.example}: expected 0..{len(tests) - 1} ({len(tests)} test images in "

@@ -52,7 +52,13 @@ class Segmenter:
         Raises:
             UserError: the file is missing, not a checkpoint, or does not fit the model.
         """
-        state = load_checkpoint(path)
+        return cls.from_state(load_checkpoint(path), path, device, precision, inference)
+
+    @classmethod
+    def from_state(cls, state: dict, path: str | Path, device: str = "auto", precision: str = "auto",
+                   inference: InferenceParams | None = None) -> Segmenter:
+        """:meth:`from_checkpoint` for a checkpoint already loaded (``model.checkpoint.load_checkpoint``) from ``path``,
+        which names it in errors."""
         dev = select_device(device)
         if dev.type == "cpu":
             retain_freed_memory()

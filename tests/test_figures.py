@@ -21,12 +21,15 @@ def checkpoint(tiny_patches):
     return data / "checkpoints" / "figures" / "best.pth"
 
 
-def test_the_four_figures_are_written_to_the_chosen_folder(tiny_patches, checkpoint, tmp_path):
+def test_the_four_figures_are_written_to_the_chosen_folder(tiny_patches, checkpoint, tmp_path, monkeypatch):
     params_file, _ = tiny_patches
+    loads, load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda f, *a, **k: loads.append(str(f)) or load(f, *a, **k))
     done = run_main("-m", "figures.make_figures", "--checkpoint", str(checkpoint), "--params", str(params_file),
                     "--out", str(tmp_path / "figs"), "--example", "1")
     assert done.returncode == 0, done.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == NAMES
+    assert loads.count(str(checkpoint)) == 1  # the history and the model come from one read of the checkpoint
     for name in NAMES:
         with Image.open(tmp_path / "figs" / name) as figure:
             assert figure.format == "PNG" and min(figure.size) > 100
