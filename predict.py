@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dataloader.pairs import image_id, list_images
+from dataloader.pairs import list_images, mask_of, masks_by_id
 from lib.core.atomic import atomic_write_bytes, atomic_write_text
 from lib.core.device import select_device
 from lib.core.distributed import all_reduce_sum, cleanup, exit_process, init_distributed
@@ -84,17 +84,6 @@ def input_images(path: Path) -> list[Path]:
     return images
 
 
-def mask_path(masks: Path, image: Path, image_prefix: str, mask_prefix: str) -> Path:
-    """The mask of ``image`` in ``masks`` under the prefix rule of dataloader.pairs."""
-    stem = image_id(image, image_prefix)
-    for suffix in (".png", image.suffix):
-        candidate = masks / f"{mask_prefix}{stem}{suffix}"
-        if candidate.is_file():
-            return candidate
-    other = f" or {image.suffix}" if image.suffix.lower() != ".png" else ""
-    raise UserError(f"{image}: no mask found (expected {masks / (mask_prefix + stem)}.png{other})")
-
-
 def check_inputs(images: list[Path], masks: dict[Path, Path], segmenter: Segmenter) -> list[ImageHeader]:
     """Every image fits the model (pixel type, channels) and its mask's size, read from the headers, and every
     mask holds class values only, before any output is written; returns the headers."""
@@ -133,10 +122,20 @@ def writes_tiff(fmt: str, height: int, width: int, tiff_above: float) -> bool:
 
 
 def check_outputs(images: list[Path], headers: list[ImageHeader], masks: dict[Path, Path], out: Path, fmt: str,
-                  tiff_above: float, metrics: Path | None = None) -> None:
-    """No mask or probability file to be written may replace an input image or mask (a TIFF image segmented into
-    its own folder would otherwise be overwritten by its TIFF mask), and the metrics file none of these."""
-    inputs = {p.resolve() for p in [*images, *masks.values()]}
+                  tiff_above: float, metrics: Path | None = None, keep: tuple[Path, ...] = ()) -> None:
+    """The output folder is none that images or masks are read from (the masks written there would be read as inputs,
+    or clash with them by name, next time); no mask or probability file to be written, nor the metrics file, may
+    replace an input image or mask or a file of ``keep`` (the checkpoint, the input folder).
+
+    Raises:
+        UserError: naming the output folder or file and what it would replace.
+    """
+    sources = {p.parent.resolve() for p in [*images, *masks.values()]} | {p.resolve() for p in keep if p.is_dir()}
+    sources |= {folder.parent for folder in sources if folder.name == "images"}  # a data folder holding images/
+    if out.resolve() in sources:
+        raise UserError(f"--output {out}: images or masks are read from this folder (the masks written there would "
+                        "be read with them next time); choose another folder")
+    inputs = {p.resolve() for p in [*images, *masks.values(), *keep]}
     written = set()
     for image, header in zip(images, headers):
         tiff = writes_tiff(fmt, header.height, header.width, tiff_above)
@@ -344,11 +343,12 @@ def main(argv: list[str] | None = None) -> int:
         data = segmenter.params.data  # the name rule the model was trained with, unless overridden
         image_prefix = data.image_prefix if args.image_prefix is None else args.image_prefix
         mask_prefix = data.mask_prefix if args.mask_prefix is None else args.mask_prefix
-        masks = {im: mask_path(Path(args.masks), im, image_prefix, mask_prefix) for im in images}
+        found = masks_by_id(args.masks, mask_prefix)
+        masks = {im: mask_of(im, found, args.masks, image_prefix, mask_prefix) for im in images}
     headers = check_inputs(images, masks, segmenter)
     out = Path(args.output)
     check_outputs(images, headers, masks, out, args.format, args.tiff_above,
-                  Path(args.metrics) if args.metrics else None)
+                  Path(args.metrics) if args.metrics else None, (Path(args.checkpoint), Path(args.input)))
     check_writable(out)
     if args.metrics:
         check_writable(Path(args.metrics).resolve().parent)

@@ -54,6 +54,30 @@ def image_id(path: Path, prefix: str) -> str:
     return path.stem[len(prefix):] if prefix and path.stem.startswith(prefix) else path.stem
 
 
+def masks_by_id(folder: str | Path, mask_prefix: str = "") -> dict[str, Path]:
+    """The masks of ``folder`` by the id they share with their image (:func:`image_id`), whatever their suffix.
+
+    Raises:
+        UserError: the folder is missing, or two masks share a name but for the suffix.
+    """
+    return {image_id(m, mask_prefix): m for m in list_images(folder)}
+
+
+def mask_of(image: Path, masks: dict[str, Path], folder: str | Path, image_prefix: str = "", mask_prefix: str = ""
+            ) -> Path:
+    """The mask of ``image`` among ``masks`` (:func:`masks_by_id` of ``folder``): ``Img_3.tif`` pairs with
+    ``Mask_3.png``, ``Mask_3.tif`` or another image suffix.
+
+    Raises:
+        UserError: the image has no mask, naming the image and the mask expected.
+    """
+    key = image_id(image, image_prefix)
+    if key not in masks:
+        raise UserError(f"{image}: no mask for this image (expected {Path(folder) / (mask_prefix + key)}.png, .tif or "
+                        "another image suffix)")
+    return masks[key]
+
+
 def find_pairs(folder: str | Path, image_prefix: str = "", mask_prefix: str = "", require_masks: bool = True
                ) -> list[ImagePair]:
     """Match the images of ``folder/images`` with the masks of ``folder/masks``.
@@ -79,18 +103,12 @@ def find_pairs(folder: str | Path, image_prefix: str = "", mask_prefix: str = ""
     images = list_images(folder / "images")
     if not images:
         raise UserError(f"{folder / 'images'}: no images found (expected PNG or TIFF files)")
-    masks: dict[str, Path] = {}
-    if require_masks:
-        for m in list_images(folder / "masks"):
-            masks[image_id(m, mask_prefix)] = m
+    masks = masks_by_id(folder / "masks", mask_prefix) if require_masks else {}
     pairs = []
     for image in images:
-        key = image_id(image, image_prefix)
-        mask = masks.pop(key, None)
-        if require_masks and mask is None:
-            raise UserError(f"{image}: no mask for this image (expected {folder / 'masks' / (mask_prefix + key)}.png, "
-                            ".tif or another image suffix)")
+        mask = mask_of(image, masks, folder / "masks", image_prefix, mask_prefix) if require_masks else None
         pairs.append(ImagePair(image.stem, image, mask))
+        masks.pop(image_id(image, image_prefix), None)
     if masks:
         orphan = next(iter(masks.values()))
         expected = folder / "images" / f"{image_prefix}{image_id(orphan, mask_prefix)}"

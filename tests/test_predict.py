@@ -72,34 +72,57 @@ def test_single_file_probabilities_and_options(test_set, tmp_path):
     assert set(np.unique(np.asarray(Image.open(tmp_path / "o" / "i1.png")))) == {1}
 
 
-@pytest.mark.parametrize("fmt,refused", [("auto", False), ("png", False), ("tiff", True)])
-def test_tiff_images_segmented_into_their_own_folder(test_set, tmp_path, fmt, refused):
-    """PNG masks beside TIFF images replace nothing (the format is known from each image's size); TIFF masks would
-    replace the images, and are refused before anything is written."""
+@pytest.mark.parametrize("output,args", [("images", ["--input", "{w}/images"]),
+                                         ("images", ["--input", "{w}/images", "--format", "png"]),
+                                         ("images", ["--input", "{w}/images/i0.tif"]),
+                                         (".", ["--input", "{w}"]),
+                                         (".", ["--input", "{w}/images"]),
+                                         ("masks", ["--input", "{w}/images", "--masks", "{w}/masks"])])
+def test_an_output_folder_that_inputs_are_read_from_is_refused(test_set, tmp_path, output, args):
+    """Masks written beside TIFF images (PNG masks replace nothing), into the data folder holding images/ or into the
+    masks folder clash with the inputs or are read as images by the next run: refused before anything is written."""
     _, folder = test_set
-    images = tmp_path / "images"
-    images.mkdir()
-    for i in range(2):
-        tifffile.imwrite(images / f"i{i}.tif", np.asarray(Image.open(folder / "images" / f"i{i}.png")))
-    before = {p.name: p.read_bytes() for p in images.iterdir()}
-    result = run_main("predict.py", "--checkpoint", str(constant_checkpoint(tmp_path / "c.pth", 1)), "--input",
-                      str(images), "--output", str(images), "--format", fmt, "--quiet")
-    if refused:
-        assert_user_error(result, "i0.tif", "would replace an input file")
-        assert sorted(p.name for p in images.iterdir()) == ["i0.tif", "i1.tif"]
-    else:
-        assert result.returncode == 0, result.stderr
-        assert sorted(p.name for p in images.iterdir()) == ["i0.png", "i0.tif", "i1.png", "i1.tif"]
-    assert all((images / name).read_bytes() == data for name, data in before.items())
+    for sub in ("images", "masks"):
+        (tmp_path / sub).mkdir()
+        for i in range(2):
+            tifffile.imwrite(tmp_path / sub / f"i{i}.tif", np.asarray(Image.open(folder / sub / f"i{i}.png")))
+    checkpoint = constant_checkpoint(tmp_path / "c.pth", 1)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    result = run_main("predict.py", "--checkpoint", str(checkpoint), *[a.format(w=tmp_path) for a in args],
+                      "--output", str(tmp_path / output), "--quiet")
+    assert_user_error(result, f"--output {tmp_path / output}", "images or masks are read from this folder")
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
-@pytest.mark.parametrize("target,kind", [("truth", "input"), ("image", "input"), ("out", "output")])
+def test_masks_pair_with_their_images_by_name_whatever_the_suffix(test_set, tmp_path):
+    """predict.py pairs images and masks by the rule of training (dataloader.pairs): a PNG image with a TIFF mask, a
+    .TIF image with a .tif mask, dots in the name."""
+    _, folder = test_set
+    names = {"a.1.png": "a.1.tif", "b 2.TIF": "b 2.tif", "c.tiff": "c.png"}
+    for sub in ("images", "masks"):
+        (tmp_path / sub).mkdir()
+    for k, (image, mask) in enumerate(names.items()):
+        pixels, truth = (np.asarray(Image.open(folder / sub / f"i{k}.png")) for sub in ("images", "masks"))
+        for path, array in ((tmp_path / "images" / image, pixels), (tmp_path / "masks" / mask, truth)):
+            if path.suffix.lower().startswith(".tif"):
+                tifffile.imwrite(path, array)
+            else:
+                Image.fromarray(array).save(path)
+    result = run_main("predict.py", "--checkpoint", str(constant_checkpoint(tmp_path / "c.pth", 0)), "--input",
+                      str(tmp_path / "images"), "--masks", str(tmp_path / "masks"), "--output", str(tmp_path / "o"),
+                      "--metrics", str(tmp_path / "m.json"), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "m.json").read_text())["n_images"] == 3
+
+
+@pytest.mark.parametrize("target,kind", [("truth", "input"), ("image", "input"), ("out", "output"),
+                                         ("checkpoint", "input")])
 def test_metrics_file_may_not_replace_an_input_or_an_output(test_set, tmp_path, target, kind):
     """``--metrics`` naming a ground-truth mask, an image or a mask to be written: refused before anything is
     written (it replaced the ground truth with JSON)."""
     _, folder = test_set
     paths = {"truth": folder / "masks" / "i0.png", "image": folder / "images" / "i0.png",
-             "out": tmp_path / "o" / "i0.png"}
+             "out": tmp_path / "o" / "i0.png", "checkpoint": tmp_path / "c.pth"}
     before = {p: p.read_bytes() for p in [*(folder / "masks").iterdir(), *(folder / "images").iterdir()]}
     result = run_main("predict.py", "--checkpoint", str(constant_checkpoint(tmp_path / "c.pth", 1)), "--input",
                       str(folder / "images"), "--masks", str(folder / "masks"), "--output", str(tmp_path / "o"),
