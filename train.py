@@ -57,7 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("-e", "--epochs", type=int, help="number of epochs (training.epochs)")
     p.add_argument("-l", "--learning-rate", type=float, help="base learning rate (training.learning_rate)")
     p.add_argument("-b", "--batch-size", type=int, help="patches per step and process (training.batch_size)")
-    p.add_argument("-f", "--folder", help="patch folder under data/, or a path (training.folder)")
+    p.add_argument("-f", "--folder", help="patch folder: a name under data.root (patches_s96), or a path with a '/' "
+                                          "(training.folder)")
     p.add_argument("--load", metavar="CKPT", help="resume the run of this checkpoint")
     p.add_argument("--params", metavar="FILE", help="parameters file (default: parameters.json)")
     p.add_argument("--seed", type=int, help="seed of initialisation, split and shuffling (training.seed)")
@@ -150,8 +151,17 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 
 def patch_folder(params: Params) -> Path:
-    folder = Path(params.training.folder)
-    return folder if folder.is_absolute() or folder.parts[0] in (".", "..") else Path(params.data.root) / folder
+    """``training.folder``: a bare name (``patches_s96``) lies under ``data.root``; a path (absolute, with a separator,
+    or ``.`` / ``..``) is taken as given, relative to the working folder, as lib.prepare's ``--out`` is.
+
+    Raises:
+        UserError: the value is empty.
+    """
+    given = params.training.folder
+    if not given.strip():
+        raise UserError("-f/training.folder '': expected a patch folder name or path")
+    bare = Path(given).name == given and given not in (".", "..")
+    return Path(params.data.root) / given if bare else Path(given)
 
 
 class StopRequest:

@@ -23,7 +23,7 @@ from dataloader.pairs import ImagePair, find_pairs
 from lib.core.atomic import atomic_write_text, deferred_sync
 from lib.core.errors import UserError, cli_main
 from lib.core.imageio import ImageHeader, ImageRows, image_suffix, read_mask, save_image, save_mask
-from lib.core.jobs import finish_job, start_job
+from lib.core.jobs import check_apart, finish_job, start_job
 from lib.core.padding import reflect_pad
 from lib.core.params import Params, load_params, replace
 from lib.core.patch_sampling import apply_augmentation, augmentations, sample_positions
@@ -54,9 +54,10 @@ def prepare_patches(src: str | Path, out: str | Path, params: Params, overwrite:
         The number of patches written.
 
     Raises:
-        UserError: bad input data (naming the file) or an output folder that is not empty.
+        UserError: bad input data (naming the file), an output folder inside ``src``, or one that is not empty.
     """
     out = Path(out)
+    check_apart(out, src)
     p = params.patches
     pairs = find_pairs(src, params.data.image_prefix, params.data.mask_prefix)
     variants = augmentations(p.flips, p.rotate90)

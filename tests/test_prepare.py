@@ -84,6 +84,15 @@ def test_overwrite_protection(tmp_path, source):
     assert (out / "manifest.csv").read_text() != manifest
 
 
+@pytest.mark.parametrize("inside", [".", "images", "masks", "images/patches"])
+def test_an_output_folder_in_the_source_is_refused_even_with_overwrite(source, inside):
+    """--out --src with --overwrite removed the source's images and masks, which match the patches' names."""
+    before = {p: p.read_bytes() for p in source.rglob("*") if p.is_file()}
+    with pytest.raises(UserError, match="is the source folder .* or lies inside it"):
+        prepare_patches(source, source / inside, SMALL, overwrite=True, progress=False)
+    assert {p: p.read_bytes() for p in source.rglob("*") if p.is_file()} == before
+
+
 def test_rotations_give_the_eight_symmetries():
     variants = augmentations(True, True)
     assert len(variants) == 8

@@ -223,3 +223,21 @@ def test_without_validation_images_best_follows_last(tiny_patches):
     last, best = _weights(run / "last.pth"), _weights(run / "best.pth")
     assert best["epoch"] == last["epoch"] == 2 and best["val_sources"] == []
     assert all(torch.equal(best["model_state"][k], v) for k, v in last["model_state"].items())
+
+
+@pytest.mark.parametrize("given,expected", [("patches_s96", "root/patches_s96"), ("./p", "p"), ("sub/p", "sub/p"),
+                                            ("../p", "../p"), (".", "."), ("..", ".."), ("/abs/p", "/abs/p"),
+                                            ("p/", "p")])
+def test_a_patch_folder_name_lies_under_the_data_root_and_a_path_is_taken_as_given(given, expected):
+    """-f ./p and -f sub/p were looked up under data/, and -f . failed with an IndexError."""
+    import train
+    from lib.core.params import replace
+
+    params = replace(replace(load_params(REPO / "parameters.json"), "data", root="root"), "training", folder=given)
+    assert train.patch_folder(params) == Path(expected)
+
+
+def test_an_empty_patch_folder_is_refused_in_one_line(tiny_patches):
+    params_file, _ = tiny_patches
+    assert_user_error(run_main("train.py", "--params", str(params_file), "-f", ""), "-f/training.folder ''",
+                      "expected a patch folder name or path")

@@ -29,6 +29,19 @@ def _clear(folder: Path, owned: list[str]) -> None:
                 path.unlink()
 
 
+def check_apart(folder: str | Path, source: str | Path, flag: str = "--out") -> None:
+    """Refuse an output folder that is the job's source folder or lies inside it: ``overwrite`` would remove the
+    source's files that match the job's patterns, and the job's files would mix into the data.
+
+    Raises:
+        UserError: naming both folders.
+    """
+    out, src = Path(folder).resolve(), Path(source).resolve()
+    if out == src or src in out.parents:
+        raise UserError(f"{flag} {folder}: is the source folder {source} or lies inside it (expected an output folder "
+                        "apart from the data)")
+
+
 def start_job(folder: str | Path, signature: dict, owned: list[str], overwrite: bool,
               flag: str = "--overwrite") -> bool:
     """Claim ``folder`` for a job described by ``signature``.
