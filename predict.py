@@ -94,7 +94,7 @@ def check_inputs(images: list[Path], masks: dict[Path, Path], segmenter: Segment
         if image.suffix.lower() not in TIFF_SUFFIXES:  # decoded whole (PNG, JPEG, BMP cannot be read in bands)
             check_fits(image, header.height, header.width, header.channels * np.dtype(header.dtype).itemsize)
         if image in masks:
-            mask = read_header(masks[image])
+            mask = read_header(masks[image], mask=True)
             if (mask.height, mask.width) != (header.height, header.width):
                 raise UserError(f"{masks[image]}: mask is {mask.width}x{mask.height} but its image is "
                                 f"{header.width}x{header.height} (width x height)")

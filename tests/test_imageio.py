@@ -176,6 +176,10 @@ MASKS = [
     ("png-16-index", "m.png", lambda p, a: _pillow(p, a.astype(np.uint16))),
     ("tiff-8-index", "m.tif", lambda p, a: _tiff(p, a.astype(np.uint8))),
     ("tiff-16-index", "m.tif", lambda p, a: _tiff(p, a.astype(np.uint16))),
+    ("tiff-int8-index", "m.tif", lambda p, a: _tiff(p, a.astype(np.int8))),
+    ("tiff-int32-index", "m.tif", lambda p, a: _tiff(p, a.astype(np.int32))),  # label images as skimage writes them
+    ("tiff-uint32-index", "m.tif", lambda p, a: _tiff(p, a.astype(np.uint32))),
+    ("tiff-int64-index", "m.tif", lambda p, a: _tiff(p, a.astype(np.int64))),
     ("png-colour", "m.png", lambda p, a: _pillow(p, np.array(COLORS, np.uint8)[a])),
     ("tiff-colour", "m.tif", lambda p, a: _tiff(p, np.array(COLORS, np.uint8)[a], photometric="rgb")),
 ]
@@ -188,6 +192,14 @@ def test_masks_of_every_kind(tmp_path, case):
     write(tmp_path / name, labels)
     got = read_mask(tmp_path / name, COLORS)
     assert got.dtype == np.uint8 and np.array_equal(got, labels)
+    with ImageRows(tmp_path / name, mask_colors=COLORS) as rows:  # the streamed route, header first
+        assert np.array_equal(rows.rows(0, 8), labels) and read_header(tmp_path / name, mask=True).height == 8
+
+
+def test_a_float_mask_is_refused_as_a_mask(tmp_path):
+    _tiff(tmp_path / "m.tif", np.zeros((8, 6), np.float32))
+    with pytest.raises(UserError, match=r"m.tif: unsupported mask pixel type float32 \(expected integer class"):
+        read_header(tmp_path / "m.tif", mask=True)
 
 
 @pytest.mark.parametrize("name, write", [("m.png", lambda p, a: _pillow(p, a)), ("m.tif", _tiff)])
@@ -215,9 +227,18 @@ REFUSED = [
     ("tiff-truncated", lambda p: p.write_bytes(encode_image(_values("float32", (64, 64)))[:300]),
      "not a readable image"),
     ("text-named-tif", lambda p: p.write_text("not an image"), "not a readable image"),
+    ("tiff-pages-truncated", lambda p: _truncated_pages(p), "not a readable image"),
     ("tiff-corrupt-zlib-tile", lambda p: _corrupt_last_tile(p, "zlib"), "not a readable image (Error -3"),
     ("tiff-corrupt-lzma-strip", lambda p: _corrupt_last_tile(p, "lzma"), "not a readable image"),
 ]
+
+
+def _truncated_pages(path: Path) -> None:
+    """Three pages cut off inside the first: tifffile also logs the broken page chain ("invalid page offset")."""
+    with tifffile.TiffWriter(path) as tif:
+        for _ in range(3):
+            tif.write(_values("uint16", (300, 200)), contiguous=False)
+    path.write_bytes(path.read_bytes()[:110_000])
 
 
 def _corrupt_last_tile(path: Path, compression: str, which: int = -1, shape: tuple[int, int] = (40, 40)) -> None:
@@ -265,6 +286,21 @@ def test_a_corrupt_first_tile_gives_one_line_and_no_noise_at_exit(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     lines = (done.stdout + done.stderr).splitlines()
     assert len(lines) == 1 and "bad.tif (rows 0..400, columns 0..400): not a readable image" in lines[0], lines
+
+
+def test_a_truncated_page_chain_gives_one_line_without_tifffile_logs(tmp_path):
+    """tifffile logs "invalid page offset" for a broken page chain; with no logging set up, Python printed it beside
+    the one-line error (pytest installs its own handlers, so only a process of its own shows it)."""
+    import subprocess
+    import sys
+
+    _truncated_pages(tmp_path / "bad.tif")
+    code = ("from lib.core.imageio import read_header, read_image\nfrom lib.core.errors import UserError\n"
+            f"read_header({str(tmp_path / 'bad.tif')!r})\n"
+            f"try:\n    read_image({str(tmp_path / 'bad.tif')!r})\nexcept UserError as err:\n    print(err)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    lines = (done.stdout + done.stderr).splitlines()
+    assert len(lines) == 1 and "bad.tif: not a readable image" in lines[0], lines
 
 
 def test_an_image_that_cannot_fit_in_memory_is_refused(tmp_path, monkeypatch):

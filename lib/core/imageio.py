@@ -9,6 +9,7 @@ indices, written as palette PNGs (values = class indices, palette = class colour
 from __future__ import annotations
 
 import io
+import logging
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -27,6 +28,9 @@ MAX_AUTO_CHANNELS = 16  # with generic TIFF axes, the channel axis is the one of
 # Pillow stops at 89 MP by default (a "decompression bomb" guard against hostile files); our users' images are
 # legitimately that large, so the guard is lifted here, where every image is opened
 Image.MAX_IMAGE_PIXELS = None
+# tifffile logs what it finds wrong in a damaged file; with no handler configured, Python printed those lines beside
+# our one-line error. They still reach any handler the user configures (the record propagates to the root logger).
+logging.getLogger("tifffile").addHandler(logging.NullHandler())
 
 
 def _encode_png(img: Image.Image) -> bytes:
@@ -277,14 +281,17 @@ def _read_tiff(path: Path, channel_axis: str) -> tuple[np.ndarray, bool]:
     return array, layout.alpha
 
 
-def _tiff_header(layout: _TiffLayout, keep_alpha: bool, path: Path) -> ImageHeader:
-    """The header :func:`read_image` returns for a TIFF of this layout (alpha dropped unless kept, 1 bit as uint8).
+def _tiff_header(layout: _TiffLayout, keep_alpha: bool, path: Path, mask: bool = False) -> ImageHeader:
+    """The header :func:`read_image` returns for a TIFF of this layout (alpha dropped unless kept, 1 bit as uint8);
+    a ``mask`` may hold any integer type (label images often come as int32), its values are checked as it is read.
 
     Raises:
         UserError: an unsupported pixel type.
     """
     header = layout.header
-    if header.dtype not in IMAGE_DTYPES and header.dtype != "bool":
+    if mask and np.dtype(header.dtype).kind not in "iub":
+        raise UserError(f"{path}: unsupported mask pixel type {header.dtype} (expected integer class indices)")
+    if not mask and header.dtype not in IMAGE_DTYPES and header.dtype != "bool":
         raise _unsupported_dtype(path, header.dtype)
     dtype = "uint8" if header.dtype == "bool" else header.dtype
     return ImageHeader(header.height, header.width, header.channels - (layout.alpha and not keep_alpha), dtype)
@@ -333,16 +340,18 @@ _PILLOW_MODES = {"1": (1, 1, "uint8"), "L": (1, 1, "uint8"), "LA": (1, 2, "uint8
                  "F": (1, 1, "float32")}
 
 
-def read_header(path: str | Path, keep_alpha: bool = False, channel_axis: str = "auto") -> ImageHeader:
+def read_header(path: str | Path, keep_alpha: bool = False, channel_axis: str = "auto", mask: bool = False
+                ) -> ImageHeader:
     """Size, channel count and dtype of an image as :func:`read_image` would return it, from the file's header
-    (no pixel is decoded), so that a whole input set is checked before any output is written.
+    (no pixel is decoded), so that a whole input set is checked before any output is written; with ``mask``, of a
+    label mask (a TIFF of any integer type).
 
     Raises:
         UserError: the file is missing, not a readable image, or of an unsupported layout or mode.
     """
     path = Path(path)
     if path.suffix.lower() in TIFF_SUFFIXES and _is_tiff(path):
-        return _tiff_header(_tiff_open(path, False, channel_axis)[1], keep_alpha, path)
+        return _tiff_header(_tiff_open(path, False, channel_axis)[1], keep_alpha, path, mask)
     try:
         with Image.open(path) as img:
             (width, height), mode, info = img.size, img.mode, img.info
@@ -405,7 +414,7 @@ class ImageRows:
             import zarr
 
             _, layout = _tiff_open(self.path, False, channel_axis)
-            self.header = _tiff_header(layout, keep_alpha, self.path)
+            self.header = _tiff_header(layout, keep_alpha, self.path, mask_colors is not None)
             self._alpha, self._first, self._keep = layout.alpha, layout.first, layout.keep
             self._y, self._x = layout.rows_and_columns
             try:
@@ -415,7 +424,7 @@ class ImageRows:
                 self.close()
                 raise UserError(f"{self.path}: not a readable image ({_reason(err)})") from None
         else:
-            self.header = read_header(self.path, keep_alpha, channel_axis)
+            self.header = read_header(self.path, keep_alpha, channel_axis, mask_colors is not None)
             self._whole = read_mask(self.path, mask_colors) if mask_colors is not None else \
                 read_image(self.path, keep_alpha, channel_axis)
 
