@@ -176,7 +176,7 @@ class Params:
 
 class _Invalid(Exception):
     def __init__(self, key: str, message: str):
-        super().__init__(f"{key}: {message}")
+        super().__init__(f"{key}: {message}" if key else message)
 
 
 def _describe(value: Any) -> str:
@@ -221,7 +221,7 @@ def _convert(value: Any, hint: Any, key: str, meta: dict) -> Any:
         if not isinstance(value, list) or (n is not None and len(value) != n):
             raise _Invalid(key, f"expected {what}, got {_describe(value)}")
         items = [_convert(v, args[i] if n else args[0], f"{key}[{i}]", meta) for i, v in enumerate(value)]
-        if n == 2 and "range" in meta and items[0] > items[1]:
+        if n == 2 and meta.get("range") and items[0] > items[1]:
             raise _Invalid(key, f"expected [low, high] with low <= high, got {_describe(value)}")
         return tuple(items) if origin is tuple else items
     if hint is bool:
@@ -248,7 +248,7 @@ def _convert(value: Any, hint: Any, key: str, meta: dict) -> Any:
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
     if not isinstance(raw, dict):
-        raise _Invalid(prefix, f"expected an object, got {_describe(raw)}")
+        raise _Invalid(prefix, f"expected an object{'' if prefix else ' at the top level'}, got {_describe(raw)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
@@ -259,7 +259,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     for name, value in raw.items():
         meta = dict(fields[name].metadata)
         if typing.get_origin(hints[name]) is tuple and len(typing.get_args(hints[name])) == 2:
-            meta["range"] = name != "color"
+            meta["range"] = name not in ("color", "percentiles")  # percentiles: low < high, checked with the rest
         values[name] = _convert(value, hints[name], f"{prefix}.{name}" if prefix else name, meta)
     return cls(**values)
 
