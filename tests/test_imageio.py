@@ -13,7 +13,7 @@ import tifffile
 from PIL import Image
 
 from lib.core.errors import UserError
-from lib.core.imageio import ImageRows, encode_image, image_suffix, read_header, read_image, read_mask, save_image
+from lib.core.imageio import ImageHeader, ImageRows, encode_image, image_suffix, read_header, read_image, read_mask, save_image
 from tests.conftest import REPO
 
 RNG = np.random.default_rng(0)
@@ -228,7 +228,10 @@ REFUSED = [
      "not a readable image"),
     ("text-named-tif", lambda p: p.write_text("not an image"), "not a readable image"),
     ("tiff-pages-truncated", lambda p: _truncated_pages(p), "not a readable image"),
-    ("tiff-corrupt-zlib-tile", lambda p: _corrupt_last_tile(p, "zlib"), "not a readable image (Error -3"),
+    ("tiff-no-image", lambda p: p.write_bytes(b"II*\x00\x00\x00\x00\x00"),  # what an interrupted writer leaves
+     "not a readable image (the TIFF holds no image)"),
+    ("tiff-cut-short", lambda p: _cut_short(p), "not a readable image (truncated: its pixel data runs to byte"),
+    ("tiff-corrupt-zlib-tile", lambda p: _corrupt_last_tile(p, "zlib"), "not a readable image ("),
     ("tiff-corrupt-lzma-strip", lambda p: _corrupt_last_tile(p, "lzma"), "not a readable image"),
 ]
 
@@ -239,6 +242,51 @@ def _truncated_pages(path: Path) -> None:
         for _ in range(3):
             tif.write(_values("uint16", (300, 200)), contiguous=False)
     path.write_bytes(path.read_bytes()[:110_000])
+
+
+@pytest.mark.parametrize("compression,dtype", [("lzw", "uint16"), ("zstd", "float32"), ("packbits", "uint8"),
+                                               ("adobe_deflate", "int16"), ("webp", "uint8"), ("jpeg", "uint8")])
+def test_the_compressions_of_gdal_and_slide_scanners_are_read(tmp_path, compression, dtype):
+    """LZW (GDAL, ImageJ), zstd, PackBits, WebP and JPEG (slide scanners) need imagecodecs, a requirement: read whole
+    and band by band, a lossless file gives its pixels back exactly, a JPEG what tifffile decodes."""
+    pixels = _values(dtype, (160, 96, 3) if compression in ("webp", "jpeg") else (160, 96))
+    extra = {"photometric": "rgb"} if pixels.ndim == 3 else {}
+    _tiff(tmp_path / "c.tif", pixels, compression=compression, tile=(32, 32), **extra)
+    stored = pixels if compression != "jpeg" else tifffile.imread(tmp_path / "c.tif")
+    assert np.array_equal(read_image(tmp_path / "c.tif"), stored)
+    with ImageRows(tmp_path / "c.tif") as rows:
+        assert np.array_equal(rows.rows(40, 100, 20, 70), stored[40:100, 20:70])
+
+
+def _cut_short(path: Path) -> None:
+    """A compressed TIFF whose header is whole and whose last 30% is missing."""
+    _tiff(path, _values("uint16", (200, 300)), compression="zlib", tile=(32, 32))
+    path.write_bytes(path.read_bytes()[:int(path.stat().st_size * 0.7)])
+
+
+def test_a_tiff_cut_short_is_refused_from_its_header(tmp_path):
+    """predict.py checks every header before its first output: a truncated slide is refused there, not once
+    segmentation reaches its missing part."""
+    _cut_short(tmp_path / "cut.tif")
+    with pytest.raises(UserError, match=r"cut.tif: not a readable image \(truncated: .* the file has \d+\)"):
+        read_header(tmp_path / "cut.tif")
+
+
+@pytest.mark.parametrize("layout", ["subifds", "pages"])
+def test_a_pyramid_is_read_at_full_resolution(tmp_path, layout):
+    """Whole-slide images and OME-TIFFs carry sub-resolutions (as SubIFDs or as reduced pages); zarr opened the
+    whole pyramid as a group, which ImageRows could not index."""
+    full = _values("uint16", (300, 200))
+    with tifffile.TiffWriter(tmp_path / "p.tif", bigtiff=True) as tif:
+        if layout == "subifds":
+            tif.write(full, subifds=1, tile=(64, 64), compression="zlib", metadata={"axes": "YX"})
+        else:
+            tif.write(full, tile=(64, 64), compression="zlib")
+        tif.write(full[::2, ::2], subfiletype=1, tile=(64, 64), compression="zlib")
+    assert np.array_equal(read_image(tmp_path / "p.tif"), full)
+    assert read_header(tmp_path / "p.tif") == ImageHeader(300, 200, 1, "uint16")
+    with ImageRows(tmp_path / "p.tif") as rows:
+        assert np.array_equal(rows.rows(70, 150, 10, 130), full[70:150, 10:130])
 
 
 def _corrupt_last_tile(path: Path, compression: str, which: int = -1, shape: tuple[int, int] = (40, 40)) -> None:
@@ -296,11 +344,11 @@ def test_a_truncated_page_chain_gives_one_line_without_tifffile_logs(tmp_path):
 
     _truncated_pages(tmp_path / "bad.tif")
     code = ("from lib.core.imageio import read_header, read_image\nfrom lib.core.errors import UserError\n"
-            f"read_header({str(tmp_path / 'bad.tif')!r})\n"
-            f"try:\n    read_image({str(tmp_path / 'bad.tif')!r})\nexcept UserError as err:\n    print(err)\n")
+            f"for read in (read_header, read_image):\n    try:\n        read({str(tmp_path / 'bad.tif')!r})\n"
+            "    except UserError as err:\n        print(err)\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     lines = (done.stdout + done.stderr).splitlines()
-    assert len(lines) == 1 and "bad.tif: not a readable image" in lines[0], lines
+    assert len(lines) == 2 and all("bad.tif: not a readable image" in line for line in lines), lines
 
 
 def test_an_image_that_cannot_fit_in_memory_is_refused(tmp_path, monkeypatch):

@@ -247,16 +247,25 @@ class _TiffLayout:
 
 
 def _tiff_open(path: Path, read: bool, channel_axis: str) -> tuple[np.ndarray | None, _TiffLayout]:
-    """The first series of a TIFF, opened once: its pixels (if ``read``) brought to H×W or H×W×C, and its layout."""
+    """The first series of a TIFF, opened once: its pixels (if ``read``) brought to H×W or H×W×C, and its layout.
+    Of a pyramid (a whole-slide image, an OME-TIFF with sub-resolutions) the full resolution is read.
+
+    Raises:
+        UserError: the file is no TIFF, holds no image, or is cut short (a strip or tile lies past its end; found
+            here from the header, not hours into segmenting it), or its pixels do not decode.
+    """
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
+            if not tif.series:
+                raise UserError(f"{path}: not a readable image (the TIFF holds no image)")
+            series = tif.series[0].levels[0]
+            _check_data_within(series.pages, tif.filehandle.size, path)
             axes, shape, dtype = series.axes, tuple(series.shape), np.dtype(series.dtype)
             tag = tif.pages[0].tags.get("ExtraSamples")
             array = series.asarray() if read else None
-    except MemoryError:
+    except (MemoryError, UserError):
         raise
     except Exception as err:  # noqa: BLE001 - tifffile's codecs raise their own errors (zlib.error, LZMAError, ...)
         raise UserError(f"{path}: not a readable image ({_reason(err)})") from None
@@ -274,6 +283,18 @@ def _tiff_open(path: Path, read: bool, channel_axis: str) -> tuple[np.ndarray | 
         array = np.ascontiguousarray(np.moveaxis(array, 0, -1) if first else array)
     header = ImageHeader(height, width, channels, dtype.name)
     return array, _TiffLayout(header, alpha, first, tuple(keep))
+
+
+def _check_data_within(pages: Iterable, size: int, path: Path) -> None:
+    """Every strip or tile of the pages ends within the file's ``size`` bytes (a download or copy cut short)."""
+    for page in pages:
+        if page is None:
+            continue
+        offsets, counts = np.asarray(page.dataoffsets, np.int64), np.asarray(page.databytecounts, np.int64)
+        end = int((offsets + counts).max(initial=0))
+        if end > size:
+            raise UserError(f"{path}: not a readable image (truncated: its pixel data runs to byte {end}, the file "
+                            f"has {size})")
 
 
 def _read_tiff(path: Path, channel_axis: str) -> tuple[np.ndarray, bool]:
@@ -418,7 +439,7 @@ class ImageRows:
             self._alpha, self._first, self._keep = layout.alpha, layout.first, layout.keep
             self._y, self._x = layout.rows_and_columns
             try:
-                self._store = tifffile.imread(self.path, aszarr=True)
+                self._store = tifffile.imread(self.path, aszarr=True, series=0, level=0)  # a pyramid's full size
                 self._zarr = zarr.open(self._store, mode="r")
             except (tifffile.TiffFileError, OSError, ValueError, KeyError, TypeError) as err:
                 self.close()
