@@ -245,11 +245,12 @@ def _truncated_pages(path: Path) -> None:
 
 
 @pytest.mark.parametrize("compression,dtype", [("lzw", "uint16"), ("zstd", "float32"), ("packbits", "uint8"),
-                                               ("adobe_deflate", "int16"), ("webp", "uint8"), ("jpeg", "uint8")])
+                                               ("adobe_deflate", "int16"), ("webp", "uint8"), ("jpeg", "uint8"),
+                                               ("jpeg2000", "uint8"), ("jpegxl", "uint8")])
 def test_the_compressions_of_gdal_and_slide_scanners_are_read(tmp_path, compression, dtype):
-    """LZW (GDAL, ImageJ), zstd, PackBits, WebP and JPEG (slide scanners) need imagecodecs, a requirement: read whole
-    and band by band, a lossless file gives its pixels back exactly, a JPEG what tifffile decodes."""
-    pixels = _values(dtype, (160, 96, 3) if compression in ("webp", "jpeg") else (160, 96))
+    """LZW (GDAL, ImageJ), zstd, PackBits, WebP, JPEG and JPEG 2000 (slide scanners) need imagecodecs, a requirement:
+    read whole and band by band, a lossless file gives its pixels back exactly, a JPEG what tifffile decodes."""
+    pixels = _values(dtype, (160, 96, 3) if dtype == "uint8" and compression != "packbits" else (160, 96))
     extra = {"photometric": "rgb"} if pixels.ndim == 3 else {}
     _tiff(tmp_path / "c.tif", pixels, compression=compression, tile=(32, 32), **extra)
     stored = pixels if compression != "jpeg" else tifffile.imread(tmp_path / "c.tif")
