@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from dataloader.pairs import list_images, mask_of, masks_by_id
-from lib.core.atomic import atomic_write_bytes, atomic_write_text
+from lib.core.atomic import atomic_write_bytes, atomic_write_text, remove_stale_temporaries
 from lib.core.device import select_device
 from lib.core.distributed import all_reduce_sum, cleanup, exit_process, init_distributed
 from lib.core.errors import UserError, cli_main
@@ -190,6 +190,8 @@ def segment_file(segmenter: Segmenter, image_path: Path, out: Path, mask: Path |
                 yield top, left, labels.cpu().numpy().astype(np.uint8)
 
         target = out / f"{image_path.stem}{'.tif' if tiff else '.png'}"
+        for path in (target, out / f"{image_path.stem}_probabilities.npy"):  # left by a killed run
+            remove_stale_temporaries(path)
         if not tiff:
             save_mask(target, gather(label_blocks(), (height, width)), colors)
         elif width <= block_width:  # one column block: its bands of rows go straight to the file

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from dataloader.manifest import SOURCES
 from dataloader.patches import PatchDataset, split_sources
 from lib.core.allocator import retain_freed_memory
-from lib.core.atomic import make_folder
+from lib.core.atomic import make_folder, remove_stale_temporaries
 from lib.core.device import Runtime
 from lib.core.distributed import all_reduce_sum, broadcast_flag, cleanup, exit_process
 from lib.core.errors import UserError, cli_main
@@ -433,6 +433,8 @@ def open_outputs(ckpt_dir: Path, run_dir: Path, params: Params, rt: Runtime):
     from torch.utils.tensorboard import SummaryWriter
 
     make_folder(ckpt_dir)
+    for name in ("last.pth", "best.pth", "interrupted.pth"):  # a killed run's temporary files: they hold disk space
+        remove_stale_temporaries(ckpt_dir / name)
     make_folder(run_dir)
     writer = SummaryWriter(str(run_dir))
     writer.add_text("run/config", f"seed {params.training.seed}, git {git_commit()}, {versions()}, precision "

@@ -13,7 +13,16 @@ import tifffile
 from PIL import Image
 
 from lib.core.errors import UserError
-from lib.core.imageio import ImageHeader, ImageRows, encode_image, image_suffix, read_header, read_image, read_mask, save_image
+from lib.core.imageio import (
+    ImageHeader,
+    ImageRows,
+    encode_image,
+    image_suffix,
+    read_header,
+    read_image,
+    read_mask,
+    save_image,
+)
 from tests.conftest import REPO
 
 RNG = np.random.default_rng(0)

@@ -68,6 +68,7 @@ def test_sigkill_at_any_moment_keeps_loadable_checkpoints_and_resume_is_exact(re
         return
     resumed = run_cli("train.py", "--load", str(folder / "last.pth"))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert not list(folder.glob(".*.tmp"))  # the kill's temporary file is gone with the rerun
     final = _weights(folder / "last.pth")
     assert [h["train_loss"] for h in final["history"]] == [h["train_loss"] for h in expected["history"]]
     for key, value in expected["model_state"].items():
@@ -162,6 +163,7 @@ def test_killed_prediction_leaves_whole_masks(reference, tmp_path, fmt, suffix):
     assert read_mask(visible[0], load_params().class_colors).shape == (120, 72)  # decodes whole
     assert run_cli(*args).returncode == 0
     assert sorted(p.name for p in (tmp_path / "o").glob(f"*{suffix}")) == [f"i0{suffix}", f"i1{suffix}"]
+    assert not list((tmp_path / "o").glob(".*"))  # the killed write's temporary file is gone with the rerun
 
 
 class _RunsCode:

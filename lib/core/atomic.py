@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import stat
 import tempfile
@@ -53,6 +54,22 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_temporaries(path: str | Path) -> int:
+    """Remove the temporary files that writes of ``path`` by :func:`atomic_path` left when killed before their rename.
+
+    Their names are random, so no later write reuses them, and a large mask's is as large as the part written. Call
+    it only where no other live process writes ``path`` (one process owns each output of a run). Returns how many.
+    """
+    path = Path(path)
+    removed = 0
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        if tmp.is_file():
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed += 1
+    return removed
 
 
 def _settle(tmp: Path) -> None:
