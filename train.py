@@ -32,7 +32,7 @@ from lib.core.allocator import retain_freed_memory
 from lib.core.atomic import make_folder, remove_stale_temporaries
 from lib.core.device import Runtime
 from lib.core.distributed import all_reduce_sum, broadcast_flag, cleanup, exit_process
-from lib.core.errors import UserError, cli_main
+from lib.core.errors import EXIT_INTERRUPTED, UserError, cli_main
 from lib.core.losses import make_loss
 from lib.core.metrics import iou_per_class, mean_iou
 from lib.core.normalization import as_spec, compute_normalization
@@ -49,7 +49,7 @@ from model.checkpoint import (
 )
 from model.unet_model import UNet
 
-EXIT_INTERRUPTED, EXIT_NONFINITE = 130, 3
+EXIT_NONFINITE = 3
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

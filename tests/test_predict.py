@@ -147,3 +147,29 @@ def test_probabilities_that_are_not_finite_are_refused(tmp_path, shape):
                       "--output", str(out), "--quiet")
     assert_user_error(result, "hot.tif (rows 0..", "probabilities are not finite")
     assert not (out / "hot.png").exists()
+
+
+def test_ctrl_c_gives_one_line_exit_130_and_leaves_only_whole_files(test_set, tmp_path, monkeypatch):
+    """Ctrl-C while the second image is segmented: no traceback, exit 130, the first image's mask and probabilities
+    whole, and no temporary file or folder of the second."""
+    from lib.segmenter import Segmenter
+
+    _, folder = test_set
+    started, predict_bands = [], Segmenter.predict_bands
+
+    def stopped_at_the_second(self, *args, **kwargs):
+        started.append(args)
+        if len(started) == 2:
+            raise KeyboardInterrupt
+        yield from predict_bands(self, *args, **kwargs)
+
+    monkeypatch.setattr(Segmenter, "predict_bands", stopped_at_the_second)
+    out = tmp_path / "o"
+    result = run_main("predict.py", "--checkpoint", str(constant_checkpoint(tmp_path / "c.pth", 1)), "--input",
+                      str(folder / "images"), "--output", str(out), "--format", "tiff", "--save-probabilities",
+                      "--quiet")
+    assert result.returncode == 130 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == ["interrupted: every file written so far is whole; rerun the command to "
+                                          "finish"]
+    assert sorted(p.name for p in out.iterdir()) == ["i0.tif", "i0_probabilities.zarr"]
+    assert set(np.unique(tifffile.imread(out / "i0.tif"))) == {1}

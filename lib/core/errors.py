@@ -10,6 +10,7 @@ from typing import TypeVar
 T = TypeVar("T")
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
 
 
 class UserError(Exception):
@@ -17,7 +18,8 @@ class UserError(Exception):
 
 
 def cli_main(main: Callable[..., T]) -> Callable[..., T]:
-    """Wrap a command-line entry point: a :class:`UserError` prints ``error: ...`` and exits with code 2.
+    """Wrap a command-line entry point: a :class:`UserError` prints ``error: ...`` and exits with code 2; Ctrl-C
+    prints one line instead of a traceback and exits with code 130 (the writes are atomic, so what is on disk is whole).
 
     Args:
         main: the entry point.
@@ -34,5 +36,8 @@ def cli_main(main: Callable[..., T]) -> Callable[..., T]:
             message = " ".join(str(err).split())  # always one line
             print(f"error: {message}", file=sys.stderr)
             sys.exit(EXIT_USAGE)
+        except KeyboardInterrupt:
+            print("interrupted: every file written so far is whole; rerun the command to finish", file=sys.stderr)
+            sys.exit(EXIT_INTERRUPTED)
 
     return wrapper
