@@ -92,7 +92,7 @@ def resolve_params(args: argparse.Namespace, resumed: dict | None) -> Params:
     """
     params = params_from_dict(resumed["params"]) if resumed else load_params(args.params)
     if resumed:
-        check_resume_flags(args, params)
+        check_resume_flags(args, params, resumed["run_name"])
     for group, values in flag_values(args).items():
         params = replace(params, group, **values)
     return params
@@ -107,14 +107,18 @@ def flag_values(args: argparse.Namespace) -> dict[str, dict]:
             "model": dict(base_channels=args.base_channels, bilinear=args.bilinear)}
 
 
-def check_resume_flags(args: argparse.Namespace, params: Params) -> None:
-    """Refuse the flags a resumed run cannot take: another optimiser (its state fits its own only), or another seed
-    or validation share (they drew the validation images: changed, the run would validate on images it trained on).
+def check_resume_flags(args: argparse.Namespace, params: Params, run: str) -> None:
+    """Refuse the flags a resumed run cannot take: another optimiser (its state fits its own only), another seed
+    or validation share (they drew the validation images: changed, the run would validate on images it trained on),
+    or another name (a run goes on in its own folder).
 
     Raises:
         UserError: naming the flag, the checkpoint and the run's value.
     """
     t = params.training
+    if args.name not in (None, run):
+        raise UserError(f"--name {args.name}: {args.load} goes on as run {run}, in its own folder; to branch a new "
+                        "run from it, copy it into a folder of its own and --load it from there")
     if args.optimizer not in (None, t.optimizer):
         raise UserError(f"{args.load}: the run was trained with the {t.optimizer} optimiser; resume it with "
                         f"--optimizer {t.optimizer}")
@@ -227,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         loss_fn = make_loss(t.loss, t.class_weights, rt.device)
         optimizer = make_optimizer(net, params, rt)
         scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.precision == "fp16")
-        progress = restore(resumed, optimizer, scaler) if resumed else Progress()
+        progress = restore(resumed, optimizer, scaler, rt.dist.rank) if resumed else Progress()
         if progress.epoch >= t.epochs:
             raise UserError(f"{args.load}: the run already finished its {t.epochs} epochs (pass -e with more to "
                             "extend)")
@@ -236,17 +240,25 @@ def main(argv: list[str] | None = None) -> int:
 
         # ---- outputs (rank 0 only) ----
         ckpt_root, runs_root = Path(t.checkpoints_dir), Path(t.runs_dir)
-        run = resumed["run_name"] if resumed else new_run_name(str(data.folder), args.name, ckpt_root, runs_root)
-        ckpt_dir, run_dir = ckpt_root / run, runs_root / run
+        if resumed:
+            run, (ckpt_dir, run_dir) = resumed["run_name"], resumed_outputs(Path(args.load), resumed, runs_root)
+            check_resume_point(Path(args.load), resumed, ckpt_dir / "last.pth", rt)
+        else:
+            run = new_run_name(str(data.folder), args.name, ckpt_root, runs_root)
+            ckpt_dir, run_dir = ckpt_root / run, runs_root / run
         if rt.dist.is_main:
             writer = open_outputs(ckpt_dir, run_dir, params, rt)
+            if args.amp and rt.device.type != "cuda":
+                print(f"note: --amp applies on CUDA only; this run is on {rt.device.type} in {rt.precision} "
+                      "(see --precision)", file=sys.stderr)
 
         def save(name: str, *links: str) -> None:
             """``name`` written in the background (the next save or the end of the run waits for it), ``links``
             made the same file."""
             if rt.dist.is_main:
                 state = build_checkpoint(net, params, data.normalization,
-                                         training_entries(progress, optimizer, scaler, run, data, params, rt))
+                                         training_entries(progress, optimizer, scaler, run, run_dir, data, params,
+                                                          rt))
                 checkpoints.save(state, ckpt_dir / name, [ckpt_dir / link for link in links])
 
         # ---- the loop ----
@@ -279,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
             outcome = train_epoch(step_model, loss_fn, optimizer, scaler, data, steps, rate, progress, rt, stop,
                                   writer, f"epoch {epoch + 1}/{t.epochs}")
             if outcome == "stopped":
+                gather_epoch_loss(progress, rt)
                 save("interrupted.pth")
                 return interrupted(ckpt_dir, progress, rt)
             if outcome == "non-finite":
@@ -404,28 +417,69 @@ def compiled(model: torch.nn.Module, mode: str, rt: Runtime) -> torch.nn.Module:
     return torch.compile(model, mode=None if mode == "default" else mode)
 
 
-def restore(resumed: dict, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> Progress:
-    """Optimiser, gradient scaler and random state of a resumed run, and where it stood."""
+def restore(resumed: dict, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, rank: int = 0
+            ) -> Progress:
+    """Optimiser, gradient scaler and random state of a resumed run, and where it stood. The epoch's loss so far
+    (summed over the processes that saved it, see :func:`gather_epoch_loss`) goes to rank 0 alone, so that the
+    epoch's sum over processes counts it once."""
     fused = [group["fused"] for group in optimizer.param_groups]
     optimizer.load_state_dict(resumed["optimizer_state"])
     for group, flag in zip(optimizer.param_groups, fused):  # the saved flag is that of the device it was saved on
         group["fused"] = flag
     scaler.load_state_dict(resumed["scaler_state"])
     torch.set_rng_state(resumed["rng"]["torch"])
-    loss_sum, loss_count = resumed["epoch_loss"]
+    loss_sum, loss_count = resumed["epoch_loss"] if rank == 0 else (0.0, 0)
     return Progress(resumed["epoch"], resumed["step_in_epoch"], loss_sum, int(loss_count), resumed["best_miou"],
                     list(resumed["history"]))
 
 
 def training_entries(progress: Progress, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, run: str,
-                     data: TrainingData, params: Params, rt: Runtime) -> dict:
+                     run_dir: Path, data: TrainingData, params: Params, rt: Runtime) -> dict:
     """The resume state of a checkpoint (model.checkpoint.RESUME_KEYS), taken at a step boundary."""
     return {"epoch": progress.epoch, "step_in_epoch": progress.step,
             "epoch_loss": [progress.loss_sum, progress.loss_count], "optimizer_state": optimizer.state_dict(),
             "scaler_state": scaler.state_dict(), "rng": {"torch": torch.get_rng_state()}, "best_miou": progress.best,
-            "history": progress.history, "run_name": run, "patch_folder": str(data.folder),
+            "history": progress.history, "run_name": run, "run_dir": str(run_dir.resolve()),
+            "patch_folder": str(data.folder),
             "val_sources": data.val_sources, "seed": params.training.seed, "precision": rt.precision,
             "world_size": rt.dist.world_size, "git_commit": git_commit(), "versions": versions()}
+
+
+def resumed_outputs(load: Path, resumed: dict, runs_root: Path) -> tuple[Path, Path]:
+    """Where a resumed run writes: its checkpoints beside the one loaded (a run's folder, wherever it was moved), its
+    TensorBoard events to the folder it recorded, or ``runs/<run>`` for a checkpoint that recorded none or whose
+    folder's parent is gone (another machine)."""
+    recorded = Path(resumed.get("run_dir") or runs_root / resumed["run_name"])
+    return load.parent, recorded if recorded.parent.is_dir() else runs_root / resumed["run_name"]
+
+
+def check_resume_point(load: Path, resumed: dict, last: Path, rt: Runtime) -> None:
+    """Refuse to resume from behind the ``last.pth`` of the run's folder (an ``interrupted.pth`` the run has since
+    gone past, an earlier ``best.pth``): the resumed run would replace it, and ``best.pth``, with older states. And
+    a checkpoint saved mid-epoch goes on with the number of processes that saved it, whose batches its step counts.
+
+    Raises:
+        UserError: naming both checkpoints and where each stands, or the process counts.
+    """
+    epoch, step, saved_by = resumed["epoch"], resumed["step_in_epoch"], resumed["world_size"]
+    if step and saved_by != rt.dist.world_size:
+        raise UserError(f"{load}: saved at step {step} of epoch {epoch + 1} by {saved_by} process(es), whose batches "
+                        f"its step counts; resume it with {saved_by}, or resume an end-of-epoch checkpoint "
+                        f"({last.name}) on any number")
+    if not last.is_file() or os.path.samefile(last, load):
+        return
+    there = load_checkpoint(last)
+    if (there["epoch"], there["step_in_epoch"]) > (epoch, step):
+        raise UserError(f"{load}: {last} is further on (epoch {there['epoch']} done, step {there['step_in_epoch']}; "
+                        f"this one: epoch {epoch} done, step {step}) and resuming here would replace it; resume "
+                        f"{last.name}, or copy {load.name} into a folder of its own to go on from it")
+
+
+def gather_epoch_loss(progress: Progress, rt: Runtime) -> None:
+    """The epoch's loss so far summed over processes, as a mid-epoch checkpoint keeps it (see :func:`restore`)."""
+    totals = all_reduce_sum(torch.tensor([progress.loss_sum, progress.loss_count], dtype=torch.float64,
+                                         device=rt.device), rt.dist)
+    progress.loss_sum, progress.loss_count = float(totals[0]), int(totals[1])
 
 
 def open_outputs(ckpt_dir: Path, run_dir: Path, params: Params, rt: Runtime):
@@ -544,7 +598,8 @@ def log_hparams(writer, params: Params, progress: Progress, rt: Runtime, folder:
         {"learning_rate": t.learning_rate, "batch_size": t.batch_size, "epochs": t.epochs,
          "base_channels": params.model.base_channels, "bilinear": params.model.bilinear, "loss": t.loss,
          "precision": rt.precision, "seed": t.seed, "processes": rt.dist.world_size, "folder": str(folder)},
-        {"hparam/val_miou": final.get("val_miou", float("nan")), "hparam/best_val_miou": progress.best,
+        {"hparam/val_miou": final.get("val_miou", float("nan")),
+         "hparam/best_val_miou": progress.best if math.isfinite(progress.best) else float("nan"),  # no validation
          "hparam/val_loss": final.get("val_loss", float("nan")), "hparam/train_loss": final["train_loss"]},
         run_name=".")
 

@@ -24,8 +24,9 @@ from model.unet_model import UNet
 MODEL_KEYS = ("model_state", "model_config", "class_names", "class_colors", "normalization", "params")
 # ... and what train.py adds to resume a run exactly where it stopped
 RESUME_KEYS = ("epoch", "step_in_epoch", "epoch_loss", "optimizer_state", "scaler_state", "rng", "best_miou",
-               "history", "run_name", "patch_folder", "val_sources", "seed", "precision", "world_size", "git_commit",
-               "versions")
+               "history", "run_name", "run_dir", "patch_folder", "val_sources", "seed", "precision", "world_size",
+               "git_commit", "versions")
+ADDED_LATER = ("run_dir",)  # checkpoints written before these were recorded still resume (see train.py)
 
 
 def build_checkpoint(model: UNet, params: Params, normalization: dict, training: dict[str, Any] | None = None
@@ -197,7 +198,7 @@ def check_resumable(state: dict[str, Any], path: str | Path) -> None:
     Raises:
         UserError: naming the file and the missing entries.
     """
-    missing = [k for k in RESUME_KEYS if k not in state]
+    missing = [k for k in RESUME_KEYS if k not in state and k not in ADDED_LATER]
     if missing:
         raise UserError(f"{path}: cannot resume, not a checkpoint written by train.py (lacks {', '.join(missing)})")
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -223,6 +225,39 @@ def test_without_validation_images_best_follows_last(tiny_patches):
     last, best = _weights(run / "last.pth"), _weights(run / "best.pth")
     assert best["epoch"] == last["epoch"] == 2 and best["val_sources"] == []
     assert all(torch.equal(best["model_state"][k], v) for k, v in last["model_state"].items())
+    hparams = EventAccumulator(str(data / "runs" / "no_val")).Reload()
+    assert math.isnan(hparams.Scalars("hparam/best_val_miou")[0].value)  # not -inf: there is no best
+
+
+def test_a_resumed_run_writes_beside_its_checkpoint_and_never_from_behind_its_last(tiny_patches, tmp_path):
+    """A checkpoint loaded from another folder wrote into checkpoints/<run> of the working folder, replacing a run
+    of the same name there; a second --load of an interrupted.pth the run had gone past rolled last.pth back."""
+    params_file, data = tiny_patches
+    first = run_main("train.py", "--params", str(params_file), "-f", str(data / "patches_s48"), "-e", "1",
+                     "--name", "moves", "--precision", "fp32")
+    assert first.returncode == 0, first.stderr[-2000:]
+    original = data / "checkpoints" / "moves" / "last.pth"
+    before = original.read_bytes()
+    moved = tmp_path / "elsewhere" / "moves"
+    moved.mkdir(parents=True)
+    shutil.copy(original, moved / "last.pth")
+    assert_user_error(run_main("train.py", "--load", str(moved / "last.pth"), "-e", "2", "--name", "other"),
+                      "--name other", "goes on as run moves")
+    state = _weights(moved / "last.pth")
+    state.update(step_in_epoch=3, world_size=2)  # an interrupted.pth of a 2-process run
+    save_checkpoint(moved / "two.pth", state)
+    assert_user_error(run_main("train.py", "--load", str(moved / "two.pth"), "-e", "2"),
+                      "two.pth: saved at step 3 of epoch 2 by 2 process(es)", "resume it with 2")
+    resumed = run_main("train.py", "--load", str(moved / "last.pth"), "-e", "2", "--amp")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "note: --amp applies on CUDA only; this run is on cpu in fp32" in resumed.stderr
+    assert _weights(moved / "last.pth")["epoch"] == 2 and original.read_bytes() == before
+    shutil.copy(original, moved / "older.pth")
+    after = (moved / "last.pth").read_bytes()
+    assert_user_error(run_main("train.py", "--load", str(moved / "older.pth"), "-e", "3"),
+                      f"{moved / 'last.pth'} is further on (epoch 2 done, step 0; this one: epoch 1 done, step 0)",
+                      "copy older.pth into a folder of its own")
+    assert (moved / "last.pth").read_bytes() == after
 
 
 @pytest.mark.parametrize("given,expected", [("patches_s96", "root/patches_s96"), ("./p", "p"), ("sub/p", "sub/p"),
@@ -241,3 +276,20 @@ def test_an_empty_patch_folder_is_refused_in_one_line(tiny_patches):
     params_file, _ = tiny_patches
     assert_user_error(run_main("train.py", "--params", str(params_file), "-f", ""), "-f/training.folder ''",
                       "expected a patch folder name or path")
+
+
+def test_the_loss_of_a_part_epoch_is_restored_on_rank_0_alone(trained):
+    """An interrupted.pth holds the epoch's loss so far summed over its processes (gather_epoch_loss): on resume,
+    rank 0 takes it and the others start at zero, so that the epoch's all-reduced loss counts it once."""
+    import train
+    from model.checkpoint import model_from_checkpoint
+
+    _, data, _ = trained
+    state = _weights(data / "checkpoints" / "reference" / "last.pth")
+    state["epoch_loss"] = [6.0, 4]
+    net = model_from_checkpoint(state)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    for rank, expected in ((0, (6.0, 4)), (1, (0.0, 0))):
+        progress = train.restore(state, optimizer, scaler, rank)
+        assert (progress.loss_sum, progress.loss_count) == expected
