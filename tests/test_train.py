@@ -27,6 +27,14 @@ def _train(params_file: Path, data: Path, *extra: str) -> subprocess.CompletedPr
     return run_cli("train.py", "--params", str(params_file), "-f", str(data / "patches_s48"), *extra)
 
 
+def _one_epoch(params_file: Path, data: Path, name: str) -> Path:
+    """Train run ``name`` for one epoch in this process; its last.pth."""
+    done = run_main("train.py", "--params", str(params_file), "-f", str(data / "patches_s48"), "-e", "1",
+                    "--name", name, "--precision", "fp32")
+    assert done.returncode == 0, done.stderr[-2000:]
+    return data / "checkpoints" / name / "last.pth"
+
+
 def _weights(path: Path) -> dict:
     return torch.load(path, weights_only=True)
 
@@ -171,10 +179,7 @@ def test_the_checkpoint_records_the_size_of_the_patches_it_learnt(tiny_patches, 
 
 def test_a_resumed_run_keeps_its_split_and_reports_a_params_file_it_ignores(tiny_patches, tmp_path):
     params_file, data = tiny_patches
-    first = run_main("train.py", "--params", str(params_file), "-f", str(data / "patches_s48"), "-e", "1",
-                     "--name", "keeps", "--precision", "fp32")
-    assert first.returncode == 0, first.stderr[-2000:]
-    last = data / "checkpoints" / "keeps" / "last.pth"
+    last = _one_epoch(params_file, data, "keeps")
     before = last.read_bytes()
     # the seed and the validation share drew the validation images: changed, it would validate on trained images
     assert_user_error(run_main("train.py", "--load", str(last), "-e", "2", "--seed", "3"),
@@ -233,10 +238,7 @@ def test_a_resumed_run_writes_beside_its_checkpoint_and_never_from_behind_its_la
     """A checkpoint loaded from another folder wrote into checkpoints/<run> of the working folder, replacing a run
     of the same name there; a second --load of an interrupted.pth the run had gone past rolled last.pth back."""
     params_file, data = tiny_patches
-    first = run_main("train.py", "--params", str(params_file), "-f", str(data / "patches_s48"), "-e", "1",
-                     "--name", "moves", "--precision", "fp32")
-    assert first.returncode == 0, first.stderr[-2000:]
-    original = data / "checkpoints" / "moves" / "last.pth"
+    original = _one_epoch(params_file, data, "moves")
     before = original.read_bytes()
     moved = tmp_path / "elsewhere" / "moves"
     moved.mkdir(parents=True)
