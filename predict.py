@@ -131,10 +131,11 @@ def check_outputs(images: list[Path], headers: list[ImageHeader], masks: dict[Pa
         UserError: naming the output folder or file and what it would replace.
     """
     sources = {p.parent.resolve() for p in [*images, *masks.values()]} | {p.resolve() for p in keep if p.is_dir()}
-    sources |= {folder.parent for folder in sources if folder.name == "images"}  # a data folder holding images/
+    data = {folder.parent for folder in sources if folder.name == "images"}  # a data folder holding images/
+    sources |= data | {folder / "masks" for folder in data}  # and its ground truth, given as --masks or not
     if out.resolve() in sources:
-        raise UserError(f"--output {out}: images or masks are read from this folder (the masks written there would "
-                        "be read with them next time); choose another folder")
+        raise UserError(f"--output {out}: a folder of the input data (images, masks, or the data folder holding "
+                        "them); the masks written there would replace or mix with them; choose another folder")
     inputs = {p.resolve() for p in [*images, *masks.values(), *keep]}
     written = set()
     for image, header in zip(images, headers):
@@ -147,6 +148,15 @@ def check_outputs(images: list[Path], headers: list[ImageHeader], masks: dict[Pa
     if metrics is not None and metrics.resolve() in inputs | written:
         raise UserError(f"--metrics {metrics}: would replace an {'input' if metrics.resolve() in inputs else 'output'}"
                         " file (expected the path of a new JSON file)")
+    if metrics is not None and metrics.is_file() and not _is_json_object(metrics):
+        raise UserError(f"--metrics {metrics}: exists and is no metrics file (expected the path of a new JSON file, "
+                        "or of an earlier one to replace)")
+
+
+def _is_json_object(path: Path) -> bool:
+    """Whether a file starts like a JSON object (an earlier metrics file), read from its first bytes only."""
+    with open(path, "rb") as handle:
+        return handle.read(64).lstrip().startswith(b"{")
 
 
 def check_writable(folder: Path) -> None:
@@ -170,6 +180,7 @@ def segment_file(segmenter: Segmenter, image_path: Path, out: Path, mask: Path |
     """
     n_classes, colors = len(segmenter.class_names), segmenter.class_colors
     cm = torch.zeros(n_classes, n_classes, dtype=torch.long)
+    remove_leftovers(out, image_path.stem)
     with contextlib.ExitStack() as stack:
         source = stack.enter_context(ImageRows(image_path, **segmenter.params.data.read_options))
         truth = stack.enter_context(ImageRows(mask, mask_colors=colors)) if mask is not None else None
@@ -190,15 +201,14 @@ def segment_file(segmenter: Segmenter, image_path: Path, out: Path, mask: Path |
                 yield top, left, labels.cpu().numpy().astype(np.uint8)
 
         target = out / f"{image_path.stem}{'.tif' if tiff else '.png'}"
-        for path in (target, out / f"{image_path.stem}_probabilities.npy"):  # left by a killed run
-            remove_stale_temporaries(path)
         if not tiff:
             save_mask(target, gather(label_blocks(), (height, width)), colors)
         elif width <= block_width:  # one column block: its bands of rows go straight to the file
             write_tiled_tiff(target, (labels for _, _, labels in label_blocks()), height, width, np.uint8,
                              colors=colors)
         else:
-            scratch = stack.enter_context(scratch_array(out / f".{image_path.stem}.labels.zarr.tmp", (height, width)))
+            scratch = stack.enter_context(scratch_array(scratch_folder(out / f"{image_path.stem}.labels.zarr"),
+                                                        (height, width)))
             rows = ChunkRows(scratch)
             for top, left, labels in label_blocks():
                 rows.write(top, left, labels)
@@ -207,6 +217,20 @@ def segment_file(segmenter: Segmenter, image_path: Path, out: Path, mask: Path |
         if probabilities is not None:
             probabilities.close()
     return cm if mask is not None else None
+
+
+def scratch_folder(final: Path) -> Path:
+    """The temporary name of a zarr folder on its way to ``final``: fixed, so that a rerun finds one a kill left."""
+    return final.with_name(f".{final.name}.tmp")
+
+
+def remove_leftovers(out: Path, stem: str) -> None:
+    """What a killed run left for the image ``stem`` in ``out``, whatever the options of this run: the temporary
+    files of its mask (PNG or TIFF) and probabilities, and its zarr folders (probabilities, column-block labels)."""
+    for name in (f"{stem}.png", f"{stem}.tif", f"{stem}_probabilities.npy"):
+        remove_stale_temporaries(out / name)
+    for name in (f"{stem}_probabilities.zarr", f"{stem}.labels.zarr"):
+        shutil.rmtree(scratch_folder(out / name), ignore_errors=True)
 
 
 def gather(blocks: Iterable[tuple[int, int, np.ndarray]], shape: tuple[int, ...]) -> np.ndarray:
@@ -280,7 +304,7 @@ class ProbabilitySink:
             import zarr
 
             self.path = stem.with_name(stem.name + ".zarr")
-            self.tmp = stem.with_name(f".{stem.name}.zarr.tmp")
+            self.tmp = scratch_folder(self.path)
             shutil.rmtree(self.tmp, ignore_errors=True)
             try:
                 self.array = zarr.open_array(str(self.tmp), mode="w", shape=(height, width, n_classes),

@@ -92,7 +92,7 @@ def resolve_params(args: argparse.Namespace, resumed: dict | None) -> Params:
     """
     params = params_from_dict(resumed["params"]) if resumed else load_params(args.params)
     if resumed:
-        check_resume_flags(args, params, resumed["run_name"])
+        check_resume_flags(args, params)
     for group, values in flag_values(args).items():
         params = replace(params, group, **values)
     return params
@@ -107,18 +107,14 @@ def flag_values(args: argparse.Namespace) -> dict[str, dict]:
             "model": dict(base_channels=args.base_channels, bilinear=args.bilinear)}
 
 
-def check_resume_flags(args: argparse.Namespace, params: Params, run: str) -> None:
-    """Refuse the flags a resumed run cannot take: another optimiser (its state fits its own only), another seed
-    or validation share (they drew the validation images: changed, the run would validate on images it trained on),
-    or another name (a run goes on in its own folder).
+def check_resume_flags(args: argparse.Namespace, params: Params) -> None:
+    """Refuse the flags a resumed run cannot take: another optimiser (its state fits its own only), or another seed
+    or validation share (they drew the validation images: changed, the run would validate on images it trained on).
 
     Raises:
         UserError: naming the flag, the checkpoint and the run's value.
     """
     t = params.training
-    if args.name not in (None, run):
-        raise UserError(f"--name {args.name}: {args.load} goes on as run {run}, in its own folder; to branch a new "
-                        "run from it, copy it into a folder of its own and --load it from there")
     if args.optimizer not in (None, t.optimizer):
         raise UserError(f"{args.load}: the run was trained with the {t.optimizer} optimiser; resume it with "
                         f"--optimizer {t.optimizer}")
@@ -163,9 +159,10 @@ def patch_folder(params: Params) -> Path:
     """
     given = params.training.folder
     if not given.strip():
-        raise UserError("-f/training.folder '': expected a patch folder name or path")
-    bare = Path(given).name == given and given not in (".", "..")
-    return Path(params.data.root) / given if bare else Path(given)
+        raise UserError(f"-f/training.folder {given!r}: expected a patch folder name or path")
+    name = given.rstrip("/" + os.sep)  # patches_s96/ (as a shell completes it) is still a name
+    bare = name and Path(name).name == name and name not in (".", "..")
+    return Path(params.data.root) / name if bare else Path(given)
 
 
 class StopRequest:
@@ -241,8 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         # ---- outputs (rank 0 only) ----
         ckpt_root, runs_root = Path(t.checkpoints_dir), Path(t.runs_dir)
         if resumed:
-            run, (ckpt_dir, run_dir) = resumed["run_name"], resumed_outputs(Path(args.load), resumed, runs_root)
-            check_resume_point(Path(args.load), resumed, ckpt_dir / "last.pth", rt)
+            run, ckpt_dir, run_dir, branch = resumed_outputs(Path(args.load), resumed, args.name, ckpt_root, runs_root)
+            check_resume_point(Path(args.load), resumed, None if branch else ckpt_dir / "last.pth", rt)
         else:
             run = new_run_name(str(data.folder), args.name, ckpt_root, runs_root)
             ckpt_dir, run_dir = ckpt_root / run, runs_root / run
@@ -257,8 +254,8 @@ def main(argv: list[str] | None = None) -> int:
             made the same file."""
             if rt.dist.is_main:
                 state = build_checkpoint(net, params, data.normalization,
-                                         training_entries(progress, optimizer, scaler, run, run_dir, data, params,
-                                                          rt))
+                                         training_entries(progress, optimizer, scaler, run, ckpt_dir, run_dir,
+                                                          data, params, rt))
                 checkpoints.save(state, ckpt_dir / name, [ckpt_dir / link for link in links])
 
         # ---- the loop ----
@@ -434,29 +431,47 @@ def restore(resumed: dict, optimizer: torch.optim.Optimizer, scaler: torch.amp.G
 
 
 def training_entries(progress: Progress, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, run: str,
-                     run_dir: Path, data: TrainingData, params: Params, rt: Runtime) -> dict:
+                     ckpt_dir: Path, run_dir: Path, data: TrainingData, params: Params, rt: Runtime) -> dict:
     """The resume state of a checkpoint (model.checkpoint.RESUME_KEYS), taken at a step boundary."""
     return {"epoch": progress.epoch, "step_in_epoch": progress.step,
             "epoch_loss": [progress.loss_sum, progress.loss_count], "optimizer_state": optimizer.state_dict(),
             "scaler_state": scaler.state_dict(), "rng": {"torch": torch.get_rng_state()}, "best_miou": progress.best,
-            "history": progress.history, "run_name": run, "run_dir": str(run_dir.resolve()),
+            "history": progress.history, "run_name": run, "checkpoint_dir": str(ckpt_dir.resolve()),
+            "run_dir": str(run_dir.resolve()),
             "patch_folder": str(data.folder),
             "val_sources": data.val_sources, "seed": params.training.seed, "precision": rt.precision,
             "world_size": rt.dist.world_size, "git_commit": git_commit(), "versions": versions()}
 
 
-def resumed_outputs(load: Path, resumed: dict, runs_root: Path) -> tuple[Path, Path]:
-    """Where a resumed run writes: its checkpoints beside the one loaded (a run's folder, wherever it was moved), its
-    TensorBoard events to the folder it recorded, or ``runs/<run>`` for a checkpoint that recorded none or whose
-    folder's parent is gone (another machine)."""
-    recorded = Path(resumed.get("run_dir") or runs_root / resumed["run_name"])
-    return load.parent, recorded if recorded.parent.is_dir() else runs_root / resumed["run_name"]
+def resumed_outputs(load: Path, resumed: dict, name: str | None, ckpt_root: Path, runs_root: Path
+                    ) -> tuple[str, Path, Path, bool]:
+    """Where a resumed run writes: ``(run name, checkpoint folder, TensorBoard folder, whether it is a new run)``.
+
+    With ``--name NEW`` (not the run's name) it is a new run that goes on from the checkpoint, in ``checkpoints/NEW``
+    and ``runs/NEW`` (neither may exist). Otherwise the run goes on where it is: in the loaded checkpoint's folder
+    (wherever the run was moved) and the TensorBoard folder it recorded (``runs/<run>`` for a checkpoint that recorded
+    none, or whose folder's parent is gone, as on another machine).
+
+    Raises:
+        UserError: a new name that is taken, or a copy of a run whose own folder is still in use (going on from the
+            copy would mix two runs' events in one TensorBoard folder).
+    """
+    if name not in (None, resumed["run_name"]):
+        run = new_run_name("", name, ckpt_root, runs_root)
+        return run, ckpt_root / run, runs_root / run, True
+    run, folder, home = resumed["run_name"], load.resolve().parent, resumed.get("checkpoint_dir")
+    if home and Path(home) != folder and (Path(home) / "last.pth").is_file():
+        raise UserError(f"{load}: a copy of run {run}, which goes on in {home}; resume it there, or pass --name NEW to "
+                        "go on from this copy as a new run")
+    recorded = Path(resumed.get("run_dir") or runs_root / run)
+    return run, folder, recorded if recorded.parent.is_dir() else runs_root / run, False
 
 
-def check_resume_point(load: Path, resumed: dict, last: Path, rt: Runtime) -> None:
-    """Refuse to resume from behind the ``last.pth`` of the run's folder (an ``interrupted.pth`` the run has since
-    gone past, an earlier ``best.pth``): the resumed run would replace it, and ``best.pth``, with older states. And
-    a checkpoint saved mid-epoch goes on with the number of processes that saved it, whose batches its step counts.
+def check_resume_point(load: Path, resumed: dict, last: Path | None, rt: Runtime) -> None:
+    """Refuse to resume from behind the ``last`` of the run's folder (an ``interrupted.pth`` the run has since gone
+    past, an earlier ``best.pth``): the resumed run would replace it, and ``best.pth``, with older states (a new run,
+    ``last`` None, replaces nothing). And a checkpoint saved mid-epoch goes on with the number of processes that
+    saved it, whose batches its step counts.
 
     Raises:
         UserError: naming both checkpoints and where each stands, or the process counts.
@@ -465,14 +480,14 @@ def check_resume_point(load: Path, resumed: dict, last: Path, rt: Runtime) -> No
     if step and saved_by != rt.dist.world_size:
         raise UserError(f"{load}: saved at step {step} of epoch {epoch + 1} by {saved_by} process(es), whose batches "
                         f"its step counts; resume it with {saved_by}, or resume an end-of-epoch checkpoint "
-                        f"({last.name}) on any number")
-    if not last.is_file() or os.path.samefile(last, load):
+                        "(last.pth) on any number")
+    if last is None or not last.is_file() or os.path.samefile(last, load):
         return
     there = load_checkpoint(last)
     if (there["epoch"], there["step_in_epoch"]) > (epoch, step):
         raise UserError(f"{load}: {last} is further on (epoch {there['epoch']} done, step {there['step_in_epoch']}; "
                         f"this one: epoch {epoch} done, step {step}) and resuming here would replace it; resume "
-                        f"{last.name}, or copy {load.name} into a folder of its own to go on from it")
+                        f"{last.name}, or pass --name NEW to go on from {load.name} as a new run")
 
 
 def gather_epoch_loss(progress: Progress, rt: Runtime) -> None:

@@ -28,6 +28,14 @@ def _natural_key(path: Path) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.stem)]
 
 
+def _image_files(folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: folder not found")
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")),
+                  key=lambda p: (_natural_key(p), p.name))
+
+
 def list_images(folder: str | Path) -> list[Path]:
     """Image files of a folder in natural order (hidden and temporary files skipped).
 
@@ -35,11 +43,7 @@ def list_images(folder: str | Path) -> list[Path]:
         UserError: the folder is missing, or two of its images share a name but for the suffix (``x.jpg`` and
             ``x.bmp``): images and masks pair, and outputs are named, by the name without its suffix.
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"{folder}: folder not found")
-    images = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")),
-                    key=lambda p: (_natural_key(p), p.name))
+    images = _image_files(folder)
     seen: dict[str, Path] = {}
     for image in images:
         if image.stem in seen:
@@ -54,28 +58,37 @@ def image_id(path: Path, prefix: str) -> str:
     return path.stem[len(prefix):] if prefix and path.stem.startswith(prefix) else path.stem
 
 
-def masks_by_id(folder: str | Path, mask_prefix: str = "") -> dict[str, Path]:
-    """The masks of ``folder`` by the id they share with their image (:func:`image_id`), whatever their suffix.
+def masks_by_id(folder: str | Path, mask_prefix: str = "") -> dict[str, list[Path]]:
+    """The masks of ``folder`` by the id they share with their image (:func:`image_id`), whatever their suffix. An id
+    may name several masks (``x.png`` and ``x.tif``; ``3.png`` and ``Mask_3.png`` with the prefix ``Mask_``):
+    :func:`mask_of` refuses them for the image that needs one, and only for it.
 
     Raises:
-        UserError: the folder is missing, or two masks share a name but for the suffix.
+        UserError: the folder is missing.
     """
-    return {image_id(m, mask_prefix): m for m in list_images(folder)}
+    found: dict[str, list[Path]] = {}
+    for mask in _image_files(folder):
+        found.setdefault(image_id(mask, mask_prefix), []).append(mask)
+    return found
 
 
-def mask_of(image: Path, masks: dict[str, Path], folder: str | Path, image_prefix: str = "", mask_prefix: str = ""
-            ) -> Path:
+def mask_of(image: Path, masks: dict[str, list[Path]], folder: str | Path, image_prefix: str = "",
+            mask_prefix: str = "") -> Path:
     """The mask of ``image`` among ``masks`` (:func:`masks_by_id` of ``folder``): ``Img_3.tif`` pairs with
     ``Mask_3.png``, ``Mask_3.tif`` or another image suffix.
 
     Raises:
-        UserError: the image has no mask, naming the image and the mask expected.
+        UserError: the image has no mask, or several, naming the image and the masks.
     """
     key = image_id(image, image_prefix)
-    if key not in masks:
+    found = masks.get(key, [])
+    if not found:
         raise UserError(f"{image}: no mask for this image (expected {Path(folder) / (mask_prefix + key)}.png, .tif or "
                         "another image suffix)")
-    return masks[key]
+    if len(found) > 1:
+        raise UserError(f"{image}: {len(found)} masks pair with it ({', '.join(m.name for m in found)}, id {key!r}); "
+                        "keep one")
+    return found[0]
 
 
 def find_pairs(folder: str | Path, image_prefix: str = "", mask_prefix: str = "", require_masks: bool = True
@@ -104,13 +117,19 @@ def find_pairs(folder: str | Path, image_prefix: str = "", mask_prefix: str = ""
     if not images:
         raise UserError(f"{folder / 'images'}: no images found (expected PNG or TIFF files)")
     masks = masks_by_id(folder / "masks", mask_prefix) if require_masks else {}
-    pairs = []
+    pairs, ids = [], {}
     for image in images:
+        key = image_id(image, image_prefix)
+        if key in ids:
+            raise UserError(f"{image}: has the id {key!r} of {ids[key].name} (image prefix {image_prefix!r}), so both "
+                            "would pair with one mask; rename one")
+        ids[key] = image
         mask = mask_of(image, masks, folder / "masks", image_prefix, mask_prefix) if require_masks else None
         pairs.append(ImagePair(image.stem, image, mask))
-        masks.pop(image_id(image, image_prefix), None)
+    for key in ids:
+        masks.pop(key, None)
     if masks:
-        orphan = next(iter(masks.values()))
+        orphan = next(iter(masks.values()))[0]
         expected = folder / "images" / f"{image_prefix}{image_id(orphan, mask_prefix)}"
         raise UserError(f"{orphan}: mask without an image (expected {expected}.png, .tif or another image suffix)")
     return pairs

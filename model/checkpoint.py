@@ -6,6 +6,7 @@ import contextlib
 import io
 import os
 import pickle
+import secrets
 import shutil
 import threading
 from collections.abc import Sequence
@@ -24,9 +25,9 @@ from model.unet_model import UNet
 MODEL_KEYS = ("model_state", "model_config", "class_names", "class_colors", "normalization", "params")
 # ... and what train.py adds to resume a run exactly where it stopped
 RESUME_KEYS = ("epoch", "step_in_epoch", "epoch_loss", "optimizer_state", "scaler_state", "rng", "best_miou",
-               "history", "run_name", "run_dir", "patch_folder", "val_sources", "seed", "precision", "world_size",
-               "git_commit", "versions")
-ADDED_LATER = ("run_dir",)  # checkpoints written before these were recorded still resume (see train.py)
+               "history", "run_name", "checkpoint_dir", "run_dir", "patch_folder", "val_sources", "seed", "precision",
+               "world_size", "git_commit", "versions")
+ADDED_LATER = ("checkpoint_dir", "run_dir")  # checkpoints written before these were recorded still resume (train.py)
 
 
 def build_checkpoint(model: UNet, params: Params, normalization: dict, training: dict[str, Any] | None = None
@@ -79,10 +80,9 @@ def link_checkpoint(source: str | Path, path: str | Path) -> None:
         UserError: the folder is not writable or the disk is full; the previous file at ``path`` is left intact.
     """
     source, path = Path(source), Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.link.tmp")
+    # named as atomic_path names its temporaries, so that remove_stale_temporaries finds one a kill left
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
         os.link(source, tmp)
     except OSError:
         with atomic_path(path) as copy:

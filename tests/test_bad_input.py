@@ -215,7 +215,7 @@ CASES = [
     ("predict-mask-missing", lambda w: ((w / "data/images_test/masks/i1.png").unlink(), _predict(w))[1],
      ["i1.png", "no mask"]),
     ("predict-output-is-an-input-folder", lambda w: _swap(_predict(w), "--output", str(w / "data/images_test/images")),
-     ["--output", "data/images_test/images", "images or masks are read from this folder"]),
+     ["--output", "data/images_test/images", "a folder of the input data"]),
     ("predict-overlap-out-of-range", lambda w: _predict(w, "--overlap", "0.99"), ["inference.overlap", "0.95"]),
     ("checkpoint-not-resumable", lambda w: _train(w, "--load", str(w / "good.pth")),
      ["good.pth", "cannot resume", "optimizer_state"]),

@@ -58,6 +58,9 @@ def test_masks_and_metrics_match_a_hand_computed_case(test_set, tmp_path):
     per_image = [_hand_metrics([m], 0)["miou"] for m in masks]
     assert metrics["mean_image_miou"] == pytest.approx(np.mean(per_image))
     assert "mIoU" in result.stdout and "background" in result.stdout
+    again = run_main("predict.py", "--checkpoint", str(ckpt), "--input", str(folder / "images"), "--output",
+                     str(out), "--masks", str(folder / "masks"), "--metrics", str(metrics_file), "--quiet")
+    assert again.returncode == 0, again.stderr  # an earlier metrics file is replaced
 
 
 def test_single_file_probabilities_and_options(test_set, tmp_path):
@@ -77,7 +80,8 @@ def test_single_file_probabilities_and_options(test_set, tmp_path):
                                          ("images", ["--input", "{w}/images/i0.tif"]),
                                          (".", ["--input", "{w}"]),
                                          (".", ["--input", "{w}/images"]),
-                                         ("masks", ["--input", "{w}/images", "--masks", "{w}/masks"])])
+                                         ("masks", ["--input", "{w}/images", "--masks", "{w}/masks"]),
+                                         ("masks", ["--input", "{w}/images"])])  # the ground truth, not read here
 def test_an_output_folder_that_inputs_are_read_from_is_refused(test_set, tmp_path, output, args):
     """Masks written beside TIFF images (PNG masks replace nothing), into the data folder holding images/ or into the
     masks folder clash with the inputs or are read as images by the next run: refused before anything is written."""
@@ -90,7 +94,7 @@ def test_an_output_folder_that_inputs_are_read_from_is_refused(test_set, tmp_pat
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     result = run_main("predict.py", "--checkpoint", str(checkpoint), *[a.format(w=tmp_path) for a in args],
                       "--output", str(tmp_path / output), "--quiet")
-    assert_user_error(result, f"--output {tmp_path / output}", "images or masks are read from this folder")
+    assert_user_error(result, f"--output {tmp_path / output}", "a folder of the input data")
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
@@ -115,20 +119,26 @@ def test_masks_pair_with_their_images_by_name_whatever_the_suffix(test_set, tmp_
     assert json.loads((tmp_path / "m.json").read_text())["n_images"] == 3
 
 
-@pytest.mark.parametrize("target,kind", [("truth", "input"), ("image", "input"), ("out", "output"),
-                                         ("checkpoint", "input")])
-def test_metrics_file_may_not_replace_an_input_or_an_output(test_set, tmp_path, target, kind):
-    """``--metrics`` naming a ground-truth mask, an image or a mask to be written: refused before anything is
-    written (it replaced the ground truth with JSON)."""
+@pytest.mark.parametrize("target,fragment", [("truth", "would replace an input file"),
+                                             ("image", "would replace an input file"),
+                                             ("out", "would replace an output file"),
+                                             ("checkpoint", "would replace an input file"),
+                                             ("linked", "exists and is no metrics file")])
+def test_metrics_file_may_not_replace_an_input_an_output_or_another_file(test_set, tmp_path, target, fragment):
+    """``--metrics`` naming a ground-truth mask, an image, a mask to be written, the checkpoint or a hard link of it
+    (best.pth and last.pth): refused before anything is written (it replaced the ground truth with JSON)."""
     _, folder = test_set
+    checkpoint = constant_checkpoint(tmp_path / "c.pth", 1)
+    (tmp_path / "linked.pth").hardlink_to(checkpoint)
     paths = {"truth": folder / "masks" / "i0.png", "image": folder / "images" / "i0.png",
-             "out": tmp_path / "o" / "i0.png", "checkpoint": tmp_path / "c.pth"}
-    before = {p: p.read_bytes() for p in [*(folder / "masks").iterdir(), *(folder / "images").iterdir()]}
-    result = run_main("predict.py", "--checkpoint", str(constant_checkpoint(tmp_path / "c.pth", 1)), "--input",
-                      str(folder / "images"), "--masks", str(folder / "masks"), "--output", str(tmp_path / "o"),
-                      "--metrics", str(paths[target]), "--quiet")
-    assert_user_error(result, f"--metrics {paths[target]}", f"would replace an {kind} file")
+             "out": tmp_path / "o" / "i0.png", "checkpoint": checkpoint, "linked": tmp_path / "linked.pth"}
+    before = {p: p.read_bytes() for p in [*(folder / "masks").iterdir(), *(folder / "images").iterdir(), checkpoint]}
+    result = run_main("predict.py", "--checkpoint", str(checkpoint), "--input", str(folder / "images"), "--masks",
+                      str(folder / "masks"), "--output", str(tmp_path / "o"), "--metrics", str(paths[target]),
+                      "--quiet")
+    assert_user_error(result, f"--metrics {paths[target]}", fragment)
     assert all(p.read_bytes() == data for p, data in before.items()) and not (tmp_path / "o" / "i0.png").exists()
+    assert (tmp_path / "linked.pth").read_bytes() == checkpoint.read_bytes()
 
 
 @pytest.mark.parametrize("shape", [(64, 80), (20, 30)])  # streamed in blocks; smaller than the window (whole)
@@ -173,3 +183,18 @@ def test_ctrl_c_gives_one_line_exit_130_and_leaves_only_whole_files(test_set, tm
                                           "finish"]
     assert sorted(p.name for p in out.iterdir()) == ["i0.tif", "i0_probabilities.zarr"]
     assert set(np.unique(tifffile.imread(out / "i0.tif"))) == {1}
+
+
+def test_a_rerun_removes_what_a_killed_run_left_for_its_image_and_nothing_else(tmp_path):
+    """Temporary files of the image's mask (PNG or TIFF) and probabilities and its zarr scratch folders go, whatever
+    the options of the rerun; another output's temporary file (image 'big.tif.v2') stays, as do other files."""
+    import predict
+
+    left = [".big.tif.k3j_9x0a.tmp", ".big.png.a1b2c3d4.tmp", ".big_probabilities.npy.zzzzzzzz.tmp"]
+    kept = [".big.tif.v2.tif.zzzzzzzz.tmp", ".other.tif.k3j_9x0a.tmp", "big.tif", ".big.tif.notours.tmp"]
+    for name in left + kept:
+        (tmp_path / name).write_bytes(b"x")
+    for folder in (".big_probabilities.zarr.tmp", ".big.labels.zarr.tmp"):
+        (tmp_path / folder / "0.0").mkdir(parents=True)
+    predict.remove_leftovers(tmp_path, "big")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)

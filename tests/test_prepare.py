@@ -88,9 +88,22 @@ def test_overwrite_protection(tmp_path, source):
 def test_an_output_folder_in_the_source_is_refused_even_with_overwrite(source, inside):
     """--out --src with --overwrite removed the source's images and masks, which match the patches' names."""
     before = {p: p.read_bytes() for p in source.rglob("*") if p.is_file()}
-    with pytest.raises(UserError, match="is the source folder .* or lies inside it"):
+    with pytest.raises(UserError, match="is the source folder .*, lies inside it"):
         prepare_patches(source, source / inside, SMALL, overwrite=True, progress=False)
     assert {p: p.read_bytes() for p in source.rglob("*") if p.is_file()} == before
+
+
+def test_an_output_folder_sharing_the_source_images_through_a_link_is_refused(tmp_path, source):
+    """The source's images/ and masks/ are links into --out's: --overwrite removed the source images."""
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for sub in ("images", "masks"):
+        (linked / sub).symlink_to(source / sub)
+    before = {p: p.read_bytes() for p in source.rglob("*") if p.is_file()}
+    with pytest.raises(UserError, match="shares a folder with it through a link"):
+        prepare_patches(linked, source, SMALL, overwrite=True, progress=False)
+    assert {p: p.read_bytes() for p in source.rglob("*") if p.is_file()} == before
+    prepare_patches(source, tmp_path / "apart", SMALL, progress=False)  # a folder apart is fine
 
 
 def test_rotations_give_the_eight_symmetries():

@@ -234,37 +234,40 @@ def test_without_validation_images_best_follows_last(tiny_patches):
     assert math.isnan(hparams.Scalars("hparam/best_val_miou")[0].value)  # not -inf: there is no best
 
 
-def test_a_resumed_run_writes_beside_its_checkpoint_and_never_from_behind_its_last(tiny_patches, tmp_path):
+def test_a_resumed_run_goes_on_in_its_folder_and_never_from_behind_its_last(tiny_patches, tmp_path):
     """A checkpoint loaded from another folder wrote into checkpoints/<run> of the working folder, replacing a run
     of the same name there; a second --load of an interrupted.pth the run had gone past rolled last.pth back."""
     params_file, data = tiny_patches
-    original = _one_epoch(params_file, data, "moves")
-    before = original.read_bytes()
-    moved = tmp_path / "elsewhere" / "moves"
-    moved.mkdir(parents=True)
-    shutil.copy(original, moved / "last.pth")
-    assert_user_error(run_main("train.py", "--load", str(moved / "last.pth"), "-e", "2", "--name", "other"),
-                      "--name other", "goes on as run moves")
-    state = _weights(moved / "last.pth")
+    original = _one_epoch(params_file, data, "goes_on")
+    shutil.copy(original, original.with_name("older.pth"))  # as an interrupted.pth the run will go past
+    copy = tmp_path / "elsewhere" / "goes_on" / "last.pth"
+    copy.parent.mkdir(parents=True)
+    shutil.copy(original, copy)
+    assert_user_error(run_main("train.py", "--load", str(copy), "-e", "2"),
+                      f"{copy}: a copy of run goes_on, which goes on in {original.parent}", "--name NEW")
+    state = _weights(original)
     state.update(step_in_epoch=3, world_size=2)  # an interrupted.pth of a 2-process run
-    save_checkpoint(moved / "two.pth", state)
-    assert_user_error(run_main("train.py", "--load", str(moved / "two.pth"), "-e", "2"),
+    save_checkpoint(tmp_path / "two.pth", state)
+    assert_user_error(run_main("train.py", "--load", str(tmp_path / "two.pth"), "-e", "2", "--name", "two"),
                       "two.pth: saved at step 3 of epoch 2 by 2 process(es)", "resume it with 2")
-    resumed = run_main("train.py", "--load", str(moved / "last.pth"), "-e", "2", "--amp")
+    before = original.read_bytes()
+    branch = run_main("train.py", "--load", str(copy), "-e", "2", "--name", "branch", "--amp")
+    assert branch.returncode == 0, branch.stderr[-2000:]
+    assert "note: --amp applies on CUDA only; this run is on cpu in fp32" in branch.stderr
+    assert _weights(data / "checkpoints" / "branch" / "last.pth")["epoch"] == 2 and (data / "runs" / "branch").is_dir()
+    assert original.read_bytes() == before and copy.read_bytes() == before
+    resumed = run_main("train.py", "--load", str(original), "-e", "2")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "note: --amp applies on CUDA only; this run is on cpu in fp32" in resumed.stderr
-    assert _weights(moved / "last.pth")["epoch"] == 2 and original.read_bytes() == before
-    shutil.copy(original, moved / "older.pth")
-    after = (moved / "last.pth").read_bytes()
-    assert_user_error(run_main("train.py", "--load", str(moved / "older.pth"), "-e", "3"),
-                      f"{moved / 'last.pth'} is further on (epoch 2 done, step 0; this one: epoch 1 done, step 0)",
-                      "copy older.pth into a folder of its own")
-    assert (moved / "last.pth").read_bytes() == after
+    after = original.read_bytes()
+    assert_user_error(run_main("train.py", "--load", str(original.with_name("older.pth")), "-e", "3"),
+                      f"{original} is further on (epoch 2 done, step 0; this one: epoch 1 done, step 0)",
+                      "pass --name NEW to go on from older.pth as a new run")
+    assert original.read_bytes() == after
 
 
 @pytest.mark.parametrize("given,expected", [("patches_s96", "root/patches_s96"), ("./p", "p"), ("sub/p", "sub/p"),
                                             ("../p", "../p"), (".", "."), ("..", ".."), ("/abs/p", "/abs/p"),
-                                            ("p/", "p")])
+                                            ("p/", "root/p"), ("/", "/")])
 def test_a_patch_folder_name_lies_under_the_data_root_and_a_path_is_taken_as_given(given, expected):
     """-f ./p and -f sub/p were looked up under data/, and -f . failed with an IndexError."""
     import train

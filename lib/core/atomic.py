@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import stat
 import tempfile
 import threading
@@ -64,8 +65,8 @@ def remove_stale_temporaries(path: str | Path) -> int:
     """
     path = Path(path)
     removed = 0
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        if tmp.is_file():
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.????????.tmp"):  # mkstemp's 8 random characters
+        if tmp.is_file() and re.fullmatch(r"[a-z0-9_]{8}", tmp.name[len(path.name) + 2:-4]):
             with contextlib.suppress(OSError):
                 tmp.unlink()
                 removed += 1

@@ -29,17 +29,20 @@ def _clear(folder: Path, owned: list[str]) -> None:
                 path.unlink()
 
 
-def check_apart(folder: str | Path, source: str | Path, flag: str = "--out") -> None:
-    """Refuse an output folder that is the job's source folder or lies inside it: ``overwrite`` would remove the
-    source's files that match the job's patterns, and the job's files would mix into the data.
+def check_apart(folder: str | Path, source: str | Path, subfolders: tuple[str, ...] = ("images", "masks"),
+                flag: str = "--out") -> None:
+    """Refuse an output folder that is the job's source folder or lies inside it, or one of whose ``subfolders`` is
+    (through a link) one of the source's: ``overwrite`` would remove the source's files that match the job's
+    patterns, and the job's files would mix into the data.
 
     Raises:
         UserError: naming both folders.
     """
-    out, src = Path(folder).resolve(), Path(source).resolve()
-    if out == src or src in out.parents:
-        raise UserError(f"{flag} {folder}: is the source folder {source} or lies inside it (expected an output folder "
-                        "apart from the data)")
+    outs = {Path(folder).resolve(), *((Path(folder) / sub).resolve() for sub in subfolders)}
+    sources = {Path(source).resolve(), *((Path(source) / sub).resolve() for sub in subfolders)}
+    if any(out == src or src in out.parents for out in outs for src in sources):
+        raise UserError(f"{flag} {folder}: is the source folder {source}, lies inside it, or shares a folder with it "
+                        "through a link (expected an output folder apart from the data)")
 
 
 def start_job(folder: str | Path, signature: dict, owned: list[str], overwrite: bool,
