@@ -148,15 +148,17 @@ def check_outputs(images: list[Path], headers: list[ImageHeader], masks: dict[Pa
     if metrics is not None and metrics.resolve() in inputs | written:
         raise UserError(f"--metrics {metrics}: would replace an {'input' if metrics.resolve() in inputs else 'output'}"
                         " file (expected the path of a new JSON file)")
-    if metrics is not None and metrics.is_file() and not _is_json_object(metrics):
+    if metrics is not None and metrics.is_file() and not _replaceable_metrics(metrics):
         raise UserError(f"--metrics {metrics}: exists and is no metrics file (expected the path of a new JSON file, "
                         "or of an earlier one to replace)")
 
 
-def _is_json_object(path: Path) -> bool:
-    """Whether a file starts like a JSON object (an earlier metrics file), read from its first bytes only."""
+def _replaceable_metrics(path: Path) -> bool:
+    """Whether a file is empty (``mktemp``'s) or starts like a JSON object (an earlier metrics file), read from its
+    first bytes only."""
     with open(path, "rb") as handle:
-        return handle.read(64).lstrip().startswith(b"{")
+        head = handle.read(64)
+    return not head or head.lstrip().startswith(b"{")
 
 
 def check_writable(folder: Path) -> None:

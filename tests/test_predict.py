@@ -61,6 +61,11 @@ def test_masks_and_metrics_match_a_hand_computed_case(test_set, tmp_path):
     again = run_main("predict.py", "--checkpoint", str(ckpt), "--input", str(folder / "images"), "--output",
                      str(out), "--masks", str(folder / "masks"), "--metrics", str(metrics_file), "--quiet")
     assert again.returncode == 0, again.stderr  # an earlier metrics file is replaced
+    empty = tmp_path / "empty.json"
+    empty.write_bytes(b"")  # as --metrics "$(mktemp)" gives it
+    into_empty = run_main("predict.py", "--checkpoint", str(ckpt), "--input", str(folder / "images"), "--output",
+                          str(out), "--masks", str(folder / "masks"), "--metrics", str(empty), "--quiet")
+    assert into_empty.returncode == 0 and json.loads(empty.read_text())["n_images"] == 3, into_empty.stderr
 
 
 def test_single_file_probabilities_and_options(test_set, tmp_path):
