@@ -279,6 +279,12 @@ def _cut_group(strip: torch.Tensor, rows: int, columns: int, grid: int, stride: 
     return windows
 
 
+def _add_reach(windows: int, window: int, stride: int) -> int:
+    """How far past the first of ``windows`` windows on the stride grid the adds of :func:`_overlap_add` reach:
+    its slices of the last window run up to ceil(window / stride) - 1 strides past it."""
+    return (windows - 1 + -(-window // stride)) * stride
+
+
 def _overlap_add(acc: torch.Tensor, outs: torch.Tensor, rows: int, grid: int, stride: int, flush_left: int) -> None:
     """Add the outputs of consecutive window rows (in row order, as :func:`_cut_group` cuts them) to ``acc`` in place.
 
@@ -373,7 +379,7 @@ def _add_rows(acc: _RowBuffer, outs: torch.Tensor, starts: list[int], first: int
     :func:`_overlap_add`, a last row flush with the bottom edge in another."""
     window = outs.shape[-1]
     on_grid = len(starts) - (starts[-1] != (first + len(starts) - 1) * stride)
-    needed = max(starts[0] + (on_grid - 1 + -(-window // stride)) * stride, starts[-1] + window)
+    needed = max(starts[0] + _add_reach(on_grid, window, stride), starts[-1] + window)
     if needed > acc.bottom:
         acc.append(needed - acc.bottom)
     columns = outs.shape[0] // len(starts)
@@ -404,8 +410,7 @@ def _block_bands(forward: Callable[[torch.Tensor], torch.Tensor], activation: st
     :func:`_stitch_bytes` of them have run. A band is yielded after each addition."""
     x0, width, columns = xs[0], xs[-1] + window - xs[0], len(xs)
     grid = columns - (xs[-1] - x0 != (columns - 1) * stride)  # all but a last window flush with the edge
-    # the adds of _overlap_add run up to ceil(window / stride) - 1 strides past the last window
-    acc_width = max(width, (grid - 1 + -(-window // stride)) * stride)
+    acc_width = max(width, _add_reach(grid, window, stride))
     rows_in: _RowBuffer | None = None  # input rows
     acc: _RowBuffer | None = None  # accumulated outputs
     inputs: deque[torch.Tensor] = deque()  # windows cut, not yet run
