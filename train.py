@@ -461,8 +461,9 @@ def resumed_outputs(load: Path, resumed: dict, name: str | None, ckpt_root: Path
         return run, ckpt_root / run, runs_root / run, True
     run, folder, home = resumed["run_name"], load.resolve().parent, resumed.get("checkpoint_dir")
     if home and Path(home) != folder and (Path(home) / "last.pth").is_file():
-        raise UserError(f"{load}: a copy of run {run}, which goes on in {home}; resume it there, or pass --name NEW to "
-                        "go on from this copy as a new run")
+        raise UserError(f"{load}: saved by run {run} of {home}, which has a last.pth (this folder is a copy, or was "
+                        "renamed, and both would write to one TensorBoard folder); resume it there, or pass --name NEW "
+                        "to go on from this checkpoint as a new run")
     recorded = Path(resumed.get("run_dir") or runs_root / run)
     return run, folder, recorded if recorded.parent.is_dir() else runs_root / run, False
 

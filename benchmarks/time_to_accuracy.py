@@ -2,7 +2,7 @@
 
     python -m benchmarks.time_to_accuracy [--skip-setup] [--epochs 8] [--lr 0.05] [--width 8] [--batch-size 16]
         [--generator default|alternate] [--schedule published|cosine] [--warmup-fraction F] [--loss ce|dice_ce]
-        [--optimizer sgd|adamw] [--compile MODE] [--seed N] [--per-image N]
+        [--optimizer sgd|adamw] [--compile MODE] [--seed N] [--per-image N] [--patch-size P]
 
 Stages, each a fresh process as ``make demo`` runs them, all output in a temporary folder (nothing of the repository's
 data/, checkpoints/ or runs/ is touched):
@@ -117,6 +117,7 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--seed", type=int, default=None, help="training.seed (default: parameters.json's): "
                    "initialisation, validation split and shuffling; the data stay the same")
     p.add_argument("--per-image", type=int, default=None, help="patches.per_image (default: parameters.json's)")
+    p.add_argument("--patch-size", type=int, default=None, help="patches.size (default: parameters.json's)")
     p.add_argument("--workdir", type=Path, default=None, help="keep everything in this (new) folder")
     args = p.parse_args(argv)
     if args.tiny:
@@ -125,7 +126,7 @@ def parse_args(argv: list[str] | None):
 
 
 def run(args, work: Path) -> dict:
-    patches = {"per_image": args.per_image} if args.per_image else {}
+    patches = {key: value for key, value in (("per_image", args.per_image), ("size", args.patch_size)) if value}
     params = write_params(work, args.tiny, args.generator, patches)
     seconds = {}
     for name, commands in stage_commands(args, work, params).items():

@@ -109,7 +109,7 @@ def new_run_name(folder: str, name: str | None, checkpoints_dir: Path, runs_dir:
             raise UserError(f"--name {name[:40]!r}{'...' if len(name) > 40 else ''}: expected a plain folder name "
                             "(letters, digits, . _ -, not starting with . or -) of at most 200 bytes")
         if (checkpoints_dir / name).exists() or (runs_dir / name).exists():
-            raise UserError(f"--name {name}: a run of that name exists; choose another name or --load to resume it")
+            raise UserError(f"--name {name}: {_taken_by(checkpoints_dir / name, runs_dir / name)}")
         return name
     base = f"{Path(folder).name}_{time.strftime('%Y%m%d-%H%M%S')}"
     candidate, k = base, 1
@@ -117,3 +117,13 @@ def new_run_name(folder: str, name: str | None, checkpoints_dir: Path, runs_dir:
         k += 1
         candidate = f"{base}_{k}"
     return candidate
+
+
+def _taken_by(checkpoints: Path, events: Path) -> str:
+    """Why a run name is taken, and what to do: resume the run, or, when it never saved a checkpoint (it was killed
+    in its first epoch, where Ctrl-C would have saved one), remove its folders; nothing is removed here."""
+    if any(checkpoints.glob("*.pth")):
+        return "a run of that name exists; choose another name or --load to resume it"
+    folders = " and ".join(str(f) for f in (checkpoints, events) if f.exists())
+    return (f"a run of that name was started but saved no checkpoint (stopped in its first epoch?); remove {folders} "
+            "to reuse the name, or choose another name")

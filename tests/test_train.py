@@ -244,7 +244,7 @@ def test_a_resumed_run_goes_on_in_its_folder_and_never_from_behind_its_last(tiny
     copy.parent.mkdir(parents=True)
     shutil.copy(original, copy)
     assert_user_error(run_main("train.py", "--load", str(copy), "-e", "2"),
-                      f"{copy}: a copy of run goes_on, which goes on in {original.parent}", "--name NEW")
+                      f"{copy}: saved by run goes_on of {original.parent}, which has a last.pth", "--name NEW")
     state = _weights(original)
     state.update(step_in_epoch=3, world_size=2)  # an interrupted.pth of a 2-process run
     save_checkpoint(tmp_path / "two.pth", state)

@@ -243,8 +243,13 @@ def test_run_names_are_plain_folder_names(tmp_path, case):
     _, name, accepted = case
     if accepted:
         assert new_run_name("patches_s96", name, tmp_path / "c", tmp_path / "r") == name
-        (tmp_path / "c" / name).mkdir(parents=True)  # the name can be made, and is then taken
-        with pytest.raises(UserError, match="a run of that name exists"):
+        (tmp_path / "r" / name).mkdir(parents=True)  # the name can be made, and is then taken
+        with pytest.raises(UserError, match="saved no checkpoint.*remove .*r/") as err:  # a run killed early
+            new_run_name("patches_s96", name, tmp_path / "c", tmp_path / "r")
+        assert str(tmp_path / "c") not in str(err.value)  # names only the folders that exist
+        (tmp_path / "c" / name).mkdir(parents=True)
+        (tmp_path / "c" / name / "last.pth").touch()
+        with pytest.raises(UserError, match="a run of that name exists; choose another name or --load"):
             new_run_name("patches_s96", name, tmp_path / "c", tmp_path / "r")
     else:
         with pytest.raises(UserError, match="expected a plain folder name") as err:
