@@ -53,3 +53,24 @@ def test_an_error_writes_no_figure(tiny_patches, checkpoint, tmp_path, bad):
     done = run_main("-m", "figures.make_figures", *args, "--params", str(params_file), "--out", str(tmp_path / "figs"))
     assert_user_error(done, *fragments)
     assert not (tmp_path / "figs").exists()
+
+
+@pytest.mark.parametrize("validated", [True, False])
+def test_the_training_curve_of_a_run_with_or_without_validation_draws_without_warnings(validated, recwarn):
+    """A run without validation images (--val-fraction 0) has no validation curves: its panel says so, and no
+    empty legend (with matplotlib's warning) is drawn."""
+    import matplotlib.pyplot as plt
+
+    from lib.core.visualize import plot_history
+
+    history = [{"epoch": e, "train_loss": 1.0 / e} for e in (1, 2, 3)]
+    if validated:
+        for h in history:
+            h.update(val_loss=0.5, val_miou=0.9, val_iou={"background": 0.99, "line": 0.81})
+    figure = plot_history(history)
+    ax_loss, ax_iou = figure.axes
+    assert not [w for w in recwarn if "legend" in str(w.message)]
+    assert ax_loss.get_legend() is not None
+    assert (ax_iou.get_legend() is not None) == validated
+    assert [t.get_text() for t in ax_iou.texts] == ([] if validated else ["no validation images in this run"])
+    plt.close(figure)

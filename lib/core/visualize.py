@@ -194,11 +194,15 @@ def plot_history(history: Sequence[dict]) -> plt.Figure:
         ax_iou.plot(epochs, [h["val_miou"] for h in history], "o-", color="k", label="mIoU")
         for name in history[0]["val_iou"]:
             ax_iou.plot(epochs, [h["val_iou"][name] for h in history], ".--", label=name)
+    else:
+        ax_iou.text(0.5, 0.5, "no validation images in this run", ha="center", va="center",
+                    transform=ax_iou.transAxes)
     ax_loss.set_yscale("log")
     for ax, label in ((ax_loss, "loss"), (ax_iou, "validation IoU")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
