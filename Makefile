@@ -44,6 +44,7 @@ lint: $(VENV)/.dev-installed
 bench: $(VENV)/.dev-installed
 	$(PY) -m benchmarks.run_all
 
-# README figures from the newest trained run (or CHECKPOINT=...)
+# README figures from the newest trained run (or CHECKPOINT=...), of parameters.json's data (or PARAMS=...)
 figures: $(VENV)/.installed
-	$(PY) -m figures.make_figures --checkpoint $(or $(CHECKPOINT),$(shell ls -t checkpoints/*/best.pth | head -1))
+	$(PY) -m figures.make_figures --checkpoint $(or $(CHECKPOINT),$(shell ls -t checkpoints/*/best.pth | head -1)) \
+		$(if $(PARAMS),--params $(PARAMS))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,20 @@ def checkpoint(workspace, prepared) -> Path:
     ckpt = data_root.parent / "checkpoints" / "nb" / "best.pth"
     assert ckpt.is_file(), sorted(p.name for p in ckpt.parent.iterdir())
     return ckpt
+
+
+@pytest.mark.parametrize("given,configured,expected", [
+    (None, "data", "ROOT/data"),  # parameters.json's relative root: the repository's data/, as the commands see it
+    (None, "/abs/mydata", "/abs/mydata"),  # an absolute data.root stays as it is
+    ("../data", "elsewhere", "../data"),  # a data_root given to the notebook wins, relative to notebooks/
+])
+def test_a_notebook_takes_its_data_folder_from_the_parameters_file_unless_given(given, configured, expected):
+    sys.path.insert(0, str(NOTEBOOKS))
+    try:
+        from _repo import ROOT, resolve_data_root
+    finally:
+        sys.path.remove(str(NOTEBOOKS))
+    assert resolve_data_root(given, configured) == Path(expected.replace("ROOT", str(ROOT)))
 
 
 def test_committed_notebooks_are_clean():

@@ -118,8 +118,9 @@ def test_notebooks_prepare_and_segment_own_data(own_trained, tmp_path, monkeypat
     assert read_image(root / "patches_s32" / "images" / "p0.png").shape == (32, 32, 3)
     assert "8 variants, all equal to apply_augmentation of the original: True" in text(prepared)
 
+    # no data_root: the notebook reads data.root of the parameters file, as the README's headless example does
     segmented = run_notebook("inference.ipynb", tmp_path, checkpoint=str(checkpoint), params_file=str(params),
-                             data_root=str(root), example=2, device="cpu", precision="fp32")
+                             example=2, device="cpu", precision="fp32")
     printed = text(segmented)
     assert n_figures(segmented) >= 1 and "segmented 3 test images" in printed
     assert "Img_2: mIoU" in printed
