@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--mask-prefix", help="masks are named <prefix><id> (e.g. Mask_; default: data.mask_prefix) ...")
     p.add_argument("--image-prefix", help="... for images named <prefix><id> (e.g. Img_; default: data.image_prefix)")
     p.add_argument("--metrics", help="write the metrics as JSON to this file")
-    p.add_argument("--overlap", type=float, help="window overlap in [0, 1) (default: the checkpoint's, 0.5)")
+    p.add_argument("--overlap", type=float, help="window overlap in [0, 0.95] (default: the checkpoint's, 0.5)")
     p.add_argument("--blend", choices=["mean", "gaussian"], help="probability blending of overlapping windows")
     p.add_argument("--tta", action="store_true", help="average over the four flips of every window")
     p.add_argument("--batch-size", type=int, help="windows per forward pass")

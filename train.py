@@ -166,15 +166,22 @@ def patch_folder(params: Params) -> Path:
 
 
 class StopRequest:
-    """Ctrl-C sets a flag that the loop checks between steps, so a checkpoint is never taken mid-update."""
+    """Ctrl-C sets a flag that the loop checks between steps, so a checkpoint is never taken mid-update; a second
+    Ctrl-C stops at once, saying what to resume from (the run's ``last.pth``, if it has saved one)."""
 
-    def __init__(self) -> None:
+    def __init__(self, ckpt_dir: Path) -> None:
         self.requested = False
-        self._previous = signal.signal(signal.SIGINT, self._handle)
+        self.ckpt_dir = ckpt_dir
+        signal.signal(signal.SIGINT, self._handle)
 
     def _handle(self, signum, frame) -> None:
-        self.requested = True
-        signal.signal(signal.SIGINT, self._previous)  # a second Ctrl-C stops at once
+        if not self.requested:
+            self.requested = True
+            return
+        last = self.ckpt_dir / "last.pth"
+        raise KeyboardInterrupt(f"stopped at once; resume with: python train.py --load {last}" if last.is_file() else
+                                f"stopped at once, before this run saved a checkpoint; remove {self.ckpt_dir} and "
+                                "its TensorBoard folder to reuse the run's name")
 
 
 @dataclass
@@ -259,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
                 checkpoints.save(state, ckpt_dir / name, [ckpt_dir / link for link in links])
 
         # ---- the loop ----
-        stop = StopRequest()  # before the first line, so a Ctrl-C from here on is handled
+        stop = StopRequest(ckpt_dir)  # before the first line, so a Ctrl-C from here on is handled
         if rt.dist.is_main:
             print(f"run {run}: {len(data.train_idx)} training / {len(data.val_idx)} validation patches from "
                   f"{data.folder}, U-Net width {params.model.base_channels} "

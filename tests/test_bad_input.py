@@ -147,7 +147,7 @@ CASES = [
     ("params-wrong-type", lambda w: _swap(_gen(w), "--params", str(_params(w, lambda r: r["data"].update(
         n_test="ten")))), ["data.n_test", "integer"]),
     ("params-out-of-range", lambda w: _swap(_train(w), "--params", str(_params(w, lambda r: r["training"].update(
-        val_fraction=2.0)))), ["training.val_fraction", "[0.0, 0.9]"]),
+        val_fraction=2.0)))), ["training.val_fraction", "[0, 0.9]"]),
     ("data-folder-missing", lambda w: _swap(_prep(w), "--src", str(w / "nowhere")), ["nowhere", "not found"]),
     ("data-folder-empty", lambda w: ((w / "empty" / "images").mkdir(parents=True), _swap(_prep(w), "--src",
                                      str(w / "empty")))[1], ["empty/images", "no images"]),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import train
 from lib.core.device import Runtime
-from lib.core.errors import UserError
+from lib.core.errors import EXIT_INTERRUPTED, UserError, cli_main
 from lib.core.visualize import colorize, validation_panel
 from lib.training import new_run_name
 from model.checkpoint import CheckpointWriter, link_checkpoint, save_checkpoint
@@ -255,3 +256,32 @@ def test_run_names_are_plain_folder_names(tmp_path, case):
         with pytest.raises(UserError, match="expected a plain folder name") as err:
             new_run_name("patches_s96", name, tmp_path / "c", tmp_path / "r")
         assert len(str(err.value)) < 200
+
+
+def test_a_second_ctrl_c_stops_at_once_and_says_what_to_resume_from(tmp_path, capsys):
+    """The first Ctrl-C asks the loop to stop at a step boundary; a second one stops at once, and the one line printed
+    names the run's last.pth to resume from, or, before the run saved one, says how to reuse its name (a generic
+    "rerun the command" had been printed, and rerunning it was refused as the name was taken)."""
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        stop = train.StopRequest(tmp_path / "run")
+        stop._handle(signal.SIGINT, None)
+        assert stop.requested
+        with pytest.raises(KeyboardInterrupt, match="before this run saved a checkpoint; remove .*run"):
+            stop._handle(signal.SIGINT, None)
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "last.pth").touch()
+        with pytest.raises(KeyboardInterrupt) as second:
+            stop._handle(signal.SIGINT, None)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert str(second.value) == f"stopped at once; resume with: python train.py --load {tmp_path / 'run' / 'last.pth'}"
+
+    def stopped(reason: str):
+        raise KeyboardInterrupt(reason)
+
+    for reason, said in ((str(second.value), str(second.value)), ("", "rerun the command to finish")):
+        with pytest.raises(SystemExit) as exit_:
+            cli_main(stopped)(reason)
+        assert exit_.value.code == EXIT_INTERRUPTED
+        assert capsys.readouterr().err == f"interrupted: every file written so far is whole; {said}\n"

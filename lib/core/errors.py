@@ -36,8 +36,9 @@ def cli_main(main: Callable[..., T]) -> Callable[..., T]:
             message = " ".join(str(err).split())  # always one line
             print(f"error: {message}", file=sys.stderr)
             sys.exit(EXIT_USAGE)
-        except KeyboardInterrupt:
-            print("interrupted: every file written so far is whole; rerun the command to finish", file=sys.stderr)
+        except KeyboardInterrupt as err:  # a command may say what to do next (train.py: what to resume from)
+            print(f"interrupted: every file written so far is whole; {str(err) or 'rerun the command to finish'}",
+                  file=sys.stderr)
             sys.exit(EXIT_INTERRUPTED)
 
     return wrapper

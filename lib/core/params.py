@@ -185,6 +185,7 @@ def _describe(value: Any) -> str:
 
 def _bounds_text(meta: dict) -> str:
     lo, hi, choices = meta.get("lo"), meta.get("hi"), meta.get("choices")
+    lo, hi = (None if b is None else f"{b:g}" for b in (lo, hi))  # "> 0", not "> 0.0"
     if choices:
         return "one of " + ", ".join(repr(c) for c in choices)
     if lo is not None and hi is not None:
