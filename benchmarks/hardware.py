@@ -7,8 +7,9 @@ Peak: the best of a few square matmuls (4096² on CPU, 8192² on a GPU) in fp32 
 (2·n³ FLOP each). Work: counted by ``torch.utils.flop_counter`` (convolutions and matmuls, forward and backward), which
 is what the peak measures too. Training: train.py's own step (``forward_loss`` + ``optimizer_step``, the precision
 and memory format it picks on this device) on a batch of 96×96 patches. Inference: ``sliding_window_predict`` as
-predict.py calls it on one image; its work is the windows' forward passes. The fraction of peak is taken against the
-peak of the precision the step runs in (bf16 where autocast is on, else fp32).
+predict.py calls it on one image (the BatchNorms folded into the convolutions, as the Segmenter loads the model); its
+work is the windows' forward passes. The fraction of peak is taken against the peak of the precision the step runs in
+(bf16 where autocast is on, else fp32).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from lib.core.inference import sliding_window_predict, window_grid
 from lib.core.losses import make_loss
 from lib.core.normalization import compute_normalization
 from lib.training import forward_loss, optimizer_step
+from model.folding import fold_batch_norms
 from model.unet_model import UNet
 
 WINDOW, N_CLASSES = 96, 3
@@ -86,7 +88,7 @@ def inference_call(width: int, shape: tuple[int, int], batch_size: int, rt: Runt
                    ) -> tuple[Callable[[], None], int]:
     """``sliding_window_predict`` on one image, and the FLOP count of its windows' forward passes."""
     torch.manual_seed(0)
-    model = UNet(1, N_CLASSES, width).to(rt.device, memory_format=rt.memory_format).eval()
+    model = fold_batch_norms(UNet(1, N_CLASSES, width)).to(rt.device, memory_format=rt.memory_format)  # as loaded
     image = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
     ys, xs = window_grid(*shape, WINDOW, 0.5)
     with torch.inference_mode(), autocast(rt.device, rt.precision):

@@ -5,7 +5,8 @@
 Variants, all on the same UNet(1, 3, 8) in eval mode with seeded random weights and the same normalised images:
 
 * ``ours``: ``sliding_window_predict`` as the Segmenter calls it by default (precision ``auto`` → bf16 on CPUs
-  with native bf16, channels_last model and windows, window 96, overlap 0.5, 32 windows per batch, mean blend).
+  with native bf16, the BatchNorms folded into the convolutions, channels_last model and windows, window 96,
+  overlap 0.5, 32 windows per batch, mean blend).
 * ``ours fp32 channels_last``: as the Segmenter calls it with ``--precision fp32`` (for information).
 * ``ours fp32``: the same function at fp32 on the very contiguous model that MONAI gets (equal precision and
   memory format: the comparison of the two implementations).
@@ -40,6 +41,7 @@ from benchmarks.common import (
 )
 from lib.core.device import memory_format, resolve_precision
 from lib.core.inference import sliding_window_predict
+from model.folding import fold_batch_norms
 from model.unet_model import UNet
 
 WINDOW, STRIDE, OVERLAP, N_CLASSES = 96, 48, 0.5, 3
@@ -47,12 +49,11 @@ TARGET_MONAI, TARGET_EQUAL, TARGET_DIFF = 2.0, 1.0, 1e-5
 
 
 def make_models(width: int, seed: int = 0) -> tuple[UNet, UNet]:
-    """The same seeded weights twice: fp32 contiguous, and channels_last (as the Segmenter loads it)."""
+    """The same seeded weights twice: fp32 contiguous, and as the Segmenter loads them (BatchNorms folded into the
+    convolutions, channels_last)."""
     torch.manual_seed(seed)
     plain = UNet(1, N_CLASSES, width).eval()
-    fast = UNet(1, N_CLASSES, width)
-    fast.load_state_dict(plain.state_dict())
-    return plain, fast.to(memory_format=memory_format(torch.device("cpu"))).eval()
+    return plain, fold_batch_norms(plain).to(memory_format=memory_format(torch.device("cpu")))
 
 
 def make_images(n: int, height: int, width: int, seed: int) -> list[torch.Tensor]:

@@ -61,6 +61,7 @@ from benchmarks.common import (
 from lib.core.device import autocast, memory_format, resolve_precision, select_device
 from lib.core.inference import cut_windows, sliding_window_predict, window_grid
 from lib.core.padding import reflect_pad
+from model.folding import fold_batch_norms
 from model.unet_model import UNet
 
 WINDOW, OVERLAP, N_CLASSES = 96, 0.5, 3
@@ -75,8 +76,9 @@ def image_shape(megapixels: float) -> tuple[int, int]:
 
 
 def make_model(width: int, seed: int = 0, device: torch.device = torch.device("cpu")) -> UNet:
+    """Seeded weights as the Segmenter loads them: BatchNorms folded, on ``device`` in its memory format."""
     torch.manual_seed(seed)
-    return UNet(1, N_CLASSES, width).to(device, memory_format=memory_format(device)).eval()
+    return fold_batch_norms(UNet(1, N_CLASSES, width)).to(device, memory_format=memory_format(device))
 
 
 def settings(device: torch.device = torch.device("cpu")) -> tuple[torch.device, str, torch.memory_format]:

@@ -170,6 +170,15 @@ def test_large_images_tiny(tmp_path: Path):
     assert {"above_idle_max", "above_idle_met", "speed_spread_max", "speed_met"} <= set(result["targets"])
 
 
+def test_folding_tiny(tmp_path: Path):
+    from benchmarks import folding
+
+    assert folding.main(["--tiny", "--out-dir", str(tmp_path)]) == 0
+    (width,) = read_result(tmp_path, "folding")["results"]
+    assert {"min_s", "median_s", "times_s"} <= set(width["kept"]) and width["speedup"] > 0
+    assert 0 < width["max_abs_diff"] < 1e-5  # the same probabilities up to rounding, from BatchNorms that do work
+
+
 def test_hardware_tiny(tmp_path: Path):
     """Peak matmuls and the U-Net's counted work: a training step costs more than a forward pass of its batch."""
     from benchmarks import hardware

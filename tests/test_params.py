@@ -39,7 +39,8 @@ BAD_CASES = [
     ("unknown-group", lambda r: r.update(extra={}), ["extra", "unknown key"]),
     ("wrong-type", lambda r: r["training"].update(epochs="ten"), ["training.epochs", "integer"]),
     ("bool-for-int", lambda r: r["patches"].update(size=True), ["patches.size", "integer"]),
-    ("out-of-range", lambda r: r["training"].update(learning_rate=-1), ["training.learning_rate: expected a number > 0, got -1"]),
+    ("out-of-range", lambda r: r["training"].update(learning_rate=-1),
+     ["training.learning_rate: expected a number > 0, got -1"]),  # as the README quotes it
     ("zero-epochs", lambda r: r["training"].update(epochs=0), ["training.epochs", ">= 1"]),
     ("range-reversed", lambda r: r["data"].update(ellipse_radius=[20, 5]), ["data.ellipse_radius", "low <= high"]),
     ("range-length", lambda r: r["data"].update(n_lines=[1]), ["data.n_lines", "2 values"]),
