@@ -167,20 +167,29 @@ def patch_folder(params: Params) -> Path:
 
 class StopRequest:
     """Ctrl-C sets a flag that the loop checks between steps, so a checkpoint is never taken mid-update; a second
-    Ctrl-C stops at once, saying what to resume from (the run's ``last.pth``, if it has saved one)."""
+    Ctrl-C stops at once, saying what to resume from (the newest checkpoint in the run's folder), except while the
+    run writes its last checkpoints (:meth:`finishing`): a stop there would lose the one it is writing."""
 
     def __init__(self, ckpt_dir: Path) -> None:
-        self.requested = False
+        self.requested = self._finishing = False
         self.ckpt_dir = ckpt_dir
         signal.signal(signal.SIGINT, self._handle)
 
+    def finishing(self) -> None:
+        """From now on, Ctrl-C waits for the checkpoints being written."""
+        self._finishing = True
+
     def _handle(self, signum, frame) -> None:
-        if not self.requested:
+        if self._finishing:
+            print("\nwriting the checkpoint; the run stops once it is whole", file=sys.stderr)
+        if not self.requested or self._finishing:
             self.requested = True
             return
-        last = self.ckpt_dir / "last.pth"
-        raise KeyboardInterrupt(f"stopped at once; resume with: python train.py --load {last}" if last.is_file() else
-                                f"stopped at once, before this run saved a checkpoint; remove {self.ckpt_dir} and "
+        saved = [p for p in (self.ckpt_dir / n for n in ("last.pth", "interrupted.pth")) if p.is_file()]
+        if saved:
+            newest = max(saved, key=lambda p: p.stat().st_mtime)
+            raise KeyboardInterrupt(f"stopped at once; resume with: python train.py --load {newest}")
+        raise KeyboardInterrupt(f"stopped at once, before this run saved a checkpoint; remove {self.ckpt_dir} and "
                                 "its TensorBoard folder to reuse the run's name")
 
 
@@ -219,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     params = resolve_params(args, resumed)
     t = params.training
     rt = Runtime.start(t.device, t.precision, args.amp)
-    writer, checkpoints = None, CheckpointWriter()
+    writer, checkpoints, stop = None, CheckpointWriter(), None
     try:
         if rt.device.type == "cpu":
             retain_freed_memory()
@@ -239,14 +248,14 @@ def main(argv: list[str] | None = None) -> int:
         if progress.epoch >= t.epochs:
             raise UserError(f"{args.load}: the run already finished its {t.epochs} epochs (pass -e with more to "
                             "extend)")
-        if resumed and args.params and rt.dist.is_main:  # once every check has passed: an error stays one line
-            note_ignored_params(args, params)
 
         # ---- outputs (rank 0 only) ----
         ckpt_root, runs_root = Path(t.checkpoints_dir), Path(t.runs_dir)
         if resumed:
             run, ckpt_dir, run_dir, branch = resumed_outputs(Path(args.load), resumed, args.name, ckpt_root, runs_root)
             check_resume_point(Path(args.load), resumed, None if branch else ckpt_dir / "last.pth", rt)
+            if args.params and rt.dist.is_main:  # once every check has passed: an error stays one line
+                note_ignored_params(args, params)
         else:
             run = new_run_name(str(data.folder), args.name, ckpt_root, runs_root)
             ckpt_dir, run_dir = ckpt_root / run, runs_root / run
@@ -297,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             if outcome == "stopped":
                 gather_epoch_loss(progress, rt)
                 save("interrupted.pth")
-                return interrupted(ckpt_dir, progress, rt)
+                return interrupted(ckpt_dir, progress, rt, stop, checkpoints)
             if outcome == "non-finite":
                 if rt.dist.is_main:
                     checkpoints.wait()
@@ -313,13 +322,15 @@ def main(argv: list[str] | None = None) -> int:
                 tqdm.write(summary_line(record, t.epochs, params.class_names), file=sys.stdout)
             if broadcast_flag(stop.requested, rt.dist, rt.device) and epoch + 1 < t.epochs:
                 save("interrupted.pth")
-                return interrupted(ckpt_dir, progress, rt)
+                return interrupted(ckpt_dir, progress, rt, stop, checkpoints)
         if writer:
             log_hparams(writer, params, progress, rt, data.folder)
             print(f"done: checkpoints in {ckpt_dir}, TensorBoard events in {run_dir}")
         return 0
     finally:
         try:
+            if stop is not None:
+                stop.finishing()  # a Ctrl-C now would cut the checkpoint being written short
             checkpoints.wait()  # the last checkpoint is on disk before the run ends, however it ends
         finally:
             if writer:
@@ -606,9 +617,13 @@ def end_epoch(model: torch.nn.Module, loss_fn: torch.nn.Module, data: TrainingDa
     return record, improved
 
 
-def interrupted(ckpt_dir: Path, progress: Progress, rt: Runtime) -> int:
-    """Ctrl-C: ``interrupted.pth`` is saved at a step boundary; say how to resume."""
+def interrupted(ckpt_dir: Path, progress: Progress, rt: Runtime, stop: StopRequest,
+                checkpoints: CheckpointWriter) -> int:
+    """Ctrl-C: ``interrupted.pth``, saved at a step boundary, is written whole (a second Ctrl-C waits for it); then
+    say how to resume from it."""
+    stop.finishing()
     if rt.dist.is_main:
+        checkpoints.wait()
         print(f"\ninterrupted at epoch {progress.epoch + 1}, step {progress.step}; resume with: "
               f"python train.py --load {ckpt_dir / 'interrupted.pth'}", file=sys.stderr)
     return EXIT_INTERRUPTED

@@ -1,5 +1,6 @@
-"""BatchNorm folding: whole-image inference with the BatchNorms folded into the convolutions (as the Segmenter loads a
-checkpoint) vs kept as layers.
+"""BatchNorm folding: whole-image inference with the BatchNorms folded into the convolutions vs kept as layers.
+
+The Segmenter loads every checkpoint folded.
 
     python -m benchmarks.folding [--widths 8 16 64] [--image 480 960] [--repeats N] [--device cpu|cuda] [--tiny]
 

@@ -45,13 +45,13 @@ def write_params(work: Path, tiny: bool, generator: str = "default", patches: di
     ``patches`` settings given, and tiny sizes when asked."""
     raw = json.loads((REPO / "parameters.json").read_text())
     raw["data"].update(root=str(work / "data"), generator=generator)
-    raw["patches"].update(patches or {})
     raw["training"].update(checkpoints_dir=str(work / "checkpoints"), runs_dir=str(work / "runs"))
     if tiny:
         raw["data"].update(TINY_DATA)
         raw["patches"].update(TINY_PATCHES)
         raw["training"].update(val_fraction=0.25, figure_patches=0)
         raw["inference"].update(batch_size=8)
+    raw["patches"].update(patches or {})  # the settings asked for win over the tiny ones
     path = work / "params.json"
     path.write_text(json.dumps(raw, indent=1))
     return path
@@ -125,9 +125,13 @@ def parse_args(argv: list[str] | None):
     return args
 
 
+def patch_settings(args) -> dict:
+    """The ``patches`` settings the flags ask for (``--per-image``, ``--patch-size``)."""
+    return {key: value for key, value in (("per_image", args.per_image), ("size", args.patch_size)) if value}
+
+
 def run(args, work: Path) -> dict:
-    patches = {key: value for key, value in (("per_image", args.per_image), ("size", args.patch_size)) if value}
-    params = write_params(work, args.tiny, args.generator, patches)
+    params = write_params(work, args.tiny, args.generator, patch_settings(args))
     seconds = {}
     for name, commands in stage_commands(args, work, params).items():
         seconds[name] = run_stage(name, commands, work / f"{name}.log", args.threads)

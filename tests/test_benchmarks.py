@@ -136,6 +136,17 @@ def test_time_to_accuracy_passes_compile_mode_and_seed_to_train_py(tmp_path: Pat
     assert "--seed" not in default  # parameters.json's seed
 
 
+@pytest.mark.parametrize("flags,expected", [([], (48, 3)), (["--patch-size", "32", "--per-image", "5"], (32, 5))])
+def test_time_to_accuracy_patch_flags_win_over_the_tiny_sizes(tmp_path: Path, flags, expected):
+    """--tiny applied its own patch size after --patch-size, so a run labelled 32 px cut 48-px patches."""
+    from benchmarks import time_to_accuracy
+
+    args = time_to_accuracy.parse_args(["--tiny", *flags])
+    time_to_accuracy.write_params(tmp_path, tiny=True, patches=time_to_accuracy.patch_settings(args))
+    patches = json.loads((tmp_path / "params.json").read_text())["patches"]
+    assert (patches["size"], patches["per_image"]) == expected
+
+
 def test_patch_loading_tiny(tmp_path: Path):
     """8-bit PNG and 4-channel uint16 TIFF patch folders load through PatchDataset, in their dtype, in a worker."""
     from benchmarks import patch_loading

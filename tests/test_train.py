@@ -243,7 +243,10 @@ def test_a_resumed_run_goes_on_in_its_folder_and_never_from_behind_its_last(tiny
     copy = tmp_path / "elsewhere" / "goes_on" / "last.pth"
     copy.parent.mkdir(parents=True)
     shutil.copy(original, copy)
-    assert_user_error(run_main("train.py", "--load", str(copy), "-e", "2"),
+    other = json.loads(params_file.read_text())
+    other["training"]["momentum"] = 0.5  # a --params file the resumed run ignores: its note came before the error
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    assert_user_error(run_main("train.py", "--load", str(copy), "-e", "2", "--params", str(tmp_path / "other.json")),
                       f"{copy}: saved by run goes_on of {original.parent}, which has a last.pth", "--name NEW")
     state = _weights(original)
     state.update(step_in_epoch=3, world_size=2)  # an interrupted.pth of a 2-process run

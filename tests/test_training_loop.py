@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 import os
 import signal
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -260,22 +262,28 @@ def test_run_names_are_plain_folder_names(tmp_path, case):
 
 def test_a_second_ctrl_c_stops_at_once_and_says_what_to_resume_from(tmp_path, capsys):
     """The first Ctrl-C asks the loop to stop at a step boundary; a second one stops at once, and the one line printed
-    names the run's last.pth to resume from, or, before the run saved one, says how to reuse its name (a generic
-    "rerun the command" had been printed, and rerunning it was refused as the name was taken)."""
+    names the newest checkpoint of the run's folder to resume from (last.pth, or the interrupted.pth a resumed run
+    was loaded from), or, before the run saved one, says how to reuse its name (a generic "rerun the command" had
+    been printed, and rerunning it was refused as the name was taken)."""
     previous = signal.getsignal(signal.SIGINT)
+    folder = tmp_path / "run"
     try:
-        stop = train.StopRequest(tmp_path / "run")
+        stop = train.StopRequest(folder)
         stop._handle(signal.SIGINT, None)
         assert stop.requested
         with pytest.raises(KeyboardInterrupt, match="before this run saved a checkpoint; remove .*run"):
             stop._handle(signal.SIGINT, None)
-        (tmp_path / "run").mkdir()
-        (tmp_path / "run" / "last.pth").touch()
+        folder.mkdir()
+        (folder / "interrupted.pth").touch()
+        with pytest.raises(KeyboardInterrupt, match="interrupted.pth$"):  # a resumed run's only checkpoint
+            stop._handle(signal.SIGINT, None)
+        (folder / "last.pth").touch()
+        os.utime(folder / "interrupted.pth", (1, 1))  # an older interrupted.pth the run has gone past
         with pytest.raises(KeyboardInterrupt) as second:
             stop._handle(signal.SIGINT, None)
     finally:
         signal.signal(signal.SIGINT, previous)
-    assert str(second.value) == f"stopped at once; resume with: python train.py --load {tmp_path / 'run' / 'last.pth'}"
+    assert str(second.value) == f"stopped at once; resume with: python train.py --load {folder / 'last.pth'}"
 
     def stopped(reason: str):
         raise KeyboardInterrupt(reason)
@@ -285,3 +293,34 @@ def test_a_second_ctrl_c_stops_at_once_and_says_what_to_resume_from(tmp_path, ca
             cli_main(stopped)(reason)
         assert exit_.value.code == EXIT_INTERRUPTED
         assert capsys.readouterr().err == f"interrupted: every file written so far is whole; {said}\n"
+
+
+def test_a_second_ctrl_c_while_interrupted_pth_is_written_waits_for_it(tmp_path, monkeypatch, capsys):
+    """A second Ctrl-C right after the first stopped the run cut the background write of interrupted.pth short: the
+    run named a file that was never renamed into place. Now it waits for it, then names it."""
+    import model.checkpoint as checkpoint_module
+
+    writing, save = threading.Event(), checkpoint_module.save_checkpoint
+
+    def slow_save(path, state):
+        writing.set()
+        time.sleep(0.5)
+        save(path, state)
+
+    monkeypatch.setattr(checkpoint_module, "save_checkpoint", slow_save)
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        stop = train.StopRequest(tmp_path)
+        stop._handle(signal.SIGINT, None)  # the first Ctrl-C: the loop stops and saves interrupted.pth
+        checkpoints = train.CheckpointWriter()
+        checkpoints.save({"weights": torch.ones(3)}, tmp_path / "interrupted.pth")
+        writing.wait()
+        threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT)).start()  # the second, during the write
+        code = train.interrupted(tmp_path, train.Progress(), Runtime(torch.device("cpu")), stop, checkpoints)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert code == EXIT_INTERRUPTED
+    assert torch.equal(torch.load(tmp_path / "interrupted.pth")["weights"], torch.ones(3))
+    err = capsys.readouterr().err
+    assert "writing the checkpoint; the run stops once it is whole" in err
+    assert err.rstrip().endswith(f"resume with: python train.py --load {tmp_path / 'interrupted.pth'}")
