@@ -173,11 +173,15 @@ class StopRequest:
     def __init__(self, ckpt_dir: Path) -> None:
         self.requested = self._finishing = False
         self.ckpt_dir = ckpt_dir
-        signal.signal(signal.SIGINT, self._handle)
+        self._previous = signal.signal(signal.SIGINT, self._handle)
 
     def finishing(self) -> None:
         """From now on, Ctrl-C waits for the checkpoints being written."""
         self._finishing = True
+
+    def close(self) -> None:
+        """Give Ctrl-C back to the handler it had before the run (once the run's checkpoints are written)."""
+        signal.signal(signal.SIGINT, self._previous)
 
     def _handle(self, signum, frame) -> None:
         if self._finishing:
@@ -333,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
                 stop.finishing()  # a Ctrl-C now would cut the checkpoint being written short
             checkpoints.wait()  # the last checkpoint is on disk before the run ends, however it ends
         finally:
+            if stop is not None:
+                stop.close()
             if writer:
                 writer.close()
             cleanup(rt.dist)

@@ -269,6 +269,7 @@ def test_a_second_ctrl_c_stops_at_once_and_says_what_to_resume_from(tmp_path, ca
     folder = tmp_path / "run"
     try:
         stop = train.StopRequest(folder)
+        assert signal.getsignal(signal.SIGINT) == stop._handle
         stop._handle(signal.SIGINT, None)
         assert stop.requested
         with pytest.raises(KeyboardInterrupt, match="before this run saved a checkpoint; remove .*run"):
@@ -281,6 +282,8 @@ def test_a_second_ctrl_c_stops_at_once_and_says_what_to_resume_from(tmp_path, ca
         os.utime(folder / "interrupted.pth", (1, 1))  # an older interrupted.pth the run has gone past
         with pytest.raises(KeyboardInterrupt) as second:
             stop._handle(signal.SIGINT, None)
+        stop.close()
+        assert signal.getsignal(signal.SIGINT) == previous  # given back when the run ends
     finally:
         signal.signal(signal.SIGINT, previous)
     assert str(second.value) == f"stopped at once; resume with: python train.py --load {folder / 'last.pth'}"
