@@ -23,6 +23,7 @@ import torch
 
 from lib.core.allocator import retain_freed_memory
 from lib.core.atomic import atomic_write_text, make_folder
+from lib.core.device import Runtime, memory_format, resolve_precision
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "benchmarks" / "results"
@@ -45,6 +46,12 @@ def apply_threads(threads: int | None) -> None:
     retain_freed_memory()
     if threads:
         torch.set_num_threads(threads)
+
+
+def mixed_precision_runtime(device: torch.device) -> Runtime:
+    """The precision and memory format the project picks on ``device`` where mixed precision is allowed (the
+    Segmenter's, train.py's with ``--amp``): bf16 autocast on CPUs with native bf16 and on CUDA, channels_last."""
+    return Runtime(device, resolve_precision("auto", device, amp=True), memory_format(device))
 
 
 def synchronize(device: torch.device) -> None:

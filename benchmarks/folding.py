@@ -23,12 +23,13 @@ from benchmarks.common import (
     base_parser,
     format_table,
     interleaved,
+    mixed_precision_runtime,
     print_header,
     summarize,
     synchronize,
     write_json,
 )
-from lib.core.device import Runtime, memory_format, resolve_precision
+from lib.core.device import Runtime
 from lib.core.inference import sliding_window_predict
 from model.folding import fold_batch_norms
 from model.unet_model import UNet
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     apply_threads(args.threads)
     device = torch.device(args.device)
-    rt = Runtime(device, resolve_precision("auto", device, amp=True), memory_format(device))
+    rt = mixed_precision_runtime(device)
     widths, shape = ([4], (120, 200)) if args.tiny else (args.widths, tuple(args.image))
     repeats = 1 if args.tiny else (args.repeats or 5)
     print_header(f"BatchNorm folding: whole-image inference on {device.type}, {rt.precision}, image "

@@ -23,8 +23,15 @@ import time
 import torch
 
 import train
-from benchmarks.common import base_parser, format_table, print_header, synchronize, write_json
-from lib.core.device import Runtime, memory_format, resolve_precision
+from benchmarks.common import (
+    base_parser,
+    format_table,
+    mixed_precision_runtime,
+    print_header,
+    synchronize,
+    write_json,
+)
+from lib.core.device import Runtime
 from lib.core.losses import make_loss
 from lib.core.normalization import compute_normalization
 from lib.core.params import load_params, replace
@@ -95,7 +102,7 @@ def parse_args(argv: list[str] | None):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
-    rt = Runtime(device, resolve_precision("auto", device, amp=True), memory_format(device))
+    rt = mixed_precision_runtime(device)
     width, steps, warmup, n_patches = (4, 6, 2, 64) if args.tiny else (args.width, args.steps, 20, 8000)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     print_header(f"training step, width {width}, batch {args.batch_size}, {rt.precision}, on {name}")

@@ -21,8 +21,16 @@ from collections.abc import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import apply_threads, base_parser, format_table, print_header, synchronize, write_json
-from lib.core.device import Runtime, autocast, cpu_has_bf16, memory_format, resolve_precision
+from benchmarks.common import (
+    apply_threads,
+    base_parser,
+    format_table,
+    mixed_precision_runtime,
+    print_header,
+    synchronize,
+    write_json,
+)
+from lib.core.device import Runtime, autocast, cpu_has_bf16
 from lib.core.inference import sliding_window_predict, window_grid
 from lib.core.losses import make_loss
 from lib.core.normalization import compute_normalization
@@ -115,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     apply_threads(args.threads)
     device = torch.device(args.device)
-    rt = Runtime(device, resolve_precision("auto", device, amp=True), memory_format(device))
+    rt = mixed_precision_runtime(device)
     repeats = 1 if args.tiny else (args.repeats or 3)
     widths, shape = ([4], (200, 300)) if args.tiny else (args.widths, tuple(args.image))
     n = 512 if args.tiny else (8192 if device.type == "cuda" else 4096)

@@ -49,6 +49,7 @@ from benchmarks.common import (
     base_parser,
     format_table,
     interleaved,
+    mixed_precision_runtime,
     peak_rss_bytes,
     print_header,
     reset_peak_rss,
@@ -58,7 +59,7 @@ from benchmarks.common import (
     verdict,
     write_json,
 )
-from lib.core.device import autocast, memory_format, resolve_precision, select_device
+from lib.core.device import autocast, memory_format, select_device
 from lib.core.inference import cut_windows, sliding_window_predict, window_grid
 from lib.core.padding import reflect_pad
 from model.folding import fold_batch_norms
@@ -83,7 +84,8 @@ def make_model(width: int, seed: int = 0, device: torch.device = torch.device("c
 
 def settings(device: torch.device = torch.device("cpu")) -> tuple[torch.device, str, torch.memory_format]:
     """Device, precision and memory format as the Segmenter picks them for ``device``."""
-    return device, resolve_precision("auto", device, amp=True), memory_format(device)
+    rt = mixed_precision_runtime(device)
+    return rt.device, rt.precision, rt.memory_format
 
 
 def predict(model: UNet, image: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
