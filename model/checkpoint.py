@@ -6,7 +6,6 @@ import contextlib
 import io
 import os
 import pickle
-import secrets
 import shutil
 import threading
 from collections.abc import Sequence
@@ -15,7 +14,7 @@ from typing import Any
 
 import torch
 
-from lib.core.atomic import atomic_path, atomic_write_bytes
+from lib.core.atomic import atomic_path, atomic_write_bytes, temporary_name
 from lib.core.errors import UserError
 from lib.core.normalization import as_spec
 from lib.core.params import Params
@@ -80,8 +79,7 @@ def link_checkpoint(source: str | Path, path: str | Path) -> None:
         UserError: the folder is not writable or the disk is full; the previous file at ``path`` is left intact.
     """
     source, path = Path(source), Path(path)
-    # named as atomic_path names its temporaries, so that remove_stale_temporaries finds one a kill left
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp = temporary_name(path)
     try:
         os.link(source, tmp)
     except OSError:

@@ -6,6 +6,7 @@ import contextlib
 import glob
 import os
 import re
+import secrets
 import stat
 import tempfile
 import threading
@@ -55,6 +56,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def temporary_name(path: Path) -> Path:
+    """A fresh name beside ``path`` of the form :func:`atomic_path`'s temporaries have (``.<name>.<8 random
+    characters>.tmp``), for a writer that must create the file itself (a hard link): one a kill leaves is found by
+    :func:`remove_stale_temporaries`."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
 
 
 def remove_stale_temporaries(path: str | Path) -> int:
