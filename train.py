@@ -238,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             retain_freed_memory()
         if args.sync_bn and rt.device.type != "cuda":
             raise UserError(f"--sync-bn: SyncBatchNorm needs CUDA devices, this run is on {rt.device.type}")
-        torch.use_deterministic_algorithms(args.deterministic)
+        if args.deterministic:  # only when asked: the call imports torch._inductor, 1.7 s of every start on CPU
+            torch.use_deterministic_algorithms(True)
 
         # ---- data, model, optimiser: every check happens before anything is written ----
         data = load_data(params, resumed, args, rt)
