@@ -185,9 +185,12 @@ def test_folding_tiny(tmp_path: Path):
     from benchmarks import folding
 
     assert folding.main(["--tiny", "--out-dir", str(tmp_path)]) == 0
-    (width,) = read_result(tmp_path, "folding")["results"]
+    result = read_result(tmp_path, "folding")
+    (width,) = result["results"]
     assert {"min_s", "median_s", "times_s"} <= set(width["kept"]) and width["speedup"] > 0
-    assert 0 < width["max_abs_diff"] < 1e-5  # the same probabilities up to rounding, from BatchNorms that do work
+    # the same probabilities up to rounding, from BatchNorms that do work; the Segmenter's precision is bf16 on a
+    # CPU with native bf16 (3 significant digits), fp32 elsewhere
+    assert 0 < width["max_abs_diff"] < {"fp32": 1e-5, "bf16": 2e-2}[result["precision"]]
 
 
 def test_hardware_tiny(tmp_path: Path):
