@@ -4,7 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DATA := data
 # CPU demo: a narrow U-Net trained briefly; see README "Results" for what it reaches and how long it takes.
-DEMO_TRAIN_FLAGS ?= -e 8 -l 0.05 -b 16 --base-channels 8
+DEMO_TRAIN_FLAGS ?= -e 3 -l 0.15 -b 16 --base-channels 8 --schedule cosine --warmup-fraction 0.05
+DEMO_PREDICT_FLAGS ?= --tta --blend gaussian
 RUN ?= demo_$(shell date +%Y%m%d-%H%M%S)
 
 .PHONY: demo setup test lint bench figures
@@ -29,7 +30,7 @@ $(DATA)/patches_s96/.complete.json: $(DATA)/images_training/.complete.json
 
 demo: $(DATA)/patches_s96/.complete.json
 	$(PY) train.py $(DEMO_TRAIN_FLAGS) -f patches_s96 --name $(RUN)
-	$(PY) predict.py --checkpoint checkpoints/$(RUN)/best.pth --input $(DATA)/images_test/images \
+	$(PY) predict.py $(DEMO_PREDICT_FLAGS) --checkpoint checkpoints/$(RUN)/best.pth --input $(DATA)/images_test/images \
 		--masks $(DATA)/images_test/masks --output $(DATA)/predictions/$(RUN) --metrics checkpoints/$(RUN)/test_metrics.json
 
 # one test worker per core (at most 4), each test file on one worker so that its fixtures are built once

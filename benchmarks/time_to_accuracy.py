@@ -1,28 +1,33 @@
 """Time to accuracy of the CPU demo: wall time of each ``make demo`` stage and the test mIoU reached.
 
-    python -m benchmarks.time_to_accuracy [--skip-setup] [--epochs 8] [--lr 0.05] [--width 8] [--batch-size 16]
+    python -m benchmarks.time_to_accuracy [--skip-setup] [--epochs E] [--lr L] [--width W] [--batch-size B]
         [--generator default|alternate] [--schedule published|cosine] [--warmup-fraction F] [--loss ce|dice_ce]
         [--optimizer sgd|adamw] [--compile MODE] [--seed N] [--per-image N] [--patch-size P]
+        [--predict-flags "..."]
 
-Stages, each a fresh process as ``make demo`` runs them, all output in a temporary folder (nothing of the repository's
-data/, checkpoints/ or runs/ is touched):
+The demo's own settings come from the Makefile (``DEMO_TRAIN_FLAGS``, ``DEMO_PREDICT_FLAGS``), their one home; a flag
+given here is passed after them and wins. Stages, each a fresh process as ``make demo`` runs them, all output in a
+temporary folder (nothing of the repository's data/, checkpoints/ or runs/ is touched):
 
 * setup: ``python -m venv`` and ``pip install -r requirements.txt`` into a new virtual environment (about 1.5 min;
   ``--skip-setup`` leaves it out; the later stages run with this interpreter either way);
 * generate: ``python -m lib.generate``; prepare: ``python -m lib.prepare``;
-* train: ``python train.py -e E -l LR -b B --base-channels W --schedule S --warmup-fraction F --loss L
-  --optimizer O --compile M [--seed N]`` on the patches (``--compile`` counts its compilation: an empty inductor
-  cache compiles from scratch);
-* evaluate: ``python predict.py`` on the test images with their masks, giving the test mIoU.
+* train: ``python train.py DEMO_TRAIN_FLAGS [the flags given]`` on the patches (``--compile`` counts its
+  compilation: an empty inductor cache compiles from scratch);
+* evaluate: ``python predict.py DEMO_PREDICT_FLAGS`` (or ``--predict-flags``) on the test images with their masks,
+  giving the test mIoU.
 
 Targets: test mIoU ≥ 0.98 within 150 s on our set (``--skip-setup``), and within ``make demo``'s 10 minutes on the
-second set (``--generator alternate``); the stages that ran count, set-up included when it runs. Not part of run_all.
+second set (``--generator alternate``); both count the stages from generate to evaluate, without the set-up (the
+issue's definition), which is timed and shown apart when it runs. Not part of run_all.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -34,7 +39,7 @@ from benchmarks.common import REPO, base_parser, format_table, print_header, ver
 from lib.core.params import COMPILE_MODES, GENERATORS, LOSSES, OPTIMIZERS, SCHEDULES, load_params
 
 TARGET_MIOU = 0.98
-# seconds of the stages that ran (set-up only when it ran): our set in 150 s, the second set within make demo's 10 min
+# seconds from generate to evaluate (no set-up): our set in 150 s, the second set within make demo's 10 minutes
 TARGET_SECONDS = {"default": 150.0, "alternate": 600.0}
 TINY_DATA = {"height": 120, "width": 72, "line_length": [20, 72], "n_training": 4, "n_test": 2}
 TINY_PATCHES = {"size": 48, "per_image": 3}
@@ -57,6 +62,32 @@ def write_params(work: Path, tiny: bool, generator: str = "default", patches: di
     return path
 
 
+def demo_flags(variable: str) -> list[str]:
+    """The flags ``make demo`` passes, from the Makefile's ``VARIABLE ?= ...`` line (``DEMO_TRAIN_FLAGS`` to
+    train.py, ``DEMO_PREDICT_FLAGS`` to predict.py): the demo's settings have that one home."""
+    found = re.search(rf"^{variable} \?=(.*)$", (REPO / "Makefile").read_text(), re.MULTILINE)
+    if found is None:
+        raise RuntimeError(f"Makefile: no '{variable} ?=' line")
+    return shlex.split(found.group(1))
+
+
+# this benchmark's flags that train.py takes, and train.py's name for each
+TRAIN_FLAGS = {"epochs": "-e", "lr": "-l", "batch_size": "-b", "width": "--base-channels", "schedule": "--schedule",
+               "warmup_fraction": "--warmup-fraction", "loss": "--loss", "optimizer": "--optimizer",
+               "compile": "--compile", "seed": "--seed"}
+
+
+def train_flags(args) -> list[str]:
+    """The demo's train.py flags, then those given here (argparse keeps the last of a repeated flag)."""
+    given = [[flag, str(getattr(args, key))] for key, flag in TRAIN_FLAGS.items() if getattr(args, key) is not None]
+    return demo_flags("DEMO_TRAIN_FLAGS") + [word for pair in given for word in pair]
+
+
+def predict_flags(args) -> list[str]:
+    """The demo's predict.py flags, or ``--predict-flags`` instead when given."""
+    return demo_flags("DEMO_PREDICT_FLAGS") if args.predict_flags is None else shlex.split(args.predict_flags)
+
+
 def stage_commands(args, work: Path, params: Path) -> dict[str, list[list[str]]]:
     """The command lines of every stage, in order."""
     py, data = sys.executable, work / "data"
@@ -66,12 +97,9 @@ def stage_commands(args, work: Path, params: Path) -> dict[str, list[list[str]]]
         "generate": [[py, "-m", "lib.generate", "--params", str(params), "--out", str(data)]],
         "prepare": [[py, "-m", "lib.prepare", "--params", str(params), "--src", str(data / "images_training"),
                      "--out", str(patches)]],
-        "train": [[py, "train.py", "-e", str(args.epochs), "-l", str(args.lr), "-b", str(args.batch_size),
-                   "--base-channels", str(args.width), "-f", str(patches.resolve()), "--name", args.name,
-                   "--params", str(params), "--schedule", args.schedule, "--warmup-fraction", str(args.warmup_fraction),
-                   "--loss", args.loss, "--optimizer", args.optimizer, "--compile", args.compile,
-                   *(["--seed", str(args.seed)] if args.seed is not None else [])]],
-        "evaluate": [[py, "predict.py", "--checkpoint", str(ckpt_dir / "best.pth"), "--input",
+        "train": [[py, "train.py", *train_flags(args), "-f", str(patches.resolve()), "--name", args.name,
+                   "--params", str(params)]],
+        "evaluate": [[py, "predict.py", *predict_flags(args), "--checkpoint", str(ckpt_dir / "best.pth"), "--input",
                       str(data / "images_test" / "images"), "--masks", str(data / "images_test" / "masks"),
                       "--output", str(work / "predictions"), "--metrics", str(work / "metrics.json"), "--quiet"]],
     }
@@ -102,20 +130,23 @@ def run_stage(name: str, commands: list[list[str]], log: Path, threads: int | No
 def parse_args(argv: list[str] | None):
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--skip-setup", action="store_true", help="leave out the virtual environment stage")
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--lr", type=float, default=0.05, help="learning rate")
-    p.add_argument("--width", type=int, default=8, help="U-Net base channels")
-    p.add_argument("--batch-size", type=int, default=16)
+    demo = "(default: the demo's, DEMO_TRAIN_FLAGS in the Makefile, else parameters.json's)"
+    p.add_argument("--epochs", type=int, help=f"-e {demo}")
+    p.add_argument("--lr", type=float, help=f"learning rate, -l {demo}")
+    p.add_argument("--width", type=int, help=f"U-Net base channels, --base-channels {demo}")
+    p.add_argument("--batch-size", type=int, help=f"-b {demo}")
     p.add_argument("--name", default="tta", help="run name (inside the temporary folder)")
     p.add_argument("--generator", choices=GENERATORS, default="default",
                    help="synthetic data set: ours, or the second one drawn by independent code (data.generator)")
-    p.add_argument("--schedule", choices=SCHEDULES, default="published", help="training.schedule")
-    p.add_argument("--warmup-fraction", type=float, default=0.0, help="training.warmup_fraction (cosine schedule)")
-    p.add_argument("--loss", choices=LOSSES, default="ce", help="training.loss")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="training.optimizer")
-    p.add_argument("--compile", choices=COMPILE_MODES, default="off", help="training.compile (torch.compile mode)")
-    p.add_argument("--seed", type=int, default=None, help="training.seed (default: parameters.json's): "
-                   "initialisation, validation split and shuffling; the data stay the same")
+    p.add_argument("--schedule", choices=SCHEDULES, help=f"training.schedule {demo}")
+    p.add_argument("--warmup-fraction", type=float, help=f"training.warmup_fraction (cosine schedule) {demo}")
+    p.add_argument("--loss", choices=LOSSES, help=f"training.loss {demo}")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"training.optimizer {demo}")
+    p.add_argument("--compile", choices=COMPILE_MODES, help=f"training.compile (torch.compile mode) {demo}")
+    p.add_argument("--seed", type=int, help=f"training.seed {demo}: initialisation, validation split and "
+                   "shuffling; the data stay the same")
+    p.add_argument("--predict-flags", help="predict.py's flags instead of the demo's DEMO_PREDICT_FLAGS, as one "
+                   "word: --predict-flags='--tta' (--predict-flags= for none)")
     p.add_argument("--per-image", type=int, default=None, help="patches.per_image (default: parameters.json's)")
     p.add_argument("--patch-size", type=int, default=None, help="patches.size (default: parameters.json's)")
     p.add_argument("--workdir", type=Path, default=None, help="keep everything in this (new) folder")
@@ -145,8 +176,8 @@ def run(args, work: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    print_header(f"time to accuracy: make demo stages, {args.epochs} epochs, lr {args.lr}, width {args.width}, "
-                 f"batch {args.batch_size}{', tiny data' if args.tiny else ''}")
+    print_header(f"time to accuracy: make demo stages{', tiny data' if args.tiny else ''}; train.py "
+                 f"{shlex.join(train_flags(args))}; predict.py {shlex.join(predict_flags(args)) or '(no flags)'}")
     work = Path(tempfile.mkdtemp(prefix="tta_")) if args.workdir is None else args.workdir
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -155,14 +186,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
     target_s = TARGET_SECONDS[args.generator]
-    met = result["test_miou"] >= TARGET_MIOU and result["total_s"] <= target_s
+    counted = result["total_without_setup_s"]
+    met = result["test_miou"] >= TARGET_MIOU and counted <= target_s
     rows = [[name, s] for name, s in result["seconds"].items()] + [["total", result["total_s"]]]
+    if "setup" in result["seconds"]:
+        rows.append(["total without set-up", counted])
     print(format_table(["stage", "seconds"], rows))
     print(f"test mIoU {result['test_miou']:.4f} (target ≥{TARGET_MIOU}: "
-          f"{verdict(result['test_miou'], TARGET_MIOU)}); total {result['total_s']:.0f} s "
-          f"(target ≤{target_s:.0f} s on the {args.generator} set: {verdict(result['total_s'], target_s, False)}); "
+          f"{verdict(result['test_miou'], TARGET_MIOU)}); {counted:.0f} s without set-up "
+          f"(target ≤{target_s:.0f} s on the {args.generator} set: {verdict(counted, target_s, False)}); "
           f"{'met' if met else 'MISSED'}")
     settings = {k: v for k, v in vars(args).items() if k not in ("out_dir", "workdir")}
+    settings.update(train_flags=train_flags(args), predict_flags=predict_flags(args))
     path = write_json("time_to_accuracy", {"settings": settings, **result, "target_miou": TARGET_MIOU,
                                            "target_seconds": target_s, "met": met}, args.out_dir)
     print(f"wrote {path}")
