@@ -73,4 +73,6 @@ def test_the_training_curve_of_a_run_with_or_without_validation_draws_without_wa
     assert ax_loss.get_legend() is not None
     assert (ax_iou.get_legend() is not None) == validated
     assert [t.get_text() for t in ax_iou.texts] == ([] if validated else ["no validation images in this run"])
+    for ax in figure.axes:  # whole epochs only: a 3-epoch run's axis read 1.25, 1.5, ...
+        assert all(float(tick).is_integer() for tick in ax.get_xticks())
     plt.close(figure)

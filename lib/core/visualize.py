@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg") if matplotlib.get_backend().lower() in ("", "agg") else None
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def colorize(mask: np.ndarray, colors: Sequence[tuple[int, int, int]]) -> np.ndarray:
@@ -200,6 +201,7 @@ def plot_history(history: Sequence[dict]) -> plt.Figure:
     ax_loss.set_yscale("log")
     for ax, label in ((ax_loss, "loss"), (ax_iou, "validation IoU")):
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # a short run's axis read 1.25, 1.5, ... epochs
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
