@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DATA := data
-# CPU demo: a narrow U-Net trained briefly; see README "Results" for what it reaches and how long it takes.
+# CPU demo: a narrow U-Net trained briefly; README "Quick start" says what it reaches, in how long, and how it
+# differs from the published recipe (parameters.json).
 DEMO_TRAIN_FLAGS ?= -e 3 -l 0.15 -b 16 --base-channels 8 --schedule cosine --warmup-fraction 0.05
 DEMO_PREDICT_FLAGS ?= --tta --blend gaussian
 RUN ?= demo_$(shell date +%Y%m%d-%H%M%S)
