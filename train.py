@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
                 return t.learning_rate * schedule_factor(t.schedule, epoch, step, n, t.epochs, t.lr_final_factor,
                                                          t.warmup_fraction)
 
-            lr, tic = rate(0), time.perf_counter()
+            rates, tic = (rate(0), rate(len(steps) - 1)), time.perf_counter()  # the epoch's first and last
             outcome = train_epoch(step_model, loss_fn, optimizer, scaler, data, steps, rate, progress, rt, stop,
                                   writer, f"epoch {epoch + 1}/{t.epochs}")
             if outcome == "stopped":
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"error: non-finite loss at epoch {epoch + 1}, step {progress.step + 1}; stopped. {kept} "
                           "(try a lower learning rate)", file=sys.stderr)
                 return EXIT_NONFINITE
-            record, improved = end_epoch(model, loss_fn, data, params, progress, rt, lr, time.perf_counter() - tic)
+            record, improved = end_epoch(model, loss_fn, data, params, progress, rt, rates, time.perf_counter() - tic)
             if rt.dist.is_main:
                 log_epoch(writer, record, data, figure_idx, model, params, rt)
                 save("last.pth", *(["best.pth"] if improved else []))
@@ -600,9 +600,10 @@ def read_losses(pending: list[torch.Tensor], progress: Progress, steps_per_epoch
 
 
 def end_epoch(model: torch.nn.Module, loss_fn: torch.nn.Module, data: TrainingData, params: Params,
-              progress: Progress, rt: Runtime, lr: float, seconds: float) -> tuple[dict, bool]:
+              progress: Progress, rt: Runtime, rates: tuple[float, float], seconds: float) -> tuple[dict, bool]:
     """Close an epoch: the training loss reduced over processes, the validation loss and IoU; ``progress`` moves
-    to the next epoch with the record appended.
+    to the next epoch with the record appended. ``rates``: the learning rates of the epoch's first and last step
+    (``lr`` and ``lr_end`` of the record; they differ with a per-step schedule).
 
     Returns:
         ``(record, improved)``: the epoch's record, and whether its validation mIoU is the best so far (always
@@ -610,8 +611,8 @@ def end_epoch(model: torch.nn.Module, loss_fn: torch.nn.Module, data: TrainingDa
     """
     totals = all_reduce_sum(torch.tensor([progress.loss_sum, progress.loss_count], dtype=torch.float64,
                                          device=rt.device), rt.dist)
-    record = {"epoch": progress.epoch + 1, "train_loss": float(totals[0] / totals[1].clamp(min=1)), "lr": lr,
-              "seconds": seconds}
+    record = {"epoch": progress.epoch + 1, "train_loss": float(totals[0] / totals[1].clamp(min=1)), "lr": rates[0],
+              "lr_end": rates[1], "seconds": seconds}
     if len(data.val_idx):
         val_loss, cm = evaluate(model, data.images, data.masks, data.val_idx, data.normalization, loss_fn,
                                 params.n_classes, rt, image_stats=data.image_stats)
@@ -689,7 +690,10 @@ def summary_line(record: dict, epochs: int, names: list[str]) -> str:
     if "val_miou" in record:
         ious = " ".join(f"{n} {record['val_iou'][n]:.3f}" for n in names)
         line += f"  val loss {record['val_loss']:.4f}  val mIoU {record['val_miou']:.4f} ({ious})"
-    return line + f"  lr {record['lr']:.2e}  {record['seconds']:.1f}s"
+    # a per-step schedule (cosine) moves the rate within the epoch: its first rate alone misled (2e-3 in warm-up)
+    end = record.get("lr_end", record["lr"])
+    rate = f"{record['lr']:.2e}" + (f" to {end:.2e}" if end != record["lr"] else "")
+    return line + f"  lr {rate}  {record['seconds']:.1f}s"
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ issue's definition), which is timed and shown apart when it runs. Not part of ru
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -151,9 +153,35 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--patch-size", type=int, default=None, help="patches.size (default: parameters.json's)")
     p.add_argument("--workdir", type=Path, default=None, help="keep everything in this (new) folder")
     args = p.parse_args(argv)
-    if args.tiny:
-        args.skip_setup, args.epochs, args.width, args.batch_size = True, 1, 4, 8
+    if args.tiny:  # tiny sizes where no flag asks otherwise
+        args.skip_setup = True
+        args.epochs, args.width, args.batch_size = args.epochs or 1, args.width or 4, args.batch_size or 8
+    if args.workdir is not None and args.workdir.exists() and (not args.workdir.is_dir()
+                                                               or any(args.workdir.iterdir())):
+        p.error(f"--workdir {args.workdir}: not empty (expected a new or empty folder; the stages refuse to mix "
+                "into an earlier run's data)")
+    for script, flags in (("train.py", train_flags(args)), ("predict.py", predict_flags(args))):
+        problem = stage_flag_error(script, flags)
+        if problem:
+            p.error(f"the flags for {script} ({shlex.join(flags)}): {problem}")
     return args
+
+
+def stage_flag_error(script: str, flags: list[str]) -> str | None:
+    """What train.py's or predict.py's own parser says of ``flags`` (its error line), or None when it takes them:
+    checked before any stage runs, rather than after minutes of training."""
+    import predict
+    import train
+
+    required = ["--checkpoint", "c", "--input", "i", "--output", "o"]  # predict.py's, any value
+    parse, required = {"train.py": (train.parse_args, []), "predict.py": (predict.parse_args, required)}[script]
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            parse([*flags, *required])
+    except SystemExit:
+        return said.getvalue().strip().splitlines()[-1].split("error: ", 1)[-1]
+    return None
 
 
 def patch_settings(args) -> dict:

@@ -158,6 +158,35 @@ def test_time_to_accuracy_runs_the_demo_s_flags_from_the_makefile_and_the_given_
     assert evaluate[2] == "--checkpoint"
 
 
+@pytest.mark.parametrize("flags,expected", [([], (1, 4, 8)), (["--epochs", "2", "--batch-size", "4"], (2, 4, 4))])
+def test_time_to_accuracy_tiny_keeps_the_flags_given(flags, expected):
+    """--tiny replaced --epochs 2 by 1 (and --width, --batch-size), so a run labelled 2 epochs trained one."""
+    from benchmarks import time_to_accuracy
+
+    args = time_to_accuracy.parse_args(["--tiny", *flags])
+    assert (args.epochs, args.width, args.batch_size) == expected
+    command = time_to_accuracy.train_flags(args)
+    assert command[-6:] == ["-e", str(expected[0]), "-b", str(expected[2]), "--base-channels", str(expected[1])]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--predict-flags=--blend nope"], "the flags for predict.py (--blend nope): argument --blend: invalid choice"),
+    (["--predict-flags=--bogus"], "the flags for predict.py (--bogus): unrecognized arguments: --bogus"),
+    (["--warmup-fraction", "x"], "argument --warmup-fraction: invalid float value"),
+    (["--workdir", "{taken}"], "not empty (expected a new or empty folder"),
+])
+def test_time_to_accuracy_refuses_bad_flags_and_a_used_workdir_before_any_stage(tmp_path: Path, flags, message):
+    """A bad flag for predict.py failed after generate, prepare and train (minutes with the demo's recipe), with a
+    traceback; a reused --workdir failed in generate. Both are refused up front, exit 2, naming the flag."""
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "data").mkdir()
+    done = run_cli("-m", "benchmarks.time_to_accuracy", "--tiny", "--out-dir", str(tmp_path / "res"),
+                   *[f.format(taken=tmp_path / "taken") for f in flags])
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert message in done.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "res").exists() and "== time to accuracy" not in done.stdout  # nothing ran
+
+
 @pytest.mark.parametrize("flags,expected", [([], (48, 3)), (["--patch-size", "32", "--per-image", "5"], (32, 5))])
 def test_time_to_accuracy_patch_flags_win_over_the_tiny_sizes(tmp_path: Path, flags, expected):
     """--tiny applied its own patch size after --patch-size, so a run labelled 32 px cut 48-px patches."""

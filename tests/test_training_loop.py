@@ -180,7 +180,8 @@ def test_validation_panel_lays_out_image_truth_and_prediction(images, channels):
 
 
 def test_cosine_schedule_sets_each_step_rate(tiny_patches, monkeypatch):
-    """With ``--schedule cosine`` the rate changes step by step; the epoch records give each epoch's first rate."""
+    """With ``--schedule cosine`` the rate changes step by step; the epoch records give each epoch's first and last
+    rate, and the epoch's line prints both."""
     from lib.core.schedule import schedule_factor
 
     params_file, data = tiny_patches
@@ -194,6 +195,11 @@ def test_cosine_schedule_sets_each_step_rate(tiny_patches, monkeypatch):
                      for k in range(steps)]
     history = torch.load(data / "checkpoints" / "cosine" / "last.pth", weights_only=True)["history"]
     assert [h["lr"] for h in history] == [rates[0], rates[steps]]
+    assert [h["lr_end"] for h in history] == [rates[steps - 1], rates[-1]]
+    names = list(history[0].get("val_iou", {}))
+    assert f"lr {rates[0]:.2e} to {rates[steps - 1]:.2e}  " in train.summary_line(history[0], 2, names)
+    constant = {**history[0], "lr_end": history[0]["lr"]}  # the published schedule: one rate an epoch
+    assert f"lr {rates[0]:.2e}  " in train.summary_line(constant, 2, names)
 
 
 @pytest.mark.parametrize("optimizer, kind, state_keys", [("sgd", torch.optim.SGD, {"momentum_buffer"}),
