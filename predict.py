@@ -35,7 +35,7 @@ from lib.core.device import select_device
 from lib.core.distributed import all_reduce_sum, cleanup, exit_process, init_distributed
 from lib.core.errors import UserError, cli_main
 from lib.core.imageio import TIFF_SUFFIXES, ImageHeader, ImageRows, check_fits, read_header, save_mask, write_tiled_tiff
-from lib.core.params import replace
+from lib.core.params import Params, replace
 from lib.evaluation import format_table, image_confusion, metrics_json, summarize
 from lib.segmenter import Segmenter
 
@@ -348,14 +348,22 @@ def assign_images(pixels: list[int], world_size: int) -> list[list[int]]:
     return [sorted(share) for share in shares]
 
 
+def with_inference_flags(params: Params, args: argparse.Namespace) -> Params:
+    """``params`` with the inference settings the flags give, through the same checks as parameters.json.
+
+    Raises:
+        UserError: a value out of its range (naming the key).
+    """
+    return replace(params, "inference", overlap=args.overlap, blend=args.blend, batch_size=args.batch_size,
+                   tta=args.tta or None)
+
+
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     info = init_distributed(select_device(args.device).type)
     segmenter = Segmenter.from_checkpoint(args.checkpoint, args.device, args.precision)
-    # flags go through the same checks as parameters.json
-    segmenter.params = replace(segmenter.params, "inference", overlap=args.overlap, blend=args.blend,
-                               batch_size=args.batch_size, tta=args.tta or None)
+    segmenter.params = with_inference_flags(segmenter.params, args)
     segmenter.inference = segmenter.params.inference
     if args.block_width < segmenter.window:
         raise UserError(f"--block-width {args.block_width}: expected at least the window, {segmenter.window} pixels")

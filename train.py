@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
                 return t.learning_rate * schedule_factor(t.schedule, epoch, step, n, t.epochs, t.lr_final_factor,
                                                          t.warmup_fraction)
 
-            rates, tic = (rate(0), rate(len(steps) - 1)), time.perf_counter()  # the epoch's first and last
+            rates, tic = (rate(0), rate(max(len(steps) - 1, 0))), time.perf_counter()  # the first and last step
             outcome = train_epoch(step_model, loss_fn, optimizer, scaler, data, steps, rate, progress, rt, stop,
                                   writer, f"epoch {epoch + 1}/{t.epochs}")
             if outcome == "stopped":

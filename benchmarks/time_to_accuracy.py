@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import REPO, base_parser, format_table, print_header, verdict, write_json
+from lib.core.errors import UserError
 from lib.core.params import COMPILE_MODES, GENERATORS, LOSSES, OPTIMIZERS, SCHEDULES, load_params
 
 TARGET_MIOU = 0.98
@@ -156,10 +157,12 @@ def parse_args(argv: list[str] | None):
     if args.tiny:  # tiny sizes where no flag asks otherwise
         args.skip_setup = True
         args.epochs, args.width, args.batch_size = args.epochs or 1, args.width or 4, args.batch_size or 8
-    if args.workdir is not None and args.workdir.exists() and (not args.workdir.is_dir()
-                                                               or any(args.workdir.iterdir())):
-        p.error(f"--workdir {args.workdir}: not empty (expected a new or empty folder; the stages refuse to mix "
-                "into an earlier run's data)")
+    if args.workdir is not None and args.workdir.exists():
+        if not args.workdir.is_dir():
+            p.error(f"--workdir {args.workdir}: a file (expected a new or empty folder)")
+        if any(args.workdir.iterdir()):
+            p.error(f"--workdir {args.workdir}: not empty (expected a new or empty folder; the stages refuse to mix "
+                    "into an earlier run's data)")
     for script, flags in (("train.py", train_flags(args)), ("predict.py", predict_flags(args))):
         problem = stage_flag_error(script, flags)
         if problem:
@@ -167,20 +170,33 @@ def parse_args(argv: list[str] | None):
     return args
 
 
+# the flags each stage gets from the benchmark itself: given again, they would be overridden without a word
+OWN_FLAGS = {"train.py": {"-f", "--folder", "--name", "--params", "--load"},
+             "predict.py": {"--checkpoint", "--input", "--output", "--masks", "--metrics", "--quiet"}}
+
+
 def stage_flag_error(script: str, flags: list[str]) -> str | None:
-    """What train.py's or predict.py's own parser says of ``flags`` (its error line), or None when it takes them:
-    checked before any stage runs, rather than after minutes of training."""
+    """What train.py or predict.py would say of ``flags`` (its parser's error line, or a value out of range as
+    parameters.json's checks name it), or None when it takes them: checked before any stage runs, rather than after
+    minutes of training."""
     import predict
     import train
 
-    required = ["--checkpoint", "c", "--input", "i", "--output", "o"]  # predict.py's, any value
-    parse, required = {"train.py": (train.parse_args, []), "predict.py": (predict.parse_args, required)}[script]
+    own = sorted({flag.split("=")[0] for flag in flags} & OWN_FLAGS[script])
+    if own:
+        return f"{', '.join(own)} is set by the benchmark"
     said = io.StringIO()
     try:
         with contextlib.redirect_stderr(said):
-            parse([*flags, *required])
+            if script == "train.py":
+                train.resolve_params(train.parse_args(flags), None)
+            else:
+                args = predict.parse_args([*flags, "--checkpoint", "c", "--input", "i", "--output", "o"])
+                predict.with_inference_flags(load_params(None), args)
     except SystemExit:
         return said.getvalue().strip().splitlines()[-1].split("error: ", 1)[-1]
+    except UserError as err:
+        return str(err)
     return None
 
 

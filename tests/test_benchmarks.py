@@ -173,13 +173,20 @@ def test_time_to_accuracy_tiny_keeps_the_flags_given(flags, expected):
     (["--predict-flags=--blend nope"], "the flags for predict.py (--blend nope): argument --blend: invalid choice"),
     (["--predict-flags=--bogus"], "the flags for predict.py (--bogus): unrecognized arguments: --bogus"),
     (["--warmup-fraction", "x"], "argument --warmup-fraction: invalid float value"),
+    (["--predict-flags=--overlap 2"], "inference.overlap: expected a number in [0, 0.95], got 2.0"),
+    (["--warmup-fraction", "1.5"], "training.warmup_fraction: expected a number in [0"),
+    (["--predict-flags=--checkpoint=x --tta"], "the flags for predict.py (--checkpoint=x --tta): --checkpoint is set "
+                                               "by the benchmark"),
     (["--workdir", "{taken}"], "not empty (expected a new or empty folder"),
+    (["--workdir", "{taken}/file"], "file (expected a new or empty folder)"),
 ])
 def test_time_to_accuracy_refuses_bad_flags_and_a_used_workdir_before_any_stage(tmp_path: Path, flags, message):
-    """A bad flag for predict.py failed after generate, prepare and train (minutes with the demo's recipe), with a
-    traceback; a reused --workdir failed in generate. Both are refused up front, exit 2, naming the flag."""
+    """A bad flag or value for predict.py or train.py failed after generate, prepare and train (minutes with the
+    demo's recipe), with a traceback; a reused --workdir failed in generate; a flag the benchmark sets itself was
+    overridden silently. All are refused up front, exit 2, naming the flag."""
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "data").mkdir()
+    (tmp_path / "taken" / "file").write_text("")
     done = run_cli("-m", "benchmarks.time_to_accuracy", "--tiny", "--out-dir", str(tmp_path / "res"),
                    *[f.format(taken=tmp_path / "taken") for f in flags])
     assert done.returncode == 2 and "Traceback" not in done.stderr
