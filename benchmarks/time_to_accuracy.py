@@ -187,14 +187,15 @@ def stage_flag_error(script: str, flags: list[str]) -> str | None:
         return f"{', '.join(own)} is set by the benchmark"
     said = io.StringIO()
     try:
-        with contextlib.redirect_stderr(said):
+        with contextlib.redirect_stderr(said), contextlib.redirect_stdout(io.StringIO()):
             if script == "train.py":
                 train.resolve_params(train.parse_args(flags), None)
             else:
                 args = predict.parse_args([*flags, "--checkpoint", "c", "--input", "i", "--output", "o"])
                 predict.with_inference_flags(load_params(None), args)
-    except SystemExit:
-        return said.getvalue().strip().splitlines()[-1].split("error: ", 1)[-1]
+    except SystemExit:  # an argparse error line, or --help / --version, which print and exit without one
+        lines = said.getvalue().strip().splitlines()
+        return lines[-1].split("error: ", 1)[-1] if lines else "asks for help (expected flags for a run)"
     except UserError as err:
         return str(err)
     return None

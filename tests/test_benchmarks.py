@@ -177,6 +177,7 @@ def test_time_to_accuracy_tiny_keeps_the_flags_given(flags, expected):
     (["--warmup-fraction", "1.5"], "training.warmup_fraction: expected a number in [0"),
     (["--predict-flags=--checkpoint=x --tta"], "the flags for predict.py (--checkpoint=x --tta): --checkpoint is set "
                                                "by the benchmark"),
+    (["--predict-flags=--help"], "the flags for predict.py (--help): asks for help (expected flags for a run)"),
     (["--workdir", "{taken}"], "not empty (expected a new or empty folder"),
     (["--workdir", "{taken}/file"], "file (expected a new or empty folder)"),
 ])
