@@ -2,7 +2,7 @@
 
     python -m benchmarks.time_to_accuracy [--skip-setup] [--epochs E] [--lr L] [--width W] [--batch-size B]
         [--generator default|alternate] [--schedule published|cosine] [--warmup-fraction F] [--loss ce|dice_ce]
-        [--optimizer sgd|adamw] [--compile MODE] [--seed N] [--per-image N] [--patch-size P]
+        [--optimizer sgd|adamw] [--compile MODE] [--seed N] [--n-training N] [--per-image N] [--patch-size P]
         [--predict-flags "..."]
 
 The demo's own settings come from the Makefile (``DEMO_TRAIN_FLAGS``, ``DEMO_PREDICT_FLAGS``), their one home; a flag
@@ -39,7 +39,7 @@ from pathlib import Path
 
 from benchmarks.common import REPO, base_parser, format_table, print_header, verdict, write_json
 from lib.core.errors import UserError
-from lib.core.params import COMPILE_MODES, GENERATORS, LOSSES, OPTIMIZERS, SCHEDULES, load_params
+from lib.core.params import COMPILE_MODES, GENERATORS, LOSSES, OPTIMIZERS, SCHEDULES, load_params, params_from_dict
 
 TARGET_MIOU = 0.98
 # seconds from generate to evaluate (no set-up): our set in 150 s, the second set within make demo's 10 minutes
@@ -48,9 +48,10 @@ TINY_DATA = {"height": 120, "width": 72, "line_length": [20, 72], "n_training": 
 TINY_PATCHES = {"size": 48, "per_image": 3}
 
 
-def write_params(work: Path, tiny: bool, generator: str = "default", patches: dict | None = None) -> Path:
-    """parameters.json with the data root, checkpoints and runs inside ``work``, the synthetic ``generator``, the
-    ``patches`` settings given, and tiny sizes when asked."""
+def benchmark_params(work: Path, tiny: bool, generator: str = "default", patches: dict | None = None,
+                     n_training: int | None = None) -> dict:
+    """parameters.json's settings with the data root, checkpoints and runs inside ``work``, the synthetic
+    ``generator``, the ``patches`` settings and the number of training images given, and tiny sizes when asked."""
     raw = json.loads((REPO / "parameters.json").read_text())
     raw["data"].update(root=str(work / "data"), generator=generator)
     raw["training"].update(checkpoints_dir=str(work / "checkpoints"), runs_dir=str(work / "runs"))
@@ -60,8 +61,16 @@ def write_params(work: Path, tiny: bool, generator: str = "default", patches: di
         raw["training"].update(val_fraction=0.25, figure_patches=0)
         raw["inference"].update(batch_size=8)
     raw["patches"].update(patches or {})  # the settings asked for win over the tiny ones
+    if n_training is not None:
+        raw["data"].update(n_training=n_training)
+    return raw
+
+
+def write_params(work: Path, tiny: bool, generator: str = "default", patches: dict | None = None,
+                 n_training: int | None = None) -> Path:
+    """:func:`benchmark_params` written to ``work/params.json``."""
     path = work / "params.json"
-    path.write_text(json.dumps(raw, indent=1))
+    path.write_text(json.dumps(benchmark_params(work, tiny, generator, patches, n_training), indent=1))
     return path
 
 
@@ -150,6 +159,8 @@ def parse_args(argv: list[str] | None):
                    "shuffling; the data stay the same")
     p.add_argument("--predict-flags", help="predict.py's flags instead of the demo's DEMO_PREDICT_FLAGS, as one "
                    "word: --predict-flags='--tta' (--predict-flags= for none)")
+    p.add_argument("--n-training", type=int, default=None,
+                   help="training images generated, data.n_training (default: parameters.json's)")
     p.add_argument("--per-image", type=int, default=None, help="patches.per_image (default: parameters.json's)")
     p.add_argument("--patch-size", type=int, default=None, help="patches.size (default: parameters.json's)")
     p.add_argument("--workdir", type=Path, default=None, help="keep everything in this (new) folder")
@@ -163,6 +174,11 @@ def parse_args(argv: list[str] | None):
         if any(args.workdir.iterdir()):
             p.error(f"--workdir {args.workdir}: not empty (expected a new or empty folder; the stages refuse to mix "
                     "into an earlier run's data)")
+    try:  # the data and patch settings, checked as parameters.json's are
+        params_from_dict(benchmark_params(Path("."), args.tiny, args.generator, patch_settings(args),
+                                          args.n_training))
+    except UserError as err:
+        p.error(str(err))
     for script, flags in (("train.py", train_flags(args)), ("predict.py", predict_flags(args))):
         problem = stage_flag_error(script, flags)
         if problem:
@@ -203,11 +219,12 @@ def stage_flag_error(script: str, flags: list[str]) -> str | None:
 
 def patch_settings(args) -> dict:
     """The ``patches`` settings the flags ask for (``--per-image``, ``--patch-size``)."""
-    return {key: value for key, value in (("per_image", args.per_image), ("size", args.patch_size)) if value}
+    return {key: value for key, value in (("per_image", args.per_image), ("size", args.patch_size))
+            if value is not None}
 
 
 def run(args, work: Path) -> dict:
-    params = write_params(work, args.tiny, args.generator, patch_settings(args))
+    params = write_params(work, args.tiny, args.generator, patch_settings(args), args.n_training)
     seconds = {}
     for name, commands in stage_commands(args, work, params).items():
         seconds[name] = run_stage(name, commands, work / f"{name}.log", args.threads)
