@@ -159,6 +159,26 @@ def test_channel_axis_decides_generic_tiff_pages(tmp_path):
     assert read_image(tmp_path / "naive.tif", channel_axis="first").shape == (30, 5, 20)
 
 
+def test_pages_written_one_at_a_time_are_read_as_channels_not_as_their_first_page(tmp_path):
+    """tifffile gives each page written by ``imwrite(..., append=True)`` a series of its own; reading the first
+    series dropped every other plane without a word. They are pages of generic planes (channel_axis decides), through
+    both readers, while series of other shapes (a whole-slide image's thumbnail) leave the first one the image."""
+    import tifffile
+
+    a = _values("uint16", (3, 20, 30))
+    for plane in a:
+        tifffile.imwrite(tmp_path / "planes.tif", plane, append=True)
+    assert len(tifffile.TiffFile(tmp_path / "planes.tif").series) == 3
+    got = read_image(tmp_path / "planes.tif")
+    assert got.dtype == a.dtype and np.array_equal(got, np.moveaxis(a, 0, -1))
+    assert read_header(tmp_path / "planes.tif").channels == 3
+    with ImageRows(tmp_path / "planes.tif") as rows:
+        assert np.array_equal(rows.rows(5, 9), got[5:9])
+    tifffile.imwrite(tmp_path / "slide.tif", a[0])
+    tifffile.imwrite(tmp_path / "slide.tif", a[1, :8, :8], append=True)  # a smaller series after the image
+    assert np.array_equal(read_image(tmp_path / "slide.tif"), a[0])
+
+
 def test_written_images_read_back_exactly_in_the_chosen_format(tmp_path):
     for dtype in ("uint8", "uint16", "int16", "float32"):
         for channels in (1, 2, 3, 4, 5):

@@ -8,11 +8,12 @@ indices, written as palette PNGs (values = class indices, palette = class colour
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import struct
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -238,12 +239,25 @@ class _TiffLayout:
     alpha: bool
     first: bool
     keep: tuple[int, ...]
+    flags: dict = field(default_factory=dict)  # how tifffile opens the file (see _tiff_flags)
 
     @property
     def rows_and_columns(self) -> tuple[int, int]:
         """The file's axes of the rows and the columns: those the plan made them, not those tifffile names Y and X
         (pages of generic planes read as H×W×C, tifffile's QYX, have their rows on the page axis)."""
         return self.keep[self.first], self.keep[self.first + 1]
+
+
+def _tiff_flags(tif) -> dict:
+    """tifffile's flags for opening a TIFF as one image: ``is_shaped=False`` where its pages were written one at a
+    time (``imwrite(..., append=True)``, one plane each), so that tifffile takes every page for a series of its own
+    and the first series is one plane of several. Without the flag they form one series of generic planes (``IYX``),
+    read by ``channel_axis`` like any multi-page TIFF of plain planes. Series of different shapes (a whole-slide
+    image's label, macro and thumbnail) are left alone: the first is the image."""
+    series = tif.series
+    one_by_one = tif.is_shaped and len(series) > 1 and all(
+        len(s.pages) == 1 and s.shape == series[0].shape and s.dtype == series[0].dtype for s in series)
+    return {"is_shaped": False} if one_by_one else {}
 
 
 def _tiff_open(path: Path, read: bool, channel_axis: str) -> tuple[np.ndarray | None, _TiffLayout]:
@@ -257,7 +271,11 @@ def _tiff_open(path: Path, read: bool, channel_axis: str) -> tuple[np.ndarray | 
     import tifffile
 
     try:
-        with tifffile.TiffFile(path) as tif:
+        with contextlib.ExitStack() as files:
+            tif = files.enter_context(tifffile.TiffFile(path))
+            flags = _tiff_flags(tif)
+            if flags:
+                tif = files.enter_context(tifffile.TiffFile(path, **flags))
             if not tif.series:
                 raise UserError(f"{path}: not a readable image (the TIFF holds no image)")
             series = tif.series[0].levels[0]
@@ -282,7 +300,7 @@ def _tiff_open(path: Path, read: bool, channel_axis: str) -> tuple[np.ndarray | 
         array = array.reshape(kept)
         array = np.ascontiguousarray(np.moveaxis(array, 0, -1) if first else array)
     header = ImageHeader(height, width, channels, dtype.name)
-    return array, _TiffLayout(header, alpha, first, tuple(keep))
+    return array, _TiffLayout(header, alpha, first, tuple(keep), flags)
 
 
 def _check_data_within(pages: Iterable, size: int, path: Path) -> None:
@@ -438,8 +456,8 @@ class ImageRows:
             self.header = _tiff_header(layout, keep_alpha, self.path, mask_colors is not None)
             self._alpha, self._first, self._keep = layout.alpha, layout.first, layout.keep
             self._y, self._x = layout.rows_and_columns
-            try:
-                self._store = tifffile.imread(self.path, aszarr=True, series=0, level=0)  # a pyramid's full size
+            try:  # a pyramid's full size
+                self._store = tifffile.imread(self.path, aszarr=True, series=0, level=0, **layout.flags)
                 self._zarr = zarr.open(self._store, mode="r")
             except (tifffile.TiffFileError, OSError, ValueError, KeyError, TypeError) as err:
                 self.close()
