@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dataloader.pairs import list_images, mask_of, masks_by_id
+from dataloader.pairs import IMAGE_SUFFIXES, list_images, mask_of, masks_by_id
 from lib.core.atomic import atomic_write_bytes, atomic_write_text, remove_stale_temporaries
 from lib.core.device import select_device
 from lib.core.distributed import all_reduce_sum, cleanup, exit_process, init_distributed
@@ -80,7 +80,8 @@ def input_images(path: Path) -> list[Path]:
     if not images and (path / "images").is_dir():
         images = list_images(path / "images")
     if not images:
-        raise UserError(f"{path}: no images found (expected PNG or TIFF files)")
+        raise UserError(f"{path}: no images found (expected {', '.join(s.lstrip('.') for s in IMAGE_SUFFIXES)} "
+                        "files)")
     return images
 
 
@@ -122,10 +123,13 @@ def writes_tiff(fmt: str, height: int, width: int, tiff_above: float) -> bool:
 
 
 def check_outputs(images: list[Path], headers: list[ImageHeader], masks: dict[Path, Path], out: Path, fmt: str,
-                  tiff_above: float, metrics: Path | None = None, keep: tuple[Path, ...] = ()) -> None:
+                  tiff_above: float, metrics: Path | None = None, keep: tuple[Path, ...] = (),
+                  save_probabilities: bool = False) -> None:
     """The output folder is none that images or masks are read from (the masks written there would be read as inputs,
     or clash with them by name, next time); no mask or probability file to be written, nor the metrics file, may
-    replace an input image or mask or a file of ``keep`` (the checkpoint, the input folder).
+    replace an input image or mask or a file of ``keep`` (the checkpoint, the input folder); no folder stands where a
+    mask or probability file is to be written, nor a file where a probability folder is (found mid-run, one image's
+    mask would already be written without its probabilities).
 
     Raises:
         UserError: naming the output folder or file and what it would replace.
@@ -145,6 +149,13 @@ def check_outputs(images: list[Path], headers: list[ImageHeader], masks: dict[Pa
                 raise UserError(f"{out / name}: the output would replace an input file; choose another --output "
                                 "folder")
             written.add((out / name).resolve())
+        outputs = [(out / f"{image.stem}{'.tif' if tiff else '.png'}", False)]
+        if save_probabilities:
+            outputs.append((out / f"{image.stem}_probabilities{'.zarr' if tiff else '.npy'}", tiff))
+        for path, folder in outputs:
+            if path.exists() and path.is_dir() != folder:
+                raise UserError(f"{path}: a {'file' if folder else 'folder'} stands where the output "
+                                f"{'folder' if folder else 'file'} goes; remove it or choose another --output")
     if metrics is not None and metrics.resolve() in inputs | written:
         raise UserError(f"--metrics {metrics}: would replace an {'input' if metrics.resolve() in inputs else 'output'}"
                         " file (expected the path of a new JSON file)")
@@ -161,13 +172,20 @@ def _replaceable_metrics(path: Path) -> bool:
     return not head or head.lstrip().startswith(b"{")
 
 
-def check_writable(folder: Path) -> None:
+def check_writable(folder: Path, what: str = "output folder") -> None:
+    """Create ``folder`` if missing and check that a file can be written in it.
+
+    Raises:
+        UserError: it is a file, or cannot be created or written, naming it as ``what``.
+    """
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder}: a file, not a folder (the {what})")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as err:
-        raise UserError(f"{folder}: output folder is not writable ({err.strerror or err})") from None
+        raise UserError(f"{folder}: {what} is not writable ({err.strerror or err})") from None
 
 
 def segment_file(segmenter: Segmenter, image_path: Path, out: Path, mask: Path | None, fmt: str, tiff_above: float,
@@ -365,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     segmenter = Segmenter.from_checkpoint(args.checkpoint, args.device, args.precision)
     segmenter.params = with_inference_flags(segmenter.params, args)
     segmenter.inference = segmenter.params.inference
+    if not math.isfinite(args.tiff_above) or args.tiff_above < 0:
+        raise UserError(f"--tiff-above {args.tiff_above}: expected a number of megapixels >= 0")
     if args.block_width < segmenter.window:
         raise UserError(f"--block-width {args.block_width}: expected at least the window, {segmenter.window} pixels")
     if args.metrics and not args.masks:
@@ -375,7 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     masks: dict[Path, Path] = {}
     if args.masks:
         if not Path(args.masks).is_dir():
-            raise UserError(f"{args.masks}: masks folder not found")
+            found = "a file" if Path(args.masks).exists() else "not found"
+            raise UserError(f"{args.masks}: {found} (expected the folder of masks)")
         data = segmenter.params.data  # the name rule the model was trained with, unless overridden
         image_prefix = data.image_prefix if args.image_prefix is None else args.image_prefix
         mask_prefix = data.mask_prefix if args.mask_prefix is None else args.mask_prefix
@@ -384,10 +405,11 @@ def main(argv: list[str] | None = None) -> int:
     headers = check_inputs(images, masks, segmenter)
     out = Path(args.output)
     check_outputs(images, headers, masks, out, args.format, args.tiff_above,
-                  Path(args.metrics) if args.metrics else None, (Path(args.checkpoint), Path(args.input)))
+                  Path(args.metrics) if args.metrics else None, (Path(args.checkpoint), Path(args.input)),
+                  args.save_probabilities)
+    if args.metrics:  # first: a bad --metrics leaves no empty output folder behind
+        check_writable(Path(args.metrics).resolve().parent, "folder of --metrics")
     check_writable(out)
-    if args.metrics:
-        check_writable(Path(args.metrics).resolve().parent)
     mine = assign_images([h.height * h.width for h in headers], info.world_size)[info.rank]
     n_classes = len(segmenter.class_names)
     # one confusion matrix per image, zero for those of other processes: summed over processes, they are complete

@@ -184,7 +184,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         reason = next((ln for ln in lines if ln and not ln.startswith(advice)), "unsafe content")[:160]
         raise UserError(f"{path}: refused, not a plain-data checkpoint ({reason})") from None
     except Exception as err:  # noqa: BLE001 - any other failure of the unpickler means "not a checkpoint"
-        raise UserError(f"{path}: not a readable checkpoint ({err.__class__.__name__})") from None
+        # the reason's first line (a file cut short: "PytorchStreamReader failed reading zip archive: failed finding
+        # central directory")
+        reason = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), err.__class__.__name__)[:160]
+        raise UserError(f"{path}: not a readable checkpoint ({reason})") from None
     if not isinstance(state, dict) or any(k not in state for k in MODEL_KEYS):
         raise UserError(f"{path}: not a checkpoint of this project (expected keys {', '.join(MODEL_KEYS)})")
     return state

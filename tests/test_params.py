@@ -50,6 +50,8 @@ BAD_CASES = [
     ("one-class", lambda r: r.update(classes=r["classes"][:1]), ["classes", "at least 2"]),
     ("class-gap", lambda r: r["classes"][2].update(index=5), ["classes", "indices"]),
     ("colour-range", lambda r: r["classes"][1].update(color=[300, 0, 0]), ["classes[1].color[0]"]),
+    ("class-without-name", lambda r: r["classes"][2].pop("name"), ["classes[2].name", "missing or empty"]),
+    ("class-names-repeat", lambda r: r["classes"][2].update(name="line"), ["classes", "distinct names"]),
     ("weights-count", lambda r: r["training"].update(class_weights=[1, 2]), ["training.class_weights", "3 weights"]),
     ("weights-all-zero", lambda r: r["training"].update(class_weights=[0, 0, 0]),
      ["training.class_weights", "at least one weight > 0"]),

@@ -273,8 +273,10 @@ def _check_consistency(params: Params) -> None:
     if indices != list(range(len(classes))):
         raise _Invalid("classes", f"expected indices 0..{len(classes) - 1}, each once, got {indices}")
     names = [c.name for c in classes]
-    if len(set(names)) != len(names) or "" in names:
-        raise _Invalid("classes", f"expected distinct non-empty names, got {names}")
+    if "" in names:
+        raise _Invalid(f"classes[{names.index('')}].name", "missing or empty (expected the name of the class)")
+    if len(set(names)) != len(names):
+        raise _Invalid("classes", f"expected distinct names, got {names}")
     colors = [tuple(c.color) for c in classes]
     if len(set(colors)) != len(colors):
         raise _Invalid("classes", "expected a distinct colour for each class")
