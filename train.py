@@ -251,8 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.precision == "fp16")
         progress = restore(resumed, optimizer, scaler, rt.dist.rank) if resumed else Progress()
         if progress.epoch >= t.epochs:
-            raise UserError(f"{args.load}: the run already finished its {t.epochs} epochs (pass -e with more to "
-                            "extend)")
+            asked = f"; -e {t.epochs} is not more than that" if args.epochs is not None else ""
+            raise UserError(f"{args.load}: the run already finished {progress.epoch} epochs{asked} (pass -e with "
+                            "more to extend)")
 
         # ---- outputs (rank 0 only) ----
         ckpt_root, runs_root = Path(t.checkpoints_dir), Path(t.runs_dir)
@@ -269,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.amp and rt.device.type != "cuda":
                 print(f"note: --amp applies on CUDA only; this run is on {rt.device.type} in {rt.precision} "
                       "(see --precision)", file=sys.stderr)
+            if t.warmup_fraction and t.schedule != "cosine":
+                print(f"note: training.warmup_fraction {t.warmup_fraction} applies to the cosine schedule only; this "
+                      f"run keeps the {t.schedule} schedule (see --schedule)", file=sys.stderr)
 
         def save(name: str, *links: str) -> None:
             """``name`` written in the background (the next save or the end of the run waits for it), ``links``

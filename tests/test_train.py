@@ -143,8 +143,13 @@ def test_bad_checkpoints(trained, tmp_path):
     other = tmp_path / "four_classes.pth"
     save_checkpoint(other, state)
     assert_user_error(run_main("train.py", *folder, "--load", str(other)), str(other), "4 classes")
-    finished = run_main("train.py", *folder, "--load", str(data / "checkpoints" / "reference" / "last.pth"))
-    assert_user_error(finished, "already finished")
+    reference = data / "checkpoints" / "reference" / "last.pth"
+    done = _weights(reference)["epoch"]
+    assert_user_error(run_main("train.py", *folder, "--load", str(reference)),
+                      f"already finished {done} epochs (pass -e with more")
+    # -e fewer than the run did: the message quoted the flag as the epochs the run had finished
+    assert_user_error(run_main("train.py", *folder, "--load", str(reference), "-e", "1"),
+                      f"already finished {done} epochs; -e 1 is not more than that")
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_patches):
@@ -217,6 +222,19 @@ def test_a_run_that_diverges_in_its_first_epoch_says_no_checkpoint_was_written(t
     assert result.returncode == 3, result.stderr[-2000:]
     assert "non-finite loss at epoch 1" in result.stderr and "No checkpoint was written" in result.stderr
     assert not (data / "checkpoints" / "diverge_at_once" / "last.pth").exists()
+
+
+def test_a_warm_up_with_the_published_schedule_is_noted_not_ignored_silently(tiny_patches):
+    """training.warmup_fraction shapes the cosine schedule only: with the published one the rate stayed flat and
+    nothing said so."""
+    params_file, data = tiny_patches
+    result = run_main("train.py", "--params", str(params_file), "-f", str(data / "patches_s48"), "-e", "1",
+                      "--warmup-fraction", "0.2", "--name", "warm_published", "--precision", "fp32")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "note: training.warmup_fraction 0.2 applies to the cosine schedule only; this run keeps the published " \
+        "schedule" in result.stderr
+    (epoch,) = _weights(data / "checkpoints" / "warm_published" / "last.pth")["history"]
+    assert epoch["lr"] == epoch["lr_end"]
 
 
 def test_without_validation_images_best_follows_last(tiny_patches):
