@@ -1,5 +1,5 @@
-"""Run the training-step, inference, overhead, hardware and large-image benchmarks (each in a fresh process) and
-summarise their targets and the fraction of peak.
+"""Run make bench's six benchmarks, each in a fresh process, and summarise their targets and the fraction of peak:
+the training step, inference, folding, stitching overhead, hardware and large images.
 
     python -m benchmarks.run_all [--tiny] [--only train_step inference folding overhead hardware large_images]
         [--out-dir DIR] [--threads N]
