@@ -139,6 +139,16 @@ def run_stage(name: str, commands: list[list[str]], log: Path, threads: int | No
     return time.perf_counter() - tic
 
 
+def joined_predict_flags(argv: list[str]) -> list[str]:
+    """``--predict-flags VALUE`` as ``--predict-flags=VALUE``: argparse takes a value that starts with ``-``
+    (``--predict-flags --tta``) for a flag of its own and stops with "expected one argument"."""
+    joined, words = [], iter(argv)
+    for word in words:
+        value = next(words, None) if word == "--predict-flags" else None
+        joined.append(word if value is None else f"{word}={value}")
+    return joined
+
+
 def parse_args(argv: list[str] | None):
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--skip-setup", action="store_true", help="leave out the virtual environment stage")
@@ -157,14 +167,14 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--compile", choices=COMPILE_MODES, help=f"training.compile (torch.compile mode) {demo}")
     p.add_argument("--seed", type=int, help=f"training.seed {demo}: initialisation, validation split and "
                    "shuffling; the data stay the same")
-    p.add_argument("--predict-flags", help="predict.py's flags instead of the demo's DEMO_PREDICT_FLAGS, as one "
-                   "word: --predict-flags='--tta' (--predict-flags= for none)")
+    p.add_argument("--predict-flags", help="predict.py's flags instead of the demo's DEMO_PREDICT_FLAGS, quoted as "
+                   "one word: --predict-flags '--tta --blend mean' (--predict-flags '' for none)")
     p.add_argument("--n-training", type=int, default=None,
                    help="training images generated, data.n_training (default: parameters.json's)")
     p.add_argument("--per-image", type=int, default=None, help="patches.per_image (default: parameters.json's)")
     p.add_argument("--patch-size", type=int, default=None, help="patches.size (default: parameters.json's)")
     p.add_argument("--workdir", type=Path, default=None, help="keep everything in this (new) folder")
-    args = p.parse_args(argv)
+    args = p.parse_args(joined_predict_flags(sys.argv[1:] if argv is None else argv))
     if args.tiny:  # tiny sizes where no flag asks otherwise
         args.skip_setup = True
         args.epochs, args.width, args.batch_size = args.epochs or 1, args.width or 4, args.batch_size or 8

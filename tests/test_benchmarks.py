@@ -158,6 +158,18 @@ def test_time_to_accuracy_runs_the_demo_s_flags_from_the_makefile_and_the_given_
     assert evaluate[2] == "--checkpoint"
 
 
+@pytest.mark.parametrize("flags,expected", [(["--predict-flags", "--tta"], ["--tta"]),
+                                            (["--predict-flags", "--tta --blend mean", "--epochs", "2"],
+                                             ["--tta", "--blend", "mean"]),
+                                            (["--predict-flags=--tta"], ["--tta"]), (["--predict-flags", ""], [])])
+def test_time_to_accuracy_takes_predict_flags_with_or_without_an_equals_sign(flags, expected):
+    """``--predict-flags --tta`` ended in argparse's "expected one argument": a value starting with - read as a
+    flag."""
+    from benchmarks import time_to_accuracy
+
+    assert time_to_accuracy.predict_flags(time_to_accuracy.parse_args(["--tiny", *flags])) == expected
+
+
 @pytest.mark.parametrize("flags,expected", [([], (1, 4, 8)), (["--epochs", "2", "--batch-size", "4"], (2, 4, 4))])
 def test_time_to_accuracy_tiny_keeps_the_flags_given(flags, expected):
     """--tiny replaced --epochs 2 by 1 (and --width, --batch-size), so a run labelled 2 epochs trained one."""
