@@ -144,15 +144,13 @@ def check_outputs(images: list[Path], headers: list[ImageHeader], masks: dict[Pa
     written = set()
     for image, header in zip(images, headers):
         tiff = writes_tiff(fmt, header.height, header.width, tiff_above)
-        for name in (f"{image.stem}{'.tif' if tiff else '.png'}", f"{image.stem}_probabilities.npy"):
-            if (out / name).resolve() in inputs:
-                raise UserError(f"{out / name}: the output would replace an input file; choose another --output "
-                                "folder")
-            written.add((out / name).resolve())
-        outputs = [(out / f"{image.stem}{'.tif' if tiff else '.png'}", False)]
-        if save_probabilities:
-            outputs.append((out / f"{image.stem}_probabilities{'.zarr' if tiff else '.npy'}", tiff))
-        for path, folder in outputs:
+        mask = out / f"{image.stem}{'.tif' if tiff else '.png'}"
+        for path in (mask, out / f"{image.stem}_probabilities.npy"):
+            if path.resolve() in inputs:
+                raise UserError(f"{path}: the output would replace an input file; choose another --output folder")
+            written.add(path.resolve())
+        probabilities = out / f"{image.stem}_probabilities{'.zarr' if tiff else '.npy'}"
+        for path, folder in [(mask, False), *([(probabilities, tiff)] if save_probabilities else [])]:
             if path.exists() and path.is_dir() != folder:
                 raise UserError(f"{path}: a {'file' if folder else 'folder'} stands where the output "
                                 f"{'folder' if folder else 'file'} goes; remove it or choose another --output")
