@@ -145,6 +145,45 @@ def test_alternate_lines_are_capsules(y0, x0, y1, x1, thickness):
     assert inside[int(y0), int(x0)] and inside[int(y1), int(x1)]
 
 
+def _whole_image_ellipse(shape, cy, cx, a, b, angle):
+    """The supersampled ellipse evaluated at every pixel of the image (the rule, without the bounding box)."""
+    ys, xs = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float64)
+    votes = np.zeros(shape, np.int8)
+    for dy in (-0.25, 0.25):
+        for dx in (-0.25, 0.25):
+            y, x = ys + dy - cy, xs + dx - cx
+            u, v = x * np.cos(angle) + y * np.sin(angle), -x * np.sin(angle) + y * np.cos(angle)
+            votes += (u / a) ** 2 + (v / b) ** 2 <= 1.0
+    return votes >= 2
+
+
+def _whole_image_capsule(shape, y0, x0, y1, x1, thickness):
+    ys, xs = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float64)
+    dy, dx = y1 - y0, x1 - x0
+    t = np.clip(((ys - y0) * dy + (xs - x0) * dx) / max(dy * dy + dx * dx, 1e-12), 0.0, 1.0)
+    return (ys - y0 - t * dy) ** 2 + (xs - x0 - t * dx) ** 2 <= (thickness / 2) ** 2
+
+
+# shapes inside, at every edge and corner, reaching past the image, and a degenerate segment
+@pytest.mark.parametrize("cy,cx", [(50.3, 49.6), (0.2, 30.0), (99.9, 99.7), (-3.0, 50.0), (50.0, 104.5)])
+@pytest.mark.parametrize("a,b,angle", [(22.0, 22.0, 0.0), (22.0, 8.8, np.pi / 3), (6.0, 2.4, 2.9)])
+def test_alternate_ellipses_drawn_in_their_box_equal_the_whole_image_rule(cy, cx, a, b, angle):
+    from lib.core.synthetic_alt import supersampled_ellipse
+
+    inside = supersampled_ellipse((100, 80), cy, cx, a, b, angle)
+    assert inside.shape == (100, 80)
+    assert np.array_equal(inside, _whole_image_ellipse((100, 80), cy, cx, a, b, angle))
+
+
+@pytest.mark.parametrize("y0,x0,y1,x1,thickness", [(10.5, 10, 10.5, 70, 5.5), (99.5, 79.5, -40.0, 120.0, 2.5),
+                                                   (0.0, 0.0, 0.0, 0.0, 5.0), (60.2, 3.3, 20.9, 77.1, 4.1)])
+def test_alternate_capsules_drawn_in_their_box_equal_the_whole_image_rule(y0, x0, y1, x1, thickness):
+    from lib.core.synthetic_alt import capsule
+
+    inside = capsule((100, 80), y0, x0, y1, x1, thickness)
+    assert np.array_equal(inside, _whole_image_capsule((100, 80), y0, x0, y1, x1, thickness))
+
+
 def test_the_alternate_generator_is_its_own_and_reached_through_parameters(tmp_path):
     """``data.generator: alternate`` writes the second set: deterministic, all three classes, and unlike the default
     set drawn from the same random stream."""

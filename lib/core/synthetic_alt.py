@@ -31,26 +31,52 @@ BACKGROUND_GRAY = (0.65, 0.95)
 NOISE = (0.05, 0.1)
 
 
+def _box(shape: tuple[int, int], top: float, bottom: float, left: float, right: float
+         ) -> tuple[slice, slice]:
+    """Rows and columns of ``shape`` that hold every pixel centre within [top, bottom] × [left, right] (a pixel to
+    spare on each side), clipped to the image."""
+    def span(low: float, high: float, size: int) -> slice:
+        start = min(max(int(np.floor(low)) - 1, 0), size)
+        return slice(start, max(min(int(np.ceil(high)) + 2, size), start))  # empty for a shape off the image
+
+    return span(top, bottom, shape[0]), span(left, right, shape[1])
+
+
+def _grid(rows: slice, columns: slice) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates (float64) of a box: the values the whole image's grid has there, so a shape drawn within
+    its box is the same pixel for pixel as one drawn over the whole image, at a fraction of the cost."""
+    ys, xs = np.mgrid[rows, columns]
+    return ys.astype(np.float64), xs.astype(np.float64)
+
+
 def supersampled_ellipse(shape: tuple[int, int], cy: float, cx: float, a: float, b: float, angle: float
                          ) -> np.ndarray:
     """Pixels of which at least 2 of 4 sub-samples (at ±0.25 px) fall inside the rotated ellipse."""
-    ys, xs = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float64)
+    reach = max(a, b) + 0.5  # no sub-sample farther than the longer semi-axis lies inside
+    rows, columns = _box(shape, cy - reach, cy + reach, cx - reach, cx + reach)
+    ys, xs = _grid(rows, columns)
     cos, sin = np.cos(angle), np.sin(angle)
-    votes = np.zeros(shape, np.int8)
+    votes = np.zeros(ys.shape, np.int8)
     for dy in (-0.25, 0.25):
         for dx in (-0.25, 0.25):
             y, x = ys + dy - cy, xs + dx - cx
             u, v = x * cos + y * sin, -x * sin + y * cos
             votes += (u / a) ** 2 + (v / b) ** 2 <= 1.0
-    return votes >= 2
+    inside = np.zeros(shape, bool)
+    inside[rows, columns] = votes >= 2
+    return inside
 
 
 def capsule(shape: tuple[int, int], y0: float, x0: float, y1: float, x1: float, thickness: float) -> np.ndarray:
     """Pixels whose centre lies within ``thickness / 2`` of the segment (y0, x0)–(y1, x1)."""
-    ys, xs = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float64)
+    half = thickness / 2
+    rows, columns = _box(shape, min(y0, y1) - half, max(y0, y1) + half, min(x0, x1) - half, max(x0, x1) + half)
+    ys, xs = _grid(rows, columns)
     dy, dx = y1 - y0, x1 - x0
     t = np.clip(((ys - y0) * dy + (xs - x0) * dx) / max(dy * dy + dx * dx, 1e-12), 0.0, 1.0)
-    return (ys - y0 - t * dy) ** 2 + (xs - x0 - t * dx) ** 2 <= (thickness / 2) ** 2
+    inside = np.zeros(shape, bool)
+    inside[rows, columns] = (ys - y0 - t * dy) ** 2 + (xs - x0 - t * dx) ** 2 <= half ** 2
+    return inside
 
 
 def alternate_pair(rng: np.random.Generator, p: DataParams) -> tuple[np.ndarray, np.ndarray]:
