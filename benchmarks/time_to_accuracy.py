@@ -18,8 +18,9 @@ temporary folder (nothing of the repository's data/, checkpoints/ or runs/ is to
   giving the test mIoU.
 
 Targets: test mIoU ≥ 0.98 within 150 s on our set (``--skip-setup``), and within ``make demo``'s 10 minutes on the
-second set (``--generator alternate``); both count the stages from generate to evaluate, without the set-up (the
-issue's definition), which is timed and shown apart when it runs. Not part of run_all.
+second set (``--generator alternate``; ``make demo-alternate`` runs it with the Makefile's ``ALTERNATE_FLAGS``);
+both count the stages from generate to evaluate, without the set-up (the issue's definition), which is timed and
+shown apart when it runs. Not part of run_all.
 """
 
 from __future__ import annotations
@@ -75,8 +76,9 @@ def write_params(work: Path, tiny: bool, generator: str = "default", patches: di
 
 
 def demo_flags(variable: str) -> list[str]:
-    """The flags ``make demo`` passes, from the Makefile's ``VARIABLE ?= ...`` line (``DEMO_TRAIN_FLAGS`` to
-    train.py, ``DEMO_PREDICT_FLAGS`` to predict.py): the demo's settings have that one home."""
+    """The flags of the Makefile's ``VARIABLE ?= ...`` line (``make demo`` passes ``DEMO_TRAIN_FLAGS`` to train.py
+    and ``DEMO_PREDICT_FLAGS`` to predict.py, ``make demo-alternate`` ``ALTERNATE_FLAGS`` to this benchmark): the
+    recipes have that one home."""
     found = re.search(rf"^{variable} \?=(.*)$", (REPO / "Makefile").read_text(), re.MULTILINE)
     if found is None:
         raise RuntimeError(f"Makefile: no '{variable} ?=' line")

@@ -158,6 +158,19 @@ def test_time_to_accuracy_runs_the_demo_s_flags_from_the_makefile_and_the_given_
     assert evaluate[2] == "--checkpoint"
 
 
+def test_make_demo_alternate_runs_the_second_set_s_recipe_whose_flags_the_benchmark_takes():
+    """``make demo-alternate`` passes ALTERNATE_FLAGS to the benchmark: they name the second set and pass its up-front
+    checks (parse_args exits 2 on a flag train.py, predict.py or parameters.json would refuse)."""
+    from benchmarks import time_to_accuracy
+
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^demo-alternate:.*\n\t.*-m benchmarks\.time_to_accuracy --skip-setup \$\(ALTERNATE_FLAGS\)$",
+                     makefile, re.MULTILINE)
+    args = time_to_accuracy.parse_args(["--skip-setup", *time_to_accuracy.demo_flags("ALTERNATE_FLAGS")])
+    assert args.generator == "alternate" and time_to_accuracy.TARGET_SECONDS[args.generator] == 600.0
+    assert (args.epochs, args.batch_size, args.compile) == (14, 8, "default")
+
+
 @pytest.mark.parametrize("flags,expected", [(["--predict-flags", "--tta"], ["--tta"]),
                                             (["--predict-flags", "--tta --blend mean", "--epochs", "2"],
                                              ["--tta", "--blend", "mean"]),
