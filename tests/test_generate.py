@@ -166,7 +166,7 @@ def _whole_image_capsule(shape, y0, x0, y1, x1, thickness):
 
 # shapes inside, at every edge and corner, reaching past the image, and a degenerate segment
 @pytest.mark.parametrize("cy,cx", [(50.3, 49.6), (0.2, 30.0), (99.9, 99.7), (-3.0, 50.0), (50.0, 104.5)])
-@pytest.mark.parametrize("a,b,angle", [(22.0, 22.0, 0.0), (22.0, 8.8, np.pi / 3), (6.0, 2.4, 2.9)])
+@pytest.mark.parametrize("a,b,angle", [(22.0, 22.0, 0.0), (22.0, 8.8, np.pi / 3), (6.0, 2.4, 2.9), (-9.0, -4.0, 0.5)])
 def test_alternate_ellipses_drawn_in_their_box_equal_the_whole_image_rule(cy, cx, a, b, angle):
     from lib.core.synthetic_alt import supersampled_ellipse
 
@@ -176,7 +176,8 @@ def test_alternate_ellipses_drawn_in_their_box_equal_the_whole_image_rule(cy, cx
 
 
 @pytest.mark.parametrize("y0,x0,y1,x1,thickness", [(10.5, 10, 10.5, 70, 5.5), (99.5, 79.5, -40.0, 120.0, 2.5),
-                                                   (0.0, 0.0, 0.0, 0.0, 5.0), (60.2, 3.3, 20.9, 77.1, 4.1)])
+                                                   (0.0, 0.0, 0.0, 0.0, 5.0), (60.2, 3.3, 20.9, 77.1, 4.1),
+                                                   (30.0, 10.0, 30.0, 60.0, -3.0)])
 def test_alternate_capsules_drawn_in_their_box_equal_the_whole_image_rule(y0, x0, y1, x1, thickness):
     from lib.core.synthetic_alt import capsule
 

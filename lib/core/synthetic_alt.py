@@ -52,7 +52,7 @@ def _grid(rows: slice, columns: slice) -> tuple[np.ndarray, np.ndarray]:
 def supersampled_ellipse(shape: tuple[int, int], cy: float, cx: float, a: float, b: float, angle: float
                          ) -> np.ndarray:
     """Pixels of which at least 2 of 4 sub-samples (at ±0.25 px) fall inside the rotated ellipse."""
-    reach = max(a, b) + 0.5  # no sub-sample farther than the longer semi-axis lies inside
+    reach = max(abs(a), abs(b)) + 0.5  # no sub-sample farther than the longer semi-axis lies inside
     rows, columns = _box(shape, cy - reach, cy + reach, cx - reach, cx + reach)
     ys, xs = _grid(rows, columns)
     cos, sin = np.cos(angle), np.sin(angle)
@@ -69,7 +69,7 @@ def supersampled_ellipse(shape: tuple[int, int], cy: float, cx: float, a: float,
 
 def capsule(shape: tuple[int, int], y0: float, x0: float, y1: float, x1: float, thickness: float) -> np.ndarray:
     """Pixels whose centre lies within ``thickness / 2`` of the segment (y0, x0)–(y1, x1)."""
-    half = thickness / 2
+    half = abs(thickness) / 2  # the rule squares it: a negative thickness draws as its absolute value
     rows, columns = _box(shape, min(y0, y1) - half, max(y0, y1) + half, min(x0, x1) - half, max(x0, x1) + half)
     ys, xs = _grid(rows, columns)
     dy, dx = y1 - y0, x1 - x0
