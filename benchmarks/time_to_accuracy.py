@@ -13,7 +13,7 @@ temporary folder (nothing of the repository's data/, checkpoints/ or runs/ is to
   ``--skip-setup`` leaves it out; the later stages run with this interpreter either way);
 * generate: ``python -m lib.generate``; prepare: ``python -m lib.prepare``;
 * train: ``python train.py DEMO_TRAIN_FLAGS [the flags given]`` on the patches (``--compile`` counts its
-  compilation: an empty inductor cache compiles from scratch);
+  compilation from scratch: each run has an inductor cache of its own, empty at the start);
 * evaluate: ``python predict.py DEMO_PREDICT_FLAGS`` (or ``--predict-flags``) on the test images with their masks,
   giving the test mIoU.
 
@@ -125,12 +125,17 @@ def stage_commands(args, work: Path, params: Path) -> dict[str, list[list[str]]]
     return commands
 
 
-def run_stage(name: str, commands: list[list[str]], log: Path, threads: int | None = None) -> float:
-    """Run a stage's commands from the repository root; return the wall time. Raises on failure, with the log.
+def stage_environment(work: Path, threads: int | None = None) -> dict[str, str]:
+    """The environment of every stage: the repository importable, OMP_NUM_THREADS (torch's intra-op threads) when
+    ``threads`` is given, and an inductor cache of the run's own inside ``work``, so that ``--compile`` always counts a
+    compilation from scratch, as on a fresh machine, however many runs came before."""
+    return {**os.environ, "PYTHONPATH": str(REPO), "TORCHINDUCTOR_CACHE_DIR": str(work / "inductor_cache"),
+            **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
 
-    ``threads`` sets OMP_NUM_THREADS (torch's intra-op threads) of the commands.
-    """
-    env = {**os.environ, "PYTHONPATH": str(REPO), **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+
+def run_stage(name: str, commands: list[list[str]], log: Path, env: dict[str, str]) -> float:
+    """Run a stage's commands from the repository root in ``env``; return the wall time. Raises on failure, with the
+    log."""
     tic = time.perf_counter()
     with log.open("w") as handle:
         for cmd in commands:
@@ -239,7 +244,7 @@ def run(args, work: Path) -> dict:
     params = write_params(work, args.tiny, args.generator, patch_settings(args), args.n_training)
     seconds = {}
     for name, commands in stage_commands(args, work, params).items():
-        seconds[name] = run_stage(name, commands, work / f"{name}.log", args.threads)
+        seconds[name] = run_stage(name, commands, work / f"{name}.log", stage_environment(work, args.threads))
         print(f"  {name}: {seconds[name]:.1f} s", flush=True)
     metrics = json.loads((work / "metrics.json").read_text())
     return {"generator": args.generator, "seconds": seconds, "total_s": sum(seconds.values()),

@@ -171,6 +171,18 @@ def test_make_demo_alternate_runs_the_second_set_s_recipe_whose_flags_the_benchm
     assert (args.epochs, args.batch_size, args.compile) == (14, 8, "default")
 
 
+def test_time_to_accuracy_stages_compile_into_a_cache_of_their_own(tmp_path: Path):
+    """--compile is timed from scratch in every run: a shared inductor cache, warm from an earlier run, would count a
+    fraction of the compilation a fresh machine pays."""
+    from benchmarks import time_to_accuracy
+
+    first = time_to_accuracy.stage_environment(tmp_path / "a")
+    second = time_to_accuracy.stage_environment(tmp_path / "b", threads=1)
+    assert first["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "a" / "inductor_cache")
+    assert second["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "b" / "inductor_cache")
+    assert second["OMP_NUM_THREADS"] == "1" and first["PYTHONPATH"] == str(REPO)
+
+
 @pytest.mark.parametrize("flags,expected", [(["--predict-flags", "--tta"], ["--tta"]),
                                             (["--predict-flags", "--tta --blend mean", "--epochs", "2"],
                                              ["--tta", "--blend", "mean"]),
