@@ -238,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             retain_freed_memory()
         if args.sync_bn and rt.device.type != "cuda":
             raise UserError(f"--sync-bn: SyncBatchNorm needs CUDA devices, this run is on {rt.device.type}")
+        check_compiler(t.compile, rt.device)
         if args.deterministic:  # only when asked: the call imports torch._inductor, 1.7 s of every start on CPU
             torch.use_deterministic_algorithms(True)
 
@@ -429,17 +430,27 @@ def make_optimizer(net: torch.nn.Module, params: Params, rt: Runtime) -> torch.o
                            fused=fused)
 
 
+def check_compiler(mode: str, device: torch.device) -> None:
+    """Refuse ``--compile`` where it cannot run, before any data are read.
+
+    Raises:
+        UserError: compiling on CPU without a C++ compiler (inductor builds its CPU kernels with one).
+    """
+    if mode != "off" and device.type == "cpu" and not any(
+            shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++", "clang++")):
+        raise UserError(f"--compile {mode}: torch.compile on CPU needs a C++ compiler (g++ or clang++); none found")
+
+
 def compiled(model: torch.nn.Module, mode: str, rt: Runtime) -> torch.nn.Module:
     """The module the training steps run: ``model`` itself, or ``torch.compile(model, mode=mode)``. Evaluation keeps
     the eager module (other batch sizes and eval-mode batch norm would each compile anew).
 
     Raises:
-        UserError: compiling on CPU without a C++ compiler (inductor builds its CPU kernels with one).
+        UserError: see :func:`check_compiler`.
     """
     if mode == "off":
         return model
-    if rt.device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++", "clang++")):
-        raise UserError(f"--compile {mode}: torch.compile on CPU needs a C++ compiler (g++ or clang++); none found")
+    check_compiler(mode, rt.device)
     return torch.compile(model, mode=None if mode == "default" else mode)
 
 

@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import REPO, base_parser, format_table, print_header, verdict, write_json
+from lib.core.device import select_device
 from lib.core.errors import UserError
 from lib.core.params import COMPILE_MODES, GENERATORS, LOSSES, OPTIMIZERS, SCHEDULES, load_params, params_from_dict
 
@@ -222,7 +223,8 @@ def stage_flag_error(script: str, flags: list[str]) -> str | None:
     try:
         with contextlib.redirect_stderr(said), contextlib.redirect_stdout(io.StringIO()):
             if script == "train.py":
-                train.resolve_params(train.parse_args(flags), None)
+                training = train.resolve_params(train.parse_args(flags), None).training
+                train.check_compiler(training.compile, select_device(training.device))
             else:
                 args = predict.parse_args([*flags, "--checkpoint", "c", "--input", "i", "--output", "o"])
                 predict.with_inference_flags(load_params(None), args)

@@ -183,6 +183,18 @@ def test_time_to_accuracy_stages_compile_into_a_cache_of_their_own(tmp_path: Pat
     assert second["OMP_NUM_THREADS"] == "1" and first["PYTHONPATH"] == str(REPO)
 
 
+def test_time_to_accuracy_refuses_compile_without_a_cpp_compiler_before_any_stage(monkeypatch):
+    """make demo-alternate compiles: without g++ or clang++ it failed in the train stage, after generating and
+    cutting the data, in a traceback around train.py's log."""
+    import train
+    from benchmarks import time_to_accuracy
+
+    monkeypatch.setattr(train.shutil, "which", lambda name: None)
+    problem = time_to_accuracy.stage_flag_error("train.py", ["--compile", "default"])
+    assert problem is not None and "--compile default" in problem and "C++ compiler" in problem
+    assert time_to_accuracy.stage_flag_error("train.py", ["--compile", "off"]) is None
+
+
 @pytest.mark.parametrize("flags,expected", [(["--predict-flags", "--tta"], ["--tta"]),
                                             (["--predict-flags", "--tta --blend mean", "--epochs", "2"],
                                              ["--tta", "--blend", "mean"]),

@@ -116,6 +116,11 @@ def test_compile_mode_reaches_torch_compile(tiny_patches, monkeypatch, mode, exp
 def test_compile_without_a_cpp_compiler_is_refused(tiny_patches, monkeypatch):
     params_file, data = tiny_patches
     monkeypatch.setattr(train.shutil, "which", lambda name: None)
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the patches were read before --compile was refused")
+
+    monkeypatch.setattr(train, "load_data", no_reading)  # refused before seconds of decoding
     result = run_main("train.py", "--params", str(params_file), "-f", str(data / "patches_s48"), "-e", "2",
                       "--name", "no_compiler", "--compile", "default")
     assert_user_error(result, "--compile default", "C++ compiler")
