@@ -122,6 +122,13 @@ def writes_tiff(fmt: str, height: int, width: int, tiff_above: float) -> bool:
     return fmt == "tiff" or (fmt == "auto" and height * width > tiff_above * 1e6)
 
 
+def output_paths(out: Path, stem: str, tiff: bool) -> tuple[Path, Path]:
+    """Where the mask of the image ``stem`` goes and where its probabilities go with ``--save-probabilities``:
+    ``<stem>.png`` and ``<stem>_probabilities.npy``, or ``<stem>.tif`` and the zarr folder
+    ``<stem>_probabilities.zarr`` (see :func:`writes_tiff`)."""
+    return out / f"{stem}{'.tif' if tiff else '.png'}", out / f"{stem}_probabilities{'.zarr' if tiff else '.npy'}"
+
+
 def check_outputs(images: list[Path], headers: list[ImageHeader], masks: dict[Path, Path], out: Path, fmt: str,
                   tiff_above: float, metrics: Path | None = None, keep: tuple[Path, ...] = (),
                   save_probabilities: bool = False) -> None:
@@ -144,12 +151,11 @@ def check_outputs(images: list[Path], headers: list[ImageHeader], masks: dict[Pa
     written = set()
     for image, header in zip(images, headers):
         tiff = writes_tiff(fmt, header.height, header.width, tiff_above)
-        mask = out / f"{image.stem}{'.tif' if tiff else '.png'}"
-        for path in (mask, out / f"{image.stem}_probabilities.npy"):
+        mask, probabilities = output_paths(out, image.stem, tiff)
+        for path in (mask, output_paths(out, image.stem, False)[1]):  # the .npy name in either format, as always
             if path.resolve() in inputs:
                 raise UserError(f"{path}: the output would replace an input file; choose another --output folder")
             written.add(path.resolve())
-        probabilities = out / f"{image.stem}_probabilities{'.zarr' if tiff else '.npy'}"
         for path, folder in [(mask, False), *([(probabilities, tiff)] if save_probabilities else [])]:
             if path.exists() and path.is_dir() != folder:
                 raise UserError(f"{path}: a {'file' if folder else 'folder'} stands where the output "
@@ -204,7 +210,8 @@ def segment_file(segmenter: Segmenter, image_path: Path, out: Path, mask: Path |
         truth = stack.enter_context(ImageRows(mask, mask_colors=colors)) if mask is not None else None
         height, width = source.header.height, source.header.width
         tiff = writes_tiff(fmt, height, width, tiff_above)
-        probabilities = ProbabilitySink(out / f"{image_path.stem}_probabilities", height, width, n_classes, tiff) \
+        target, probabilities_path = output_paths(out, image_path.stem, tiff)
+        probabilities = ProbabilitySink(probabilities_path, height, width, n_classes, tiff) \
             if save_probabilities else None
         if probabilities is not None:
             stack.callback(probabilities.discard)  # a run stopped by an error leaves no temporary folder
@@ -218,7 +225,6 @@ def segment_file(segmenter: Segmenter, image_path: Path, out: Path, mask: Path |
                     probabilities.write(top, left, band)
                 yield top, left, labels.cpu().numpy().astype(np.uint8)
 
-        target = out / f"{image_path.stem}{'.tif' if tiff else '.png'}"
         if not tiff:
             save_mask(target, gather(label_blocks(), (height, width)), colors)
         elif width <= block_width:  # one column block: its bands of rows go straight to the file
@@ -245,10 +251,11 @@ def scratch_folder(final: Path) -> Path:
 def remove_leftovers(out: Path, stem: str) -> None:
     """What a killed run left for the image ``stem`` in ``out``, whatever the options of this run: the temporary
     files of its mask (PNG or TIFF) and probabilities, and its zarr folders (probabilities, column-block labels)."""
-    for name in (f"{stem}.png", f"{stem}.tif", f"{stem}_probabilities.npy"):
-        remove_stale_temporaries(out / name)
-    for name in (f"{stem}_probabilities.zarr", f"{stem}.labels.zarr"):
-        shutil.rmtree(scratch_folder(out / name), ignore_errors=True)
+    (png, npy), (tif, zarr) = output_paths(out, stem, False), output_paths(out, stem, True)
+    for path in (png, tif, npy):
+        remove_stale_temporaries(path)
+    for path in (zarr, out / f"{stem}.labels.zarr"):
+        shutil.rmtree(scratch_folder(path), ignore_errors=True)
 
 
 def gather(blocks: Iterable[tuple[int, int, np.ndarray]], shape: tuple[int, ...]) -> np.ndarray:
@@ -316,12 +323,11 @@ class ProbabilitySink:
     H×W×C float16 zarr array (chunks of 256×256 pixels) written block by block beside a TIFF mask; each written under
     a temporary name and renamed when complete."""
 
-    def __init__(self, stem: Path, height: int, width: int, n_classes: int, streamed: bool):
-        self.stem, self.streamed, self.shape, self.blocks = stem, streamed, (height, width), []
+    def __init__(self, path: Path, height: int, width: int, n_classes: int, streamed: bool):
+        self.path, self.streamed, self.shape, self.blocks = path, streamed, (height, width), []
         if streamed:
             import zarr
 
-            self.path = stem.with_name(stem.name + ".zarr")
             self.tmp = scratch_folder(self.path)
             shutil.rmtree(self.tmp, ignore_errors=True)
             try:
@@ -345,7 +351,7 @@ class ProbabilitySink:
             return
         buffer = io.BytesIO()
         np.save(buffer, gather(self.blocks, self.shape))
-        atomic_write_bytes(self.stem.with_name(self.stem.name + ".npy"), buffer.getvalue())
+        atomic_write_bytes(self.path, buffer.getvalue())
 
     def discard(self) -> None:
         """Remove the temporary zarr folder, if :meth:`close` did not rename it into place."""
