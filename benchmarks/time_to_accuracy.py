@@ -3,6 +3,7 @@
     python -m benchmarks.time_to_accuracy [--skip-setup] [--epochs E] [--lr L] [--width W] [--batch-size B]
         [--generator default|alternate] [--schedule published|cosine] [--warmup-fraction F] [--loss ce|dice_ce]
         [--optimizer sgd|adamw] [--compile MODE] [--seed N] [--n-training N] [--per-image N] [--patch-size P]
+        [--foreground-fraction F]
         [--predict-flags "..."]
 
 The demo's own settings come from the Makefile (``DEMO_TRAIN_FLAGS``, ``DEMO_PREDICT_FLAGS``), their one home; a flag
@@ -181,6 +182,8 @@ def parse_args(argv: list[str] | None):
                    help="training images generated, data.n_training (default: parameters.json's)")
     p.add_argument("--per-image", type=int, default=None, help="patches.per_image (default: parameters.json's)")
     p.add_argument("--patch-size", type=int, default=None, help="patches.size (default: parameters.json's)")
+    p.add_argument("--foreground-fraction", type=float, default=None,
+                   help="patches.foreground_fraction (default: parameters.json's)")
     p.add_argument("--workdir", type=Path, default=None, help="keep everything in this (new) folder")
     args = p.parse_args(joined_predict_flags(sys.argv[1:] if argv is None else argv))
     if args.tiny:  # tiny sizes where no flag asks otherwise
@@ -237,9 +240,9 @@ def stage_flag_error(script: str, flags: list[str]) -> str | None:
 
 
 def patch_settings(args) -> dict:
-    """The ``patches`` settings the flags ask for (``--per-image``, ``--patch-size``)."""
-    return {key: value for key, value in (("per_image", args.per_image), ("size", args.patch_size))
-            if value is not None}
+    """The ``patches`` settings the flags ask for (``--per-image``, ``--patch-size``, ``--foreground-fraction``)."""
+    return {key: value for key, value in (("per_image", args.per_image), ("size", args.patch_size),
+                                          ("foreground_fraction", args.foreground_fraction)) if value is not None}
 
 
 def run(args, work: Path) -> dict:

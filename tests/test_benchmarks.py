@@ -229,6 +229,7 @@ def test_time_to_accuracy_tiny_keeps_the_flags_given(flags, expected):
     (["--predict-flags=--help"], "the flags for predict.py (--help): asks for help (expected flags for a run)"),
     (["--n-training", "0"], "data.n_training: expected an integer >= 1, got 0"),
     (["--per-image", "0"], "patches.per_image: expected an integer >= 1, got 0"),
+    (["--foreground-fraction", "1.5"], "patches.foreground_fraction: expected a number in [0, 1], got 1.5"),
     (["--workdir", "{taken}"], "not empty (expected a new or empty folder"),
     (["--workdir", "{taken}/file"], "file (expected a new or empty folder)"),
 ])
@@ -246,9 +247,9 @@ def test_time_to_accuracy_refuses_bad_flags_and_a_used_workdir_before_any_stage(
     assert not (tmp_path / "res").exists() and "== time to accuracy" not in done.stdout  # nothing ran
 
 
-@pytest.mark.parametrize("flags,expected", [([], (48, 3, 4)),
-                                            (["--patch-size", "32", "--per-image", "5", "--n-training", "6"],
-                                             (32, 5, 6))])
+@pytest.mark.parametrize("flags,expected", [([], (48, 3, 4, 0.0)),
+                                            (["--patch-size", "32", "--per-image", "5", "--n-training", "6",
+                                              "--foreground-fraction", "0.5"], (32, 5, 6, 0.5))])
 def test_time_to_accuracy_data_flags_win_over_the_tiny_sizes(tmp_path: Path, flags, expected):
     """--tiny applied its own patch size after --patch-size, so a run labelled 32 px cut 48-px patches; the patch
     and image counts asked for are written as given."""
@@ -258,7 +259,8 @@ def test_time_to_accuracy_data_flags_win_over_the_tiny_sizes(tmp_path: Path, fla
     time_to_accuracy.write_params(tmp_path, tiny=True, patches=time_to_accuracy.patch_settings(args),
                                   n_training=args.n_training)
     raw = json.loads((tmp_path / "params.json").read_text())
-    assert (raw["patches"]["size"], raw["patches"]["per_image"], raw["data"]["n_training"]) == expected
+    assert (raw["patches"]["size"], raw["patches"]["per_image"], raw["data"]["n_training"],
+            raw["patches"]["foreground_fraction"]) == expected
 
 
 def test_patch_loading_tiny(tmp_path: Path):
