@@ -67,7 +67,8 @@ def format_table(metrics: dict) -> str:
     width = max(len(n) for n in [*metrics["iou"], "mean of per-image mIoU"]) + 2
     lines = [f"{'class':<{width}}IoU"]
     lines += [f"{name:<{width}}{value:.4f}" for name, value in metrics["iou"].items()]
-    lines.append(f"{'mIoU':<{width}}{metrics['miou']:.4f}   (one confusion matrix over {metrics['n_images']} images)")
+    lines.append(f"{'mIoU':<{width}}{metrics['miou']:.4f}   (one confusion matrix over {metrics['n_images']} "
+                 f"image{'s' if metrics['n_images'] != 1 else ''})")
     lines.append(f"{'mean of per-image mIoU':<{width}}{metrics['mean_image_miou']:.4f}")
     return "\n".join(lines)
 

@@ -1,4 +1,6 @@
-"""Generate the synthetic data set: ``python -m lib.generate [--out DIR] [--n N] [--seed S] [--overwrite]``.
+"""Generate the synthetic data set.
+
+    python -m lib.generate [--out DIR] [--n N] [--n-test N] [--seed S] [--generator G] [--overwrite]
 
 Writes ``DIR/images_training/{images,masks}/i<k>.png`` (N images) and ``DIR/images_test/...`` (``data.n_test``),
 8-bit gray images and palette masks named like their image.

@@ -1,5 +1,7 @@
-"""Cut training patches: ``python -m lib.prepare [--src DIR] [--out DIR] [--patch-size P] [--per-image K] [--seed S]
-[--overwrite]``.
+"""Cut training patches from a folder of images and masks.
+
+    python -m lib.prepare [--src DIR] [--out DIR] [--patch-size P] [--per-image K] [--seed S]
+        [--foreground-fraction F] [--rotate90 | --no-rotate90] [--overwrite]
 
 Writes ``OUT/images/p<k>.png`` (``.tif`` where PNG cannot hold the data exactly, see ``lib.core.imageio.image_suffix``),
 ``OUT/masks/p<k>.png``, ``OUT/manifest.csv`` (one row per patch: file, source image, top, left, flip, rot90), so that
@@ -23,7 +25,7 @@ from dataloader.pairs import ImagePair, find_pairs
 from lib.core.atomic import atomic_write_text, deferred_sync
 from lib.core.errors import UserError, cli_main
 from lib.core.imageio import ImageHeader, ImageRows, image_suffix, read_mask, save_image, save_mask
-from lib.core.jobs import check_apart, finish_job, start_job
+from lib.core.jobs import check_apart, check_claimable, finish_job, start_job
 from lib.core.padding import reflect_pad
 from lib.core.params import Params, load_params, replace
 from lib.core.patch_sampling import apply_augmentation, augmentations, sample_positions
@@ -61,9 +63,10 @@ def prepare_patches(src: str | Path, out: str | Path, params: Params, overwrite:
     p = params.patches
     pairs = find_pairs(src, params.data.image_prefix, params.data.mask_prefix)
     variants = augmentations(p.flips, p.rotate90)
-    summary = check_pairs(pairs, params, progress)  # every input is checked before anything is written
     signature = {"src": str(Path(src).resolve()), "patches": dataclasses.asdict(p),
                  "sources": [pair.name for pair in pairs]}
+    check_claimable(out, signature, overwrite)  # a taken output folder is refused before the inputs are read
+    summary = check_pairs(pairs, params, progress)  # every input is checked before anything is written
     resumed = start_job(out, signature, OWNED, overwrite)
     (out / "images").mkdir(exist_ok=True)
     (out / "masks").mkdir(exist_ok=True)

@@ -11,7 +11,7 @@ import torch
 from torchmetrics.classification import MulticlassJaccardIndex
 
 from lib.core.metrics import confusion_matrix, iou_per_class, mean_iou
-from lib.evaluation import metrics_json
+from lib.evaluation import format_table, metrics_json
 
 
 def test_hand_computed_case_with_absent_and_spurious_classes():
@@ -68,3 +68,11 @@ def test_metrics_json_writes_nan_as_null_and_leaves_names_alone():
                                 "per_image": [{"name": "NaNO3_crystal.tif", "miou": None}],
                                 "images": ["NaNO3_crystal.tif"], "n_images": 1}
     assert "NaN" in text and "null" in text  # the names kept, the values written as JSON allows
+
+
+@pytest.mark.parametrize("n_images,said", [(1, "over 1 image)"), (2, "over 2 images)")])
+def test_the_metrics_table_counts_its_images_in_words(n_images, said):
+    """A single image's table read "one confusion matrix over 1 images"."""
+    table = format_table({"miou": 0.5, "iou": {"background": 1.0, "line": 0.0}, "mean_image_miou": 0.5,
+                          "n_images": n_images})
+    assert said in table.splitlines()[3]

@@ -84,6 +84,24 @@ def test_overwrite_protection(tmp_path, source):
     assert (out / "manifest.csv").read_text() != manifest
 
 
+def test_a_taken_output_folder_is_refused_before_the_inputs_are_read(tmp_path, source):
+    """Without --overwrite, a finished or foreign output folder was refused only after every image had been read and
+    checked (minutes for a large data set): it is refused first, here before the unreadable image is reached."""
+    out = tmp_path / "patches"
+    prepare_patches(source, out, SMALL, progress=False)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    next((source / "images").iterdir()).write_bytes(b"not an image")
+    with pytest.raises(UserError, match="holds a finished job; pass --overwrite"):
+        prepare_patches(source, out, SMALL, progress=False)
+    (out / "extra.txt").write_text("")
+    (out / ".complete.json").unlink()
+    with pytest.raises(UserError, match="is not empty; pass --overwrite"):
+        prepare_patches(source, out, SMALL, progress=False)
+    (out / "extra.txt").unlink()
+    (out / ".complete.json").write_bytes(before[out / ".complete.json"])
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
 @pytest.mark.parametrize("inside", [".", "images", "masks", "images/patches"])
 def test_an_output_folder_in_the_source_is_refused_even_with_overwrite(source, inside):
     """--out --src with --overwrite removed the source's images and masks, which match the patches' names."""

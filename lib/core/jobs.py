@@ -45,6 +45,27 @@ def check_apart(folder: str | Path, source: str | Path, subfolders: tuple[str, .
                         "through a link (expected an output folder apart from the data)")
 
 
+def check_claimable(folder: str | Path, signature: dict, overwrite: bool, flag: str = "--overwrite") -> None:
+    """Refuse ``folder`` as :func:`start_job` would, writing nothing: a job calls it before reading its inputs, so that
+    a folder it may not write is refused at once rather than after minutes of checks.
+
+    Raises:
+        UserError: ``folder`` is a file, or holds other files or a finished job and ``overwrite`` is false (a folder
+            of an interrupted job with the same ``signature`` may be resumed).
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder}: exists and is not a folder")
+    if overwrite or not folder.is_dir():
+        return
+    marker = folder / IN_PROGRESS
+    if marker.is_file() and _read(marker) == json.loads(json.dumps(signature)):
+        return
+    if any(folder.iterdir()):
+        state = "holds a finished job" if is_complete(folder) else "is not empty"
+        raise UserError(f"{folder}: output folder {state}; pass {flag} to replace it")
+
+
 def start_job(folder: str | Path, signature: dict, owned: list[str], overwrite: bool,
               flag: str = "--overwrite") -> bool:
     """Claim ``folder`` for a job described by ``signature``.
@@ -60,24 +81,20 @@ def start_job(folder: str | Path, signature: dict, owned: list[str], overwrite: 
         True when an interrupted job with the same signature is resumed (existing files are kept).
 
     Raises:
-        UserError: the folder holds other files, or a finished job, and ``overwrite`` is false.
+        UserError: see :func:`check_claimable`.
     """
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"{folder}: exists and is not a folder")
+    check_claimable(folder, signature, overwrite, flag)
     make_folder(folder)
     marker = folder / IN_PROGRESS
     resumed = False
     if overwrite:
         _clear(folder, owned)
-    elif marker.is_file() and _read(marker) == json.loads(json.dumps(signature)):
+    elif marker.is_file():  # the same signature (check_claimable refused another in a folder with files)
         resumed = True
         for parent in {(folder / pattern).parent for pattern in owned}:
             for stale in parent.glob(".*.tmp"):  # temporary files of writes the kill interrupted
                 stale.unlink()
-    elif any(folder.iterdir()):
-        state = "holds a finished job" if is_complete(folder) else "is not empty"
-        raise UserError(f"{folder}: output folder {state}; pass {flag} to replace it")
     atomic_write_text(marker, json.dumps(signature, indent=1, sort_keys=True))
     return resumed
 
