@@ -29,9 +29,11 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "benchmarks" / "results"
 
 
-def base_parser(description: str) -> argparse.ArgumentParser:
-    """An argument parser with the flags every benchmark has: ``--tiny``, ``--repeats``, ``--warmup``, ``--out-dir``."""
-    p = argparse.ArgumentParser(description=description)
+def base_parser(doc: str) -> argparse.ArgumentParser:
+    """An argument parser with the flags every benchmark has: ``--tiny``, ``--repeats``, ``--warmup``, ``--out-dir``,
+    described by the first paragraph of the benchmark's docstring ``doc`` (its first line alone broke off mid-sentence
+    where the summary runs over two lines)."""
+    p = argparse.ArgumentParser(description=" ".join(doc.split("\n\n")[0].split()))
     p.add_argument("--tiny", action="store_true", help="tiny sizes and one repeat (a smoke test of a few seconds)")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds per variant (default: per benchmark)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls per variant before timing")

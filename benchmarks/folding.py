@@ -74,7 +74,7 @@ def bench_width(width: int, image: torch.Tensor, rt: Runtime, repeats: int, warm
 
 
 def parse_args(argv: list[str] | None):
-    p = base_parser(__doc__.splitlines()[0])
+    p = base_parser(__doc__)
     p.add_argument("--widths", type=int, nargs="+", default=[8, 16, 64], help="U-Net base channels")
     p.add_argument("--image", type=int, nargs=2, default=[480, 960], metavar=("H", "W"), help="image size")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])

@@ -90,7 +90,7 @@ def run_variant(variant: str, rt: Runtime, width: int, batch_size: int, warmup: 
 
 
 def parse_args(argv: list[str] | None):
-    p = base_parser(__doc__.splitlines()[0])
+    p = base_parser(__doc__)
     p.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=16)

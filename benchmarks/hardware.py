@@ -111,7 +111,7 @@ def inference_call(width: int, shape: tuple[int, int], batch_size: int, rt: Runt
 
 
 def parse_args(argv: list[str] | None):
-    p = base_parser(__doc__.splitlines()[0])
+    p = base_parser(__doc__)
     p.add_argument("--widths", type=int, nargs="+", default=[8, 16, 64], help="U-Net base channels")
     p.add_argument("--batch-size", type=int, default=16, help="patches per training step")
     p.add_argument("--image", type=int, nargs=2, default=[480, 960], metavar=("H", "W"), help="inference image")

@@ -218,7 +218,7 @@ def print_result(result: dict, precision: str) -> None:
 
 
 def parse_args(argv: list[str] | None):
-    p = base_parser(__doc__.splitlines()[0])
+    p = base_parser(__doc__)
     p.add_argument("--small", type=int, default=10, help="number of test-size images")
     p.add_argument("--small-size", type=int, nargs=2, default=[400, 200], metavar=("H", "W"))
     p.add_argument("--large", type=int, nargs=2, default=[2000, 4000], metavar=("H", "W"), help="the large image")

@@ -185,7 +185,7 @@ def label_agreement(ours: Path, monai: Path) -> float:
 
 
 def parse_args(argv: list[str] | None):
-    p = base_parser(__doc__.splitlines()[0])
+    p = base_parser(__doc__)
     p.add_argument("--megapixels", type=float, nargs="+", default=[8, 32, 128, 512], help="image sizes")
     p.add_argument("--giga", action="store_true", help=f"also a {GIGA[0]}×{GIGA[1]} image (about 40 minutes on 2 "
                                                       "cores)")

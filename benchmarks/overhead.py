@@ -272,7 +272,7 @@ def print_tables(timings: list[dict], memory: list[dict], precision: str, device
 
 
 def parse_args(argv: list[str] | None):
-    p = base_parser(__doc__.splitlines()[0])
+    p = base_parser(__doc__)
     p.add_argument("--megapixels", type=float, nargs="+", default=[0.08, 1, 8, 32], help="image sizes (1:2)")
     p.add_argument("--memory-at", type=float, nargs="*", default=None,
                    help="sizes whose peak memory is measured (default: all)")

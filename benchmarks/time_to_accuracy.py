@@ -159,7 +159,7 @@ def joined_predict_flags(argv: list[str]) -> list[str]:
 
 
 def parse_args(argv: list[str] | None):
-    p = base_parser(__doc__.splitlines()[0])
+    p = base_parser(__doc__)
     p.add_argument("--skip-setup", action="store_true", help="leave out the virtual environment stage")
     demo = "(default: the demo's, DEMO_TRAIN_FLAGS in the Makefile, else parameters.json's)"
     p.add_argument("--epochs", type=int, help=f"-e {demo}")

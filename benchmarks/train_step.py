@@ -111,7 +111,7 @@ def bench_width(width: int, batch_size: int, patch: int, steps: int, repeats: in
 
 
 def parse_args(argv: list[str] | None):
-    p = base_parser(__doc__.splitlines()[0])
+    p = base_parser(__doc__)
     p.add_argument("--widths", type=int, nargs="+", default=[16, 64], help="U-Net base channels")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--patch", type=int, default=96, help="patch side")
