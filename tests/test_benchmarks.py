@@ -168,7 +168,8 @@ def test_make_demo_alternate_runs_the_second_set_s_recipe_whose_flags_the_benchm
                      makefile, re.MULTILINE)
     args = time_to_accuracy.parse_args(["--skip-setup", *time_to_accuracy.demo_flags("ALTERNATE_FLAGS")])
     assert args.generator == "alternate" and time_to_accuracy.TARGET_SECONDS[args.generator] == 600.0
-    assert (args.epochs, args.batch_size, args.compile, args.foreground_fraction) == (12, 8, "default", 0.75)
+    assert (args.epochs, args.batch_size, args.compile, args.foreground_fraction, args.loss) == \
+        (12, 8, "default", 0.75, "dice_ce")
 
 
 def test_time_to_accuracy_stages_compile_into_a_cache_of_their_own(tmp_path: Path):
