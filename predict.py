@@ -55,6 +55,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, help="windows per forward pass")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="CUDA only: replay each image size's sliding window as one CUDA graph (images up to "
+                        "1024x1024; faster where launching kernels is the bottleneck, e.g. many small tiles)")
     p.add_argument("--save-probabilities", action="store_true",
                    help="also write <stem>_probabilities.npy (float32, classes × height × width), or beside a TIFF "
                         "mask <stem>_probabilities.zarr (float16, height × width × classes, chunks of 256²)")
@@ -384,7 +387,7 @@ def with_inference_flags(params: Params, args: argparse.Namespace) -> Params:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     info = init_distributed(select_device(args.device).type)
-    segmenter = Segmenter.from_checkpoint(args.checkpoint, args.device, args.precision)
+    segmenter = Segmenter.from_checkpoint(args.checkpoint, args.device, args.precision, cuda_graphs=args.cuda_graphs)
     segmenter.params = with_inference_flags(segmenter.params, args)
     segmenter.inference = segmenter.params.inference
     if not math.isfinite(args.tiff_above) or args.tiff_above < 0:

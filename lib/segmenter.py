@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from lib.core.allocator import retain_freed_memory
+from lib.core.cuda_graphs import GraphedCall
 from lib.core.device import memory_format, resolve_precision, select_device
 from lib.core.errors import UserError
 from lib.core.imageio import ImageHeader, ImageRows
@@ -38,10 +39,13 @@ class Segmenter:
     precision: str
     inference: InferenceParams
     params: Params
+    cuda_graphs: bool = False
+    # the graphed call and the window options it was made with (see _graphed)
+    _graph_call: tuple[dict, GraphedCall] | None = field(default=None, repr=False)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", precision: str = "auto",
-                        inference: InferenceParams | None = None) -> Segmenter:
+                        inference: InferenceParams | None = None, cuda_graphs: bool = False) -> Segmenter:
         """Load a checkpoint for inference.
 
         Args:
@@ -49,18 +53,21 @@ class Segmenter:
             device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
             precision: ``auto`` (bf16 on CPUs with native bf16, fp32 elsewhere), ``fp32``, ``bf16`` or ``fp16``.
             inference: overlap, blend, TTA and window batch size (default: those stored with the checkpoint).
+            cuda_graphs: replay the sliding-window call of each image size as one CUDA graph (:meth:`predict`).
 
         Raises:
-            UserError: the file is missing, not a checkpoint, or does not fit the model.
+            UserError: the file is missing, not a checkpoint, or does not fit the model; CUDA graphs without CUDA.
         """
-        return cls.from_state(load_checkpoint(path), path, device, precision, inference)
+        return cls.from_state(load_checkpoint(path), path, device, precision, inference, cuda_graphs)
 
     @classmethod
     def from_state(cls, state: dict, path: str | Path, device: str = "auto", precision: str = "auto",
-                   inference: InferenceParams | None = None) -> Segmenter:
+                   inference: InferenceParams | None = None, cuda_graphs: bool = False) -> Segmenter:
         """:meth:`from_checkpoint` for a checkpoint already loaded (``model.checkpoint.load_checkpoint``) from ``path``,
         which names it in errors."""
         dev = select_device(device)
+        if cuda_graphs and dev.type != "cuda":
+            raise UserError(f"--cuda-graphs: needs a CUDA device, the device is {dev.type}")
         if dev.type == "cpu":
             retain_freed_memory()
         # the BatchNorms folded into the convolutions: the same outputs, a pass over each activation map less
@@ -68,7 +75,7 @@ class Segmenter:
         params = params_from_dict(state["params"])
         return cls(model, state["normalization"], list(state["class_names"]),
                    [tuple(c) for c in state["class_colors"]], params.patches.size, dev,
-                   resolve_precision(precision, dev, amp=True), inference or params.inference, params)
+                   resolve_precision(precision, dev, amp=True), inference or params.inference, params, cuda_graphs)
 
     @property
     def n_channels(self) -> int:
@@ -129,20 +136,34 @@ class Segmenter:
                 "tta": p.tta, "precision": self.precision, "device": self.device,
                 "memory_format": memory_format(self.device)}
 
+    def _graphed(self) -> GraphedCall:
+        """The graphed sliding-window call with the current window options (new graphs when they changed)."""
+        options = self._window_options()
+        if self._graph_call is None or self._graph_call[0] != options:
+            self._graph_call = options, GraphedCall(lambda x: sliding_window_predict(self.model, x, **options))
+        return self._graph_call[1]
+
     def predict(self, image: np.ndarray, name: str = "image") -> tuple[torch.Tensor, torch.Tensor]:
-        """Class probabilities (C×H×W) and labels (H×W) of a whole image, by :func:`sliding_window_predict`.
+        """Class probabilities (C×H×W) and labels (H×W) of a whole image, by :func:`sliding_window_predict`, on the
+        host. With ``cuda_graphs`` the call of each image size is captured once and replayed (:class:`GraphedCall`):
+        the same kernels, launched at once.
 
         Raises:
             UserError: the image does not fit the model, or its probabilities are not finite.
         """
-        probabilities, labels = sliding_window_predict(self.model, self.to_input(image, name), **self._window_options())
+        x = self.to_input(image, name)
+        if self.cuda_graphs:
+            probabilities, labels = (t.cpu() for t in self._graphed()(x.to(self.device)))
+        else:
+            probabilities, labels = sliding_window_predict(self.model, x, **self._window_options())
         return _finite(probabilities, name, 0, 0), labels
 
     def predict_bands(self, source: ImageRows, name: str = "image", block_width: int = 8192, stats_block: int = 1024
                       ) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
         """Segment an image read in parts (:class:`lib.core.imageio.ImageRows`) in bounded memory: the blocks of
         :func:`sliding_window_bands`, identical to :meth:`predict` on the whole image. An image smaller than a window
-        is segmented whole (it is small). ``image`` normalisation first reads the image once for its statistics, in
+        is segmented whole (it is small), and so is one within a block of statistics with ``cuda_graphs`` (replayed
+        graphs pay off on small images). ``image`` normalisation first reads the image once for its statistics, in
         blocks of ``stats_block``² pixels.
 
         Yields:
@@ -155,7 +176,8 @@ class Segmenter:
         header = source.header
         self.check_image(header, name)
         height, width = header.height, header.width
-        if height < self.window or width < self.window:
+        whole = self.cuda_graphs and height <= stats_block and width <= min(stats_block, block_width)
+        if height < self.window or width < self.window or whole:
             probabilities, labels = self.predict(source.rows(0, height), name)
             yield 0, 0, probabilities, labels
             return

@@ -218,6 +218,8 @@ CASES = [
      ["pred/i1_probabilities.npy", "a folder stands where the output file goes"]),
     ("predict-tiff-above-negative", lambda w: _predict(w, "--tiff-above", "-1"), ["--tiff-above -1.0", ">= 0"]),
     ("predict-tiff-above-nan", lambda w: _predict(w, "--tiff-above", "nan"), ["--tiff-above nan", ">= 0"]),
+    ("predict-cuda-graphs-without-cuda", lambda w: _predict(w, "--device", "cpu", "--cuda-graphs"),
+     ["--cuda-graphs", "needs a CUDA device", "cpu"]),
     ("batch-size-larger-than-the-set", lambda w: _train(w, "-b", "100000"),
      ["--batch-size 100000", "larger than the training set"]),
     ("predict-checkpoint-missing", lambda w: _swap(_predict(w), "--checkpoint", str(w / "none.pth")),
@@ -316,4 +318,4 @@ def test_images_smaller_than_a_patch_are_padded_in_preparation(world):
 
 
 def test_case_count():
-    assert len(CASES) + len(ACCEPTED) + 1 == 58  # reported in the README
+    assert len(CASES) + len(ACCEPTED) + 1 == 59  # reported in the README

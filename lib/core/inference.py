@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from lib.core.cuda_graphs import to_device
 from lib.core.device import autocast
 from lib.core.padding import reflect_pad
 
@@ -229,10 +230,10 @@ def sliding_window_bands(
         raise ValueError(f"image of {height}x{width} is smaller than the window {window}: pad it first")
     device = torch.device(device)
     ys, xs = window_grid(height, width, window, overlap)
-    # computed on the host (see axis_weight_sums) and moved in one copy each
-    row_sums = axis_weight_sums(height, ys, window, blend, sigma_scale).to(device)
-    col_sums = axis_weight_sums(width, xs, window, blend, sigma_scale).to(device)
-    weights = gaussian_weights(window, sigma_scale).to(device) if blend == "gaussian" else None
+    # computed on the host (see axis_weight_sums) and moved in one copy each (to_device: also in a CUDA graph)
+    row_sums = to_device(axis_weight_sums(height, ys, window, blend, sigma_scale), device)
+    col_sums = to_device(axis_weight_sums(width, xs, window, blend, sigma_scale), device)
+    weights = to_device(gaussian_weights(window, sigma_scale), device) if blend == "gaussian" else None
     forward = functools.partial(_forward, predictor, tta=tta, precision=precision, device=device)
     for left, right, block_xs in column_blocks(width, xs, window, block_width):
         x0 = block_xs[0]  # the block's input and accumulator start at its first window's column

@@ -48,6 +48,8 @@ def reflect_pad(x: Array, height: int, width: int, axes: tuple[int, int] = (-2, 
     rows, cols = mirror_indices(h, height), mirror_indices(w, width)
     torch = sys.modules.get("torch")  # not imported by patch preparation, and then x is no tensor
     if torch is not None and isinstance(x, torch.Tensor):
-        rows_t, cols_t = (torch.from_numpy(i).to(x.device) for i in (rows, cols))
+        from lib.core.cuda_graphs import to_device  # a copy a CUDA graph can replay
+
+        rows_t, cols_t = (to_device(torch.from_numpy(i), x.device) for i in (rows, cols))
         return x.index_select(axes[0], rows_t).index_select(axes[1], cols_t)
     return np.take(np.take(x, rows, axis=axes[0]), cols, axis=axes[1])

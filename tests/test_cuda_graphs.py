@@ -1,0 +1,109 @@
+"""CUDA graphs of the sliding-window call: the same results as eager calls, for every image size and option.
+
+The graph tests need a CUDA device (they run on the GPU machine: ``pytest tests/test_cuda_graphs.py``); the checks
+of options run everywhere."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lib.core.cuda_graphs import GraphedCall, to_device
+from lib.core.inference import sliding_window_predict
+from model.unet_model import UNet
+from tests.conftest import file_digests, random_checkpoint, run_main
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def test_to_device_outside_a_capture_is_a_plain_copy():
+    x = torch.arange(5.0)
+    assert torch.equal(to_device(x, torch.device("cpu")), x)
+
+
+@pytest.mark.parametrize("kwargs", [{"max_graphs": 0}, {"warmup": 0}])
+def test_graphed_call_options_are_checked_up_front(kwargs):
+    with pytest.raises(ValueError, match="at least 1"):
+        GraphedCall(lambda x: (x,), **kwargs)
+
+
+def test_graphed_call_refuses_a_host_tensor():
+    with pytest.raises(ValueError, match="needs a CUDA tensor"):
+        GraphedCall(lambda x: (x,))(torch.zeros(2))
+
+
+def _model(channels: int = 1, classes: int = 3) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return UNet(channels, classes, 4).eval().cuda().to(memory_format=torch.channels_last)
+
+
+# (name, C×H×W, options of sliding_window_predict)
+CASES = [
+    ("smaller-than-a-window", (1, 50, 70), {}),
+    ("one-batch", (1, 200, 400), {}),
+    ("several-batches-gaussian", (1, 300, 500), {"blend": "gaussian", "batch_size": 8}),
+    ("flips-bf16", (3, 130, 260), {"tta": True, "precision": "bf16"}),
+    ("column-blocks", (1, 140, 420), {"block_width": 150}),
+]
+
+
+@cuda
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_graph_replays_give_the_eager_result_exactly(case):
+    _, shape, options = case
+    model = _model(shape[0])
+    options = {"memory_format": torch.channels_last, **options}
+    graphed = GraphedCall(lambda x: sliding_window_predict(model, x, **options))
+    for seed in range(3):  # the capture, then replays on new contents
+        image = torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).cuda()
+        expected = sliding_window_predict(model, image, **options)
+        got = graphed(image)
+        assert all(torch.equal(a, b) for a, b in zip(got, expected))
+
+
+@cuda
+def test_results_survive_later_calls_and_evicted_graphs_are_captured_again():
+    model = _model()
+    graphed = GraphedCall(lambda x: sliding_window_predict(model, x, memory_format=torch.channels_last),
+                          max_graphs=1)
+    images = [torch.randn(1, h, w, generator=torch.Generator().manual_seed(h)).cuda()
+              for h, w in ((100, 200), (120, 130), (100, 200))]
+    results = [graphed(image) for image in images]  # each shape evicts the other's graph
+    assert len(graphed.graphs) == 1
+    for image, (probabilities, labels) in zip(images, results):
+        expected_p, expected_l = sliding_window_predict(model, image, memory_format=torch.channels_last)
+        assert torch.equal(probabilities, expected_p) and torch.equal(labels, expected_l)
+
+
+@cuda
+def test_a_host_copy_inside_a_capture_not_made_by_graphed_call_is_refused():
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="not made by GraphedCall"), torch.cuda.graph(graph):
+        to_device(torch.ones(3), torch.device("cuda"))
+
+
+@cuda
+def test_a_call_that_copies_other_host_tensors_each_time_is_not_captured():
+    def fn(x):
+        return (x + to_device(torch.rand(3), x.device),)  # new host values at each call: a graph would freeze one
+
+    with pytest.raises(RuntimeError, match="other host tensors"):
+        GraphedCall(fn)(torch.zeros(3, device="cuda"))
+
+
+@cuda
+def test_predict_with_cuda_graphs_writes_the_same_masks_and_probabilities(tmp_path):
+    checkpoint = random_checkpoint(tmp_path / "c.pth")
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    # the last is taller than a block of statistics: streamed in bands, without a graph
+    for i, (h, w) in enumerate(((30, 40), (60, 80), (200, 400), (300, 310), (1100, 200))):
+        Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)).save(images / f"i{i}.png")
+    for flags, out in (((), "eager"), (("--cuda-graphs",), "graphs")):
+        result = run_main("predict.py", "--checkpoint", str(checkpoint), "--input", str(images), "--output",
+                          str(tmp_path / out), "--device", "cuda", "--save-probabilities", "--quiet", *flags)
+        assert result.returncode == 0, result.stderr
+    assert file_digests(tmp_path / "eager") == file_digests(tmp_path / "graphs")
