@@ -1,7 +1,7 @@
 """Stitching overhead and memory of sliding-window inference, from 0.08 to 32 megapixels.
 
     python -m benchmarks.overhead [--megapixels 0.08 1 8 32] [--memory-at 8 32] [--repeats N] [--device cuda]
-        [--launches] [--tiny]
+        [--launches] [--cuda-graphs] [--tiny]
 
 Time: ``sliding_window_predict`` as the Segmenter calls it by default (bf16 autocast on CPUs with native bf16 and on
 CUDA, channels_last) vs the model alone on the same window batches (cut beforehand, the same autocast per batch, no
@@ -9,7 +9,10 @@ softmax and no stitching); overhead = call / model − 1 (target ≤ 5%), and ti
 With ``--device cuda`` the model, the image and the result stay on the GPU (host transfers are not stitching), each
 timing ends with a synchronisation, and memory is not measured (it is the host's). There the model of the
 benchmark is bound by launching kernels from Python, and a busy host moves the timings by tens of percent between
-runs; ``--launches`` counts what the stitching adds per window batch, a figure that does not move. The minor page
+runs; ``--launches`` counts what the stitching adds per window batch, a figure that does not move.
+``--cuda-graphs`` replays the call as one CUDA graph per image size (predict.py's ``--cuda-graphs``) and the model
+alone as one graph of all its batches, so that both launch at once; the eager model alone is timed beside them. The
+minor page
 faults of each are shown: with glibc's malloc the model's activations are at times served from reused memory and at
 times from fresh pages that the kernel must fault in (after the heap was trimmed), which moves either timing by up to
 about 30%. To see the overhead without that effect, run with
@@ -59,6 +62,7 @@ from benchmarks.common import (
     verdict,
     write_json,
 )
+from lib.core.cuda_graphs import GraphedCall
 from lib.core.device import autocast, memory_format, select_device
 from lib.core.inference import cut_windows, sliding_window_predict, window_grid
 from lib.core.padding import reflect_pad
@@ -106,13 +110,32 @@ def window_batches(image: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
             for i in range(0, len(corners), batch_size)]
 
 
-def model_alone(model: UNet, batches: list[torch.Tensor]) -> None:
+def run_model(model: UNet, batches: list[torch.Tensor]) -> torch.Tensor:
+    """The model on each batch in turn (each output dropped as the next is computed); the last output."""
     device, precision, _ = settings(batches[0].device)
     with torch.inference_mode():
         for batch in batches:
             with autocast(device, precision):
-                model(batch)
-    synchronize(device)
+                out = model(batch)
+    return out
+
+
+def model_alone(model: UNet, batches: list[torch.Tensor]) -> None:
+    run_model(model, batches)
+    synchronize(batches[0].device)
+
+
+def graphed_variants(model: UNet, image: torch.Tensor, batches: list[torch.Tensor], batch_size: int
+                     ) -> tuple[Callable[[], object], Callable[[], object]]:
+    """The call and the model alone (all its batches), each replayed as one CUDA graph."""
+    device, precision, mem = settings(image.device)
+    call = GraphedCall(lambda x: sliding_window_predict(model, x, window=WINDOW, overlap=OVERLAP,
+                                                        batch_size=batch_size, precision=precision, device=device,
+                                                        memory_format=mem))
+    sizes = [len(b) for b in batches]
+    alone = GraphedCall(lambda x: (run_model(model, [b.contiguous(memory_format=mem) for b in x.split(sizes)]),))
+    stacked = torch.cat(batches)
+    return (lambda: (call(image), synchronize(device))), (lambda: (alone(stacked), synchronize(device)))
 
 
 # what a launch-bound GPU pays for: kernel launches and the copies and sets the runtime queues
@@ -158,28 +181,35 @@ def counting_faults(fn: Callable[[], object], faults: list[int]) -> Callable[[],
 
 
 def time_size(model: UNet, megapixels: float, batch_size: int, rounds: int, warmup: int,
-              device: torch.device = torch.device("cpu"), launches: bool = False) -> dict:
+              device: torch.device = torch.device("cpu"), launches: bool = False, graphs: bool = False) -> dict:
     """Interleaved timing of the call and of the model alone at one image size, the image on ``device``; with
-    ``launches``, also the operations of each (:func:`count_operations`), once the timings are done."""
+    ``launches``, also the operations of each (:func:`count_operations`), once the timings are done; with ``graphs``
+    both replayed as CUDA graphs (:func:`graphed_variants`, captured in the warm-up), the eager model alone beside."""
     shape = image_shape(megapixels)
     image = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0)).to(device)
     batches = window_batches(image, batch_size)
-    faults: dict[str, list[int]] = {"call": [], "model": []}
-    times = interleaved({"call": counting_faults(lambda: predict(model, image, batch_size), faults["call"]),
-                         "model": counting_faults(lambda: model_alone(model, batches), faults["model"])},
-                        rounds, warmup)
+    call_fn, model_fn = lambda: predict(model, image, batch_size), lambda: model_alone(model, batches)
+    faults: dict[str, list[int]] = {"call": [], "model": [], "model_eager": []}
+    variants = {}
+    if graphs:
+        variants["model_eager"] = counting_faults(model_fn, faults["model_eager"])
+        call_fn, model_fn = graphed_variants(model, image, batches, batch_size)
+        warmup = max(warmup, 1)  # the captures
+    variants = {"call": counting_faults(call_fn, faults["call"]),
+                "model": counting_faults(model_fn, faults["model"]), **variants}
+    times = interleaved(variants, rounds, warmup)
     call, alone = summarize(times["call"]), summarize(times["model"])
     call["minor_faults"], alone["minor_faults"] = faults["call"][warmup:], faults["model"][warmup:]
+    eager = summarize(times["model_eager"]) if graphs else None
     mp = shape[0] * shape[1] / 1e6
     overhead = call["min_s"] / alone["min_s"] - 1
     operations = None
     if launches:
-        operations = {"call": count_operations(lambda: predict(model, image, batch_size), device),
-                      "model": count_operations(lambda: model_alone(model, batches), device)}
+        operations = {"call": count_operations(call_fn, device), "model": count_operations(model_fn, device)}
         operations["batches"] = len(batches)
         operations["extra_per_batch"] = (operations["call"] - operations["model"]) / len(batches)
     return {"megapixels": mp, "shape": list(shape), "windows": sum(len(b) for b in batches), "rounds": rounds,
-            "call": call, "model": alone, "overhead": overhead,
+            "call": call, "model": alone, "model_eager": eager, "graphs": graphs, "overhead": overhead,
             "overhead_median": call["median_s"] / alone["median_s"] - 1,
             "call_s_per_megapixel": call["min_s"] / mp, "operations": operations, "met": overhead <= TARGET_OVERHEAD}
 
@@ -249,14 +279,17 @@ def _operations(operations: dict | None) -> str:
 
 def print_tables(timings: list[dict], memory: list[dict], precision: str, device: torch.device) -> None:
     rows = [[f"{t['megapixels']:.2f} MP", f"{t['shape'][0]}×{t['shape'][1]}", t["windows"], t["rounds"],
-             t["call"]["min_s"], t["model"]["min_s"], f"{100 * t['overhead']:.1f}%",
+             t["call"]["min_s"], t["model"]["min_s"], t["model_eager"]["min_s"] if t.get("model_eager") else "-",
+             f"{100 * t['overhead']:.1f}%",
              f"{100 * t['overhead_median']:.1f}%", t["call_s_per_megapixel"],
              f"{median_k(t['call']['minor_faults'])} / {median_k(t['model']['minor_faults'])}",
              _operations(t["operations"]), verdict(t["overhead"], TARGET_OVERHEAD, higher_is_better=False)]
             for t in timings]
+    graphs = " (each replayed as CUDA graphs)" if timings and timings[0].get("graphs") else ""
     print(f"\ntime: sliding_window_predict on {device} ({precision}, channels_last) vs the model alone on the same "
-          f"batches (best of interleaved rounds; target overhead ≤{100 * TARGET_OVERHEAD:.0f}%)")
-    print(format_table(["image", "H×W", "windows", "rounds", "call s", "model s", "overhead", "overhead (median)",
+          f"batches{graphs} (best of interleaved rounds; target overhead ≤{100 * TARGET_OVERHEAD:.0f}%)")
+    print(format_table(["image", "H×W", "windows", "rounds", "call s", "model s", "eager model s", "overhead",
+                        "overhead (median)",
                         "call s/MP", "page faults call / model",
                         "launches / batch: model + extra" if device.type == "cuda" else "ops / batch: model + extra",
                         "target"], rows))
@@ -283,8 +316,12 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--launches", action="store_true",
                    help="also count the kernel launches (CUDA) or working ATen operations (CPU) of the call and of "
                         "the model alone, per window batch (torch.profiler; after the timings)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="replay the call and the model alone as CUDA graphs (with --device cuda)")
     p.add_argument("--memory-probe", type=int, nargs=2, metavar=("H", "W"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.cuda_graphs and args.device != "cuda":
+        p.error("--cuda-graphs: needs --device cuda")
     if args.tiny:
         args.megapixels, args.width, args.batch_size, args.repeats, args.warmup = [0.02, 0.04], 4, 4, 1, 0
     if args.memory_at is None:
@@ -310,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     timings = []
     for k, mp in enumerate(args.megapixels):
         timings.append(time_size(model, mp, args.batch_size, args.repeats or default_rounds(mp),
-                                 args.warmup if k == 0 else 0, device, args.launches))
+                                 args.warmup if k == 0 else 0, device, args.launches, args.cuda_graphs))
     memory = [measure_memory(mp, args.width, args.batch_size, args.threads) for mp in args.memory_at]
     print_tables(timings, memory, precision, device)
     growth = [t["call_s_per_megapixel"] for t in timings]

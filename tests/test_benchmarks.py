@@ -101,9 +101,18 @@ def test_overhead_tiny(tmp_path: Path):
         assert {"shape", "windows", "call", "model", "overhead", "call_s_per_megapixel", "met"} <= set(t)
         ops = t["operations"]
         assert ops["call"] > ops["model"] > 0 and ops["batches"] * 4 >= t["windows"]  # the stitching does work
+        assert t["model_eager"] is None and t["graphs"] is False
     (memory,) = result["memory"]
     assert {"shape", "rss_before", "peak_increase", "hwm_increase", "expected", "peak_vs_expected"} <= set(memory)
     assert memory["peak_increase"] >= 0 and memory["expected"]["total"] > 0
+
+
+def test_overhead_cuda_graphs_need_cuda(capsys):
+    from benchmarks import overhead
+
+    with pytest.raises(SystemExit) as stop:
+        overhead.main(["--tiny", "--cuda-graphs"])
+    assert stop.value.code == 2 and "--cuda-graphs: needs --device cuda" in capsys.readouterr().err
 
 
 def test_time_to_accuracy_tiny(tmp_path: Path):
