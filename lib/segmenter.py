@@ -22,6 +22,9 @@ from model.checkpoint import load_checkpoint, model_from_checkpoint
 from model.folding import fold_batch_norms
 from model.unet_model import UNet
 
+# the largest image predict_bands segments whole with CUDA graphs (held on the GPU with the graph's buffers)
+GRAPHED_MEGAPIXELS = 16
+
 
 @dataclass
 class Segmenter:
@@ -162,13 +165,14 @@ class Segmenter:
                       ) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
         """Segment an image read in parts (:class:`lib.core.imageio.ImageRows`) in bounded memory: the blocks of
         :func:`sliding_window_bands`, identical to :meth:`predict` on the whole image. An image smaller than a window
-        is segmented whole (it is small), and so is one within a block of statistics with ``cuda_graphs`` (replayed
-        graphs pay off on small images). ``image`` normalisation first reads the image once for its statistics, in
-        blocks of ``stats_block``² pixels.
+        is segmented whole (it is small). ``image`` normalisation first reads the image once for its statistics, in
+        blocks of ``stats_block``² pixels. With ``cuda_graphs``, an image of at most :data:`GRAPHED_MEGAPIXELS` is
+        read whole, normalised with those statistics, and segmented by the graphed call (:meth:`predict`): the same
+        result in one block.
 
         Yields:
             ``(top, left, probabilities, labels)``: C×h×w float32 and h×w int64 blocks on the device (see
-            :func:`sliding_window_bands` for their order).
+            :func:`sliding_window_bands` for their order; on the host for an image smaller than a window).
 
         Raises:
             UserError: the image does not fit the model, cannot be read, or gives probabilities that are not finite.
@@ -176,8 +180,7 @@ class Segmenter:
         header = source.header
         self.check_image(header, name)
         height, width = header.height, header.width
-        whole = self.cuda_graphs and height <= stats_block and width <= min(stats_block, block_width)
-        if height < self.window or width < self.window or whole:
+        if height < self.window or width < self.window:
             probabilities, labels = self.predict(source.rows(0, height), name)
             yield 0, 0, probabilities, labels
             return
@@ -188,6 +191,10 @@ class Segmenter:
         def read_region(top: int, bottom: int, left: int, right: int) -> torch.Tensor:
             return normalize(self._channels(source.rows(top, bottom, left, right))[None], self.normalization, stats)[0]
 
+        if self.cuda_graphs and height * width <= GRAPHED_MEGAPIXELS * 1e6:
+            probabilities, labels = self._graphed()(read_region(0, height, 0, width).to(self.device))
+            yield 0, 0, _finite(probabilities, name, 0, 0), labels
+            return
         for top, left, probabilities, labels in sliding_window_bands(self.model, read_region, height, width,
                                                                      **self._window_options(), block_width=block_width):
             yield top, left, _finite(probabilities, name, top, left), labels

@@ -11,7 +11,11 @@ import torch
 from PIL import Image
 
 from lib.core.cuda_graphs import GraphedCall, to_device
+from lib.core.imageio import ImageRows
 from lib.core.inference import sliding_window_predict
+from lib.core.normalization import compute_normalization
+from lib.segmenter import Segmenter
+from model.checkpoint import load_checkpoint, save_checkpoint
 from model.unet_model import UNet
 from tests.conftest import file_digests, random_checkpoint, run_main
 
@@ -94,16 +98,35 @@ def test_a_call_that_copies_other_host_tensors_each_time_is_not_captured():
 
 
 @cuda
-def test_predict_with_cuda_graphs_writes_the_same_masks_and_probabilities(tmp_path):
+@pytest.mark.parametrize("mode", ["zscore", "image"])
+def test_predict_with_cuda_graphs_writes_the_same_masks_and_probabilities(tmp_path, mode):
     checkpoint = random_checkpoint(tmp_path / "c.pth")
+    state = load_checkpoint(checkpoint)
+    # image mode: each image's own statistics, gathered over blocks of 1024² pixels on both routes
+    state["normalization"] = compute_normalization(torch.randint(0, 256, (2, 1, 8, 8), dtype=torch.uint8), mode)
+    save_checkpoint(checkpoint, state)
     images = tmp_path / "images"
     images.mkdir()
     rng = np.random.default_rng(0)
-    # the last is taller than a block of statistics: streamed in bands, without a graph
-    for i, (h, w) in enumerate(((30, 40), (60, 80), (200, 400), (300, 310), (1100, 200))):
+    for i, (h, w) in enumerate(((30, 40), (60, 80), (200, 400), (300, 310), (1100, 200), (1300, 1100))):
         Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)).save(images / f"i{i}.png")
     for flags, out in (((), "eager"), (("--cuda-graphs",), "graphs")):
         result = run_main("predict.py", "--checkpoint", str(checkpoint), "--input", str(images), "--output",
                           str(tmp_path / out), "--device", "cuda", "--save-probabilities", "--quiet", *flags)
         assert result.returncode == 0, result.stderr
     assert file_digests(tmp_path / "eager") == file_digests(tmp_path / "graphs")
+
+
+@cuda
+@pytest.mark.parametrize("limit, graphed", [(16, True), (0.05, False)])
+def test_only_images_up_to_the_limit_go_through_a_graph(tmp_path, monkeypatch, limit, graphed):
+    from lib import segmenter as segmenter_module
+
+    monkeypatch.setattr(segmenter_module, "GRAPHED_MEGAPIXELS", limit)
+    path = tmp_path / "i.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 310), dtype=np.uint8)).save(path)
+    segmenter = Segmenter.from_checkpoint(random_checkpoint(tmp_path / "c.pth"), "cuda", cuda_graphs=True)
+    with ImageRows(path) as source:
+        got = list(segmenter.predict_bands(source, "i.png"))
+    assert sum(labels.numel() for *_, labels in got) == 300 * 310
+    assert (segmenter._graph_call is not None) == graphed
