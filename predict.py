@@ -57,7 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--cuda-graphs", action="store_true",
                    help="CUDA only: replay each image size's sliding window as one CUDA graph (images up to 16 "
-                        "MP; faster where launching kernels is the bottleneck: small tiles, narrow models)")
+                        "MP, read whole: --block-width does not apply to them; each new size costs two eager calls "
+                        "and a capture); faster where launching kernels is the bottleneck: small tiles, narrow models")
     p.add_argument("--save-probabilities", action="store_true",
                    help="also write <stem>_probabilities.npy (float32, classes × height × width), or beside a TIFF "
                         "mask <stem>_probabilities.zarr (float16, height × width × classes, chunks of 256²)")

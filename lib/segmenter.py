@@ -43,8 +43,8 @@ class Segmenter:
     inference: InferenceParams
     params: Params
     cuda_graphs: bool = False
-    # the graphed call and the window options it was made with (see _graphed)
-    _graph_call: tuple[dict, GraphedCall] | None = field(default=None, repr=False)
+    # the graphed call and the model and window options it was made with (see _graph_predict)
+    _graph_call: tuple[UNet, dict, GraphedCall] | None = field(default=None, repr=False)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", precision: str = "auto",
@@ -139,12 +139,22 @@ class Segmenter:
                 "tta": p.tta, "precision": self.precision, "device": self.device,
                 "memory_format": memory_format(self.device)}
 
-    def _graphed(self) -> GraphedCall:
-        """The graphed sliding-window call with the current window options (new graphs when they changed)."""
-        options = self._window_options()
-        if self._graph_call is None or self._graph_call[0] != options:
-            self._graph_call = options, GraphedCall(lambda x: sliding_window_predict(self.model, x, **options))
-        return self._graph_call[1]
+    def _graph_predict(self, x: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`sliding_window_predict` of a normalised C×H×W input, replayed as a CUDA graph (new graphs when the
+        model or the window options changed), on the device.
+
+        Raises:
+            UserError: the call could not be captured (naming the image).
+        """
+        model, options = self.model, self._window_options()
+        if self._graph_call is None or self._graph_call[0] is not model or self._graph_call[1] != options:
+            self._graph_call = model, options, GraphedCall(lambda x: sliding_window_predict(model, x, **options))
+        try:
+            probabilities, labels = self._graph_call[2](x.to(self.device))
+        except RuntimeError as err:
+            raise UserError(f"{name}: --cuda-graphs: the sliding window could not be captured as a CUDA graph "
+                            f"({str(err).splitlines()[0][:160]}); run without --cuda-graphs") from None
+        return probabilities, labels
 
     def predict(self, image: np.ndarray, name: str = "image") -> tuple[torch.Tensor, torch.Tensor]:
         """Class probabilities (C×H×W) and labels (H×W) of a whole image, by :func:`sliding_window_predict`, on the
@@ -156,7 +166,7 @@ class Segmenter:
         """
         x = self.to_input(image, name)
         if self.cuda_graphs:
-            probabilities, labels = (t.cpu() for t in self._graphed()(x.to(self.device)))
+            probabilities, labels = (t.cpu() for t in self._graph_predict(x, name))
         else:
             probabilities, labels = sliding_window_predict(self.model, x, **self._window_options())
         return _finite(probabilities, name, 0, 0), labels
@@ -168,7 +178,7 @@ class Segmenter:
         is segmented whole (it is small). ``image`` normalisation first reads the image once for its statistics, in
         blocks of ``stats_block``² pixels. With ``cuda_graphs``, an image of at most :data:`GRAPHED_MEGAPIXELS` is
         read whole, normalised with those statistics, and segmented by the graphed call (:meth:`predict`): the same
-        result in one block.
+        result in one block (``block_width`` does not apply).
 
         Yields:
             ``(top, left, probabilities, labels)``: C×h×w float32 and h×w int64 blocks on the device (see
@@ -192,7 +202,7 @@ class Segmenter:
             return normalize(self._channels(source.rows(top, bottom, left, right))[None], self.normalization, stats)[0]
 
         if self.cuda_graphs and height * width <= GRAPHED_MEGAPIXELS * 1e6:
-            probabilities, labels = self._graphed()(read_region(0, height, 0, width).to(self.device))
+            probabilities, labels = self._graph_predict(read_region(0, height, 0, width), name)
             yield 0, 0, _finite(probabilities, name, 0, 0), labels
             return
         for top, left, probabilities, labels in sliding_window_bands(self.model, read_region, height, width,

@@ -130,3 +130,43 @@ def test_only_images_up_to_the_limit_go_through_a_graph(tmp_path, monkeypatch, l
         got = list(segmenter.predict_bands(source, "i.png"))
     assert sum(labels.numel() for *_, labels in got) == 300 * 310
     assert (segmenter._graph_call is not None) == graphed
+
+
+def test_a_failed_capture_is_one_line_naming_the_image(tmp_path, monkeypatch):
+    from lib.core import cuda_graphs
+    from lib.core.errors import UserError
+
+    def fail(self, x):
+        raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+
+    monkeypatch.setattr(cuda_graphs.GraphedCall, "__call__", fail)
+    segmenter = Segmenter.from_checkpoint(random_checkpoint(tmp_path / "c.pth"), "cpu", "fp32")
+    segmenter.cuda_graphs = True  # on CPU only to reach the error's wording: the capture itself is mocked
+    with pytest.raises(UserError, match=r"^i7.png: --cuda-graphs: .*operation not permitted when stream is "
+                                        r"capturing\); run without --cuda-graphs$"):
+        segmenter.predict(np.zeros((60, 60), np.uint8), "i7.png")
+
+
+@cuda
+def test_a_call_that_waits_on_the_device_is_refused_in_one_line(tmp_path, monkeypatch):
+    from lib import segmenter as segmenter_module
+    from lib.core.errors import UserError
+
+    def waits(model, x, **options):
+        x.sum().item()  # a sync: forbidden in a capture
+        return sliding_window_predict(model, x, **options)
+
+    monkeypatch.setattr(segmenter_module, "sliding_window_predict", waits)
+    segmenter = Segmenter.from_checkpoint(random_checkpoint(tmp_path / "c.pth"), "cuda", cuda_graphs=True)
+    with pytest.raises(UserError, match="i0.png: --cuda-graphs: the sliding window could not be captured"):
+        segmenter.predict(np.zeros((60, 60), np.uint8), "i0.png")
+
+
+@cuda
+def test_another_model_gets_new_graphs(tmp_path):
+    segmenter = Segmenter.from_checkpoint(random_checkpoint(tmp_path / "a.pth", seed=1), "cuda", cuda_graphs=True)
+    other = Segmenter.from_checkpoint(random_checkpoint(tmp_path / "b.pth", seed=2), "cuda")
+    image = np.random.default_rng(0).integers(0, 256, (100, 120), dtype=np.uint8)
+    segmenter.predict(image)
+    segmenter.model = other.model
+    assert torch.equal(segmenter.predict(image)[0], other.predict(image)[0])

@@ -59,7 +59,7 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
         RuntimeError: a host tensor copied inside a capture not made by :class:`GraphedCall`, or one that the call
             before the capture did not copy.
     """
-    if device.type != "cuda" or tensor.device == device:
+    if device.type != "cuda" or tensor.device.type == "cuda":
         return tensor.to(device)
     if _host_copies is not None:
         return _host_copies.copy(tensor, device)
@@ -73,7 +73,7 @@ class _Graph:
     graph: torch.cuda.CUDAGraph
     inputs: torch.Tensor
     outputs: tuple[torch.Tensor, ...]
-    host_copies: list[torch.Tensor]
+    host_copies: list[torch.Tensor]  # held for the graph, which copies from them at each replay
 
 
 class GraphedCall:
@@ -83,7 +83,9 @@ class GraphedCall:
     ``fn`` must take one CUDA tensor and return a tuple of CUDA tensors, read nothing from the host that changes
     between calls (host constants go through :func:`to_device`) and wait for nothing (no ``.item()``). Its first
     calls for a new shape run eagerly on a side stream (libraries initialised, memory allocated), then one call is
-    captured. Each graph keeps the memory of a call; the ``max_graphs`` most recently used are kept.
+    captured. Each graph keeps the memory of a call; the ``max_graphs`` most recently used are kept. A capture that
+    fails raises and caches nothing. Not for use from several threads at once (captures record host copies in
+    module state).
 
     Args:
         fn: the call to replay.
