@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from dataloader.pairs import IMAGE_SUFFIXES, list_images, mask_of, masks_by_id
-from lib.core.atomic import atomic_write_bytes, atomic_write_text, remove_stale_temporaries
+from lib.core.atomic import atomic_write_bytes, atomic_write_text, remove_stale_temporaries_in
 from lib.core.device import select_device
 from lib.core.distributed import all_reduce_sum, cleanup, exit_process, init_distributed
 from lib.core.errors import UserError, cli_main
@@ -208,7 +208,6 @@ def segment_file(segmenter: Segmenter, image_path: Path, out: Path, mask: Path |
     """
     n_classes, colors = len(segmenter.class_names), segmenter.class_colors
     cm = torch.zeros(n_classes, n_classes, dtype=torch.long)
-    remove_leftovers(out, image_path.stem)
     with contextlib.ExitStack() as stack:
         source = stack.enter_context(ImageRows(image_path, **segmenter.params.data.read_options))
         truth = stack.enter_context(ImageRows(mask, mask_colors=colors)) if mask is not None else None
@@ -252,14 +251,17 @@ def scratch_folder(final: Path) -> Path:
     return final.with_name(f".{final.name}.tmp")
 
 
-def remove_leftovers(out: Path, stem: str) -> None:
-    """What a killed run left for the image ``stem`` in ``out``, whatever the options of this run: the temporary
-    files of its mask (PNG or TIFF) and probabilities, and its zarr folders (probabilities, column-block labels)."""
-    (png, npy), (tif, zarr) = output_paths(out, stem, False), output_paths(out, stem, True)
-    for path in (png, tif, npy):
-        remove_stale_temporaries(path)
-    for path in (zarr, out / f"{stem}.labels.zarr"):
-        shutil.rmtree(scratch_folder(path), ignore_errors=True)
+def remove_leftovers(out: Path, stems: list[str]) -> None:
+    """What a killed run left for the images ``stems`` in ``out``, whatever the options of this run: the temporary
+    files of their masks (PNG or TIFF) and probabilities, and their zarr folders (probabilities, column-block labels).
+    The folder is listed once for all of them: once per image made a run over many tiles quadratic in their number."""
+    names: set[str] = set()
+    for stem in stems:
+        (png, npy), (tif, zarr) = output_paths(out, stem, False), output_paths(out, stem, True)
+        names.update(path.name for path in (png, tif, npy))
+        for path in (zarr, out / f"{stem}.labels.zarr"):
+            shutil.rmtree(scratch_folder(path), ignore_errors=True)
+    remove_stale_temporaries_in(out, names)
 
 
 def gather(blocks: Iterable[tuple[int, int, np.ndarray]], shape: tuple[int, ...]) -> np.ndarray:
@@ -422,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     n_classes = len(segmenter.class_names)
     # one confusion matrix per image, zero for those of other processes: summed over processes, they are complete
     confusions = torch.zeros(len(images), n_classes, n_classes, dtype=torch.long)
+    remove_leftovers(out, [images[i].stem for i in mine])
     for i in tqdm(mine, desc="predict", unit="img", disable=args.quiet or not info.is_main, file=sys.stderr):
         cm = segment_file(segmenter, images[i], out, masks.get(images[i]), args.format, args.tiff_above,
                           args.save_probabilities, args.block_width)

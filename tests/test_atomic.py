@@ -84,3 +84,28 @@ def test_deferring_is_per_thread_and_a_failed_block_does_not_sync(tmp_path, sync
     with pytest.raises(RuntimeError), deferred_sync():
         raise RuntimeError("failed job")
     assert syncs == {"fsync": 1, "sync": 1}
+
+
+# (file present in the folder, removed): temporaries of the named files go, whatever else is there stays
+STALE = [
+    (".a.png.k3j_9x0a.tmp", True),  # a temporary of a.png (mkstemp's 8 characters)
+    (".b.tif.0123abcd.tmp", True),  # one of b.tif
+    (".a.png.v2.png.zzzzzzzz.tmp", False),  # of another file, a.png.v2.png
+    (".c.png.k3j_9x0a.tmp", False),  # of a file not named
+    (".a.png.notours.tmp", False),  # 7 characters: not a temporary of ours
+    ("a.png", False),  # the file itself
+]
+
+
+def test_stale_temporaries_of_many_files_go_in_one_listing(tmp_path, monkeypatch):
+    for name, _ in STALE:
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / ".b.tif.ffffffff.tmp").mkdir()  # a folder of that name is no temporary file
+    listings = []
+    real_scandir = os.scandir
+    monkeypatch.setattr(os, "scandir", lambda path: listings.append(path) or real_scandir(path))
+    assert atomic.remove_stale_temporaries_in(tmp_path, {"a.png", "b.tif"}) == 2
+    assert listings == [tmp_path]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [".b.tif.ffffffff.tmp"] + [name for name, removed in STALE if not removed])
+    assert atomic.remove_stale_temporaries_in(tmp_path / "missing", {"a.png"}) == 0

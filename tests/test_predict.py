@@ -201,5 +201,29 @@ def test_a_rerun_removes_what_a_killed_run_left_for_its_image_and_nothing_else(t
         (tmp_path / name).write_bytes(b"x")
     for folder in (".big_probabilities.zarr.tmp", ".big.labels.zarr.tmp"):
         (tmp_path / folder / "0.0").mkdir(parents=True)
-    predict.remove_leftovers(tmp_path, "big")
+    predict.remove_leftovers(tmp_path, ["big"])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
+
+
+def test_the_output_folder_is_listed_once_whatever_the_number_of_images(test_set, tmp_path, monkeypatch):
+    """The leftovers of a killed run are looked for in one listing of the output folder: a listing per image (three,
+    with the glob of each output name) made a run over thousands of tiles quadratic in their number."""
+    import os
+
+    root, folder = test_set
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".i1.png.a1b2c3d4.tmp").write_bytes(b"x")  # a killed run's temporary mask: still removed
+    listings = []
+    real_scandir = os.scandir
+
+    def counting_scandir(path="."):
+        listings.append(os.path.abspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", counting_scandir)
+    result = run_main("predict.py", "--checkpoint", str(constant_checkpoint(tmp_path / "bg.pth", label=0)),
+                      "--input", str(folder / "images"), "--output", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert listings.count(str(out)) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["i0.png", "i1.png", "i2.png"]

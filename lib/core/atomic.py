@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import re
 import secrets
 import stat
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -65,6 +64,10 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
 
 
+# a temporary of atomic_path (mkstemp's 8 random characters) or temporary_name, for the file named by group 1
+_TEMPORARY = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.tmp")
+
+
 def remove_stale_temporaries(path: str | Path) -> int:
     """Remove the temporary files that writes of ``path`` by :func:`atomic_path` left when killed before their rename.
 
@@ -72,11 +75,23 @@ def remove_stale_temporaries(path: str | Path) -> int:
     it only where no other live process writes ``path`` (one process owns each output of a run). Returns how many.
     """
     path = Path(path)
+    return remove_stale_temporaries_in(path.parent, {path.name})
+
+
+def remove_stale_temporaries_in(folder: str | Path, names: Collection[str]) -> int:
+    """:func:`remove_stale_temporaries` for the files ``names`` of one folder, in one listing of it: a run writing
+    thousands of files into one folder would otherwise list it once per file. A missing folder holds none.
+    Returns how many were removed."""
     removed = 0
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.????????.tmp"):  # mkstemp's 8 random characters
-        if tmp.is_file() and re.fullmatch(r"[a-z0-9_]{8}", tmp.name[len(path.name) + 2:-4]):
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        match = _TEMPORARY.fullmatch(entry.name)
+        if match and match.group(1) in names and entry.is_file():
             with contextlib.suppress(OSError):
-                tmp.unlink()
+                os.unlink(entry.path)
                 removed += 1
     return removed
 
