@@ -11,11 +11,10 @@ timing ends with a synchronisation, and memory is not measured (it is the host's
 benchmark is bound by launching kernels from Python, and a busy host moves the timings by tens of percent between
 runs; ``--launches`` counts what the stitching adds per window batch, a figure that does not move.
 ``--cuda-graphs`` replays the call as one CUDA graph per image size (predict.py's ``--cuda-graphs``) and the model
-alone as one graph of all its batches, so that both launch at once; the eager model alone is timed beside them. The
-minor page
-faults of each are shown: with glibc's malloc the model's activations are at times served from reused memory and at
-times from fresh pages that the kernel must fault in (after the heap was trimmed), which moves either timing by up to
-about 30%. To see the overhead without that effect, run with
+alone as one graph of all its batches, so that both launch at once; the eager model alone is timed beside them.
+The minor page faults of each are shown: with glibc's malloc the model's activations are at times served from
+reused memory and at times from fresh pages that the kernel must fault in (after the heap was trimmed), which moves
+either timing by up to about 30%. To see the overhead without that effect, run with
 ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824``.
 
 Memory: every measurement runs in a fresh subprocess (``--memory-probe H W``) that builds the model and image, warms
@@ -140,7 +139,7 @@ def graphed_variants(model: UNet, image: torch.Tensor, batches: list[torch.Tenso
 
 # what a launch-bound GPU pays for: kernel launches and the copies and sets the runtime queues
 LAUNCH_CALLS = {"cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx", "cudaMemcpyAsync",
-                "cudaMemsetAsync"}
+                "cudaMemsetAsync", "cudaGraphLaunch"}
 # ATen operations that launch no kernel: views, allocations without a fill, no-op conversions
 VIEW_OPS = {"aten::" + name for name in (
     "alias", "as_strided", "contiguous", "detach", "empty", "empty_like", "empty_strided", "expand", "flatten",
@@ -190,14 +189,13 @@ def time_size(model: UNet, megapixels: float, batch_size: int, rounds: int, warm
     batches = window_batches(image, batch_size)
     call_fn, model_fn = lambda: predict(model, image, batch_size), lambda: model_alone(model, batches)
     faults: dict[str, list[int]] = {"call": [], "model": [], "model_eager": []}
-    variants = {}
+    beside = {}
     if graphs:
-        variants["model_eager"] = counting_faults(model_fn, faults["model_eager"])
+        beside["model_eager"] = counting_faults(model_fn, faults["model_eager"])
         call_fn, model_fn = graphed_variants(model, image, batches, batch_size)
         warmup = max(warmup, 1)  # the captures
-    variants = {"call": counting_faults(call_fn, faults["call"]),
-                "model": counting_faults(model_fn, faults["model"]), **variants}
-    times = interleaved(variants, rounds, warmup)
+    times = interleaved({"call": counting_faults(call_fn, faults["call"]),
+                         "model": counting_faults(model_fn, faults["model"]), **beside}, rounds, warmup)
     call, alone = summarize(times["call"]), summarize(times["model"])
     call["minor_faults"], alone["minor_faults"] = faults["call"][warmup:], faults["model"][warmup:]
     eager = summarize(times["model_eager"]) if graphs else None
