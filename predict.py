@@ -14,6 +14,9 @@ computes it) and the mean over images of each image's mIoU (the published notebo
 
 from __future__ import annotations
 
+# isort: off
+import lib.core.startup  # noqa: F401  (first: a Ctrl-C while the imports below load ends in one line)
+# isort: on
 import argparse
 import contextlib
 import io

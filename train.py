@@ -10,6 +10,9 @@ checkpoints (``last.pth`` every epoch, ``best.pth`` at the best validation mIoU)
 
 from __future__ import annotations
 
+# isort: off
+import lib.core.startup  # noqa: F401  (first: a Ctrl-C while the imports below load ends in one line)
+# isort: on
 import argparse
 import math
 import os

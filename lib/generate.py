@@ -8,6 +8,9 @@ Writes ``DIR/images_training/{images,masks}/i<k>.png`` (N images) and ``DIR/imag
 
 from __future__ import annotations
 
+# isort: off
+import lib.core.startup  # noqa: F401  (first: a Ctrl-C while the imports below load ends in one line)
+# isort: on
 import argparse
 import dataclasses
 from pathlib import Path

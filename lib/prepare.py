@@ -10,6 +10,9 @@ training can hold out whole source images, and ``OUT/sources.json`` (dtype, chan
 
 from __future__ import annotations
 
+# isort: off
+import lib.core.startup  # noqa: F401  (first: a Ctrl-C while the imports below load ends in one line)
+# isort: on
 import argparse
 import csv
 import dataclasses

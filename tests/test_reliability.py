@@ -208,3 +208,31 @@ def test_sixteen_bit_and_rgba_inputs_are_read_as_documented(tmp_path):
     Image.fromarray(np.full((4, 4), 65535, np.uint16)).save(tmp_path / "b.png")
     b = read_image(tmp_path / "b.png")
     assert b.dtype == np.uint16 and int(b.max()) == 65535  # kept, not scaled to 8 bit
+
+
+@pytest.mark.parametrize("command", [["predict.py", "--checkpoint", "c.pth", "--input", "in", "--output", "out"],
+                                     ["train.py", "-e", "1"]], ids=["predict", "train"])
+def test_ctrl_c_while_a_command_loads_is_one_line_and_exit_130(tmp_path, command):
+    """Importing torch takes seconds: a Ctrl-C then ends the command in one line, not a traceback from an import."""
+    import signal
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, str(REPO / command[0]), *command[1:]], cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+    maps, deadline = Path(f"/proc/{proc.pid}/maps"), time.monotonic() + 60
+    while "libtorch" not in maps.read_text() and time.monotonic() < deadline:  # inside torch's import (a second)
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err == "interrupted before the command started: nothing was written\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_importing_a_command_keeps_the_callers_ctrl_c():
+    import signal
+
+    import predict  # noqa: F401
+    from lib.core import startup
+
+    assert signal.getsignal(signal.SIGINT) is not startup._interrupted and not startup.running_a_command()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -30,6 +32,10 @@ def cli_main(main: Callable[..., T]) -> Callable[..., T]:
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
+        handler = signal.getsignal(signal.SIGINT)
+        if getattr(handler, "__module__", None) == "lib.core.startup" and \
+                threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # the imports are done: KeyboardInterrupt again
         try:
             return main(*args, **kwargs)
         except UserError as err:
