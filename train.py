@@ -33,7 +33,7 @@ from dataloader.manifest import SOURCES
 from dataloader.patches import PatchDataset, split_sources
 from lib.core.allocator import retain_freed_memory
 from lib.core.atomic import make_folder, remove_stale_temporaries
-from lib.core.device import Runtime
+from lib.core.device import Runtime, move_pixels
 from lib.core.distributed import all_reduce_sum, broadcast_flag, cleanup, exit_process
 from lib.core.errors import EXIT_INTERRUPTED, UserError, cli_main
 from lib.core.losses import make_loss
@@ -243,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--sync-bn: SyncBatchNorm needs CUDA devices, this run is on {rt.device.type}")
         check_compiler(t.compile, rt.device)
         if args.deterministic:  # only when asked: the call imports torch._inductor, 1.7 s of every start on CPU
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for determinism
             torch.use_deterministic_algorithms(True)
 
         # ---- data, model, optimiser: every check happens before anything is written ----
@@ -381,7 +382,7 @@ def load_data(params: Params, resumed: dict | None, args: argparse.Namespace, rt
         patches.images[train_idx], params.data.normalization, params.data.percentiles)
     image_stats = patch_image_stats(patches, normalization)
     return TrainingData(folder, patches, train_idx, val_idx, val_sources, normalization,
-                        patches.images.to(rt.device), patches.masks.to(rt.device),
+                        move_pixels(patches.images, rt.device), patches.masks.to(rt.device),
                         image_stats.to(rt.device) if image_stats is not None else None)
 
 

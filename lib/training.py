@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from lib.core.device import Runtime, autocast
+from lib.core.device import Runtime, autocast, move_pixels
 from lib.core.distributed import all_reduce_sum
 from lib.core.errors import UserError
 from lib.core.metrics import confusion_matrix
@@ -31,7 +31,7 @@ def make_inputs(images: torch.Tensor, idx: torch.Tensor, normalization: dict, ru
     """
     device = runtime.device
     stats = image_stats[idx.to(image_stats.device)].to(device) if image_stats is not None else None
-    x = normalize(images[idx.to(images.device)].to(device, non_blocking=True), normalization, stats)
+    x = normalize(move_pixels(images[idx.to(images.device)], device), normalization, stats)
     return x.contiguous(memory_format=runtime.memory_format)
 
 

@@ -47,3 +47,36 @@ def test_a_batch_of_zero_weight_pixels_gives_a_finite_loss_and_gradient(kind):
     assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
     if kind == "ce":
         assert loss.item() == 0 and not logits.grad.any()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_the_masked_cross_entropy_equals_the_usual_one_with_its_gradient(case):
+    """What deterministic CUDA training computes instead of NLLLoss (which has no deterministic CUDA kernel)."""
+    from lib.core.losses import cross_entropy, masked_cross_entropy
+
+    _, weights, target = case
+    logits, labels = _batch(target)
+    w = torch.tensor(weights) if weights else None
+    a, b = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+    usual, masked = cross_entropy(a, labels, w), masked_cross_entropy(b, labels, w)
+    usual.backward()
+    masked.backward()
+    torch.testing.assert_close(masked, usual, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kind", ["ce", "dice_ce"])
+def test_losses_run_with_deterministic_algorithms_on_cuda(kind):
+    logits, labels = (t.cuda() for t in _batch("random"))
+    logits.requires_grad_(True)
+    torch.use_deterministic_algorithms(True)
+    try:
+        loss_fn = make_loss(kind, [0.5, 1.0, 2.0], torch.device("cuda"))
+        loss_fn(logits, labels).backward()
+        first = logits.grad.clone()
+        logits.grad = None
+        loss_fn(logits, labels).backward()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert torch.equal(logits.grad, first)

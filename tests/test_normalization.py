@@ -128,3 +128,18 @@ def test_the_normalised_input_does_not_depend_on_the_unit_of_float_data(case, mo
 def _per_patch_statistics(patches: torch.Tensor) -> torch.Tensor:
     """N×2×C: each patch's mean and std, as ``image`` mode takes them (here each patch is its own image)."""
     return torch.tensor([image_statistics(p.permute(1, 2, 0).numpy()) for p in patches], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("dtype, moved", [(torch.uint16, torch.int32), (torch.uint8, torch.uint8),
+                                          (torch.int16, torch.int16), (torch.float32, torch.float32)])
+def test_pixels_leaving_the_cpu_keep_their_values_in_a_type_the_device_can_index(dtype, moved):
+    """PyTorch 2.11 cannot index a uint16 tensor on CUDA: such patches go there as int32, and normalise the same."""
+    from lib.core.device import move_pixels
+
+    pixels = torch.tensor([0, 1, 255, 4095] + ([65535] if dtype == torch.uint16 else []), dtype=torch.int64).to(dtype)
+    assert move_pixels(pixels, torch.device("cpu")).dtype == dtype  # the CPU indexes every type
+    assert move_pixels(pixels, torch.device("meta")).dtype == moved  # a device other than the CPU
+    spec = {"mode": "zscore", "dtype": str(dtype).removeprefix("torch."), "scale": 1.0, "mean": [100.0],
+            "std": [7.0], "low": None, "high": None}
+    as_moved = pixels.to(moved).view(1, 1, 1, -1)
+    assert torch.equal(normalize(as_moved, spec), normalize(pixels.view(1, 1, 1, -1), spec))

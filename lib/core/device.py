@@ -70,6 +70,28 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device.type, dtype=dtype)
 
 
+# pixel types with few kernels off the CPU (PyTorch 2.11 cannot index a uint16 tensor on CUDA): held there as a
+# signed type that holds every value, so that normalisation gives the same floats
+_WIDENED = {torch.uint16: torch.int32}
+
+
+def move_pixels(pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Stored pixels (images or patches in their stored type) on ``device``; off the CPU a uint16 tensor is widened
+    to int32 first, on the host, which holds every value exactly.
+
+    Args:
+        pixels: a tensor of any pixel type.
+        device: where it goes.
+
+    Returns:
+        The tensor on ``device``: the same values, in ``int32`` where a ``uint16`` tensor leaves the CPU.
+    """
+    device = torch.device(device)
+    if device.type != "cpu" and pixels.dtype in _WIDENED:
+        pixels = pixels.to(_WIDENED[pixels.dtype])
+    return pixels.to(device, non_blocking=True)
+
+
 def memory_format(device: torch.device) -> torch.memory_format:
     """channels_last on CPU and CUDA (faster convolutions with oneDNN and cuDNN), contiguous elsewhere."""
     return torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format

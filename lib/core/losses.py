@@ -10,11 +10,35 @@ import torch.nn.functional as F
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Mean cross-entropy over the pixels, each weighted by its class's weight if given: ``F.cross_entropy``, except
     that a batch whose pixels all have weight 0 (a patch of background alone with the background weighted 0) gives 0
-    instead of 0 / 0 = NaN, which would stop training as a diverged run."""
+    instead of 0 / 0 = NaN, which would stop training as a diverged run. On CUDA with deterministic algorithms
+    (train.py ``--deterministic``) it is :func:`masked_cross_entropy`: NLLLoss has no deterministic CUDA kernel."""
+    if logits.is_cuda and torch.are_deterministic_algorithms_enabled():
+        return masked_cross_entropy(logits, target, weight)
     if weight is None:
         return F.cross_entropy(logits, target)
     total = F.cross_entropy(logits, target, weight=weight, reduction="sum")
     return total / weight[target].sum().clamp_min(torch.finfo(torch.float32).tiny)
+
+
+def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+                         ) -> torch.Tensor:
+    """:func:`cross_entropy` from elementwise operations and sums alone, forward and backward (deterministic on any
+    device): each pixel's log-probability of its class is picked by a product with a class mask, not gathered.
+
+    Args:
+        logits: N×C×… float logits.
+        target: N×… int64 class indices.
+        weight: optional C class weights.
+
+    Returns:
+        The scalar loss, equal to :func:`cross_entropy`'s up to the order of the sums.
+    """
+    classes = torch.arange(logits.shape[1], device=logits.device).view(1, -1, *([1] * (logits.ndim - 2)))
+    picked = (logits.log_softmax(1) * (target.unsqueeze(1) == classes)).sum(1)  # log p of each pixel's class
+    if weight is None:
+        return -picked.mean()
+    pixel_weight = weight[target]
+    return -(picked * pixel_weight).sum() / pixel_weight.sum().clamp_min(torch.finfo(torch.float32).tiny)
 
 
 class CrossEntropyLoss(nn.Module):
