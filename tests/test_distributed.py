@@ -115,6 +115,7 @@ def test_predict_on_two_processes_writes_the_masks_and_metrics_of_one(image_set)
         result = run_cli(*launcher, "predict.py", "--checkpoint", str(image_set / "c.pth"), "--input",
                          str(image_set / "images"), "--masks", str(image_set / "masks"), "--output",
                          str(image_set / out), "--metrics", str(image_set / f"{out}.json"), "--precision", "fp32",
+                         "--device", "cpu",
                          "--tiff-above", "0.05", "--quiet", env={"OMP_NUM_THREADS": "1"}, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
         return result
@@ -139,3 +140,17 @@ def test_images_are_shared_by_pixel_count(pixels, world_size, expected):
     from predict import assign_images
 
     assert assign_images(pixels, world_size) == expected
+
+
+def test_more_torchrun_processes_than_gpus_is_one_clear_error(monkeypatch):
+    from lib.core import distributed
+    from lib.core.errors import UserError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: pytest.fail("set_device was reached"))
+    with pytest.raises(UserError, match=r"process 2 on this machine but only 1 CUDA device\(s\) are visible: one "
+                                        r"process per GPU \(--nproc_per_node at most 1\), or --device cpu"):
+        distributed.init_distributed("cuda")

@@ -10,6 +10,8 @@ from typing import NoReturn
 import torch
 import torch.distributed as dist
 
+from lib.core.errors import UserError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -39,6 +41,10 @@ def init_distributed(device_type: str) -> DistInfo:
         return DistInfo()
     world, rank, local = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device_type == "cuda":
+        gpus = torch.cuda.device_count()
+        if local >= gpus:
+            raise UserError(f"torchrun started process {local + 1} on this machine but only {gpus} CUDA device(s) are "
+                            f"visible: one process per GPU (--nproc_per_node at most {gpus}), or --device cpu")
         torch.cuda.set_device(local)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
