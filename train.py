@@ -250,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         data = load_data(params, resumed, args, rt)
         params = with_trained_patch_size(params, data, rt)
         net, model = build_model(params, data.patches.n_channels, resumed, args, rt)
+        check_deterministic(args.deterministic, rt.device, net.bilinear)
         step_model = compiled(model, t.compile, rt)
         loss_fn = make_loss(t.loss, t.class_weights, rt.device)
         optimizer = make_optimizer(net, params, rt)
@@ -432,6 +433,18 @@ def make_optimizer(net: torch.nn.Module, params: Params, rt: Runtime) -> torch.o
         return torch.optim.AdamW(net.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay, fused=fused)
     return torch.optim.SGD(net.parameters(), lr=t.learning_rate, momentum=t.momentum, weight_decay=t.weight_decay,
                            fused=fused)
+
+
+def check_deterministic(deterministic: bool, device: torch.device, bilinear: bool) -> None:
+    """Refuse ``--deterministic`` where the model has an operation without a deterministic kernel: the backward of
+    bilinear upsampling on CUDA (``model.bilinear``), which would raise mid-training.
+
+    Raises:
+        UserError: naming the flag, the setting and the ways out.
+    """
+    if deterministic and bilinear and device.type == "cuda":
+        raise UserError("--deterministic: the bilinear upsampling of this model (model.bilinear true) has no "
+                        "deterministic backward on CUDA; use model.bilinear false (the default) or --device cpu")
 
 
 def check_compiler(mode: str, device: torch.device) -> None:

@@ -65,6 +65,15 @@ def test_the_masked_cross_entropy_equals_the_usual_one_with_its_gradient(case):
     torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-8)
 
 
+def test_the_masked_cross_entropy_stays_finite_where_a_class_has_no_probability_at_all():
+    from lib.core.losses import masked_cross_entropy
+
+    logits, labels = _batch(1)
+    logits[:, 0] = float("-inf")  # class 0, never the target here, has probability 0 exactly
+    assert torch.isfinite(masked_cross_entropy(logits, labels))
+    torch.testing.assert_close(masked_cross_entropy(logits, labels), F.cross_entropy(logits, labels))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("kind", ["ce", "dice_ce"])
 def test_losses_run_with_deterministic_algorithms_on_cuda(kind):

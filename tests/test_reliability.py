@@ -229,6 +229,24 @@ def test_ctrl_c_while_a_command_loads_is_one_line_and_exit_130(tmp_path, command
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_ctrl_c_the_launcher_ignores_stays_ignored(tmp_path):
+    """``cmd &`` in a script starts a command with Ctrl-C ignored: the handler of the start-up leaves it so."""
+    import signal
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, str(REPO / "predict.py"), "--checkpoint", "c.pth", "--input", "in",
+                             "--output", "out"], cwd=tmp_path, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    maps, deadline = Path(f"/proc/{proc.pid}/maps"), time.monotonic() + 60
+    while "libtorch" not in maps.read_text() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and err.startswith("error: ")  # it ran on to its own refusal (no checkpoint)
+
+
 def test_importing_a_command_keeps_the_callers_ctrl_c():
     import signal
 

@@ -338,3 +338,19 @@ def test_a_second_ctrl_c_while_interrupted_pth_is_written_waits_for_it(tmp_path,
     err = capsys.readouterr().err
     assert "writing the checkpoint; the run stops once it is whole" in err
     assert err.rstrip().endswith(f"resume with: python train.py --load {tmp_path / 'interrupted.pth'}")
+
+
+# (deterministic, device, bilinear, refused): only the bilinear upsampling's CUDA backward has no deterministic kernel
+DETERMINISTIC = [(True, "cuda", True, True), (True, "cpu", True, False), (False, "cuda", True, False),
+                 (True, "cuda", False, False)]
+
+
+@pytest.mark.parametrize("deterministic, device, bilinear, refused", DETERMINISTIC)
+def test_deterministic_runs_that_would_fail_mid_training_are_refused_up_front(deterministic, device, bilinear, refused):
+    from lib.core.errors import UserError
+
+    if refused:
+        with pytest.raises(UserError, match=r"^--deterministic: .*model.bilinear true.* or --device cpu$"):
+            train.check_deterministic(deterministic, torch.device(device), bilinear)
+    else:
+        train.check_deterministic(deterministic, torch.device(device), bilinear)

@@ -35,7 +35,8 @@ def cli_main(main: Callable[..., T]) -> Callable[..., T]:
         handler = signal.getsignal(signal.SIGINT)
         if getattr(handler, "__module__", None) == "lib.core.startup" and \
                 threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, signal.default_int_handler)  # the imports are done: KeyboardInterrupt again
+            # the imports are done: KeyboardInterrupt again, the handler lib.core.startup replaced
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             return main(*args, **kwargs)
         except UserError as err:

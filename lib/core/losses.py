@@ -34,7 +34,8 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: tor
         The scalar loss, equal to :func:`cross_entropy`'s up to the order of the sums.
     """
     classes = torch.arange(logits.shape[1], device=logits.device).view(1, -1, *([1] * (logits.ndim - 2)))
-    picked = (logits.log_softmax(1) * (target.unsqueeze(1) == classes)).sum(1)  # log p of each pixel's class
+    # log p of each pixel's class; where(), not a product with the mask: 0 × -inf would be NaN
+    picked = torch.where(target.unsqueeze(1) == classes, logits.log_softmax(1), 0.0).sum(1)
     if weight is None:
         return -picked.mean()
     pixel_weight = weight[target]

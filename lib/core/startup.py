@@ -35,5 +35,7 @@ def running_a_command() -> bool:
     return path.name in COMMANDS and path.parent in (_REPO, _REPO / "lib")
 
 
-if running_a_command() and threading.current_thread() is threading.main_thread():
+# only over Python's own KeyboardInterrupt: a Ctrl-C the launcher ignores (``cmd &`` in a script, nohup) stays ignored
+if running_a_command() and threading.current_thread() is threading.main_thread() and \
+        signal.getsignal(signal.SIGINT) is signal.default_int_handler:
     signal.signal(signal.SIGINT, _interrupted)
