@@ -210,41 +210,39 @@ def test_sixteen_bit_and_rgba_inputs_are_read_as_documented(tmp_path):
     assert b.dtype == np.uint16 and int(b.max()) == 65535  # kept, not scaled to 8 bit
 
 
-@pytest.mark.parametrize("command", [["predict.py", "--checkpoint", "c.pth", "--input", "in", "--output", "out"],
-                                     ["train.py", "-e", "1"]], ids=["predict", "train"])
-def test_ctrl_c_while_a_command_loads_is_one_line_and_exit_130(tmp_path, command):
-    """Importing torch takes seconds: a Ctrl-C then ends the command in one line, not a traceback from an import."""
+def _ctrl_c_while_loading(command: list[str], cwd: Path, ignored: bool = False) -> subprocess.CompletedProcess:
+    """Run a command as a process, send it SIGINT once torch's library is being loaded (its import takes a second or
+    more), and return its exit status and output. ``ignored``: started with SIGINT ignored, as ``cmd &`` in a script."""
     import signal
     import sys
     import time
 
-    proc = subprocess.Popen([sys.executable, str(REPO / command[0]), *command[1:]], cwd=tmp_path, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+    preexec = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignored else None
+    proc = subprocess.Popen([sys.executable, str(REPO / command[0]), *command[1:]], cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            preexec_fn=preexec)
     maps, deadline = Path(f"/proc/{proc.pid}/maps"), time.monotonic() + 60
-    while "libtorch" not in maps.read_text() and time.monotonic() < deadline:  # inside torch's import (a second)
+    while "libtorch" not in maps.read_text() and time.monotonic() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and err == "interrupted before the command started: nothing was written\n"
+    out, err = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.mark.parametrize("command", [["predict.py", "--checkpoint", "c.pth", "--input", "in", "--output", "out"],
+                                     ["train.py", "-e", "1"]], ids=["predict", "train"])
+def test_ctrl_c_while_a_command_loads_is_one_line_and_exit_130(tmp_path, command):
+    """Importing torch takes seconds: a Ctrl-C then ends the command in one line, not a traceback from an import."""
+    result = _ctrl_c_while_loading(command, tmp_path)
+    assert result.returncode == 130 and result.stderr == "interrupted before the command started: nothing was written\n"
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_ctrl_c_the_launcher_ignores_stays_ignored(tmp_path):
     """``cmd &`` in a script starts a command with Ctrl-C ignored: the handler of the start-up leaves it so."""
-    import signal
-    import sys
-    import time
-
-    proc = subprocess.Popen([sys.executable, str(REPO / "predict.py"), "--checkpoint", "c.pth", "--input", "in",
-                             "--output", "out"], cwd=tmp_path, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)},
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-    maps, deadline = Path(f"/proc/{proc.pid}/maps"), time.monotonic() + 60
-    while "libtorch" not in maps.read_text() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 2 and err.startswith("error: ")  # it ran on to its own refusal (no checkpoint)
+    result = _ctrl_c_while_loading(["predict.py", "--checkpoint", "c.pth", "--input", "in", "--output", "out"],
+                                   tmp_path, ignored=True)
+    assert result.returncode == 2 and result.stderr.startswith("error: ")  # it ran on to its own refusal
 
 
 def test_importing_a_command_keeps_the_callers_ctrl_c():
