@@ -33,10 +33,17 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a command the tests start: this one, the repository first on ``PYTHONPATH`` (packages
+    installed elsewhere on it, as on a GPU machine that carries some, stay found), and ``extra``."""
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None
             ) -> subprocess.CompletedProcess:
     """Run ``python ARGS`` (a script or ``-m module``) from the repository, capturing its output."""
-    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    full_env = child_env(**(env or {}))
     return subprocess.run([sys.executable, *args], cwd=cwd or REPO, capture_output=True, text=True,
                           timeout=timeout, env=full_env)
 

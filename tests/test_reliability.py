@@ -20,7 +20,7 @@ from lib.core.errors import UserError
 from lib.core.imageio import read_image, read_mask
 from lib.core.params import load_params
 from model.checkpoint import load_checkpoint, save_checkpoint
-from tests.conftest import REPO, assert_user_error, file_digests, run_cli
+from tests.conftest import REPO, assert_user_error, child_env, file_digests, run_cli
 
 FAULT = str(REPO / "tests" / "fault_injection.py")
 
@@ -219,7 +219,7 @@ def _ctrl_c_while_loading(command: list[str], cwd: Path, ignored: bool = False) 
 
     preexec = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignored else None
     proc = subprocess.Popen([sys.executable, str(REPO / command[0]), *command[1:]], cwd=cwd, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env(),
                             preexec_fn=preexec)
     maps, deadline = Path(f"/proc/{proc.pid}/maps"), time.monotonic() + 60
     while "libtorch" not in maps.read_text() and time.monotonic() < deadline:

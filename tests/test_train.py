@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import signal
 import subprocess
@@ -20,7 +19,7 @@ from lib.generate import generate_split
 from lib.prepare import prepare_patches
 from lib.segmenter import Segmenter
 from model.checkpoint import MODEL_KEYS, RESUME_KEYS, save_checkpoint
-from tests.conftest import REPO, assert_user_error, run_cli, run_main, write_params
+from tests.conftest import REPO, assert_user_error, child_env, run_cli, run_main, write_params
 
 
 def _train(params_file: Path, data: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -93,7 +92,7 @@ def test_tensorboard_holds_the_tags(trained):
 
 def test_resume_after_ctrl_c_equals_an_uninterrupted_run(trained, tmp_path):
     params_file, data, _ = trained
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    env = child_env(PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "train.py", "--params", str(params_file), "-f", str(data / "patches_s48"), "-e", "3",
            "-l", "0.05", "--name", "resumed", "--precision", "fp32"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
