@@ -29,6 +29,13 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "benchmarks" / "results"
 
 
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a process a benchmark starts: this one, the repository first on ``PYTHONPATH`` (packages
+    installed elsewhere on it stay found), and ``extra``."""
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
 def base_parser(doc: str) -> argparse.ArgumentParser:
     """An argument parser with the flags every benchmark has: ``--tiny``, ``--repeats``, ``--warmup``, ``--out-dir``,
     described by the first paragraph of the benchmark's docstring ``doc`` (its first line alone broke off mid-sentence

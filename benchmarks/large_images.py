@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -41,6 +40,7 @@ from benchmarks.common import (
     REPO,
     apply_threads,
     base_parser,
+    child_env,
     format_table,
     machine_info,
     peak_rss_bytes,
@@ -171,7 +171,7 @@ def monai_probe(image: Path, checkpoint: Path, work: Path) -> dict:
 
 def in_fresh_process(*args: str, threads: int | None) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.large_images", *args] + (["--threads", str(threads)] if threads else [])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = child_env()
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=7200)
     if out.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import resource
 import statistics
 import subprocess
@@ -49,6 +48,7 @@ from benchmarks.common import (
     REPO,
     apply_threads,
     base_parser,
+    child_env,
     format_table,
     interleaved,
     mixed_precision_runtime,
@@ -256,7 +256,7 @@ def measure_memory(megapixels: float, model_width: int, batch_size: int, threads
            "--width", str(model_width), "--batch-size", str(batch_size)]
     if threads:
         cmd += ["--threads", str(threads)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = child_env()
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=True, timeout=1800)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["peak_vs_expected"] = result["peak_increase"] / result["expected"]["total"]

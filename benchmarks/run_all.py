@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO, RESULTS_DIR, format_table, write_json
+from benchmarks.common import REPO, RESULTS_DIR, child_env, format_table, write_json
 
 BENCHMARKS = ("train_step", "inference", "folding", "overhead", "hardware", "large_images")
 
@@ -28,7 +27,7 @@ def run_benchmark(name: str, args: argparse.Namespace) -> float:
     cmd = [sys.executable, "-m", f"benchmarks.{name}", "--out-dir", str(args.out_dir)]
     cmd += ["--tiny"] if args.tiny else []
     cmd += ["--threads", str(args.threads)] if args.threads else []
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = child_env()
     tic = time.perf_counter()
     subprocess.run(cmd, cwd=REPO, env=env, check=True)
     return time.perf_counter() - tic

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import re
 import shlex
 import shutil
@@ -39,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO, base_parser, format_table, print_header, verdict, write_json
+from benchmarks.common import REPO, base_parser, child_env, format_table, print_header, verdict, write_json
 from lib.core.device import select_device
 from lib.core.errors import UserError
 from lib.core.params import COMPILE_MODES, GENERATORS, LOSSES, OPTIMIZERS, SCHEDULES, load_params, params_from_dict
@@ -131,8 +130,8 @@ def stage_environment(work: Path, threads: int | None = None) -> dict[str, str]:
     """The environment of every stage: the repository importable, OMP_NUM_THREADS (torch's intra-op threads) when
     ``threads`` is given, and an inductor cache of the run's own inside ``work``, so that ``--compile`` always counts a
     compilation from scratch, as on a fresh machine, however many runs came before."""
-    return {**os.environ, "PYTHONPATH": str(REPO), "TORCHINDUCTOR_CACHE_DIR": str(work / "inductor_cache"),
-            **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    return child_env(TORCHINDUCTOR_CACHE_DIR=str(work / "inductor_cache"),
+                     **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
 
 
 def run_stage(name: str, commands: list[list[str]], log: Path, env: dict[str, str]) -> float:

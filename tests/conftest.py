@@ -20,6 +20,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from benchmarks.common import child_env  # noqa: E402  (a started command's environment: one home, the benchmarks')
 from lib.core.params import load_params, params_from_dict  # noqa: E402
 from model import UNet  # noqa: E402
 from model.checkpoint import build_checkpoint, save_checkpoint  # noqa: E402
@@ -31,13 +32,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # oversubscribe the cores and PyTorch gets many times slower
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    """The environment of a command the tests start: this one, the repository first on ``PYTHONPATH`` (packages
-    installed elsewhere on it, as on a GPU machine that carries some, stay found), and ``extra``."""
-    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "PYTHONPATH": path, **extra}
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None
