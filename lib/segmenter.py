@@ -177,8 +177,8 @@ class Segmenter:
         :func:`sliding_window_bands`, identical to :meth:`predict` on the whole image. An image smaller than a window
         is segmented whole (it is small). ``image`` normalisation first reads the image once for its statistics, in
         blocks of ``stats_block``² pixels. With ``cuda_graphs``, an image of at most :data:`GRAPHED_MEGAPIXELS` is
-        read whole, normalised with those statistics, and segmented by the graphed call (:meth:`predict`): the same
-        result in one block (``block_width`` does not apply).
+        read whole, normalised with those statistics, and segmented by the graphed call (:meth:`_graph_predict`):
+        the same result in one block (``block_width`` does not apply).
 
         Yields:
             ``(top, left, probabilities, labels)``: C×h×w float32 and h×w int64 blocks on the device (see

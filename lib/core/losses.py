@@ -16,14 +16,19 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tens
         return masked_cross_entropy(logits, target, weight)
     if weight is None:
         return F.cross_entropy(logits, target)
-    total = F.cross_entropy(logits, target, weight=weight, reduction="sum")
-    return total / weight[target].sum().clamp_min(torch.finfo(torch.float32).tiny)
+    return F.cross_entropy(logits, target, weight=weight, reduction="sum") / _weight_total(weight, target)
+
+
+def _weight_total(weight: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The summed class weights of the pixels, the weighted mean's divisor: at least the smallest float32, so that
+    a batch whose pixels all weigh 0 gives 0, not 0 / 0."""
+    return weight[target].sum().clamp_min(torch.finfo(torch.float32).tiny)
 
 
 def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
                          ) -> torch.Tensor:
     """:func:`cross_entropy` from elementwise operations and sums alone, forward and backward (deterministic on any
-    device): each pixel's log-probability of its class is picked by a product with a class mask, not gathered.
+    device): each pixel's log-probability of its class is picked where a class mask is true, not gathered.
 
     Args:
         logits: N×C×… float logits.
@@ -38,8 +43,7 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: tor
     picked = torch.where(target.unsqueeze(1) == classes, logits.log_softmax(1), 0.0).sum(1)
     if weight is None:
         return -picked.mean()
-    pixel_weight = weight[target]
-    return -(picked * pixel_weight).sum() / pixel_weight.sum().clamp_min(torch.finfo(torch.float32).tiny)
+    return -(picked * weight[target]).sum() / _weight_total(weight, target)
 
 
 class CrossEntropyLoss(nn.Module):
