@@ -36,7 +36,7 @@ from dataloader.pairs import IMAGE_SUFFIXES, list_images, mask_of, masks_by_id
 from lib.core.atomic import atomic_write_bytes, atomic_write_text, remove_stale_temporaries_in
 from lib.core.device import select_device
 from lib.core.distributed import all_reduce_sum, cleanup, exit_process, init_distributed
-from lib.core.errors import UserError, cli_main
+from lib.core.errors import ArgumentParser, UserError, cli_main
 from lib.core.imageio import TIFF_SUFFIXES, ImageHeader, ImageRows, check_fits, read_header, save_mask, write_tiled_tiff
 from lib.core.params import Params, replace
 from lib.evaluation import format_table, image_confusion, metrics_json, summarize
@@ -44,7 +44,7 @@ from lib.segmenter import Segmenter
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="a .pth written by train.py")
     p.add_argument("--input", required=True, help="an image, or a folder of images (or a folder holding images/)")
     p.add_argument("--output", required=True, help="folder for the predicted masks")

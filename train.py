@@ -35,7 +35,7 @@ from lib.core.allocator import retain_freed_memory
 from lib.core.atomic import make_folder, remove_stale_temporaries
 from lib.core.device import Runtime, move_pixels
 from lib.core.distributed import all_reduce_sum, broadcast_flag, cleanup, exit_process
-from lib.core.errors import EXIT_INTERRUPTED, UserError, cli_main
+from lib.core.errors import EXIT_INTERRUPTED, ArgumentParser, UserError, cli_main
 from lib.core.losses import make_loss
 from lib.core.metrics import iou_per_class, mean_iou
 from lib.core.normalization import as_spec, compute_normalization
@@ -56,7 +56,7 @@ EXIT_NONFINITE = 3
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-e", "--epochs", type=int, help="number of epochs (training.epochs)")
     p.add_argument("-l", "--learning-rate", type=float, help="base learning rate (training.learning_rate)")
     p.add_argument("-b", "--batch-size", type=int, help="patches per step and process (training.batch_size)")

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm  # a widget in notebooks, the usual bar in a terminal
 from dataloader.manifest import MANIFEST, MANIFEST_FIELDS, SOURCES, mask_file
 from dataloader.pairs import ImagePair, find_pairs
 from lib.core.atomic import atomic_write_text, deferred_sync
-from lib.core.errors import UserError, cli_main
+from lib.core.errors import ArgumentParser, UserError, cli_main
 from lib.core.imageio import ImageHeader, ImageRows, image_suffix, read_mask, save_image, save_mask
 from lib.core.jobs import check_apart, check_claimable, finish_job, start_job
 from lib.core.padding import reflect_pad
@@ -157,7 +157,7 @@ def check_pairs(pairs: list[ImagePair], params: Params, progress: bool, band_pix
 
 @cli_main
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lib.prepare", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m lib.prepare", description=__doc__.splitlines()[0])
     parser.add_argument("--params", default=None, help="parameters file (default: parameters.json)")
     parser.add_argument("--src", default=None, help="image/mask folder (default: data.root/data.training_folder)")
     parser.add_argument("--out", default=None, help="output folder (default: data.root/patches_s<P>)")

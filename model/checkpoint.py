@@ -8,6 +8,7 @@ import os
 import pickle
 import shutil
 import threading
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -164,6 +165,12 @@ def _is_torch_file(path: Path) -> bool:
     return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
 
 
+def _first_sentence(text: str, limit: int = 200) -> str:
+    """The first sentence of an error's text, without its full stop, cut to ``limit`` characters with an ellipsis."""
+    sentence = text.strip().split(". ")[0].rstrip(".")
+    return sentence if len(sentence) <= limit else sentence[:limit - 1] + "…"
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint with ``torch.load(weights_only=True)``: a file carrying code is refused, never run.
 
@@ -176,18 +183,21 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not _is_torch_file(path):
         raise UserError(f"{path}: not a checkpoint (not a file written by torch.save)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says all there is
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        # torch wraps the unpickler's reason (e.g. "Trying to load unsupported GLOBAL posix.system ...") in advice
-        advice = ("Weights only load failed", "Please file an issue", "Check the documentation")
-        lines = [ln.strip().removeprefix("WeightsUnpickler error:").strip() for ln in str(err).splitlines()]
-        reason = next((ln for ln in lines if ln and not ln.startswith(advice)), "unsafe content")[:160]
-        raise UserError(f"{path}: refused, not a plain-data checkpoint ({reason})") from None
+        # torch wraps the unpickler's reason ("Unsupported global: GLOBAL model.unet_model.UNet was not an allowed
+        # global by default", a whole model saved) in advice on loading the file anyway
+        text = str(err).split("WeightsUnpickler error:", 1)[-1]
+        reason = next((ln for ln in text.splitlines() if ln.strip()), "unsafe content")
+        raise UserError(f"{path}: refused, not a plain-data checkpoint ({_first_sentence(reason)}); "
+                        f"expected the state a train.py run saves") from None
     except Exception as err:  # noqa: BLE001 - any other failure of the unpickler means "not a checkpoint"
-        # the reason's first line (a file cut short: "PytorchStreamReader failed reading zip archive: failed finding
-        # central directory")
-        reason = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), err.__class__.__name__)[:160]
-        raise UserError(f"{path}: not a readable checkpoint ({reason})") from None
+        # a file cut short: "PytorchStreamReader failed reading zip archive: failed finding central directory"
+        reason = next((ln for ln in str(err).splitlines() if ln.strip()), err.__class__.__name__)
+        raise UserError(f"{path}: not a readable checkpoint ({_first_sentence(reason)}); "
+                        f"expected a whole file saved by train.py") from None
     if not isinstance(state, dict) or any(k not in state for k in MODEL_KEYS):
         raise UserError(f"{path}: not a checkpoint of this project (expected keys {', '.join(MODEL_KEYS)})")
     return state

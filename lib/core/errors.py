@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import signal
 import sys
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 T = TypeVar("T")
 
@@ -17,6 +18,16 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by 
 
 class UserError(Exception):
     """Bad input from the user (a file, a key, a value): reported as one line, never as a traceback."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, whose own errors (an unknown flag, a value of the wrong type or not among the choices) are
+    one line like a :class:`UserError`'s, ``error: <what argparse says> (see <prog> --help)``, with exit code 2, in
+    place of its usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {' '.join(message.split())} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
 
 
 def cli_main(main: Callable[..., T]) -> Callable[..., T]:

@@ -160,12 +160,25 @@ def check_fits(path: str | Path, height: int, width: int, bytes_per_pixel: int) 
         UserError: naming the file, its size and the memory it needs and has.
     """
     need = height * width * bytes_per_pixel
-    if need < ALWAYS_FITS_BYTES:
-        return
+    if need >= ALWAYS_FITS_BYTES:
+        check_memory(need, f"{path}: a {width}x{height} image", "decoded")
+
+
+def check_memory(need: int, what: str, purpose: str) -> None:
+    """Refuse a task that needs more memory than is available now (:func:`available_memory`; nothing is refused
+    where the system does not say).
+
+    Args:
+        need: the bytes the task needs.
+        what: what needs them, naming the file or key (the message starts with it).
+        purpose: what the memory is for, after "needs N GiB of memory".
+
+    Raises:
+        UserError: ``<what> needs N GiB of memory <purpose>, M GiB is available``.
+    """
     have = available_memory()
     if have and need > have:
-        raise UserError(f"{path}: a {width}x{height} image needs {need / 2**30:.1f} GiB of memory decoded, "
-                        f"{have / 2**30:.1f} GiB is available")
+        raise UserError(f"{what} needs {need / 2**30:.1f} GiB of memory {purpose}, {have / 2**30:.1f} GiB is available")
 
 
 def _pillow_array(img: Image.Image, path: Path, keep_alpha: bool) -> np.ndarray:

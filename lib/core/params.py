@@ -305,6 +305,16 @@ def params_from_dict(raw: Any) -> Params:
     return params
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's members as a dict, refusing a key given twice (``json`` would keep the last one silently)."""
+    members: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in members:
+            raise UserError(f"key {key!r} appears twice in one object, where only the last would count")
+        members[key] = value
+    return members
+
+
 def load_params(path: str | Path | None = None) -> Params:
     """Read and validate a parameters file (default: the repository's ``parameters.json``).
 
@@ -326,9 +336,11 @@ def load_params(path: str | Path | None = None) -> Params:
     except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: cannot read parameters file ({err.__class__.__name__})") from None
     try:
-        raw = json.loads(text)
+        raw = json.loads(text, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as err:
         raise UserError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+    except UserError as err:
+        raise UserError(f"{path}: {err}") from None
     try:
         return params_from_dict(raw)
     except UserError as err:
