@@ -422,17 +422,24 @@ def main(argv: list[str] | None = None) -> int:
                   args.save_probabilities)
     if args.metrics:  # first: a bad --metrics leaves no empty output folder behind
         check_writable(Path(args.metrics).resolve().parent, "folder of --metrics")
+    made = [folder for folder in (out, *out.parents) if not folder.exists()]  # by this run, deepest first
     check_writable(out)
     mine = assign_images([h.height * h.width for h in headers], info.world_size)[info.rank]
     n_classes = len(segmenter.class_names)
     # one confusion matrix per image, zero for those of other processes: summed over processes, they are complete
     confusions = torch.zeros(len(images), n_classes, n_classes, dtype=torch.long)
     remove_leftovers(out, [images[i].stem for i in mine])
-    for i in tqdm(mine, desc="predict", unit="img", disable=args.quiet or not info.is_main, file=sys.stderr):
-        cm = segment_file(segmenter, images[i], out, masks.get(images[i]), args.format, args.tiff_above,
-                          args.save_probabilities, args.block_width)
-        if cm is not None:
-            confusions[i] = cm
+    try:
+        for i in tqdm(mine, desc="predict", unit="img", disable=args.quiet or not info.is_main, file=sys.stderr):
+            cm = segment_file(segmenter, images[i], out, masks.get(images[i]), args.format, args.tiff_above,
+                              args.save_probabilities, args.block_width)
+            if cm is not None:
+                confusions[i] = cm
+    except UserError:
+        for folder in made:  # an image refused mid-run (NaN pixels) before any output: the folders made go too
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty
+        raise
     device = segmenter.device if info.enabled and segmenter.device.type == "cuda" else torch.device("cpu")
     confusions = all_reduce_sum(confusions.to(device), info).cpu()  # NCCL reduces on the GPU
     cleanup(info)

@@ -164,6 +164,29 @@ def test_probabilities_that_are_not_finite_are_refused(tmp_path, shape):
     assert not (out / "hot.png").exists()
 
 
+@pytest.mark.parametrize("existed", [False, True])
+def test_an_image_refused_before_any_output_leaves_no_output_folder_made_by_the_run(tmp_path, existed):
+    """NaN pixels show only when the rows are read, after the checks of the headers: the folder the run made for its
+    outputs goes with the refusal, one that was there before stays."""
+    checkpoint = constant_checkpoint(tmp_path / "c.pth", 1)
+    state = torch.load(checkpoint, weights_only=True)
+    state["normalization"] = {"mode": "zscore", "dtype": "float32", "scale": 1.0, "mean": [0.0], "std": [1.0],
+                              "low": None, "high": None}
+    save_checkpoint(checkpoint, state)
+    (tmp_path / "in").mkdir()
+    image = np.full((64, 80), 0.5, np.float32)
+    image[40, 3] = np.nan
+    tifffile.imwrite(tmp_path / "in" / "a.tif", image)
+    out = tmp_path / "deep" / "out"
+    if existed:
+        out.mkdir(parents=True)
+    result = run_main("predict.py", "--checkpoint", str(checkpoint), "--input", str(tmp_path / "in"), "--output",
+                      str(out), "--quiet")
+    assert_user_error(result, "a.tif (rows 0..", "NaN or infinite")
+    assert out.is_dir() == existed and (tmp_path / "deep").is_dir() == existed
+    assert not existed or not any(out.iterdir())
+
+
 def test_ctrl_c_gives_one_line_exit_130_and_leaves_only_whole_files(test_set, tmp_path, monkeypatch):
     """Ctrl-C while the second image is segmented: no traceback, exit 130, the first image's mask and probabilities
     whole, and no temporary file or folder of the second."""
