@@ -19,7 +19,6 @@ import lib.core.startup  # noqa: F401  (first: a Ctrl-C while the imports below 
 # isort: on
 import argparse
 import contextlib
-import io
 import math
 import os
 import shutil
@@ -33,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from dataloader.pairs import IMAGE_SUFFIXES, list_images, mask_of, masks_by_id
-from lib.core.atomic import atomic_write_bytes, atomic_write_text, remove_stale_temporaries_in
+from lib.core.atomic import atomic_open, atomic_write_text, remove_stale_temporaries_in
 from lib.core.device import select_device
 from lib.core.distributed import all_reduce_sum, cleanup, exit_process, init_distributed
 from lib.core.errors import ArgumentParser, UserError, cli_main
@@ -328,12 +327,13 @@ def scratch_array(path: Path, shape: tuple[int, int]) -> Iterator:
 
 
 class ProbabilitySink:
-    """``--save-probabilities``: a C×H×W float32 ``.npy`` gathered in memory for a PNG mask (as before), or a
-    H×W×C float16 zarr array (chunks of 256×256 pixels) written block by block beside a TIFF mask; each written under
-    a temporary name and renamed when complete."""
+    """``--save-probabilities``: a C×H×W float32 ``.npy`` beside a PNG mask, or a H×W×C float16 zarr array (chunks of
+    256×256 pixels) beside a TIFF mask; each written block by block under a temporary name and renamed when complete.
+    The ``.npy``'s blocks go to their places in the file as they come: gathered in memory first, then copied into a
+    buffer for ``np.save``, a 36-MP image's probabilities took 2.8 times their size in memory on top of the run."""
 
     def __init__(self, path: Path, height: int, width: int, n_classes: int, streamed: bool):
-        self.path, self.streamed, self.shape, self.blocks = path, streamed, (height, width), []
+        self.path, self.streamed, self.shape = path, streamed, (n_classes, height, width)
         if streamed:
             import zarr
 
@@ -345,12 +345,35 @@ class ProbabilitySink:
             except OSError as err:
                 raise UserError(f"{self.path}: cannot write ({err.strerror or err})") from None
             self.rows = ChunkRows(self.array)
+            return
+        self.writing: contextlib.ExitStack | None = contextlib.ExitStack()
+        self.file = self.writing.enter_context(atomic_open(path))
+        self._guarded(np.lib.format.write_array_header_1_0, self.file,
+                      {"descr": "<f4", "fortran_order": False, "shape": self.shape})
+        self.start = self.file.tell()
+
+    def _guarded(self, write, *args) -> None:
+        try:
+            write(*args)
+        except OSError as err:
+            raise UserError(f"{self.path}: cannot write ({err.strerror or err})") from None
+
+    def _write_at(self, index: int, values: np.ndarray) -> None:
+        """Write contiguous float32 ``values`` from the ``index``-th value of the C×H×W array on."""
+        self._guarded(self.file.seek, self.start + 4 * index)
+        self._guarded(self.file.write, memoryview(values).cast("B"))
 
     def write(self, top: int, left: int, block: torch.Tensor) -> None:
         if self.streamed:
             self.rows.write(top, left, block.permute(1, 2, 0).cpu().numpy().astype(np.float16))
-        else:
-            self.blocks.append((top, left, block.cpu().numpy().astype(np.float32)))
+            return
+        _, height, width = self.shape
+        for c, plane in enumerate(np.ascontiguousarray(block.cpu().numpy(), dtype=np.float32)):
+            if plane.shape[1] == width:  # whole rows: one run of the file
+                self._write_at((c * height + top) * width, plane)
+                continue
+            for row, values in enumerate(plane, top):
+                self._write_at((c * height + row) * width + left, values)
 
     def close(self) -> None:
         if self.streamed:
@@ -358,14 +381,17 @@ class ProbabilitySink:
             shutil.rmtree(self.path, ignore_errors=True)
             os.replace(self.tmp, self.path)
             return
-        buffer = io.BytesIO()
-        np.save(buffer, gather(self.blocks, self.shape))
-        atomic_write_bytes(self.path, buffer.getvalue())
+        writing, self.writing = self.writing, None
+        writing.close()  # synced and renamed into place
 
     def discard(self) -> None:
-        """Remove the temporary zarr folder, if :meth:`close` did not rename it into place."""
+        """Remove the temporary file or zarr folder, if :meth:`close` did not rename it into place."""
         if self.streamed:
             shutil.rmtree(self.tmp, ignore_errors=True)
+        elif self.writing is not None:
+            stop = UserError("discarded")  # thrown into atomic_open, which removes its temporary file
+            self.writing.__exit__(UserError, stop, None)
+            self.writing = None
 
 
 def assign_images(pixels: list[int], world_size: int) -> list[list[int]]:
