@@ -31,13 +31,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dataloader.pairs import IMAGE_SUFFIXES, list_images, mask_of, masks_by_id
+from dataloader.pairs import IMAGE_SUFFIXES, check_mask_size, list_images, mask_of, masks_by_id
 from lib.core.atomic import atomic_open, atomic_write_text, remove_stale_temporaries_in
 from lib.core.device import select_device
 from lib.core.distributed import all_reduce_sum, cleanup, exit_process, init_distributed
-from lib.core.errors import ArgumentParser, UserError, cli_main
+from lib.core.errors import ArgumentParser, UserError, cli_main, write_error
 from lib.core.imageio import TIFF_SUFFIXES, ImageHeader, ImageRows, check_fits, read_header, save_mask, write_tiled_tiff
-from lib.core.params import Params, replace
+from lib.core.params import BLENDS, DEVICES, PRECISIONS, Params, replace
 from lib.evaluation import format_table, image_confusion, metrics_json, summarize
 from lib.segmenter import Segmenter
 
@@ -52,11 +52,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--image-prefix", help="... for images named <prefix><id> (e.g. Img_; default: data.image_prefix)")
     p.add_argument("--metrics", help="write the metrics as JSON to this file")
     p.add_argument("--overlap", type=float, help="window overlap in [0, 0.95] (default: the checkpoint's, 0.5)")
-    p.add_argument("--blend", choices=["mean", "gaussian"], help="probability blending of overlapping windows")
+    p.add_argument("--blend", choices=BLENDS, help="probability blending of overlapping windows")
     p.add_argument("--tta", action="store_true", help="average over the four flips of every window")
     p.add_argument("--batch-size", type=int, help="windows per forward pass")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--precision", default="auto", choices=PRECISIONS)
     p.add_argument("--cuda-graphs", action="store_true",
                    help="CUDA only: replay each image size's sliding window as one CUDA graph (images up to 16 "
                         "MP, read whole: --block-width does not apply to them; each new size costs two eager calls "
@@ -102,9 +102,7 @@ def check_inputs(images: list[Path], masks: dict[Path, Path], segmenter: Segment
             check_fits(image, header.height, header.width, header.channels * np.dtype(header.dtype).itemsize)
         if image in masks:
             mask = read_header(masks[image], mask=True)
-            if (mask.height, mask.width) != (header.height, header.width):
-                raise UserError(f"{masks[image]}: mask is {mask.width}x{mask.height} but its image is "
-                                f"{header.width}x{header.height} (width x height)")
+            check_mask_size(masks[image], (mask.height, mask.width), (header.height, header.width))
             check_mask_values(masks[image], segmenter.class_colors)
         headers.append(header)
     return headers
@@ -236,8 +234,7 @@ def segment_file(segmenter: Segmenter, image_path: Path, out: Path, mask: Path |
             write_tiled_tiff(target, (labels for _, _, labels in label_blocks()), height, width, np.uint8,
                              colors=colors)
         else:
-            scratch = stack.enter_context(scratch_array(scratch_folder(out / f"{image_path.stem}.labels.zarr"),
-                                                        (height, width)))
+            scratch = stack.enter_context(scratch_array(labels_scratch(out, image_path.stem), (height, width)))
             rows = ChunkRows(scratch)
             for top, left, labels in label_blocks():
                 rows.write(top, left, labels)
@@ -253,6 +250,27 @@ def scratch_folder(final: Path) -> Path:
     return final.with_name(f".{final.name}.tmp")
 
 
+def labels_scratch(out: Path, stem: str) -> Path:
+    """The temporary zarr folder of the labels of an image done in column blocks (:func:`scratch_array`)."""
+    return scratch_folder(out / f"{stem}.labels.zarr")
+
+
+def open_scratch_zarr(tmp: Path, shape: tuple[int, ...], dtype: str, named: Path):
+    """A new zarr array in the temporary folder ``tmp`` (one a killed run left there is removed first), in chunks of
+    256 × 256 pixels and all of any further axis.
+
+    Raises:
+        UserError: it cannot be written, naming ``named`` (the file it is for).
+    """
+    import zarr
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        return zarr.open_array(str(tmp), mode="w", shape=shape, chunks=(256, 256, *shape[2:]), dtype=dtype)
+    except OSError as err:
+        raise write_error(named, err) from None
+
+
 def remove_leftovers(out: Path, stems: list[str]) -> None:
     """What a killed run left for the images ``stems`` in ``out``, whatever the options of this run: the temporary
     files of their masks (PNG or TIFF) and probabilities, and their zarr folders (probabilities, column-block labels).
@@ -261,8 +279,8 @@ def remove_leftovers(out: Path, stems: list[str]) -> None:
     for stem in stems:
         (png, npy), (tif, zarr) = output_paths(out, stem, False), output_paths(out, stem, True)
         names.update(path.name for path in (png, tif, npy))
-        for path in (zarr, out / f"{stem}.labels.zarr"):
-            shutil.rmtree(scratch_folder(path), ignore_errors=True)
+        for folder in (scratch_folder(zarr), labels_scratch(out, stem)):
+            shutil.rmtree(folder, ignore_errors=True)
     remove_stale_temporaries_in(out, names)
 
 
@@ -313,13 +331,7 @@ class ChunkRows:
 def scratch_array(path: Path, shape: tuple[int, int]) -> Iterator:
     """A temporary uint8 zarr array on disk (chunks of 256²), removed on exit: labels of column blocks, read back
     tile by tile in the row-major order a tiled TIFF is written in."""
-    import zarr
-
-    shutil.rmtree(path, ignore_errors=True)
-    try:
-        array = zarr.open_array(str(path), mode="w", shape=shape, chunks=(256, 256), dtype="uint8")
-    except OSError as err:
-        raise UserError(f"{path}: cannot write ({err.strerror or err})") from None
+    array = open_scratch_zarr(path, shape, "uint8", path)
     try:
         yield array
     finally:
@@ -335,16 +347,8 @@ class ProbabilitySink:
     def __init__(self, path: Path, height: int, width: int, n_classes: int, streamed: bool):
         self.path, self.streamed, self.shape = path, streamed, (n_classes, height, width)
         if streamed:
-            import zarr
-
             self.tmp = scratch_folder(self.path)
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            try:
-                self.array = zarr.open_array(str(self.tmp), mode="w", shape=(height, width, n_classes),
-                                             chunks=(256, 256, n_classes), dtype="float16")
-            except OSError as err:
-                raise UserError(f"{self.path}: cannot write ({err.strerror or err})") from None
-            self.rows = ChunkRows(self.array)
+            self.rows = ChunkRows(open_scratch_zarr(self.tmp, (height, width, n_classes), "float16", self.path))
             return
         self.writing: contextlib.ExitStack | None = contextlib.ExitStack()
         self.file = self.writing.enter_context(atomic_open(path))
@@ -356,7 +360,7 @@ class ProbabilitySink:
         try:
             write(*args)
         except OSError as err:
-            raise UserError(f"{self.path}: cannot write ({err.strerror or err})") from None
+            raise write_error(self.path, err) from None
 
     def _write_at(self, index: int, values: np.ndarray) -> None:
         """Write contiguous float32 ``values`` from the ``index``-th value of the C×H×W array on."""

@@ -39,7 +39,17 @@ from lib.core.errors import EXIT_INTERRUPTED, ArgumentParser, UserError, cli_mai
 from lib.core.losses import make_loss
 from lib.core.metrics import iou_per_class, mean_iou
 from lib.core.normalization import as_spec, compute_normalization
-from lib.core.params import COMPILE_MODES, LOSSES, OPTIMIZERS, Params, load_params, params_from_dict, replace
+from lib.core.params import (
+    COMPILE_MODES,
+    DEVICES,
+    LOSSES,
+    OPTIMIZERS,
+    PRECISIONS,
+    Params,
+    load_params,
+    params_from_dict,
+    replace,
+)
 from lib.core.provenance import git_commit, versions
 from lib.core.schedule import SCHEDULES, schedule_factor, set_rate
 from lib.training import batches, evaluate, forward_loss, new_run_name, optimizer_step, predict_labels
@@ -65,8 +75,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--load", metavar="CKPT", help="resume the run of this checkpoint")
     p.add_argument("--params", metavar="FILE", help="parameters file (default: parameters.json)")
     p.add_argument("--seed", type=int, help="seed of initialisation, split and shuffling (training.seed)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="training.device")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="training.precision")
+    p.add_argument("--device", choices=DEVICES, help="training.device")
+    p.add_argument("--precision", choices=PRECISIONS, help="training.precision")
     p.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bf16 where supported, else fp16)")
     p.add_argument("--compile", choices=COMPILE_MODES,
                    help="torch.compile mode of the training steps (training.compile)")
@@ -641,10 +651,9 @@ def end_epoch(model: torch.nn.Module, loss_fn: torch.nn.Module, data: TrainingDa
         ``(record, improved)``: the epoch's record, and whether its validation mIoU is the best so far (always
         without validation images, so that ``best.pth`` is then the last model rather than missing).
     """
-    totals = all_reduce_sum(torch.tensor([progress.loss_sum, progress.loss_count], dtype=torch.float64,
-                                         device=rt.device), rt.dist)
-    record = {"epoch": progress.epoch + 1, "train_loss": float(totals[0] / totals[1].clamp(min=1)), "lr": rates[0],
-              "lr_end": rates[1], "seconds": seconds}
+    gather_epoch_loss(progress, rt)
+    record = {"epoch": progress.epoch + 1, "train_loss": progress.loss_sum / max(progress.loss_count, 1),
+              "lr": rates[0], "lr_end": rates[1], "seconds": seconds}
     if len(data.val_idx):
         val_loss, cm = evaluate(model, data.images, data.masks, data.val_idx, data.normalization, loss_fn,
                                 params.n_classes, rt, image_stats=data.image_stats)

@@ -135,6 +135,21 @@ def find_pairs(folder: str | Path, image_prefix: str = "", mask_prefix: str = ""
     return pairs
 
 
+def check_mask_size(mask: str | Path, mask_size: tuple[int, ...], image_size: tuple[int, ...]) -> None:
+    """Refuse a mask whose size differs from its image's.
+
+    Args:
+        mask: the mask's file, for the message.
+        mask_size, image_size: (height, width) of each.
+
+    Raises:
+        UserError: naming the mask and both sizes, width x height.
+    """
+    if tuple(mask_size) != tuple(image_size):
+        raise UserError(f"{mask}: mask is {mask_size[1]}x{mask_size[0]} but its image is "
+                        f"{image_size[1]}x{image_size[0]} (width x height)")
+
+
 def load_pair(pair: ImagePair, colors: list[tuple[int, int, int]], keep_alpha: bool = False,
               channel_axis: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """Read an image as stored (H×W or H×W×C, see :func:`lib.core.imageio.read_image`) and its mask (uint8 H×W of class
@@ -147,7 +162,5 @@ def load_pair(pair: ImagePair, colors: list[tuple[int, int, int]], keep_alpha: b
     if pair.mask is None:
         raise UserError(f"{pair.image}: no mask")
     mask = read_mask(pair.mask, colors)
-    if image.shape[:2] != mask.shape:
-        raise UserError(f"{pair.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
-                        f"{image.shape[1]}x{image.shape[0]} (width x height)")
+    check_mask_size(pair.mask, mask.shape, image.shape[:2])
     return image, mask

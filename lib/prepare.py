@@ -24,7 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm  # a widget in notebooks, the usual bar in a terminal
 
 from dataloader.manifest import MANIFEST, MANIFEST_FIELDS, SOURCES, mask_file
-from dataloader.pairs import ImagePair, find_pairs
+from dataloader.pairs import ImagePair, check_mask_size, find_pairs
 from lib.core.atomic import atomic_write_text, deferred_sync
 from lib.core.errors import ArgumentParser, UserError, cli_main
 from lib.core.imageio import ImageHeader, ImageRows, image_suffix, read_mask, save_image, save_mask
@@ -141,9 +141,7 @@ def check_pairs(pairs: list[ImagePair], params: Params, progress: bool, band_pix
         with ImageRows(pair.image, **params.data.read_options) as image, \
                 ImageRows(pair.mask, mask_colors=params.class_colors) as mask:
             header = image.header
-            if (mask.header.height, mask.header.width) != (header.height, header.width):
-                raise UserError(f"{pair.mask}: mask is {mask.header.width}x{mask.header.height} but its image is "
-                                f"{header.width}x{header.height} (width x height)")
+            check_mask_size(pair.mask, (mask.header.height, mask.header.width), (header.height, header.width))
             first = first or header
             if describe(header) != describe(first):
                 raise UserError(f"{pair.image}: image of {describe(header)} among images of {describe(first)} "

@@ -54,7 +54,8 @@ class Segmenter:
         Args:
             path: a ``.pth`` written by train.py.
             device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
-            precision: ``auto`` (bf16 on CPUs with native bf16, fp32 elsewhere), ``fp32``, ``bf16`` or ``fp16``.
+            precision: ``auto`` (bf16 on CPUs with native bf16 and on CUDA devices that support it, fp16 on other
+                CUDA devices, fp32 elsewhere), ``fp32``, ``bf16`` or ``fp16``.
             inference: overlap, blend, TTA and window batch size (default: those stored with the checkpoint).
             cuda_graphs: replay the sliding-window call of each image size as one CUDA graph (:meth:`predict`).
 

@@ -52,7 +52,8 @@ def forward_loss(model: nn.Module, loss_fn: nn.Module, images: torch.Tensor, mas
 
 
 def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
-    """Backward pass and SGD update through the GradScaler (a pass-through unless training in fp16)."""
+    """Backward pass and the optimiser's update (SGD or AdamW) through the GradScaler (a pass-through unless
+    training in fp16)."""
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)

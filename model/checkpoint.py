@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from lib.core.atomic import atomic_path, atomic_write_bytes, temporary_name
-from lib.core.errors import UserError
+from lib.core.errors import UserError, write_error
 from lib.core.normalization import as_spec
 from lib.core.params import Params
 from model.unet_model import UNet
@@ -92,7 +92,7 @@ def link_checkpoint(source: str | Path, path: str | Path) -> None:
     except OSError as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise UserError(f"{path}: cannot write ({err.strerror or err})") from None
+        raise write_error(path, err) from None
 
 
 def _host_copy(value: Any) -> Any:

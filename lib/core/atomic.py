@@ -13,7 +13,7 @@ from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import IO
 
-from lib.core.errors import UserError
+from lib.core.errors import UserError, write_error
 
 _deferred = threading.local()  # inside deferred_sync(): this thread's atomic writes skip their own fsync
 
@@ -40,7 +40,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as err:
-        raise UserError(f"{path}: cannot write ({err.strerror or err})") from None
+        raise write_error(path, err) from None
     try:
         os.fchmod(fd, _file_mode(path))  # mkstemp's 0600 would hide every output from other users
         os.close(fd)
@@ -50,7 +50,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except OSError as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise UserError(f"{path}: cannot write ({err.strerror or err})") from None
+        raise write_error(path, err) from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

@@ -10,6 +10,7 @@ import torch
 
 from lib.core.distributed import DistInfo, init_distributed
 from lib.core.errors import UserError
+from lib.core.params import DEVICES
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -28,8 +29,8 @@ def select_device(name: str = "auto") -> torch.device:
         raise UserError("--device cuda: no CUDA device is available")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise UserError("--device mps: no MPS device is available")
-    if name not in ("cpu", "cuda", "mps"):
-        raise UserError(f"--device {name}: expected auto, cpu, cuda or mps")
+    if name not in DEVICES:
+        raise UserError(f"--device {name}: expected {', '.join(DEVICES[:-1])} or {DEVICES[-1]}")
     return torch.device(name)
 
 

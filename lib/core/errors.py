@@ -30,6 +30,12 @@ class ArgumentParser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
+def write_error(path: object, err: OSError) -> UserError:
+    """The one-line error of a write that failed: ``<path>: cannot write (<the system's reason>)``, e.g. ``No space
+    left on device``."""
+    return UserError(f"{path}: cannot write ({err.strerror or err})")
+
+
 def cli_main(main: Callable[..., T]) -> Callable[..., T]:
     """Wrap a command-line entry point: a :class:`UserError` prints ``error: ...`` and exits with code 2; Ctrl-C
     prints one line instead of a traceback and exits with code 130 (the writes are atomic, so what is on disk is whole).

@@ -12,8 +12,8 @@ import torch
 from lib.core.cuda_graphs import to_device
 from lib.core.device import autocast
 from lib.core.padding import reflect_pad
+from lib.core.params import BLENDS
 
-BLENDS = ("mean", "gaussian")
 # outputs added together on an accelerator (see _stitch_bytes)
 STITCH_BYTES = 64 * 2**20
 

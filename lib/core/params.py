@@ -105,6 +105,9 @@ SCHEDULES = ("published", "cosine")  # lib.core.schedule's (it imports torch, wh
 OPTIMIZERS = ("sgd", "adamw")  # train.py's make_optimizer
 LOSSES = ("ce", "dice_ce")  # lib.core.losses' make_loss
 # torch.compile of the training forward and backward: "off", or one of torch.compile's modes
+DEVICES = ("auto", "cpu", "cuda", "mps")  # lib.core.device's select_device
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # lib.core.device's resolve_precision
+BLENDS = ("mean", "gaussian")  # lib.core.inference's blend weights
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -126,8 +129,8 @@ class TrainingParams:
     loss: str = _spec("ce", choices=LOSSES)
     class_weights: list[float] | None = _spec(None, 0.0)
     seed: int = _spec(0, 0)
-    device: str = _spec("auto", choices=("auto", "cpu", "cuda", "mps"))
-    precision: str = _spec("auto", choices=("auto", "fp32", "bf16", "fp16"))
+    device: str = _spec("auto", choices=DEVICES)
+    precision: str = _spec("auto", choices=PRECISIONS)
     compile: str = _spec("off", choices=COMPILE_MODES)
     figure_patches: int = _spec(4, 0, 64)
     checkpoints_dir: str = _spec("checkpoints")
@@ -139,7 +142,7 @@ class InferenceParams:
     """Sliding-window inference: window overlap, blending, test-time flips and windows per batch."""
 
     overlap: float = _spec(0.5, 0.0, 0.95)
-    blend: str = _spec("mean", choices=("mean", "gaussian"))
+    blend: str = _spec("mean", choices=BLENDS)
     tta: bool = _spec(False)
     batch_size: int = _spec(32, 1)
 
