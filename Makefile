@@ -11,6 +11,8 @@ DEMO_PREDICT_FLAGS ?= --tta --blend gaussian
 # README "A second synthetic set" says what it reaches. --compile needs a C++ compiler (g++ or clang++).
 ALTERNATE_FLAGS ?= --generator alternate --n-training 400 --per-image 5 --foreground-fraction 0.75 --loss dice_ce --epochs 12 --batch-size 8 --lr 0.1 --compile default
 RUN ?= demo_$(shell date +%Y%m%d-%H%M%S)
+# once: a ?= variable runs `date` at each use, and the train and predict lines could name two seconds
+RUN := $(RUN)
 
 .PHONY: demo demo-alternate setup test lint bench figures
 

@@ -168,6 +168,22 @@ def test_time_to_accuracy_runs_the_demo_s_flags_from_the_makefile_and_the_given_
     assert evaluate[2] == "--checkpoint"
 
 
+def test_make_demo_names_one_run_for_training_and_evaluation(tmp_path: Path):
+    """``make demo`` trains into checkpoints/$(RUN) and evaluates that run's best.pth: RUN, a date, is worked out once.
+    Expanded at each use, a clock that ticked between them made predict.py look for a run that does not exist."""
+    import subprocess
+
+    ticks = tmp_path / "bin" / "date"
+    ticks.parent.mkdir()
+    ticks.write_text(f'#!/bin/sh\necho x >> {tmp_path / "calls"}\nwc -l < {tmp_path / "calls"} | tr -d " "\n')
+    ticks.chmod(0o755)  # a clock that moves at every call
+    done = subprocess.run(["make", "-n", "demo"], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PATH": f"{ticks.parent}:{os.environ['PATH']}"})
+    assert done.returncode == 0, done.stderr
+    names = set(re.findall(r"--name (\S+)|checkpoints/([^/\s]+)/", done.stdout))
+    assert {n for pair in names for n in pair if n} == {"demo_1"}, done.stdout
+
+
 def test_make_demo_alternate_runs_the_second_set_s_recipe_whose_flags_the_benchmark_takes():
     """``make demo-alternate`` passes ALTERNATE_FLAGS to the benchmark: they name the second set and pass its up-front
     checks (parse_args exits 2 on a flag train.py, predict.py or parameters.json would refuse)."""
