@@ -276,10 +276,12 @@ def main(argv: list[str] | None = None) -> int:
         if resumed:
             run, ckpt_dir, run_dir, branch = resumed_outputs(Path(args.load), resumed, args.name, ckpt_root, runs_root)
             check_resume_point(Path(args.load), resumed, None if branch else ckpt_dir / "last.pth", rt)
+            if branch and rt.dist.is_main:  # the new name taken once every check has passed
+                new_run_name("", run, ckpt_root, runs_root)
             if args.params and rt.dist.is_main:  # once every check has passed: an error stays one line
                 note_ignored_params(args, params)
         else:
-            run = new_run_name(str(data.folder), args.name, ckpt_root, runs_root)
+            run = new_run_name(str(data.folder), args.name, ckpt_root, runs_root, claim=rt.dist.is_main)
             ckpt_dir, run_dir = ckpt_root / run, runs_root / run
         if rt.dist.is_main:
             writer = open_outputs(ckpt_dir, run_dir, params, rt)
@@ -517,14 +519,15 @@ def resumed_outputs(load: Path, resumed: dict, name: str | None, ckpt_root: Path
     With ``--name NEW`` (not the run's name) it is a new run that goes on from the checkpoint, in ``checkpoints/NEW``
     and ``runs/NEW`` (neither may exist). Otherwise the run goes on where it is: in the loaded checkpoint's folder
     (wherever the run was moved) and the TensorBoard folder it recorded (``runs/<run>`` for a checkpoint that recorded
-    none, or whose folder's parent is gone, as on another machine).
+    none, or whose folder's parent is gone, as on another machine). A new name is checked for form here and taken
+    by :func:`new_run_name` once every check has passed.
 
     Raises:
-        UserError: a new name that is taken, or a copy of a run whose own folder is still in use (going on from the
-            copy would mix two runs' events in one TensorBoard folder).
+        UserError: a new name that is not a plain folder name, or a copy of a run whose own folder is still in use
+            (going on from the copy would mix two runs' events in one TensorBoard folder).
     """
     if name not in (None, resumed["run_name"]):
-        run = new_run_name("", name, ckpt_root, runs_root)
+        run = new_run_name("", name, ckpt_root, runs_root, claim=False)
         return run, ckpt_root / run, runs_root / run, True
     run, folder, home = resumed["run_name"], load.resolve().parent, resumed.get("checkpoint_dir")
     if home and Path(home) != folder and (Path(home) / "last.pth").is_file():

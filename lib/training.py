@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from lib.core.atomic import make_folder
 from lib.core.device import Runtime, autocast, move_pixels
 from lib.core.distributed import all_reduce_sum
 from lib.core.errors import UserError
@@ -97,8 +98,14 @@ def predict_labels(model: nn.Module, images: torch.Tensor, idx: torch.Tensor, no
     return labels
 
 
-def new_run_name(folder: str, name: str | None, checkpoints_dir: Path, runs_dir: Path) -> str:
-    """A run name that exists in neither ``runs/`` nor ``checkpoints/`` (nothing of an earlier run is overwritten).
+def new_run_name(folder: str, name: str | None, checkpoints_dir: Path, runs_dir: Path, claim: bool = True) -> str:
+    """A run name that exists in neither ``runs/`` nor ``checkpoints/`` (nothing of an earlier run is overwritten):
+    ``name``, or ``<folder>_<date-time>`` (with ``_2``, ``_3``, ... while taken).
+
+    Args:
+        claim: take the name by creating its checkpoint folder, in one step that only one of two runs started
+            together can pass (the process that writes the run's files); without it the name is only checked for
+            form (another process of the same run, which writes nothing).
 
     Raises:
         UserError: an explicitly chosen ``name`` is taken or not a plain folder name.
@@ -109,15 +116,34 @@ def new_run_name(folder: str, name: str | None, checkpoints_dir: Path, runs_dir:
         if not re.fullmatch(r"\w[\w.-]*", name) or len(name.encode()) > 200:
             raise UserError(f"--name {name[:40]!r}{'...' if len(name) > 40 else ''}: expected a plain folder name "
                             "(letters, digits, . _ -, not starting with . or -) of at most 200 bytes")
-        if (checkpoints_dir / name).exists() or (runs_dir / name).exists():
+        if claim and not _claim(checkpoints_dir, runs_dir, name):
             raise UserError(f"--name {name}: {_taken_by(checkpoints_dir / name, runs_dir / name)}")
         return name
     base = f"{Path(folder).name}_{time.strftime('%Y%m%d-%H%M%S')}"
     candidate, k = base, 1
-    while (checkpoints_dir / candidate).exists() or (runs_dir / candidate).exists():
+    while claim and not _claim(checkpoints_dir, runs_dir, candidate):
         k += 1
         candidate = f"{base}_{k}"
     return candidate
+
+
+def _claim(checkpoints_dir: Path, runs_dir: Path, name: str) -> bool:
+    """Create the checkpoint folder of run ``name`` if the name is free: False if either of its folders exists.
+
+    Raises:
+        UserError: the folder cannot be created (a file in the way, no permission).
+    """
+    folder = checkpoints_dir / name
+    if folder.exists() or (runs_dir / name).exists():
+        return False
+    make_folder(checkpoints_dir)
+    try:
+        folder.mkdir()  # fails for all but one of the runs that try at once
+    except FileExistsError:
+        return False
+    except OSError as err:
+        raise UserError(f"{folder}: cannot create the run's checkpoint folder ({err.strerror or err})") from None
+    return True
 
 
 def _taken_by(checkpoints: Path, events: Path) -> str:
@@ -126,5 +152,5 @@ def _taken_by(checkpoints: Path, events: Path) -> str:
     if any(checkpoints.glob("*.pth")):
         return "a run of that name exists; choose another name or --load to resume it"
     folders = " and ".join(str(f) for f in (checkpoints, events) if f.exists())
-    return (f"a run of that name was started but saved no checkpoint (stopped in its first epoch?); remove {folders} "
-            "to reuse the name, or choose another name")
+    return (f"a run of that name was started but has saved no checkpoint (it is in its first epoch, or was stopped "
+            f"there); if it is not running, remove {folders} to reuse the name, or choose another name")

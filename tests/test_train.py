@@ -270,12 +270,15 @@ def test_a_resumed_run_goes_on_in_its_folder_and_never_from_behind_its_last(tiny
     save_checkpoint(tmp_path / "two.pth", state)
     assert_user_error(run_main("train.py", "--load", str(tmp_path / "two.pth"), "-e", "2", "--name", "two"),
                       "two.pth: saved at step 3 of epoch 2 by 2 process(es)", "resume it with 2")
+    assert not (data / "checkpoints" / "two").exists()  # the new name is taken only once every check has passed
     before = original.read_bytes()
     branch = run_main("train.py", "--load", str(copy), "-e", "2", "--name", "branch", "--amp")
     assert branch.returncode == 0, branch.stderr[-2000:]
     assert "note: --amp applies on CUDA only; this run is on cpu in fp32" in branch.stderr
     assert _weights(data / "checkpoints" / "branch" / "last.pth")["epoch"] == 2 and (data / "runs" / "branch").is_dir()
     assert original.read_bytes() == before and copy.read_bytes() == before
+    assert_user_error(run_main("train.py", "--load", str(copy), "-e", "2", "--name", "branch"),
+                      "--name branch: a run of that name exists")
     resumed = run_main("train.py", "--load", str(original), "-e", "2")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     after = original.read_bytes()

@@ -257,8 +257,10 @@ def test_run_names_are_plain_folder_names(tmp_path, case):
     _, name, accepted = case
     if accepted:
         assert new_run_name("patches_s96", name, tmp_path / "c", tmp_path / "r") == name
-        (tmp_path / "r" / name).mkdir(parents=True)  # the name can be made, and is then taken
-        with pytest.raises(UserError, match="saved no checkpoint.*remove .*r/") as err:  # a run killed early
+        assert (tmp_path / "c" / name).is_dir()  # claimed: made, and then taken
+        (tmp_path / "c" / name).rmdir()
+        (tmp_path / "r" / name).mkdir(parents=True)
+        with pytest.raises(UserError, match="has saved no checkpoint.*remove .*r/") as err:  # a run killed early
             new_run_name("patches_s96", name, tmp_path / "c", tmp_path / "r")
         assert str(tmp_path / "c") not in str(err.value)  # names only the folders that exist
         (tmp_path / "c" / name).mkdir(parents=True)
@@ -269,6 +271,34 @@ def test_run_names_are_plain_folder_names(tmp_path, case):
         with pytest.raises(UserError, match="expected a plain folder name") as err:
             new_run_name("patches_s96", name, tmp_path / "c", tmp_path / "r")
         assert len(str(err.value)) < 200
+
+
+def test_runs_started_together_cannot_take_one_name(tmp_path):
+    """The name is claimed by creating the run's checkpoint folder, one step that one run alone passes: two runs
+    started at once with one --name both trained into one folder before (the later run's checkpoints replacing the
+    other's). A default name moves on to ``_2``; a process that writes nothing (another rank) claims nothing."""
+    import threading
+
+    roots = (tmp_path / "c", tmp_path / "r")
+    outcomes, start = [], threading.Barrier(8)
+
+    def attempt() -> None:
+        start.wait()
+        try:
+            outcomes.append(new_run_name("p", "same", *roots))
+        except UserError as err:
+            outcomes.append(str(err))
+
+    threads = [threading.Thread(target=attempt) for _ in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert outcomes.count("same") == 1
+    assert all("has saved no checkpoint (it is in its first epoch" in o for o in outcomes if o != "same")
+    assert new_run_name("p", "same", *roots, claim=False) == "same"  # another rank of the run that has it
+    first = new_run_name("p", None, *roots)
+    second = new_run_name("p", None, *roots)
+    assert second != first and second.startswith(first.rsplit("_", 1)[0]) and (tmp_path / "c" / second).is_dir()
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == sorted(["same", first, second])
 
 
 def test_a_second_ctrl_c_stops_at_once_and_says_what_to_resume_from(tmp_path, capsys):
