@@ -352,8 +352,12 @@ class ProbabilitySink:
             return
         self.writing: contextlib.ExitStack | None = contextlib.ExitStack()
         self.file = self.writing.enter_context(atomic_open(path))
-        self._guarded(np.lib.format.write_array_header_1_0, self.file,
-                      {"descr": "<f4", "fortran_order": False, "shape": self.shape})
+        try:
+            self._guarded(np.lib.format.write_array_header_1_0, self.file,
+                          {"descr": "<f4", "fortran_order": False, "shape": self.shape})
+        except UserError:
+            self.discard()
+            raise
         self.start = self.file.tell()
 
     def _guarded(self, write, *args) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 
 import numpy as np
@@ -185,6 +187,45 @@ def test_an_image_refused_before_any_output_leaves_no_output_folder_made_by_the_
     assert_user_error(result, "a.tif (rows 0..", "NaN or infinite")
     assert out.is_dir() == existed and (tmp_path / "deep").is_dir() == existed
     assert not existed or not any(out.iterdir())
+
+
+@pytest.mark.parametrize("writes_before_the_disk_is_full", [0, 2])  # the header; a band of rows
+def test_probabilities_that_fill_the_disk_are_one_line_and_leave_no_temporary_file(tmp_path, monkeypatch,
+                                                                                   writes_before_the_disk_is_full):
+    """The .npy is written band by band into a temporary file: a write that fails names the file and the reason,
+    and the temporary file goes (at once for the header, on discard for a band, as segment_file does)."""
+    import predict
+    from lib.core import atomic
+    from lib.core.errors import UserError
+
+    class FillsUp:
+        def __init__(self, handle, room: int):
+            self.handle, self.room = handle, room
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
+        def write(self, data):
+            if not self.room:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.room -= 1
+            return self.handle.write(data)
+
+    @contextlib.contextmanager
+    def full_disk(path):
+        with atomic.atomic_open(path) as handle:
+            yield FillsUp(handle, writes_before_the_disk_is_full)
+
+    monkeypatch.setattr(predict, "atomic_open", full_disk)
+    path = tmp_path / "a_probabilities.npy"
+    with pytest.raises(UserError, match=r"a_probabilities\.npy: cannot write \(No space left on device\)"):
+        sink = predict.ProbabilitySink(path, 4, 6, 3, streamed=False)
+        try:
+            for top in range(4):
+                sink.write(top, 0, torch.rand(3, 1, 6))
+        finally:
+            sink.discard()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_ctrl_c_gives_one_line_exit_130_and_leaves_only_whole_files(test_set, tmp_path, monkeypatch):
