@@ -57,5 +57,7 @@ bench: $(VENV)/.dev-installed
 
 # README figures from the newest trained run (or CHECKPOINT=...), of parameters.json's data (or PARAMS=...)
 figures: $(VENV)/.installed
-	$(PY) -m figures.make_figures --checkpoint $(or $(CHECKPOINT),$(shell ls -t checkpoints/*/best.pth | head -1)) \
-		$(if $(PARAMS),--params $(PARAMS))
+	@checkpoint="$(or $(CHECKPOINT),$$(ls -t checkpoints/*/best.pth 2>/dev/null | head -1))"; \
+	if [ -z "$$checkpoint" ]; then echo "error: no checkpoints/*/best.pth: run make demo first, or pass CHECKPOINT=PATH" >&2; exit 2; fi; \
+	echo "$(PY) -m figures.make_figures --checkpoint $$checkpoint $(if $(PARAMS),--params $(PARAMS))"; \
+	$(PY) -m figures.make_figures --checkpoint "$$checkpoint" $(if $(PARAMS),--params $(PARAMS))

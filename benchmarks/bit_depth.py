@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmarks.common import REPO, base_parser, format_table, print_header, verdict, write_json
+from benchmarks.common import REPO, apply_threads, base_parser, format_table, print_header, verdict, write_json
 
 TARGET_DELTA = 0.01
 BAND_OFFSET, BAND_GAIN = 2000, 4  # 12-bit values 2000..3020: a quarter of 0..4095
@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.tiny:
         args.epochs = min(args.epochs, 2)
+    apply_threads(args.threads)
     print_header("bit depth: 8-bit control, 12-bit narrow band, and the old >> 8 conversion")
     work = Path(tempfile.mkdtemp(prefix="bit_depth_")) if args.keep is None else args.keep
     try:

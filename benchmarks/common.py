@@ -24,6 +24,7 @@ import torch
 from lib.core.allocator import retain_freed_memory
 from lib.core.atomic import atomic_write_text, make_folder
 from lib.core.device import Runtime, memory_format, resolve_precision
+from lib.core.errors import ArgumentParser
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "benchmarks" / "results"
@@ -40,21 +41,24 @@ def base_parser(doc: str) -> argparse.ArgumentParser:
     """An argument parser with the flags every benchmark has: ``--tiny``, ``--repeats``, ``--warmup``, ``--out-dir``,
     described by the first paragraph of the benchmark's docstring ``doc`` (its first line alone broke off mid-sentence
     where the summary runs over two lines)."""
-    p = argparse.ArgumentParser(description=" ".join(doc.split("\n\n")[0].split()))
+    p = ArgumentParser(description=" ".join(doc.split("\n\n")[0].split()))
     p.add_argument("--tiny", action="store_true", help="tiny sizes and one repeat (a smoke test of a few seconds)")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds per variant (default: per benchmark)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls per variant before timing")
     p.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="folder of the JSON result")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads, also of the commands a benchmark starts (default: torch's choice)")
     return p
 
 
 def apply_threads(threads: int | None) -> None:
-    """Set torch's intra-op thread count when asked, and the allocator setting the project's commands use (it applies
-    to every variant of a benchmark alike, MONAI's included)."""
+    """Set torch's intra-op thread count when asked, here and (by ``OMP_NUM_THREADS``) in the commands the benchmark
+    starts afterwards, and the allocator setting the project's commands use (it applies to every variant of a
+    benchmark alike, MONAI's included)."""
     retain_freed_memory()
     if threads:
         torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
 def mixed_precision_runtime(device: torch.device) -> Runtime:

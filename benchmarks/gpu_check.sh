@@ -45,7 +45,7 @@ train_run "$MODE" 330
 rc=$?
 if [ "$rc" != 0 ] && [ "$rc" != 124 ] && [ "$MODE" != off ]; then  # failed early (not the time limit): eager
     tail -5 "$OUT/train_stderr.txt" | log
-    train_run off $((520 - SECONDS))
+    train_run off $(( 520 - SECONDS > 1 ? 520 - SECONDS : 1 ))
 fi
 
 $PY predict.py --checkpoint checkpoints/published/best.pth --input data/images_test/images \
@@ -62,5 +62,5 @@ print(f"published run: {epochs} epochs in {wall:.1f} s (target <= 300 s for 100:
       f"test mIoU {m['miou']:.4f} (>= 0.99: {ok(m['miou'] >= 0.99)}), line {line:.4f} (>= 0.97: {ok(line >= 0.97)})")
 PY
 
-timeout $((585 - SECONDS)) $PY -m benchmarks.hardware --device cuda --widths 8 16 64 --image 1920 3840 --out-dir "$OUT" 2>&1 \
+timeout $(( 585 - SECONDS > 1 ? 585 - SECONDS : 1 )) $PY -m benchmarks.hardware --device cuda --widths 8 16 64 --image 1920 3840 --out-dir "$OUT" 2>&1 \
     | grep -v Warning | log

@@ -24,6 +24,7 @@ import torch
 
 import train
 from benchmarks.common import (
+    apply_threads,
     base_parser,
     format_table,
     mixed_precision_runtime,
@@ -96,14 +97,19 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--steps", type=int, default=300, help="timed steps per variant")
     p.add_argument("--variants", nargs="+", default=["sync", "fused", "default", "reduce-overhead"])
-    return p.parse_args(argv)
+    p.set_defaults(warmup=20)
+    args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is available (--device cpu times the step on this CPU)")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    apply_threads(args.threads)
     device = torch.device(args.device)
     rt = mixed_precision_runtime(device)
-    width, steps, warmup, n_patches = (4, 6, 2, 64) if args.tiny else (args.width, args.steps, 20, 8000)
+    width, steps, warmup, n_patches = (4, 6, 2, 64) if args.tiny else (args.width, args.steps, args.warmup, 8000)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     print_header(f"training step, width {width}, batch {args.batch_size}, {rt.precision}, on {name}")
     results = []

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import REPO, base_parser, format_table, print_header, write_json
+from benchmarks.common import REPO, apply_threads, base_parser, format_table, print_header, write_json
 
 WORKER = r"""
 import json, sys, time
@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (each a fresh process per variant)")
     p.add_argument("--code", type=Path, action="append", default=[], help="another checkout to time on 8-bit data")
     args = p.parse_args(argv)
+    apply_threads(args.threads)
     print_header("patch loading and training step: 8-bit PNG and 4-channel uint16 TIFF patches")
     work = Path(tempfile.mkdtemp(prefix="patch_loading_"))
     try:

@@ -38,7 +38,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO, base_parser, child_env, format_table, print_header, verdict, write_json
+from benchmarks.common import (
+    REPO,
+    apply_threads,
+    base_parser,
+    child_env,
+    format_table,
+    print_header,
+    verdict,
+    write_json,
+)
 from lib.core.device import select_device
 from lib.core.errors import UserError
 from lib.core.params import COMPILE_MODES, GENERATORS, LOSSES, OPTIMIZERS, SCHEDULES, load_params, params_from_dict
@@ -126,12 +135,12 @@ def stage_commands(args, work: Path, params: Path) -> dict[str, list[list[str]]]
     return commands
 
 
-def stage_environment(work: Path, threads: int | None = None) -> dict[str, str]:
-    """The environment of every stage: the repository importable, OMP_NUM_THREADS (torch's intra-op threads) when
-    ``threads`` is given, and an inductor cache of the run's own inside ``work``, so that ``--compile`` always counts a
-    compilation from scratch, as on a fresh machine, however many runs came before."""
-    return child_env(TORCHINDUCTOR_CACHE_DIR=str(work / "inductor_cache"),
-                     **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
+def stage_environment(work: Path) -> dict[str, str]:
+    """The environment of every stage: this process's (with ``OMP_NUM_THREADS``, torch's intra-op threads, where
+    ``--threads`` set it, see :func:`benchmarks.common.apply_threads`), the repository importable, and an inductor
+    cache of the run's own inside ``work``, so that ``--compile`` always counts a compilation from scratch, as on a
+    fresh machine, however many runs came before."""
+    return child_env(TORCHINDUCTOR_CACHE_DIR=str(work / "inductor_cache"))
 
 
 def run_stage(name: str, commands: list[list[str]], log: Path, env: dict[str, str]) -> float:
@@ -248,7 +257,7 @@ def run(args, work: Path) -> dict:
     params = write_params(work, args.tiny, args.generator, patch_settings(args), args.n_training)
     seconds = {}
     for name, commands in stage_commands(args, work, params).items():
-        seconds[name] = run_stage(name, commands, work / f"{name}.log", stage_environment(work, args.threads))
+        seconds[name] = run_stage(name, commands, work / f"{name}.log", stage_environment(work))
         print(f"  {name}: {seconds[name]:.1f} s", flush=True)
     metrics = json.loads((work / "metrics.json").read_text())
     return {"generator": args.generator, "seconds": seconds, "total_s": sum(seconds.values()),
@@ -259,6 +268,7 @@ def run(args, work: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    apply_threads(args.threads)  # recorded in the header, and passed on to the stages
     print_header(f"time to accuracy: make demo stages{', tiny data' if args.tiny else ''}; train.py "
                  f"{shlex.join(train_flags(args))}; predict.py {shlex.join(predict_flags(args)) or '(no flags)'}")
     work = Path(tempfile.mkdtemp(prefix="tta_")) if args.workdir is None else args.workdir

@@ -1,6 +1,6 @@
 """Write the README figures from the data on disk and a trained checkpoint.
 
-    python -m figures.make_figures --checkpoint checkpoints/demo/best.pth
+    python -m figures.make_figures --checkpoint checkpoints/<run>/best.pth
 """
 
 from __future__ import annotations

@@ -198,13 +198,14 @@ def test_make_demo_alternate_runs_the_second_set_s_recipe_whose_flags_the_benchm
         (12, 8, "default", 0.75, "dice_ce")
 
 
-def test_time_to_accuracy_stages_compile_into_a_cache_of_their_own(tmp_path: Path):
+def test_time_to_accuracy_stages_compile_into_a_cache_of_their_own(tmp_path: Path, monkeypatch):
     """--compile is timed from scratch in every run: a shared inductor cache, warm from an earlier run, would count a
     fraction of the compilation a fresh machine pays."""
     from benchmarks import time_to_accuracy
 
     first = time_to_accuracy.stage_environment(tmp_path / "a")
-    second = time_to_accuracy.stage_environment(tmp_path / "b", threads=1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as apply_threads sets it for --threads 1
+    second = time_to_accuracy.stage_environment(tmp_path / "b")
     assert first["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "a" / "inductor_cache")
     assert second["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "b" / "inductor_cache")
     assert second["OMP_NUM_THREADS"] == "1" and first["PYTHONPATH"].split(os.pathsep)[0] == str(REPO)
@@ -348,6 +349,33 @@ def test_hardware_tiny(tmp_path: Path):
     assert r["width"] == 4 and r["train_gflop_per_patch"] > 0 and r["inference_gflop"] > 0
     assert 0 < r["train_fraction"] and 0 < r["inference_fraction"]
     assert r["train_tflops"] * 1e12 == pytest.approx(r["train_fraction"] * result["peak_used"], rel=1e-9)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="refused only without a CUDA device")
+def test_gpu_step_on_a_machine_without_cuda_is_refused_in_one_line(capsys):
+    """--device cuda is the default: without a GPU, one line and the way out, not the driver's traceback."""
+    from benchmarks import gpu_step
+
+    with pytest.raises(SystemExit) as stop:
+        gpu_step.main(["--tiny"])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and "\n" not in err
+    assert err.startswith("error: --device cuda: no CUDA device is available (--device cpu")
+
+
+def test_make_figures_without_a_trained_run_says_what_to_do(tmp_path: Path):
+    """Without a checkpoint ``make figures`` ended in argparse's usage block about an empty --checkpoint."""
+    import shutil
+    import subprocess
+
+    for name in ("Makefile", "requirements.txt"):
+        shutil.copy(REPO / name, tmp_path / name)
+    (tmp_path / ".venv").mkdir()
+    (tmp_path / ".venv" / ".installed").touch()
+    done = subprocess.run(["make", "figures"], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "error: no checkpoints/*/best.pth: run make demo first, or pass CHECKPOINT=PATH" in done.stderr
+    assert "usage:" not in done.stderr
 
 
 def test_gpu_step_tiny_on_cpu(tmp_path: Path):
