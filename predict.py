@@ -398,7 +398,8 @@ class ProbabilitySink:
             shutil.rmtree(self.tmp, ignore_errors=True)
         elif self.writing is not None:
             stop = UserError("discarded")  # thrown into atomic_open, which removes its temporary file
-            self.writing.__exit__(UserError, stop, None)
+            with contextlib.suppress(UserError):  # a flush that fails there too: the first error is the one to tell
+                self.writing.__exit__(UserError, stop, None)
             self.writing = None
 
 
@@ -456,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
                   args.save_probabilities)
     if args.metrics:  # first: a bad --metrics leaves no empty output folder behind
         check_writable(Path(args.metrics).resolve().parent, "folder of --metrics")
-    made = [folder for folder in (out, *out.parents) if not folder.exists()]  # by this run, deepest first
+    # made by this run, deepest first; with one process only (under torchrun another may be about to write there)
+    made = [folder for folder in (out, *out.parents) if not folder.exists()] if info.world_size == 1 else []
     check_writable(out)
     mine = assign_images([h.height * h.width for h in headers], info.world_size)[info.rank]
     n_classes = len(segmenter.class_names)

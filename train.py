@@ -34,7 +34,7 @@ from dataloader.patches import PatchDataset, split_sources
 from lib.core.allocator import retain_freed_memory
 from lib.core.atomic import make_folder, remove_stale_temporaries
 from lib.core.device import Runtime, move_pixels
-from lib.core.distributed import all_reduce_sum, broadcast_flag, cleanup, exit_process
+from lib.core.distributed import all_reduce_sum, broadcast_flag, broadcast_from_main, cleanup, exit_process
 from lib.core.errors import EXIT_INTERRUPTED, ArgumentParser, UserError, cli_main
 from lib.core.losses import make_loss
 from lib.core.metrics import iou_per_class, mean_iou
@@ -281,7 +281,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.params and rt.dist.is_main:  # once every check has passed: an error stays one line
                 note_ignored_params(args, params)
         else:
-            run = new_run_name(str(data.folder), args.name, ckpt_root, runs_root, claim=rt.dist.is_main)
+            # taken by the process that writes the run, and told to the others: a default name taken meanwhile
+            # moves on to _2 there alone
+            run = new_run_name(str(data.folder), args.name, ckpt_root, runs_root) if rt.dist.is_main else None
+            run = broadcast_from_main(run, rt.dist)
             ckpt_dir, run_dir = ckpt_root / run, runs_root / run
         if rt.dist.is_main:
             writer = open_outputs(ckpt_dir, run_dir, params, rt)

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import REPO, RESULTS_DIR, child_env, format_table, write_json
+from lib.core.errors import ArgumentParser
 
 BENCHMARKS = ("train_step", "inference", "folding", "overhead", "hardware", "large_images")
 
@@ -73,7 +74,7 @@ def target_rows(name: str, result: dict) -> list[list[str]]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tiny", action="store_true", help="tiny sizes, one repeat (smoke test)")
     p.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS), help="benchmarks to run")
     p.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="folder of the JSON results")

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ import numpy as np
 from dataloader.manifest import mask_file, read_manifest
 from dataloader.pairs import find_pairs, load_pair
 from lib.core.atomic import atomic_open, make_folder
-from lib.core.errors import UserError, cli_main
+from lib.core.errors import ArgumentParser, UserError, cli_main
 from lib.core.imageio import read_image, read_mask
 from lib.core.metrics import iou_per_class, mean_iou
 from lib.core.params import load_params
@@ -33,7 +32,7 @@ def save_figure(fig, path: Path) -> None:
 
 @cli_main
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--params", default=None)
     parser.add_argument("--example", type=int, default=0, help="test image shown in the prediction figure")

@@ -165,6 +165,11 @@ def _is_torch_file(path: Path) -> bool:
     return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
 
 
+# the lines torch puts around the unpickler's reason (how to load the file anyway, where to read more)
+_TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation", "In PyTorch 2.6",
+                 "(1)", "(2)")
+
+
 def _first_sentence(text: str, limit: int = 200) -> str:
     """The first sentence of an error's text, without its full stop, cut to ``limit`` characters with an ellipsis."""
     sentence = text.strip().split(". ")[0].rstrip(".")
@@ -190,7 +195,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         # torch wraps the unpickler's reason ("Unsupported global: GLOBAL model.unet_model.UNet was not an allowed
         # global by default", a whole model saved) in advice on loading the file anyway
         text = str(err).split("WeightsUnpickler error:", 1)[-1]
-        reason = next((ln for ln in text.splitlines() if ln.strip()), "unsafe content")
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        reason = next((ln for ln in lines if not ln.startswith(_TORCH_ADVICE)), "unsafe content")
         raise UserError(f"{path}: refused, not a plain-data checkpoint ({_first_sentence(reason)}); "
                         f"expected the state a train.py run saves") from None
     except Exception as err:  # noqa: BLE001 - any other failure of the unpickler means "not a checkpoint"

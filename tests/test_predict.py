@@ -228,6 +228,24 @@ def test_probabilities_that_fill_the_disk_are_one_line_and_leave_no_temporary_fi
     assert list(tmp_path.iterdir()) == []
 
 
+def test_discarding_probabilities_on_a_full_disk_keeps_the_error_that_stopped_the_image(tmp_path, monkeypatch):
+    """What waits in the file's buffer is flushed when an image stops (NaN pixels, Ctrl-C), and that can fail too:
+    the temporary file still goes, and no "cannot write" replaces the error that stopped the image."""
+    import io
+
+    import predict
+    from lib.core import atomic
+
+    class FullDisk(io.FileIO):
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic, "open", lambda path, mode: io.BufferedWriter(FullDisk(path, "w")), raising=False)
+    sink = predict.ProbabilitySink(tmp_path / "a_probabilities.npy", 4, 6, 3, streamed=False)  # the header, buffered
+    sink.discard()  # its flush fails: no error of its own
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_ctrl_c_gives_one_line_exit_130_and_leaves_only_whole_files(test_set, tmp_path, monkeypatch):
     """Ctrl-C while the second image is segmented: no traceback, exit 130, the first image's mask and probabilities
     whole, and no temporary file or folder of the second."""
