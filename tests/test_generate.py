@@ -107,6 +107,21 @@ def test_overwrite_protection_and_resume(tmp_path):
     assert file_digests(out, "*.png") == before and (out / ".complete.json").exists()
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_folder_no_job_wrote_is_never_replaced(tmp_path, overwrite):
+    """The generation notebook (overwrite = True by default) run with a user's parameters file took the user's data
+    folders: their PNG masks removed, synthetic images mixed in. overwrite replaces only what a job wrote."""
+    params = replace(DEFAULT, "data", n_training=2, n_test=1, height=64, width=64, line_length=[20, 64])
+    out = tmp_path / "train"
+    for sub in ("images", "masks"):
+        (out / sub).mkdir(parents=True)
+        Image.new("L", (8, 8)).save(out / sub / "sample-01.png")
+    before = file_digests(out, "*.png")
+    with pytest.raises(UserError, match="output folder holds files that no job of this project wrote"):
+        generate_split(out, "training", 2, params, overwrite=overwrite, progress=False)
+    assert file_digests(out, "*.png") == before and sorted(p.name for p in out.iterdir()) == ["images", "masks"]
+
+
 def test_foreign_non_empty_folder_is_refused(tmp_path):
     (tmp_path / "images_training").mkdir()
     (tmp_path / "images_training" / "notes.txt").write_text("mine")

@@ -95,7 +95,7 @@ def test_a_taken_output_folder_is_refused_before_the_inputs_are_read(tmp_path, s
         prepare_patches(source, out, SMALL, progress=False)
     (out / "extra.txt").write_text("")
     (out / ".complete.json").unlink()
-    with pytest.raises(UserError, match="is not empty; pass --overwrite"):
+    with pytest.raises(UserError, match="holds files that no job of this project wrote"):
         prepare_patches(source, out, SMALL, progress=False)
     (out / "extra.txt").unlink()
     (out / ".complete.json").write_bytes(before[out / ".complete.json"])

@@ -50,20 +50,24 @@ def check_claimable(folder: str | Path, signature: dict, overwrite: bool, flag: 
     a folder it may not write is refused at once rather than after minutes of checks.
 
     Raises:
-        UserError: ``folder`` is a file, or holds other files or a finished job and ``overwrite`` is false (a folder
-            of an interrupted job with the same ``signature`` may be resumed).
+        UserError: ``folder`` is a file; or it holds files but no job's marker, whatever ``overwrite`` says (the
+            user's own files, which ``overwrite`` would remove); or it holds a finished job, or an interrupted one of
+            another ``signature``, and ``overwrite`` is false (one of the same ``signature`` is resumed).
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{folder}: exists and is not a folder")
-    if overwrite or not folder.is_dir():
+    if not folder.is_dir() or not any(folder.iterdir()):
         return
     marker = folder / IN_PROGRESS
-    if marker.is_file() and _read(marker) == json.loads(json.dumps(signature)):
+    if not marker.is_file() and not is_complete(folder):
+        # the user's own files, maybe the data itself (a notebook's overwrite = True took a data folder's masks)
+        raise UserError(f"{folder}: output folder holds files that no job of this project wrote (it has no "
+                        f"{COMPLETE}); choose another folder, or empty this one ({flag} replaces only a job's folder)")
+    if overwrite or (marker.is_file() and _read(marker) == json.loads(json.dumps(signature))):
         return
-    if any(folder.iterdir()):
-        state = "holds a finished job" if is_complete(folder) else "is not empty"
-        raise UserError(f"{folder}: output folder {state}; pass {flag} to replace it")
+    state = "holds a finished job" if is_complete(folder) else "holds an interrupted job of other settings"
+    raise UserError(f"{folder}: output folder {state}; pass {flag} to replace it")
 
 
 def start_job(folder: str | Path, signature: dict, owned: list[str], overwrite: bool,
@@ -74,7 +78,7 @@ def start_job(folder: str | Path, signature: dict, owned: list[str], overwrite: 
         folder: the output folder (created if missing).
         signature: what the job writes (parameters, seed); a resumed job must have the same.
         owned: glob patterns, relative to ``folder``, of the files the job writes (removed by ``overwrite``).
-        overwrite: replace whatever the folder holds.
+        overwrite: replace what an earlier job wrote in the folder (never a folder no job wrote).
         flag: the flag to name in the error.
 
     Returns:
