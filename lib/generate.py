@@ -40,14 +40,15 @@ def generate_split(out: str | Path, split: str, n: int, params: Params, overwrit
         split: selects the random stream, so the splits never share images.
         n: number of pairs.
         params: data ranges (``params.data``) and class colours.
-        overwrite: replace a finished or foreign folder.
+        overwrite: replace a folder an earlier job wrote (never one no job wrote: the user's own data).
         progress: show a tqdm bar.
 
     Returns:
         The folder.
 
     Raises:
-        UserError: the folder is not empty and ``overwrite`` is false, or cannot be written; or an image of
+        UserError: the folder holds a finished job and ``overwrite`` is false, holds files no job wrote, or cannot
+            be written (see :func:`lib.core.jobs.check_claimable`); or an image of
             ``data.height`` × ``data.width`` would not fit in memory (refused before any folder is made).
     """
     d = params.data
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: data.seed)")
     parser.add_argument("--generator", choices=list(GENERATORS), default=None,
                         help="synthetic set: ours, or the second drawn by independent code (default: data.generator)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing output")
+    parser.add_argument("--overwrite", action="store_true", help="replace output an earlier run wrote")
     args = parser.parse_args(argv)
     params = replace(load_params(args.params), "data", n_training=args.n, n_test=args.n_test, seed=args.seed,
                      generator=args.generator)

@@ -51,7 +51,7 @@ def prepare_patches(src: str | Path, out: str | Path, params: Params, overwrite:
         src: folder with ``images/`` and ``masks/``.
         out: output folder.
         params: patch parameters, class colours, and the name rule of ``data``.
-        overwrite: replace a finished or foreign output folder.
+        overwrite: replace an output folder an earlier job wrote (never one no job wrote: the user's own files).
         progress: show a tqdm bar.
         whole_bytes: the largest image (in decoded bytes) read whole rather than window by window.
 
@@ -59,7 +59,8 @@ def prepare_patches(src: str | Path, out: str | Path, params: Params, overwrite:
         The number of patches written.
 
     Raises:
-        UserError: bad input data (naming the file), an output folder inside ``src``, or one that is not empty.
+        UserError: bad input data (naming the file), an output folder inside ``src``, or one that may not be
+            written (see :func:`lib.core.jobs.check_claimable`).
     """
     out = Path(out)
     check_apart(out, src)
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="share of patches centred on a foreground pixel (default: patches.foreground_fraction)")
     parser.add_argument("--rotate90", action=argparse.BooleanOptionalAction, default=None,
                         help="also write the 90-degree rotations (default: patches.rotate90)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing output")
+    parser.add_argument("--overwrite", action="store_true", help="replace output an earlier run wrote")
     args = parser.parse_args(argv)
     params = replace(load_params(args.params), "patches", size=args.patch_size, per_image=args.per_image,
                      seed=args.seed, foreground_fraction=args.foreground_fraction, rotate90=args.rotate90)

@@ -117,9 +117,25 @@ def test_a_folder_no_job_wrote_is_never_replaced(tmp_path, overwrite):
         (out / sub).mkdir(parents=True)
         Image.new("L", (8, 8)).save(out / sub / "sample-01.png")
     before = file_digests(out, "*.png")
-    with pytest.raises(UserError, match="output folder holds files that no job of this project wrote"):
+    with pytest.raises(UserError, match=r"output folder holds files that no job of this project wrote \(images/"):
         generate_split(out, "training", 2, params, overwrite=overwrite, progress=False)
     assert file_digests(out, "*.png") == before and sorted(p.name for p in out.iterdir()) == ["images", "masks"]
+
+
+@pytest.mark.parametrize("leftover", ["empty folders", "hidden files"])
+def test_a_folder_with_nothing_of_the_user_s_own_is_taken(tmp_path, leftover):
+    """Empty subfolders (what a run killed while overwrite cleared them leaves) and hidden files (.DS_Store, a killed
+    write's temporary) are nobody's data: such a folder is taken, with or without overwrite."""
+    params = replace(DEFAULT, "data", n_training=2, n_test=1, height=64, width=64, line_length=[20, 64])
+    for overwrite in (False, True):
+        out = tmp_path / f"split{overwrite}"
+        (out / "masks").mkdir(parents=True)
+        (out / "images").mkdir()
+        if leftover == "hidden files":
+            (out / ".DS_Store").write_bytes(b"x")
+            (out / "images" / ".i0.png.1a2b3c4d.tmp").write_bytes(b"x")
+        generate_split(out, "training", 2, params, overwrite=overwrite, progress=False)
+        assert (out / ".complete.json").is_file() and len(list((out / "masks").glob("*.png"))) == 2
 
 
 def test_foreign_non_empty_folder_is_refused(tmp_path):

@@ -8,6 +8,7 @@ it, and a finished folder is never overwritten or mixed into without ``overwrite
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from lib.core.atomic import atomic_write_text, make_folder
@@ -57,17 +58,28 @@ def check_claimable(folder: str | Path, signature: dict, overwrite: bool, flag: 
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{folder}: exists and is not a folder")
-    if not folder.is_dir() or not any(folder.iterdir()):
+    if not folder.is_dir():
         return
     marker = folder / IN_PROGRESS
     if not marker.is_file() and not is_complete(folder):
+        found = next(_visible_files(folder), None)
+        if found is None:  # empty, or only empty folders and hidden files (.DS_Store, a killed write's temporary)
+            return
         # the user's own files, maybe the data itself (a notebook's overwrite = True took a data folder's masks)
-        raise UserError(f"{folder}: output folder holds files that no job of this project wrote (it has no "
-                        f"{COMPLETE}); choose another folder, or empty this one ({flag} replaces only a job's folder)")
+        raise UserError(f"{folder}: output folder holds files that no job of this project wrote "
+                        f"({found.relative_to(folder)}, and no {COMPLETE} or {IN_PROGRESS}); choose another folder, "
+                        f"or empty this one ({flag} replaces only a job's folder)")
     if overwrite or (marker.is_file() and _read(marker) == json.loads(json.dumps(signature))):
         return
     state = "holds a finished job" if is_complete(folder) else "holds an interrupted job of other settings"
     raise UserError(f"{folder}: output folder {state}; pass {flag} to replace it")
+
+
+def _visible_files(folder: Path) -> Iterator[Path]:
+    """The files under ``folder`` whose path has no hidden part (``.DS_Store``, ``.x.png.1a2b3c4d.tmp``)."""
+    for path in folder.rglob("*"):
+        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts):
+            yield path
 
 
 def start_job(folder: str | Path, signature: dict, owned: list[str], overwrite: bool,
