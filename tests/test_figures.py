@@ -76,3 +76,22 @@ def test_the_training_curve_of_a_run_with_or_without_validation_draws_without_wa
     for ax in figure.axes:  # whole epochs only: a 3-epoch run's axis read 1.25, 1.5, ...
         assert all(float(tick).is_integer() for tick in ax.get_xticks())
     plt.close(figure)
+
+
+@pytest.mark.parametrize("height, width", [(400, 200), (250, 380), (300, 300)])
+def test_the_prediction_panels_take_the_image_s_shape(height, width):
+    """The six-panel figure was 5.2 in tall whatever the image: a wide one sat in a band between two empty ones
+    (3.6 in of the 5.2 for 250 × 380)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from lib.core.visualize import show_prediction
+
+    probabilities = np.random.default_rng(0).random((3, height, width)).astype(np.float32)
+    fig = show_prediction(probabilities[0], probabilities.argmax(0), probabilities / probabilities.sum(0),
+                          ["a", "b", "c"], [(0, 0, 0), (255, 0, 0), (0, 255, 0)], [0.9, 0.8, 0.7], 0.8)
+    fig.canvas.draw()
+    box = fig.axes[0].get_window_extent()  # the drawn image, in pixels
+    assert box.height / box.width == pytest.approx(height / width, rel=0.05)
+    assert fig.get_size_inches()[1] - box.height / fig.dpi < 1.5  # titles and margins, not empty bands
+    plt.close(fig)

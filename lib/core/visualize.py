@@ -149,7 +149,12 @@ def show_prediction(image: np.ndarray, truth: np.ndarray | None, probabilities: 
         panels.append((colorize(truth, colors), "ground truth"))
     panels.append((colorize(labels, colors), "prediction"))
     panels += [(probabilities[c], f"prob {name}") for c, name in enumerate(class_names)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 5.2), squeeze=False)
+    # panels 2.6 in wide and as tall as the image's shape makes them, plus room for the titles: a fixed 5.2 in left
+    # wide images in a band between two empty ones
+    height, width = labels.shape
+    titles = 0.9 if class_iou is not None and miou is not None else 0.5
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), min(max(2.6 * height / width, 1.0), 10.0)
+                                                       + titles), squeeze=False)
     for ax, (picture, title) in zip(axes[0], panels):
         if picture.ndim == 2 and picture.dtype != np.uint8:
             ax.imshow(picture, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
