@@ -85,6 +85,14 @@ ROUND_TRIPS = [
     ("tiff-uint16-planar-one-row", "a.tif", lambda p, a: _tiff(p, np.moveaxis(a, -1, 0), photometric="minisblack",
                                                                  planarconfig="separate"),
      _values("uint16", (1, 40, 4)), None),
+    # pages of generic planes, one pixel high: the pages are the channels, the length-1 rows stay (they were dropped
+    # and the pages read as rows: a 2×40 gray image)
+    ("tiff-uint16-pages-as-channels-one-row", "a.tif", lambda p, a: _tiff(p, np.moveaxis(a, -1, 0),
+                                                                            photometric="minisblack"),
+     _values("uint16", (1, 40, 2)), None),
+    ("tiff-uint16-appended-pages-one-row", "a.tif",
+     lambda p, a: [tifffile.imwrite(p, a[..., k], append=True) for k in range(a.shape[2])],
+     _values("uint16", (1, 40, 3)), None),
 ]
 
 
@@ -157,6 +165,10 @@ def test_channel_axis_decides_generic_tiff_pages(tmp_path):
     assert read_image(tmp_path / "naive.tif").shape == (20, 30, 5)  # auto: the side of ≤ 16 planes
     assert np.array_equal(read_image(tmp_path / "naive.tif", channel_axis="last"), a)
     assert read_image(tmp_path / "naive.tif", channel_axis="first").shape == (30, 5, 20)
+    one_row = _values("uint16", (1, 30, 5))  # one page of 30×5: with "last" it is one row of 30 pixels, 5 channels
+    _tiff(tmp_path / "row.tif", one_row, photometric="minisblack")
+    assert np.array_equal(read_image(tmp_path / "row.tif", channel_axis="last"), one_row)
+    assert read_header(tmp_path / "row.tif", channel_axis="last").channels == 5
 
 
 def test_pages_written_one_at_a_time_are_read_as_channels_not_as_their_first_page(tmp_path):

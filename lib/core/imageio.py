@@ -362,8 +362,10 @@ def _tiff_plan(axes: str, shape: tuple[int, ...], channel_axis: str, path: Path)
     Raises:
         UserError: unsupported axes, or generic axes whose channel axis ``auto`` cannot tell.
     """
-    # rows and columns stay where the file names them (an image one pixel high is still 2-D); generic pages (Q, I)
-    # name no rows, so there every axis of length 1 goes
+    if len(shape) == 3 and axes[0] in "QI" and axes[1:] == "YX":
+        return _generic_pages_plan(shape, channel_axis, axes, path)
+    # rows and columns stay where the file names them (an image one pixel high is still 2-D); other generic layouts
+    # (Q, I) name no rows, so there every axis of length 1 goes
     named_rows = not set(axes) & set("QI")
     keep = [i for i, n in enumerate(shape) if n != 1 or (named_rows and axes[i] in "YX")]
     named, kept = "".join(axes[i] for i in keep), [shape[i] for i in keep]
@@ -382,6 +384,24 @@ def _tiff_plan(axes: str, shape: tuple[int, ...], channel_axis: str, path: Path)
         return keep, kept[0] <= MAX_AUTO_CHANNELS
     raise UserError(f"{path}: TIFF axes {axes!r} of shape {shape}: cannot tell the channel axis (no side has at "
                     f"most {MAX_AUTO_CHANNELS} planes); set data.channel_axis to 'first' or 'last'")
+
+
+def _generic_pages_plan(shape: tuple[int, ...], channel_axis: str, axes: str, path: Path) -> tuple[list[int], bool]:
+    """:func:`_tiff_plan` for pages of generic planes (tifffile's ``QYX`` or ``IYX``): the pages are the channels
+    (``first``: C×H×W) or the rows (``last``: H pages of W×C), as ``channel_axis`` says (``auto``: the pages if
+    there are at most 16, else the planes' columns if at most 16). The rows and columns are kept even of length 1
+    (a 1-pixel-high image was read with its channels as rows); only a channel axis of length 1 goes."""
+    if channel_axis == "auto":
+        if shape[0] > MAX_AUTO_CHANNELS and shape[2] > MAX_AUTO_CHANNELS:
+            raise UserError(f"{path}: TIFF axes {axes!r} of shape {shape}: cannot tell the channel axis (no side has "
+                            f"at most {MAX_AUTO_CHANNELS} planes); set data.channel_axis to 'first' or 'last'")
+        first = shape[0] <= MAX_AUTO_CHANNELS
+    else:
+        first = channel_axis == "first"
+    channels = 0 if first else 2
+    if shape[channels] == 1:
+        return [i for i in range(3) if i != channels], False
+    return [0, 1, 2], first
 
 
 # Pillow modes: (channels, channels with alpha kept, dtype) as read_image returns them
