@@ -164,8 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--per-image", type=int, default=None, help="patches per image (default: patches.per_image)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: patches.seed)")
     parser.add_argument("--foreground-fraction", type=float, default=None,
-                        help="share of each image's patches (rounded) centred on a foreground pixel, shifted inside the image near "
-                             "a border (default: patches.foreground_fraction)")
+                        help="share of each image's patches (rounded) centred on a foreground pixel, shifted inside "
+                             "the image near a border (default: patches.foreground_fraction)")
     parser.add_argument("--rotate90", action=argparse.BooleanOptionalAction, default=None,
                         help="also write the 90-degree rotations (default: patches.rotate90)")
     parser.add_argument("--overwrite", action="store_true", help="replace output an earlier run wrote")
