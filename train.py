@@ -179,28 +179,34 @@ def patch_folder(params: Params) -> Path:
 
 
 class StopRequest:
-    """Ctrl-C sets a flag that the loop checks between steps, so a checkpoint is never taken mid-update; a second
-    Ctrl-C stops at once, saying what to resume from (the newest checkpoint in the run's folder), except while the
-    run writes its last checkpoints (:meth:`finishing`): a stop there would lose the one it is writing."""
+    """Ctrl-C, or SIGTERM (what a batch scheduler sends before it stops a job: preemption, a time limit), sets a flag
+    that the loop checks between steps, so a checkpoint is never taken mid-update; a second one stops at once, saying
+    what to resume from (the newest checkpoint in the run's folder), except while the run writes its last checkpoints
+    (:meth:`finishing`): a stop there would lose the one it is writing."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, ckpt_dir: Path) -> None:
         self.requested = self._finishing = False
+        self.signum: int | None = None  # the first signal received
         self.ckpt_dir = ckpt_dir
-        self._previous = signal.signal(signal.SIGINT, self._handle)
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
     def finishing(self) -> None:
         """From now on, Ctrl-C waits for the checkpoints being written."""
         self._finishing = True
 
     def close(self) -> None:
-        """Give Ctrl-C back to the handler it had before the run (once the run's checkpoints are written)."""
-        signal.signal(signal.SIGINT, self._previous)
+        """Give Ctrl-C and SIGTERM back to the handlers they had before the run (once its checkpoints are written)."""
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
 
     def _handle(self, signum, frame) -> None:
         if self._finishing:
             print("\nwriting the checkpoint; the run stops once it is whole", file=sys.stderr)
         if not self.requested or self._finishing:
             self.requested = True
+            self.signum = self.signum or signum
             return
         saved = [p for p in (self.ckpt_dir / n for n in ("last.pth", "interrupted.pth")) if p.is_file()]
         if saved:
@@ -674,14 +680,16 @@ def end_epoch(model: torch.nn.Module, loss_fn: torch.nn.Module, data: TrainingDa
 
 def interrupted(ckpt_dir: Path, progress: Progress, rt: Runtime, stop: StopRequest,
                 checkpoints: CheckpointWriter) -> int:
-    """Ctrl-C: ``interrupted.pth``, saved at a step boundary, is written whole (a second Ctrl-C waits for it); then
-    say how to resume from it."""
+    """Ctrl-C or SIGTERM: ``interrupted.pth``, saved at a step boundary, is written whole (a second signal waits for
+    it); then say how to resume from it. The exit status is 128 + the signal's number, as a shell reports a command
+    the signal stopped (130 for Ctrl-C, 143 for SIGTERM)."""
     stop.finishing()
+    by = "SIGTERM" if stop.signum == signal.SIGTERM else "Ctrl-C"
     if rt.dist.is_main:
         checkpoints.wait()
-        print(f"\ninterrupted at epoch {progress.epoch + 1}, step {progress.step}; resume with: "
+        print(f"\ninterrupted ({by}) at epoch {progress.epoch + 1}, step {progress.step}; resume with: "
               f"python train.py --load {ckpt_dir / 'interrupted.pth'}", file=sys.stderr)
-    return EXIT_INTERRUPTED
+    return 128 + stop.signum if stop.signum else EXIT_INTERRUPTED
 
 
 def log_hparams(writer, params: Params, progress: Progress, rt: Runtime, folder: Path) -> None:

@@ -117,6 +117,25 @@ def test_resume_after_ctrl_c_equals_an_uninterrupted_run(trained, tmp_path):
         assert torch.equal(final["model_state"][key], value), key
 
 
+def test_sigterm_saves_interrupted_pth_at_a_step_boundary_like_ctrl_c(trained):
+    """A batch scheduler sends SIGTERM before it stops a job (preemption, a time limit): it killed the run at once,
+    losing the epoch so far. Now it ends as a first Ctrl-C does, with the status a shell gives SIGTERM (143)."""
+    params_file, data, _ = trained
+    cmd = [sys.executable, "train.py", "--params", str(params_file), "-f", str(data / "patches_s48"), "-e", "2",
+           "-l", "0.05", "--name", "preempted", "--precision", "fp32"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("run preempted"):  # printed just before the first step
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "interrupted (SIGTERM) at epoch 1" in err and "Traceback" not in err
+    assert "resume with: python train.py --load" in err
+    assert _weights(data / "checkpoints" / "preempted" / "interrupted.pth")["epoch"] == 0
+
+
 def test_empty_folder_and_missing_manifest(tiny_patches, tmp_path):
     params_file, _ = tiny_patches
     empty = tmp_path / "empty"
