@@ -34,8 +34,15 @@ from dataloader.patches import PatchDataset, split_sources
 from lib.core.allocator import retain_freed_memory
 from lib.core.atomic import make_folder, remove_stale_temporaries
 from lib.core.device import Runtime, move_pixels
-from lib.core.distributed import all_reduce_sum, broadcast_flag, broadcast_from_main, cleanup, exit_process
-from lib.core.errors import EXIT_INTERRUPTED, ArgumentParser, UserError, cli_main
+from lib.core.distributed import (
+    all_reduce_max,
+    all_reduce_sum,
+    broadcast_flag,
+    broadcast_from_main,
+    cleanup,
+    exit_process,
+)
+from lib.core.errors import ArgumentParser, UserError, cli_main
 from lib.core.losses import make_loss
 from lib.core.metrics import iou_per_class, mean_iou
 from lib.core.normalization import as_spec, compute_normalization
@@ -211,9 +218,12 @@ class StopRequest:
         saved = [p for p in (self.ckpt_dir / n for n in ("last.pth", "interrupted.pth")) if p.is_file()]
         if saved:
             newest = max(saved, key=lambda p: p.stat().st_mtime)
-            raise KeyboardInterrupt(f"stopped at once; resume with: python train.py --load {newest}")
-        raise KeyboardInterrupt(f"stopped at once, before this run saved a checkpoint; remove {self.ckpt_dir} and "
-                                "its TensorBoard folder to reuse the run's name")
+            stop = KeyboardInterrupt(f"stopped at once; resume with: python train.py --load {newest}")
+        else:
+            stop = KeyboardInterrupt(f"stopped at once, before this run saved a checkpoint; remove {self.ckpt_dir} "
+                                     "and its TensorBoard folder to reuse the run's name")
+        stop.exit_status = 128 + signum  # see lib.core.errors.cli_main: 130 for Ctrl-C, 143 for SIGTERM
+        raise stop
 
 
 @dataclass
@@ -684,12 +694,16 @@ def interrupted(ckpt_dir: Path, progress: Progress, rt: Runtime, stop: StopReque
     it); then say how to resume from it. The exit status is 128 + the signal's number, as a shell reports a command
     the signal stopped (130 for Ctrl-C, 143 for SIGTERM)."""
     stop.finishing()
-    by = "SIGTERM" if stop.signum == signal.SIGTERM else "Ctrl-C"
+    # every process stops with the signal one of them got (the others learnt of the stop, not of its signal)
+    signum = all_reduce_max(stop.signum or signal.SIGINT, rt.dist, rt.device)
+    by = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
     if rt.dist.is_main:
         checkpoints.wait()
+        n = rt.dist.world_size  # a checkpoint saved mid-epoch goes on with the processes that saved it
+        command = f"torchrun --nproc_per_node {n} train.py" if n > 1 else "python train.py"
         print(f"\ninterrupted ({by}) at epoch {progress.epoch + 1}, step {progress.step}; resume with: "
-              f"python train.py --load {ckpt_dir / 'interrupted.pth'}", file=sys.stderr)
-    return 128 + stop.signum if stop.signum else EXIT_INTERRUPTED
+              f"{command} --load {ckpt_dir / 'interrupted.pth'}", file=sys.stderr)
+    return 128 + signum
 
 
 def log_hparams(writer, params: Params, progress: Progress, rt: Runtime, folder: Path) -> None:

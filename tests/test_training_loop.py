@@ -339,6 +339,27 @@ def test_a_second_ctrl_c_stops_at_once_and_says_what_to_resume_from(tmp_path, ca
         assert capsys.readouterr().err == f"interrupted: every file written so far is whole; {said}\n"
 
 
+def test_sigterm_is_handled_as_ctrl_c_and_a_second_one_exits_143(tmp_path):
+    """SIGTERM (a batch scheduler's) asks for the same stop as Ctrl-C, and a second one stops at once with the status a
+    shell gives SIGTERM: it exited 130, Ctrl-C's, whatever the signal was."""
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        stop = train.StopRequest(tmp_path / "run")
+        assert signal.getsignal(signal.SIGTERM) == stop._handle
+        stop._handle(signal.SIGTERM, None)
+        assert stop.requested and stop.signum == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt) as second:
+            stop._handle(signal.SIGTERM, None)
+        stop.close()
+        assert {s: signal.getsignal(s) for s in previous} == previous
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(lambda: (_ for _ in ()).throw(second.value))()
+    assert exit_.value.code == 143
+
+
 def test_a_second_ctrl_c_while_interrupted_pth_is_written_waits_for_it(tmp_path, monkeypatch, capsys):
     """A second Ctrl-C right after the first stopped the run cut the background write of interrupted.pth short: the
     run named a file that was never renamed into place. Now it waits for it, then names it."""

@@ -69,6 +69,15 @@ def broadcast_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
     return bool(t.item() > 0)
 
 
+def all_reduce_max(value: int, info: DistInfo, device: torch.device) -> int:
+    """The largest of ``value`` over all processes (``value`` itself in a single process)."""
+    if not info.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
 def broadcast_from_main(value: T, info: DistInfo) -> T:
     """Rank 0's ``value`` (any picklable object) on every process; ``value`` itself in a single process."""
     if not info.enabled:

@@ -63,6 +63,6 @@ def cli_main(main: Callable[..., T]) -> Callable[..., T]:
         except KeyboardInterrupt as err:  # a command may say what to do next (train.py: what to resume from)
             print(f"interrupted: every file written so far is whole; {str(err) or 'rerun the command to finish'}",
                   file=sys.stderr)
-            sys.exit(EXIT_INTERRUPTED)
+            sys.exit(getattr(err, "exit_status", EXIT_INTERRUPTED))  # train.py's second SIGTERM: 143
 
     return wrapper
