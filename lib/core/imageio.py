@@ -378,10 +378,21 @@ def _tiff_plan(axes: str, shape: tuple[int, ...], channel_axis: str, path: Path)
         return keep, True
     if named[2] in "SC":
         return keep, False
+    return keep, _channels_first(channel_axis, kept[0], kept[2], axes, shape, path)
+
+
+def _channels_first(channel_axis: str, first: int, last: int, axes: str, shape: tuple[int, ...], path: Path) -> bool:
+    """Whether the first of the two candidate channel axes of generic TIFF axes, of ``first`` and ``last`` planes, is
+    the channel axis: as ``channel_axis`` says, or (``auto``) the first if it has at most 16 planes, else the last if
+    it has.
+
+    Raises:
+        UserError: ``auto`` and neither has at most 16 planes.
+    """
     if channel_axis != "auto":
-        return keep, channel_axis == "first"
-    if kept[0] <= MAX_AUTO_CHANNELS or kept[2] <= MAX_AUTO_CHANNELS:
-        return keep, kept[0] <= MAX_AUTO_CHANNELS
+        return channel_axis == "first"
+    if first <= MAX_AUTO_CHANNELS or last <= MAX_AUTO_CHANNELS:
+        return first <= MAX_AUTO_CHANNELS
     raise UserError(f"{path}: TIFF axes {axes!r} of shape {shape}: cannot tell the channel axis (no side has at "
                     f"most {MAX_AUTO_CHANNELS} planes); set data.channel_axis to 'first' or 'last'")
 
@@ -391,13 +402,7 @@ def _generic_pages_plan(shape: tuple[int, ...], channel_axis: str, axes: str, pa
     (``first``: C×H×W) or the rows (``last``: H pages of W×C), as ``channel_axis`` says (``auto``: the pages if
     there are at most 16, else the planes' columns if at most 16). The rows and columns are kept even of length 1
     (a 1-pixel-high image was read with its channels as rows); only a channel axis of length 1 goes."""
-    if channel_axis == "auto":
-        if shape[0] > MAX_AUTO_CHANNELS and shape[2] > MAX_AUTO_CHANNELS:
-            raise UserError(f"{path}: TIFF axes {axes!r} of shape {shape}: cannot tell the channel axis (no side has "
-                            f"at most {MAX_AUTO_CHANNELS} planes); set data.channel_axis to 'first' or 'last'")
-        first = shape[0] <= MAX_AUTO_CHANNELS
-    else:
-        first = channel_axis == "first"
+    first = _channels_first(channel_axis, shape[0], shape[2], axes, shape, path)
     channels = 0 if first else 2
     if shape[channels] == 1:
         return [i for i in range(3) if i != channels], False
