@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="with --format auto, images above this many megapixels get a TIFF mask (default 64)")
     p.add_argument("--block-width", type=int, default=8192, metavar="PX",
                    help="images wider than this are segmented in column blocks, so that memory is bounded along "
-                        "both sides (default 8192; same result)")
+                        "both sides (default 8192; each pixel sums the same windows)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 

@@ -175,7 +175,8 @@ class Segmenter:
     def predict_bands(self, source: ImageRows, name: str = "image", block_width: int = 8192, stats_block: int = 1024
                       ) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
         """Segment an image read in parts (:class:`lib.core.imageio.ImageRows`) in bounded memory: the blocks of
-        :func:`sliding_window_bands`, identical to :meth:`predict` on the whole image. An image smaller than a window
+        :func:`sliding_window_bands`, each pixel the same sum of windows as :meth:`predict` on the whole image (a
+        batched model's outputs can move by about 1e-8 with the make-up of a batch). An image smaller than a window
         is segmented whole (it is small). ``image`` normalisation first reads the image once for its statistics, in
         blocks of ``stats_block``² pixels. With ``cuda_graphs``, an image of at most :data:`GRAPHED_MEGAPIXELS` is
         read whole, normalised with those statistics, and segmented by the graphed call (:meth:`_graph_predict`):

@@ -109,3 +109,30 @@ def test_stale_temporaries_of_many_files_go_in_one_listing(tmp_path, monkeypatch
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [".b.tif.ffffffff.tmp"] + [name for name, removed in STALE if not removed])
     assert atomic.remove_stale_temporaries_in(tmp_path / "missing", {"a.png"}) == 0
+
+
+def _fill_disk(tmp: Path) -> None:
+    raise OSError(28, "No space left on device")
+
+
+def _fill_disk_at_the_temporary(tmp: Path) -> None:
+    raise OSError(28, "No space left on device", str(tmp))
+
+
+def _read_a_missing_input(tmp: Path) -> None:
+    open(tmp.parent / "missing_input.png", "rb")
+
+
+@pytest.mark.parametrize("body, message", [
+    (_fill_disk, r"out\.tif: cannot write \(No space left on device\)$"),
+    (_fill_disk_at_the_temporary, r"out\.tif: cannot write \(No space left on device\)$"),
+    # an error about another file inside the block is not this file's write failing: it names that file
+    (_read_a_missing_input, r"missing_input\.png: No such file or directory$"),
+])
+def test_an_error_inside_the_block_names_the_file_it_is_about_and_leaves_nothing(tmp_path, body, message):
+    (tmp_path / "out.tif").write_bytes(b"old")
+    with pytest.raises(atomic.UserError, match=message), atomic.atomic_path(tmp_path / "out.tif") as tmp:
+        tmp.write_bytes(b"half")
+        body(tmp)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tif"]
+    assert (tmp_path / "out.tif").read_bytes() == b"old"

@@ -34,7 +34,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     file is synced and replaces ``path`` in one rename, on error it is removed.
 
     Raises:
-        UserError: the folder is missing, not writable, or the disk is full (naming the file).
+        UserError: the folder is missing, not writable, or the disk is full (naming the file); an error of the system
+            about another file, raised inside the block, names that file and the system's reason instead.
     """
     path = Path(path)
     try:
@@ -50,6 +51,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except OSError as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        # an error about another file (the writer's input, a scratch file) is not a failure to write this one
+        if err.filename is not None and os.fspath(err.filename) != tmp:
+            raise UserError(f"{err.filename}: {err.strerror or err}") from None
         raise write_error(path, err) from None
     except BaseException:
         with contextlib.suppress(OSError):
