@@ -202,8 +202,9 @@ def sliding_window_bands(
     (:func:`column_blocks`), each streamed top to bottom in turn, so that memory is bounded along both sides: the
     input rows of the current windows and the accumulator of the rows they cover, a few window rows of about a batch
     each × ``block_width`` × classes, plus, on an accelerator, about :data:`STITCH_BYTES` of outputs held back to be
-    added together (:func:`_stitch_bytes`). The result is identical to accumulating the whole image window by window
-    (each pixel sums the same windows in the same order).
+    added together (:func:`_stitch_bytes`). Each pixel sums the same windows' outputs in the same order as
+    accumulating the whole image window by window, so a predictor that sees one window at a time gives the same
+    result bit for bit; a batched model's outputs can move in the last bits with the other windows of their batch.
 
     Args:
         predictor: maps N×C_in×P×P inputs to N×C×P×P outputs.
@@ -497,7 +498,8 @@ def sliding_window_predict(
         device: where the predictor runs (default: the image's device).
         memory_format: memory format of the window batches (``torch.channels_last`` for a channels_last model).
         sigma_scale: σ of the Gaussian blend as a fraction of the window.
-        block_width: images wider than this are done in column blocks (:func:`column_blocks`); same result.
+        block_width: images wider than this are done in column blocks (:func:`column_blocks`); the same sums (see
+            :func:`sliding_window_bands`).
 
     Returns:
         ``(probabilities, labels)``: C×H×W float32 on the image's device, and the H×W int64 argmax.
