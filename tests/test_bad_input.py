@@ -103,6 +103,18 @@ def _mask_value(path: Path, value: int) -> None:
     Image.fromarray(mask, "L").save(path)
 
 
+def _sixteen_bit_colours(mask_path: Path, params_path: Path) -> None:
+    """Replace an index mask by a 16-bit RGB PNG of its class colours as stored 8-bit values (not × 257): keeping
+    the high bytes alone read every one as black, the background."""
+    import png
+
+    labels = np.asarray(Image.open(mask_path))
+    rgb = np.array(load_params(params_path).class_colors, np.uint16)[labels]
+    with mask_path.open("wb") as handle:
+        height, width, _ = rgb.shape
+        png.Writer(width, height, greyscale=False, bitdepth=16).write(handle, rgb.reshape(height, -1))
+
+
 def _as_tiff(png_path: Path, dtype, channels: int = 1, nan: bool = False, **kw) -> None:
     """Replace an image by a TIFF of the same pixels in another dtype, channel count or layout."""
     import tifffile
@@ -175,6 +187,8 @@ CASES = [
      ["i0.png", "30x30", "72x120"]),
     ("mask-value-outside-classes", lambda w: (_mask_value(w / TRAIN / "masks" / "i3.png", 9), _prep(w))[1],
      ["i3.png", "[9]"]),
+    ("sixteen-bit-colour-mask", lambda w: (_sixteen_bit_colours(w / TRAIN / "masks" / "i3.png", w / "params.json"),
+                                           _prep(w))[1], ["masks/i3.png", "16-bit colours that are no 8-bit colours"]),
     ("truncated-png", lambda w: (_truncate(w / TRAIN / "images" / "i0.png"), _prep(w))[1],
      ["i0.png", "not a readable image"]),
     ("text-file-named-png", lambda w: (_text_png(w / TRAIN / "masks" / "i1.png"), _prep(w))[1],

@@ -4,6 +4,9 @@ PNG and TIFF; each unsupported file gets one clear error naming it."""
 from __future__ import annotations
 
 import io
+import struct
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -41,11 +44,51 @@ def _pillow(path: Path, a: np.ndarray, mode: str | None = None) -> None:
 
 def _png16(path: Path, a: np.ndarray) -> None:
     h, w, c = a.shape
-    png.Writer(w, h, greyscale=c in (1, 2), alpha=c in (2, 4), bitdepth=16).write(path.open("wb"), a.reshape(h, -1))
+    with path.open("wb") as handle:
+        png.Writer(w, h, greyscale=c in (1, 2), alpha=c in (2, 4), bitdepth=16).write(handle, a.reshape(h, -1))
 
 
 def _tiff(path: Path, a: np.ndarray, **kw) -> None:
     tifffile.imwrite(path, a, **kw)
+
+
+def _png_low_bit(bits: int) -> Callable[[Path, np.ndarray], None]:
+    """A writer of a 1-, 2- or 4-bit gray PNG (pypng), values as given."""
+    def write(path: Path, a: np.ndarray) -> None:
+        with path.open("wb") as handle:
+            png.Writer(a.shape[1], a.shape[0], greyscale=True, bitdepth=bits).write(handle, a.tolist())
+    return write
+
+
+def _with_chunk(write: Callable[[Path, np.ndarray], None], kind: bytes, data: bytes
+                ) -> Callable[[Path, np.ndarray], None]:
+    """``write``, then a chunk inserted before the PNG's pixel data (e.g. sBIT, the significant bits)."""
+    def write_with_chunk(path: Path, a: np.ndarray) -> None:
+        write(path, a)
+        raw = path.read_bytes()
+        at = raw.index(b"IDAT") - 4
+        chunk = struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        path.write_bytes(raw[:at] + chunk + raw[at:])
+    return write_with_chunk
+
+
+PALETTE = np.array([(0, 0, 0), (230, 40, 40), (120, 250, 80), (7, 8, 9)], np.uint8)
+
+
+def _palette_tiff(path: Path, a: np.ndarray) -> None:
+    """Indices ``a`` with PALETTE's colours as image software writes them (16 bits, 8-bit value × 257)."""
+    colormap = np.zeros((3, 256), np.uint16)
+    colormap[:, :len(PALETTE)] = PALETTE.T.astype(np.uint16) * 257
+    tifffile.imwrite(path, a.astype(np.uint8), photometric="palette", colormap=colormap)
+
+
+def _palette_png(path: Path, a: np.ndarray) -> None:
+    img = Image.fromarray(a.astype(np.uint8), "P")
+    img.putpalette(PALETTE.flatten().tolist())
+    img.save(path)
+
+
+_BITS, _INDICES = RNG.integers(0, 2, (9, 7)).astype(np.uint8), RNG.integers(0, 4, (9, 7))
 
 
 # (id, file name, writer, stored array, expected array) — reading gives the expected array exactly
@@ -55,6 +98,16 @@ ROUND_TRIPS = [
     ("png-16-gray-12-bit", "a.png", _pillow, _values("uint16", (9, 7)) >> 4, None),
     ("png-16-gray-full", "a.png", _pillow, _values("uint16", (9, 7)), None),
     ("png-16-rgb", "a.png", _png16, _values("uint16", (9, 7, 3)), None),
+    # an sBIT chunk (12 significant bits, as cameras write) does not shift the samples down: they stay as stored
+    ("png-16-rgb-sbit-12", "a.png", _with_chunk(_png16, b"sBIT", bytes([12] * 3)), _values("uint16", (9, 7, 3)) >> 4,
+     None),
+    # 2- and 4-bit gray: the values stored (Pillow scales them up to 0..255 by 85 and 17)
+    ("png-2-bit-gray", "a.png", _png_low_bit(2), RNG.integers(0, 4, (9, 7)).astype(np.uint8), None),
+    ("png-4-bit-gray", "a.png", _png_low_bit(4), RNG.integers(0, 16, (9, 7)).astype(np.uint8), None),
+    ("png-1-bit-gray", "a.png", _png_low_bit(1), _BITS, _BITS * np.uint8(255)),
+    # a palette image is read as its colours, TIFF as PNG
+    ("tiff-palette", "a.tif", _palette_tiff, _INDICES, PALETTE[_INDICES]),
+    ("png-palette", "a.png", _palette_png, _INDICES, PALETTE[_INDICES]),
     ("tiff-uint8-gray", "a.tif", _tiff, _values("uint8", (9, 7)), None),
     ("tiff-uint16-gray", "a.tif", _tiff, _values("uint16", (9, 7)), None),
     ("tiff-int16-gray", "a.tiff", _tiff, _values("int16", (9, 7)), None),
@@ -223,6 +276,17 @@ MASKS = [
     ("tiff-int64-index", "m.tif", lambda p, a: _tiff(p, a.astype(np.int64))),
     ("png-colour", "m.png", lambda p, a: _pillow(p, np.array(COLORS, np.uint8)[a])),
     ("tiff-colour", "m.tif", lambda p, a: _tiff(p, np.array(COLORS, np.uint8)[a], photometric="rgb")),
+    # 2- and 4-bit gray PNGs hold the indices as stored (Pillow scales them up by 85 and 17)
+    ("png-2-bit-index", "m.png", _png_low_bit(2)),
+    ("png-4-bit-index", "m.png", _png_low_bit(4)),
+    # palette files by their indices, whatever the colours
+    ("png-palette-index", "m.png", _palette_png),
+    ("tiff-palette-index", "m.tif", _palette_tiff),
+    # 16-bit colours that are 8-bit ones × 257, as image software widens them
+    ("png-16-colour", "m.png", lambda p, a: _png16(p, np.array(COLORS, np.uint16)[a] * 257)),
+    ("png-16-colour-alpha", "m.png",
+     lambda p, a: _png16(p, np.concatenate([np.array(COLORS, np.uint16)[a] * 257, np.full((*a.shape, 1), 65535)],
+                                           axis=2).astype(np.uint16))),
 ]
 
 
@@ -235,6 +299,35 @@ def test_masks_of_every_kind(tmp_path, case):
     assert got.dtype == np.uint8 and np.array_equal(got, labels)
     with ImageRows(tmp_path / name, mask_colors=COLORS) as rows:  # the streamed route, header first
         assert np.array_equal(rows.rows(0, 8), labels) and read_header(tmp_path / name, mask=True).height == 8
+
+
+def test_a_one_bit_png_mask_holds_indices_0_and_1(tmp_path):
+    """As a 1-bit TIFF mask does (an image of 1 bit reads as 0/255, a mask as the classes 0 and 1)."""
+    labels = RNG.integers(0, 2, (8, 6)).astype(np.uint8)
+    _png_low_bit(1)(tmp_path / "m.png", labels)
+    assert np.array_equal(read_mask(tmp_path / "m.png", COLORS), labels)
+
+
+@pytest.mark.parametrize("colours, message", [
+    # keeping the high bytes alone merged every colour below 256 into black: background
+    (np.array(COLORS, np.uint16), r"m.png: 16-bit colours that are no 8-bit colours \(expected an 8-bit colour mask"),
+    (np.array(COLORS, np.uint16) * 257 + 1, r"m.png: 16-bit colours that are no 8-bit colours"),
+])
+def test_sixteen_bit_colours_that_are_no_eight_bit_ones_are_refused(tmp_path, colours, message):
+    _png16(tmp_path / "m.png", colours[RNG.integers(0, 3, (8, 6))])
+    with pytest.raises(UserError, match=message):
+        read_mask(tmp_path / "m.png", COLORS)
+
+
+def test_a_sixteen_bit_transparent_colour_adds_no_alpha_channel(tmp_path):
+    """A tRNS chunk (one colour marked transparent) in a 16-bit RGB PNG: the header and the pixels agree on 3
+    channels, with ``keep_alpha`` too (pypng's asDirect added an alpha plane the header did not count)."""
+    a = _values("uint16", (6, 5, 3))
+    with (tmp_path / "a.png").open("wb") as handle:
+        png.Writer(5, 6, greyscale=False, bitdepth=16, transparent=(1, 2, 3)).write(handle, a.reshape(6, -1))
+    for keep_alpha in (False, True):
+        assert np.array_equal(read_image(tmp_path / "a.png", keep_alpha=keep_alpha), a)
+        assert read_header(tmp_path / "a.png", keep_alpha=keep_alpha).channels == 3
 
 
 def test_a_float_mask_is_refused_as_a_mask(tmp_path):

@@ -51,10 +51,11 @@ def _reason(err: BaseException) -> str:
 def read_image(path: str | Path, keep_alpha: bool = False, channel_axis: str = "auto") -> np.ndarray:
     """Read an image as stored: H×W (one channel) or H×W×C, dtype uint8, uint16, int16 or float32.
 
-    Conversions (documented in the README): 1-bit images become uint8 0/255; palette images become RGB; CMYK and
-    YCbCr become RGB; the alpha channel of RGBA and gray+alpha images is dropped unless ``keep_alpha``. Nothing is
-    rescaled. A TIFF holds one 2-D image: axes YX, YXS (samples last) or CYX/SYX (one plane per channel); a TIFF
-    whose axes tifffile cannot name (pages of generic planes) is read by ``channel_axis`` (see :func:`_tiff_plan`).
+    Conversions (documented in the README): 1-bit images become uint8 0/255; palette images (PNG, TIFF, ...) become
+    8-bit RGB; CMYK and YCbCr become RGB; the alpha channel of RGBA and gray+alpha images is dropped unless
+    ``keep_alpha``. Nothing is rescaled (2- and 4-bit gray PNGs hold 0..3 and 0..15). A TIFF holds one 2-D image:
+    axes YX, YXS (samples last) or CYX/SYX (one plane per channel); a TIFF whose axes tifffile cannot name (pages of
+    generic planes) is read by ``channel_axis`` (see :func:`_tiff_plan`).
 
     Args:
         path: the image file (PNG, TIFF, JPEG or BMP).
@@ -72,8 +73,10 @@ def read_image(path: str | Path, keep_alpha: bool = False, channel_axis: str = "
     if channel_axis not in CHANNEL_AXES:
         raise ValueError(f"channel_axis must be one of {CHANNEL_AXES}, got {channel_axis!r}")
     if path.suffix.lower() in TIFF_SUFFIXES and _is_tiff(path):
-        array, alpha = _read_tiff(path, channel_axis)
-        if alpha and not keep_alpha:
+        array, layout = _tiff_open(path, True, channel_axis)
+        if layout.colormap is not None:
+            array = layout.colormap[array]
+        elif layout.alpha and not keep_alpha:
             array = np.ascontiguousarray(array[..., :-1])
     else:
         decoded = _decode(path)
@@ -107,16 +110,14 @@ def _unsupported_dtype(path: str | Path, dtype: str) -> UserError:
     return UserError(f"{path}: unsupported pixel type {dtype} (expected one of {', '.join(IMAGE_DTYPES)})")
 
 
-def open_png(path: str | Path) -> Image.Image:
-    """Open and fully decode an image with Pillow, turning every decoding problem into a :class:`UserError`."""
-    decoded = _decode(Path(path), sixteen_bit_colour=False)
-    assert isinstance(decoded, Image.Image)
-    return decoded
+# Pillow scales the samples of 2- and 4-bit gray PNGs (raw modes) up to 0..255 by these factors
+_LOW_BIT_GRAY = {"L;2": 85, "L;4": 17}
 
 
-def _decode(path: Path, sixteen_bit_colour: bool = True) -> Image.Image | np.ndarray:
-    """Decode a file with Pillow; a PNG of 16 bits per sample in colour or gray+alpha, which Pillow would reduce to
-    8 bits, with pypng instead (as an H×W×planes uint16 array) when ``sixteen_bit_colour``.
+def _decode(path: Path) -> Image.Image | np.ndarray:
+    """Decode a file with Pillow, with the values as stored: a PNG of 16 bits per sample in colour or gray+alpha,
+    which Pillow would reduce to 8 bits, with pypng instead (as an H×W×planes uint16 array); a 2- or 4-bit gray PNG,
+    which Pillow scales up to 0..255, scaled back (an 8-bit gray image of 0..3 or 0..15).
 
     Raises:
         UserError: the file is missing or unreadable, or its decoded pixels would not fit in the available memory.
@@ -125,9 +126,12 @@ def _decode(path: Path, sixteen_bit_colour: bool = True) -> Image.Image | np.nda
         with Image.open(path) as img:
             check_fits(path, img.size[1], img.size[0], len(img.getbands()) * (2 if ";16" in img.mode else 4
                                                                                if img.mode in ("I", "F") else 1))
-            if sixteen_bit_colour and _png_16bit_colour(img):
+            if _png_16bit_colour(img):
                 return _read_png16(path)
+            raw = _png_raw_mode(img)
             img.load()
+            if raw in _LOW_BIT_GRAY:
+                return Image.fromarray(np.asarray(img) // _LOW_BIT_GRAY[raw])
             return img.copy()
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
@@ -205,18 +209,26 @@ def _fits_uint16(img: Image.Image) -> bool:
     return bool(array.size) and int(array.min()) >= 0 and int(array.max()) <= 65535
 
 
+def _png_raw_mode(img: Image.Image) -> str | None:
+    """The raw mode of an opened, not yet decoded PNG: how its samples are stored (e.g. ``RGB;16B``, ``L;4``)."""
+    return str(img.tile[0][3]) if img.format == "PNG" and img.tile else None
+
+
 def _png_16bit_colour(img: Image.Image) -> bool:
     """An opened, not yet decoded PNG of 16 bits per sample in colour or gray+alpha (raw mode RGB;16B, RGBA;16B or
     LA;16B), which Pillow would reduce to 8 bits."""
-    return img.format == "PNG" and bool(img.tile) and str(img.tile[0][3]) in ("RGB;16B", "RGBA;16B", "LA;16B")
+    return _png_raw_mode(img) in ("RGB;16B", "RGBA;16B", "LA;16B")
 
 
 def _read_png16(path: Path) -> np.ndarray:
     import png
 
     try:
-        width, height, rows, info = png.Reader(filename=str(path)).asDirect()
-        array = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows])
+        with path.open("rb") as handle:  # closed here: pypng keeps a file it opened until garbage collection
+            # read(), not asDirect(): the samples as stored, neither shifted down to an sBIT chunk's depth nor given
+            # an alpha plane from a tRNS chunk (a colour marked transparent), as the header read_header gives says
+            width, height, rows, info = png.Reader(file=handle).read()
+            array = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows])
     except (png.Error, OSError, ValueError) as err:
         raise UserError(f"{path}: not a readable image ({_reason(err)})") from None
     return array.reshape(height, width, info["planes"])
@@ -244,15 +256,16 @@ class ImageHeader:
 
 @dataclass(frozen=True)
 class _TiffLayout:
-    """How the first series of a TIFF maps to H×W or H×W×C: its header (channels counting alpha), whether the last
-    channel is alpha, whether the channels come first in the file, and the file's axes that are kept (see
-    :func:`_tiff_plan`)."""
+    """How the first series of a TIFF maps to H×W or H×W×C: its header (channels counting alpha; of a palette image,
+    its indices), whether the last channel is alpha, whether the channels come first in the file, the file's axes
+    that are kept (see :func:`_tiff_plan`), and the colours of a palette image."""
 
     header: ImageHeader
     alpha: bool
     first: bool
     keep: tuple[int, ...]
     flags: dict = field(default_factory=dict)  # how tifffile opens the file (see _tiff_flags)
+    colormap: np.ndarray | None = None  # of a palette image: N×3 uint8, the RGB of each index
 
     @property
     def rows_and_columns(self) -> tuple[int, int]:
@@ -295,6 +308,7 @@ def _tiff_open(path: Path, read: bool, channel_axis: str) -> tuple[np.ndarray | 
             _check_data_within(series.pages, tif.filehandle.size, path)
             axes, shape, dtype = series.axes, tuple(series.shape), np.dtype(series.dtype)
             tag = tif.pages[0].tags.get("ExtraSamples")
+            colormap = tif.pages[0].colormap if tif.pages[0].photometric == tifffile.PHOTOMETRIC.PALETTE else None
             array = series.asarray() if read else None
     except (MemoryError, UserError):
         raise
@@ -313,7 +327,12 @@ def _tiff_open(path: Path, read: bool, channel_axis: str) -> tuple[np.ndarray | 
         array = array.reshape(kept)
         array = np.ascontiguousarray(np.moveaxis(array, 0, -1) if first else array)
     header = ImageHeader(height, width, channels, dtype.name)
-    return array, _TiffLayout(header, alpha, first, tuple(keep), flags)
+    if colormap is not None and (channels != 1 or dtype.kind != "u"):
+        colormap = None  # a palette holds colours for one channel of unsigned indices; else read as stored
+    if colormap is not None:
+        # its 16-bit colours to 8 bits, as Pillow reads a palette TIFF (image software writes 8-bit ones × 256 or 257)
+        colormap = np.ascontiguousarray((np.asarray(colormap) >> 8).astype(np.uint8).T)
+    return array, _TiffLayout(header, alpha, first, tuple(keep), flags, colormap)
 
 
 def _check_data_within(pages: Iterable, size: int, path: Path) -> None:
@@ -328,11 +347,6 @@ def _check_data_within(pages: Iterable, size: int, path: Path) -> None:
                             f"has {size})")
 
 
-def _read_tiff(path: Path, channel_axis: str) -> tuple[np.ndarray, bool]:
-    array, layout = _tiff_open(path, True, channel_axis)
-    return array, layout.alpha
-
-
 def _tiff_header(layout: _TiffLayout, keep_alpha: bool, path: Path, mask: bool = False) -> ImageHeader:
     """The header :func:`read_image` returns for a TIFF of this layout (alpha dropped unless kept, 1 bit as uint8);
     a ``mask`` may hold any integer type (label images often come as int32), its values are checked as it is read.
@@ -341,6 +355,8 @@ def _tiff_header(layout: _TiffLayout, keep_alpha: bool, path: Path, mask: bool =
         UserError: an unsupported pixel type.
     """
     header = layout.header
+    if layout.colormap is not None and not mask:  # a palette image is read as its colours
+        return ImageHeader(header.height, header.width, 3, "uint8")
     if mask and np.dtype(header.dtype).kind not in "iub":
         raise UserError(f"{path}: unsupported mask pixel type {header.dtype} (expected integer class indices)")
     if not mask and header.dtype not in IMAGE_DTYPES and header.dtype != "bool":
@@ -493,6 +509,7 @@ class ImageRows:
             _, layout = _tiff_open(self.path, False, channel_axis)
             self.header = _tiff_header(layout, keep_alpha, self.path, mask_colors is not None)
             self._alpha, self._first, self._keep = layout.alpha, layout.first, layout.keep
+            self._colormap = layout.colormap if mask_colors is None else None  # a palette mask: its indices
             self._y, self._x = layout.rows_and_columns
             try:  # a pyramid's full size
                 self._store = tifffile.imread(self.path, aszarr=True, series=0, level=0, **layout.flags)
@@ -531,6 +548,8 @@ class ImageRows:
             band = band[..., :-1]
         if band.ndim == 3 and band.shape[2] == 1:
             band = band[..., 0]
+        if self._colormap is not None:
+            band = self._colormap[band]
         if self.mask_colors is not None:
             return mask_indices(band, self.mask_colors, where)
         return check_pixels(band, where)
@@ -672,17 +691,35 @@ def read_mask(path: str | Path, colors: list[tuple[int, int, int]]) -> np.ndarra
     """
     path = Path(path)
     if path.suffix.lower() in TIFF_SUFFIXES and _is_tiff(path):
-        array, _ = _read_tiff(path, "auto")
+        array = _tiff_open(path, True, "auto")[0]  # a palette TIFF by its indices
+        return mask_indices(array, colors, path)
+    img = _decode(path)
+    if isinstance(img, np.ndarray):  # 16 bits per sample in colour
+        array = _eight_bit_colours(img, path)
+    elif img.mode in ("L", "P", "1", "I;16", "I;16B", "I;16L", "I;16N", "I"):
+        array = np.asarray(img)  # 1 bit: bool, so 0 and 1
+    elif img.mode in ("RGB", "RGBA"):
+        array = np.asarray(img.convert("RGB"))
     else:
-        img = open_png(path)
-        if img.mode in ("L", "P", "1", "I;16", "I;16B", "I;16L", "I;16N", "I"):
-            array = np.asarray(img if img.mode != "1" else img.convert("L"))
-        elif img.mode in ("RGB", "RGBA"):
-            array = np.asarray(img.convert("RGB"))
-        else:
-            raise UserError(f"{path}: unsupported mask mode {img.mode!r} (expected an index image (8- or 16-bit gray "
-                            "or palette) or an RGB colour image)")
+        raise _unsupported_mask_mode(path, img.mode)
     return mask_indices(array, colors, path)
+
+
+def _unsupported_mask_mode(path: Path, mode: str) -> UserError:
+    return UserError(f"{path}: unsupported mask mode {mode!r} (expected an index image (1-, 2-, 4-, 8- or 16-bit gray "
+                     "or palette) or an RGB colour image)")
+
+
+def _eight_bit_colours(array: np.ndarray, path: Path) -> np.ndarray:
+    """The 8-bit RGB colours of a colour mask stored with 16 bits per sample: each an 8-bit colour × 257, as image
+    software widens them, else refused (keeping the high bytes alone would merge colours into wrong classes)."""
+    if array.shape[2] not in (3, 4):
+        raise _unsupported_mask_mode(path, "LA")
+    rgb = array[..., :3]
+    if np.any(rgb % 257):
+        raise UserError(f"{path}: 16-bit colours that are no 8-bit colours (expected an 8-bit colour mask, or 16-bit "
+                        "values of 257 × an 8-bit one)")
+    return (rgb // 257).astype(np.uint8)
 
 
 def mask_indices(array: np.ndarray, colors: list[tuple[int, int, int]], path: str | Path) -> np.ndarray:
