@@ -244,7 +244,9 @@ class TrainingData:
 @dataclass
 class Progress:
     """Where a run stands: epochs done, steps done in the current epoch and their loss sum, the best validation
-    mIoU so far and one record per finished epoch."""
+    mIoU so far, one record per finished epoch, the steps of the whole run (TensorBoard's step of ``loss_iter``:
+    it keeps rising when a resumed run changes its steps per epoch) and the rate of the epoch's first step (the
+    epoch's ``lr``, which a run resumed mid-epoch with another schedule did not choose)."""
 
     epoch: int = 0
     step: int = 0
@@ -252,6 +254,8 @@ class Progress:
     loss_count: int = 0
     best: float = -math.inf
     history: list[dict] = field(default_factory=list)
+    steps_done: int | None = 0  # None: resumed from a checkpoint that did not count them (see train_epoch)
+    epoch_rate: float | None = None
 
 
 @cli_main
@@ -291,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         ckpt_root, runs_root = Path(t.checkpoints_dir), Path(t.runs_dir)
         if resumed:
             run, ckpt_dir, run_dir, branch = resumed_outputs(Path(args.load), resumed, args.name, ckpt_root, runs_root)
-            check_resume_point(Path(args.load), resumed, None if branch else ckpt_dir / "last.pth", rt)
+            check_resume_point(Path(args.load), resumed, None if branch else ckpt_dir / "last.pth", t.batch_size, rt)
             if branch and rt.dist.is_main:  # the new name taken once every check has passed
                 new_run_name("", run, ckpt_root, runs_root)
             if args.params and rt.dist.is_main:  # once every check has passed: an error stays one line
@@ -302,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
             run = new_run_name(str(data.folder), args.name, ckpt_root, runs_root) if rt.dist.is_main else None
             run = broadcast_from_main(run, rt.dist)
             ckpt_dir, run_dir = ckpt_root / run, runs_root / run
+        # as soon as the run has a folder: a Ctrl-C from here on stops at a step boundary with a checkpoint (raised
+        # at once, it left an empty folder that the same --name then refused)
+        stop = StopRequest(ckpt_dir)
         if rt.dist.is_main:
             writer = open_outputs(ckpt_dir, run_dir, params, rt)
             if args.amp and rt.device.type != "cuda":
@@ -321,7 +328,6 @@ def main(argv: list[str] | None = None) -> int:
                 checkpoints.save(state, ckpt_dir / name, [ckpt_dir / link for link in links])
 
         # ---- the loop ----
-        stop = StopRequest(ckpt_dir)  # before the first line, so a Ctrl-C from here on is handled
         if rt.dist.is_main:
             print(f"run {run}: {len(data.train_idx)} training / {len(data.val_idx)} validation patches from "
                   f"{data.folder}, U-Net width {params.model.base_channels} "
@@ -346,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
                 return t.learning_rate * schedule_factor(t.schedule, epoch, step, n, t.epochs, t.lr_final_factor,
                                                          t.warmup_fraction)
 
-            rates, tic = (rate(0), rate(max(len(steps) - 1, 0))), time.perf_counter()  # the first and last step
+            tic = time.perf_counter()
             outcome = train_epoch(step_model, loss_fn, optimizer, scaler, data, steps, rate, progress, rt, stop,
                                   writer, f"epoch {epoch + 1}/{t.epochs}")
             if outcome == "stopped":
@@ -361,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"error: non-finite loss at epoch {epoch + 1}, step {progress.step + 1}; stopped. {kept} "
                           "(try a lower learning rate)", file=sys.stderr)
                 return EXIT_NONFINITE
+            rates = (progress.epoch_rate, rate(max(len(steps) - 1, 0)))  # the first and last step's
             record, improved = end_epoch(model, loss_fn, data, params, progress, rt, rates, time.perf_counter() - tic)
             if rt.dist.is_main:
                 log_epoch(writer, record, data, figure_idx, model, params, rt)
@@ -515,14 +522,15 @@ def restore(resumed: dict, optimizer: torch.optim.Optimizer, scaler: torch.amp.G
     torch.set_rng_state(resumed["rng"]["torch"])
     loss_sum, loss_count = resumed["epoch_loss"] if rank == 0 else (0.0, 0)
     return Progress(resumed["epoch"], resumed["step_in_epoch"], loss_sum, int(loss_count), resumed["best_miou"],
-                    list(resumed["history"]))
+                    list(resumed["history"]), resumed.get("steps_done"), resumed.get("epoch_rate"))
 
 
 def training_entries(progress: Progress, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, run: str,
                      ckpt_dir: Path, run_dir: Path, data: TrainingData, params: Params, rt: Runtime) -> dict:
     """The resume state of a checkpoint (model.checkpoint.RESUME_KEYS), taken at a step boundary."""
     return {"epoch": progress.epoch, "step_in_epoch": progress.step,
-            "epoch_loss": [progress.loss_sum, progress.loss_count], "optimizer_state": optimizer.state_dict(),
+            "epoch_loss": [progress.loss_sum, progress.loss_count], "steps_done": progress.steps_done,
+            "epoch_rate": progress.epoch_rate, "optimizer_state": optimizer.state_dict(),
             "scaler_state": scaler.state_dict(), "rng": {"torch": torch.get_rng_state()}, "best_miou": progress.best,
             "history": progress.history, "run_name": run, "checkpoint_dir": str(ckpt_dir.resolve()),
             "run_dir": str(run_dir.resolve()),
@@ -557,20 +565,21 @@ def resumed_outputs(load: Path, resumed: dict, name: str | None, ckpt_root: Path
     return run, folder, recorded if recorded.parent.is_dir() else runs_root / run, False
 
 
-def check_resume_point(load: Path, resumed: dict, last: Path | None, rt: Runtime) -> None:
+def check_resume_point(load: Path, resumed: dict, last: Path | None, batch_size: int, rt: Runtime) -> None:
     """Refuse to resume from behind the ``last`` of the run's folder (an ``interrupted.pth`` the run has since gone
     past, an earlier ``best.pth``): the resumed run would replace it, and ``best.pth``, with older states (a new run,
-    ``last`` None, replaces nothing). And a checkpoint saved mid-epoch goes on with the number of processes that
-    saved it, whose batches its step counts.
+    ``last`` None, replaces nothing). And a checkpoint saved mid-epoch goes on with the batch size and the number of
+    processes that saved it: its step counts their batches (with others, patches of the epoch would be skipped).
 
     Raises:
-        UserError: naming both checkpoints and where each stands, or the process counts.
+        UserError: naming both checkpoints and where each stands, or the batch sizes or process counts.
     """
     epoch, step, saved_by = resumed["epoch"], resumed["step_in_epoch"], resumed["world_size"]
-    if step and saved_by != rt.dist.world_size:
-        raise UserError(f"{load}: saved at step {step} of epoch {epoch + 1} by {saved_by} process(es), whose batches "
-                        f"its step counts; resume it with {saved_by}, or resume an end-of-epoch checkpoint "
-                        "(last.pth) on any number")
+    saved_batch = resumed["params"]["training"]["batch_size"]
+    if step and (saved_by, saved_batch) != (rt.dist.world_size, batch_size):
+        raise UserError(f"{load}: saved at step {step} of epoch {epoch + 1} by {saved_by} process(es) with batch size "
+                        f"{saved_batch}, whose batches its step counts; resume it with -b {saved_batch} on "
+                        f"{saved_by} process(es), or resume an end-of-epoch checkpoint (last.pth) with any")
     if last is None or not last.is_file() or os.path.samefile(last, load):
         return
     there = load_checkpoint(last)
@@ -623,6 +632,10 @@ def train_epoch(model: torch.nn.Module, loss_fn: torch.nn.Module, optimizer: tor
     bar = tqdm(total=len(steps), initial=progress.step, desc=desc, disable=not rt.dist.is_main, leave=False,
                unit="step", file=sys.stdout)
     every, pending = readout_interval(rt.device), []
+    if progress.steps_done is None:  # an older checkpoint: counted as if every epoch had had this epoch's steps
+        progress.steps_done = progress.epoch * len(steps) + progress.step
+    if progress.step == 0 or progress.epoch_rate is None:  # (None: an older checkpoint, saved mid-epoch)
+        progress.epoch_rate = rate(0)
     try:
         for step in range(progress.step, len(steps)):
             set_rate(optimizer, rate(step))
@@ -631,7 +644,7 @@ def train_epoch(model: torch.nn.Module, loss_fn: torch.nn.Module, optimizer: tor
             optimizer_step(loss, optimizer, scaler)
             pending.append(loss.detach())
             if len(pending) == every or step + 1 == len(steps):
-                outcome = read_losses(pending, progress, len(steps), rt, stop, writer, bar)
+                outcome = read_losses(pending, progress, rt, stop, writer, bar)
                 pending = []
                 if outcome != "running":
                     return outcome
@@ -640,8 +653,8 @@ def train_epoch(model: torch.nn.Module, loss_fn: torch.nn.Module, optimizer: tor
     return "done"
 
 
-def read_losses(pending: list[torch.Tensor], progress: Progress, steps_per_epoch: int, rt: Runtime,
-                stop: StopRequest, writer, bar) -> str:
+def read_losses(pending: list[torch.Tensor], progress: Progress, rt: Runtime, stop: StopRequest, writer, bar
+                ) -> str:
     """Read the losses of the steps since the last read (one host sync), add them to ``progress`` up to the first
     non-finite one, log them per step, and consult every process on a non-finite loss and on a stop request.
 
@@ -653,9 +666,10 @@ def read_losses(pending: list[torch.Tensor], progress: Progress, steps_per_epoch
     bad = next((k for k, v in enumerate(values) if not math.isfinite(v)), None)
     for value in values[:bad]:
         if writer:
-            writer.add_scalar("train/loss_iter", value, progress.epoch * steps_per_epoch + progress.step)
+            writer.add_scalar("train/loss_iter", value, progress.steps_done)
         progress.step, progress.loss_sum, progress.loss_count = progress.step + 1, progress.loss_sum + value, \
             progress.loss_count + 1
+        progress.steps_done += 1
     bar.update(len(values[:bad]))
     if broadcast_flag(bad is not None, rt.dist, rt.device):
         return "non-finite"

@@ -24,10 +24,11 @@ from model.unet_model import UNet
 # what inference needs (every checkpoint has these) ...
 MODEL_KEYS = ("model_state", "model_config", "class_names", "class_colors", "normalization", "params")
 # ... and what train.py adds to resume a run exactly where it stopped
-RESUME_KEYS = ("epoch", "step_in_epoch", "epoch_loss", "optimizer_state", "scaler_state", "rng", "best_miou",
-               "history", "run_name", "checkpoint_dir", "run_dir", "patch_folder", "val_sources", "seed", "precision",
-               "world_size", "git_commit", "versions")
-ADDED_LATER = ("checkpoint_dir", "run_dir")  # checkpoints written before these were recorded still resume (train.py)
+RESUME_KEYS = ("epoch", "step_in_epoch", "epoch_loss", "steps_done", "epoch_rate", "optimizer_state", "scaler_state",
+               "rng", "best_miou", "history", "run_name", "checkpoint_dir", "run_dir", "patch_folder", "val_sources",
+               "seed", "precision", "world_size", "git_commit", "versions")
+# checkpoints written before these were recorded still resume (train.py)
+ADDED_LATER = ("checkpoint_dir", "run_dir", "steps_done", "epoch_rate")
 
 
 def build_checkpoint(model: UNet, params: Params, normalization: dict, training: dict[str, Any] | None = None

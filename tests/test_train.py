@@ -288,7 +288,12 @@ def test_a_resumed_run_goes_on_in_its_folder_and_never_from_behind_its_last(tiny
     state.update(step_in_epoch=3, world_size=2)  # an interrupted.pth of a 2-process run
     save_checkpoint(tmp_path / "two.pth", state)
     assert_user_error(run_main("train.py", "--load", str(tmp_path / "two.pth"), "-e", "2", "--name", "two"),
-                      "two.pth: saved at step 3 of epoch 2 by 2 process(es)", "resume it with 2")
+                      "two.pth: saved at step 3 of epoch 2 by 2 process(es)", "resume it with -b 8 on 2 process(es)")
+    state.update(world_size=1)  # saved at a step of batches of 8: with -b 16 it would skip patches
+    save_checkpoint(tmp_path / "eight.pth", state)
+    assert_user_error(run_main("train.py", "--load", str(tmp_path / "eight.pth"), "-e", "2", "-b", "16", "--name",
+                               "sixteen"), "eight.pth: saved at step 3 of epoch 2 by 1 process(es) with batch size 8",
+                      "resume it with -b 8 on 1 process(es)")
     assert not (data / "checkpoints" / "two").exists()  # the new name is taken only once every check has passed
     before = original.read_bytes()
     branch = run_main("train.py", "--load", str(copy), "-e", "2", "--name", "branch", "--amp")

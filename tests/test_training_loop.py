@@ -85,15 +85,16 @@ class _Stop:
     ([0.5, 0.25, -math.inf], True, "non-finite", 2),
 ])
 def test_read_losses_counts_up_to_the_first_non_finite_loss(values, stop, outcome, counted):
-    progress = train.Progress(epoch=2, step=10, loss_sum=1.0, loss_count=10)
+    progress = train.Progress(epoch=2, step=10, loss_sum=1.0, loss_count=10, steps_done=90)
     writer, bar = _Recorder(), _Bar()
-    result = train.read_losses([torch.tensor(v) for v in values], progress, 40, Runtime(torch.device("cpu")),
+    result = train.read_losses([torch.tensor(v) for v in values], progress, Runtime(torch.device("cpu")),
                                _Stop(stop), writer, bar)
     assert result == outcome
     assert (progress.step, progress.loss_count, bar.n) == (10 + counted, 10 + counted, counted)
+    assert progress.steps_done == 90 + counted
     assert progress.loss_sum == pytest.approx(1.0 + sum(values[:counted]))
-    # the step of the first non-finite loss is where progress stands; each finite loss is logged at its own step
-    assert writer.scalars == [("train/loss_iter", v, 2 * 40 + 10 + k) for k, v in enumerate(values[:counted])]
+    # the step of the first non-finite loss is where progress stands; each finite loss is logged at the run's step
+    assert writer.scalars == [("train/loss_iter", v, 90 + k) for k, v in enumerate(values[:counted])]
 
 
 @pytest.mark.parametrize("mode, expected", [("default", None), ("reduce-overhead", "reduce-overhead"),
@@ -405,3 +406,50 @@ def test_deterministic_runs_that_would_fail_mid_training_are_refused_up_front(de
             train.check_deterministic(deterministic, torch.device(device), bilinear)
     else:
         train.check_deterministic(deterministic, torch.device(device), bilinear)
+
+
+def test_a_resumed_run_with_another_batch_size_logs_its_steps_after_the_earlier_ones(tiny_patches, monkeypatch):
+    """``train/loss_iter`` is logged at the run's count of steps: with ``epoch × steps per epoch + step``, a run
+    resumed at ``-b 8`` after an epoch at ``-b 4`` logged its second epoch in the middle of the first one."""
+    params_file, data = tiny_patches
+    assert _run(monkeypatch, params_file, data, "rebatched", 32, "-e", "1") == 0
+    first = [step for step, _ in _loss_curve(data, "rebatched")]
+    assert first == list(range(len(first)))
+    last = data / "checkpoints" / "rebatched" / "last.pth"
+    assert torch.load(last, weights_only=True)["steps_done"] == len(first)
+    assert train.main(["--load", str(last), "-e", "2", "-b", "8"]) == 0
+    steps = [step for step, _ in _loss_curve(data, "rebatched")]
+    assert steps == list(range(len(first) + -(-len(first) // 2)))  # the second epoch's half as many steps after
+
+
+@pytest.mark.parametrize("saved_rate, expected", [(0.0123, 0.0123), (None, "schedule")])
+def test_an_epoch_resumed_mid_way_records_the_rate_it_began_at(tiny_patches, monkeypatch, tmp_path, saved_rate,
+                                                                expected):
+    """Resumed mid-epoch with another ``-e`` (so another schedule), the epoch's ``lr`` is the rate its first steps ran
+    at, kept in the checkpoint; a checkpoint saved before that was kept gives the new schedule's (as before)."""
+    params_file, data = tiny_patches
+    name = f"midway_{saved_rate}"
+    assert _run(monkeypatch, params_file, data, name, 32, "-e", "1") == 0
+    state = torch.load(data / "checkpoints" / name / "last.pth", weights_only=True)
+    state.update(step_in_epoch=2, epoch_rate=saved_rate)  # as an interrupted.pth saved at step 2 of epoch 2
+    if saved_rate is None:
+        del state["epoch_rate"], state["steps_done"]
+    save_checkpoint(tmp_path / "midway.pth", state)
+    assert train.main(["--load", str(tmp_path / "midway.pth"), "-e", "3", "-l", "0.05", "--name", f"{name}_b"]) == 0
+    history = torch.load(data / "checkpoints" / f"{name}_b" / "last.pth", weights_only=True)["history"]
+    assert history[1]["lr"] == pytest.approx(0.05 if expected == "schedule" else expected)  # published: 1.0 at first
+
+
+def test_a_ctrl_c_as_the_run_takes_its_folder_stops_with_a_checkpoint(tiny_patches, monkeypatch):
+    """A Ctrl-C after the run's name was taken (its folder made) and before the loop began stopped at once and left
+    an empty folder, which the same ``--name`` then refused; now it stops at a step boundary with interrupted.pth."""
+    params_file, data = tiny_patches
+    real = train.open_outputs
+
+    def open_outputs(*args):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*args)
+
+    monkeypatch.setattr(train, "open_outputs", open_outputs)
+    assert _run(monkeypatch, params_file, data, "early_stop", 4) == EXIT_INTERRUPTED
+    assert torch.load(data / "checkpoints" / "early_stop" / "interrupted.pth", weights_only=True)["step_in_epoch"] == 4
