@@ -233,7 +233,8 @@ def test_pages_written_one_at_a_time_are_read_as_channels_not_as_their_first_pag
     a = _values("uint16", (3, 20, 30))
     for plane in a:
         tifffile.imwrite(tmp_path / "planes.tif", plane, append=True)
-    assert len(tifffile.TiffFile(tmp_path / "planes.tif").series) == 3
+    with tifffile.TiffFile(tmp_path / "planes.tif") as tif:
+        assert len(tif.series) == 3
     got = read_image(tmp_path / "planes.tif")
     assert got.dtype == a.dtype and np.array_equal(got, np.moveaxis(a, 0, -1))
     assert read_header(tmp_path / "planes.tif").channels == 3
