@@ -123,9 +123,19 @@ def _read_a_missing_input(tmp: Path) -> None:
     open(tmp.parent / "missing_input.png", "rb")
 
 
+def _fill_disk_at_the_output(tmp: Path) -> None:
+    raise OSError(28, "No space left on device", str(tmp.parent / "out.tif"))
+
+
+def _fill_disk_at_the_temporary_spelt_relatively(tmp: Path) -> None:
+    raise OSError(28, "No space left on device", os.path.relpath(tmp))
+
+
 @pytest.mark.parametrize("body, message", [
     (_fill_disk, r"out\.tif: cannot write \(No space left on device\)$"),
     (_fill_disk_at_the_temporary, r"out\.tif: cannot write \(No space left on device\)$"),
+    (_fill_disk_at_the_output, r"out\.tif: cannot write \(No space left on device\)$"),
+    (_fill_disk_at_the_temporary_spelt_relatively, r"out\.tif: cannot write \(No space left on device\)$"),
     # an error about another file inside the block is not this file's write failing: it names that file
     (_read_a_missing_input, r"missing_input\.png: No such file or directory$"),
 ])

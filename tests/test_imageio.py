@@ -302,6 +302,25 @@ def test_masks_of_every_kind(tmp_path, case):
         assert np.array_equal(rows.rows(0, 8), labels) and read_header(tmp_path / name, mask=True).height == 8
 
 
+def test_a_palette_tiff_with_fewer_colours_than_its_indices_reads_as_pillow_reads_it(tmp_path):
+    """An index past the last of a short colour map is black, as in Pillow (it was an IndexError's traceback)."""
+    colormap = np.arange(48, dtype=np.uint16).reshape(3, 16) * 257
+    indices = np.array([[0, 1], [2, 200]], np.uint8)
+    path = tmp_path / "short.tif"
+    # tifffile writes only full colour maps: a gray TIFF with the tag, then its photometric set to palette (3)
+    tifffile.imwrite(path, indices, photometric="minisblack", extratags=[(320, "H", 48, colormap.flatten(), True)])
+    with tifffile.TiffFile(path) as tif:
+        offset = tif.pages[0].tags["PhotometricInterpretation"].valueoffset
+    raw = bytearray(path.read_bytes())
+    raw[offset:offset + 2] = (3).to_bytes(2, "little")
+    path.write_bytes(bytes(raw))
+    with Image.open(path) as img:
+        expected = np.asarray(img.convert("RGB"))
+    assert np.array_equal(read_image(path), expected) and expected[1, 1].tolist() == [0, 0, 0]
+    with ImageRows(path) as rows:
+        assert np.array_equal(rows.rows(0, 2), expected)
+
+
 def test_a_one_bit_png_mask_holds_indices_0_and_1(tmp_path):
     """As a 1-bit TIFF mask does (an image of 1 bit reads as 0/255, a mask as the classes 0 and 1)."""
     labels = RNG.integers(0, 2, (8, 6)).astype(np.uint8)

@@ -52,8 +52,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         # an error about another file (the writer's input, a scratch file) is not a failure to write this one
-        if err.filename is not None and os.fspath(err.filename) != tmp:
-            raise UserError(f"{err.filename}: {err.strerror or err}") from None
+        other = None if err.filename is None else os.path.abspath(os.fsdecode(err.filename))
+        if other is not None and other not in (os.path.abspath(tmp), os.path.abspath(path)):
+            raise UserError(f"{other}: {err.strerror or err}") from None
         raise write_error(path, err) from None
     except BaseException:
         with contextlib.suppress(OSError):
