@@ -91,7 +91,7 @@ def test_a_taken_output_folder_is_refused_before_the_inputs_are_read(tmp_path, s
     prepare_patches(source, out, SMALL, progress=False)
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     next((source / "images").iterdir()).write_bytes(b"not an image")
-    with pytest.raises(UserError, match="holds a finished job; pass --overwrite"):
+    with pytest.raises(UserError, match=r"holds a finished job; pass --overwrite \(overwrite=True from Python"):
         prepare_patches(source, out, SMALL, progress=False)
     (out / "extra.txt").write_text("")
     (out / ".complete.json").unlink()

@@ -46,7 +46,7 @@ def check_apart(folder: str | Path, source: str | Path, subfolders: tuple[str, .
                         "through a link (expected an output folder apart from the data)")
 
 
-def check_claimable(folder: str | Path, signature: dict, overwrite: bool, flag: str = "--overwrite") -> None:
+def check_claimable(folder: str | Path, signature: dict, overwrite: bool) -> None:
     """Refuse ``folder`` as :func:`start_job` would, writing nothing: a job calls it before reading its inputs, so that
     a folder it may not write is refused at once rather than after minutes of checks.
 
@@ -68,11 +68,12 @@ def check_claimable(folder: str | Path, signature: dict, overwrite: bool, flag: 
         # the user's own files, maybe the data itself (a notebook's overwrite = True took a data folder's masks)
         raise UserError(f"{folder}: output folder holds files that no job of this project wrote "
                         f"({found.relative_to(folder)}, and no {COMPLETE} or {IN_PROGRESS}); choose another folder, "
-                        f"or empty this one ({flag} replaces only a job's folder)")
+                        "or empty this one (--overwrite replaces only a job's folder)")
     if overwrite or (marker.is_file() and _read(marker) == json.loads(json.dumps(signature))):
         return
     state = "holds a finished job" if is_complete(folder) else "holds an interrupted job of other settings"
-    raise UserError(f"{folder}: output folder {state}; pass {flag} to replace it")
+    raise UserError(f"{folder}: output folder {state}; pass --overwrite (overwrite=True from Python or a notebook) "
+                    "to replace it")
 
 
 def _visible_files(folder: Path) -> Iterator[Path]:
@@ -82,8 +83,7 @@ def _visible_files(folder: Path) -> Iterator[Path]:
             yield path
 
 
-def start_job(folder: str | Path, signature: dict, owned: list[str], overwrite: bool,
-              flag: str = "--overwrite") -> bool:
+def start_job(folder: str | Path, signature: dict, owned: list[str], overwrite: bool) -> bool:
     """Claim ``folder`` for a job described by ``signature``.
 
     Args:
@@ -91,7 +91,6 @@ def start_job(folder: str | Path, signature: dict, owned: list[str], overwrite: 
         signature: what the job writes (parameters, seed); a resumed job must have the same.
         owned: glob patterns, relative to ``folder``, of the files the job writes (removed by ``overwrite``).
         overwrite: replace what an earlier job wrote in the folder (never a folder no job wrote).
-        flag: the flag to name in the error.
 
     Returns:
         True when an interrupted job with the same signature is resumed (existing files are kept).
@@ -100,7 +99,7 @@ def start_job(folder: str | Path, signature: dict, owned: list[str], overwrite: 
         UserError: see :func:`check_claimable`.
     """
     folder = Path(folder)
-    check_claimable(folder, signature, overwrite, flag)
+    check_claimable(folder, signature, overwrite)
     make_folder(folder)
     marker = folder / IN_PROGRESS
     resumed = False
