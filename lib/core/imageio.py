@@ -327,15 +327,21 @@ def _tiff_open(path: Path, read: bool, channel_axis: str) -> tuple[np.ndarray | 
         array = array.reshape(kept)
         array = np.ascontiguousarray(np.moveaxis(array, 0, -1) if first else array)
     header = ImageHeader(height, width, channels, dtype.name)
-    if colormap is not None and (channels != 1 or dtype not in (np.uint8, np.uint16)):
-        colormap = None  # a palette holds colours for one plane of 8- or 16-bit indices; else read as stored
-    if colormap is not None:
-        # its 16-bit colours to 8 bits, as Pillow reads a palette TIFF (image software writes 8-bit ones × 256 or 257);
-        # an index past its last colour is black, as there
-        colours = (np.asarray(colormap) >> 8).astype(np.uint8).T[:1 << (8 * dtype.itemsize)]
-        colormap = np.zeros((1 << (8 * dtype.itemsize), 3), np.uint8)
-        colormap[:len(colours)] = colours
-    return array, _TiffLayout(header, alpha, first, tuple(keep), flags, colormap)
+    # a palette holds colours for one plane of 8- or 16-bit indices; any other is read as stored
+    palette = _palette(colormap, dtype) if colormap is not None and channels == 1 and dtype in (np.uint8, np.uint16) \
+        else None
+    return array, _TiffLayout(header, alpha, first, tuple(keep), flags, palette)
+
+
+def _palette(colormap: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """The RGB of every index of ``dtype`` (2^bits×3 uint8) from a TIFF's 3×N 16-bit colour map: its colours to
+    8 bits, as Pillow reads a palette TIFF (image software writes 8-bit ones × 256 or 257); an index past the map's
+    last colour is black, as there."""
+    size = 1 << (8 * dtype.itemsize)
+    colours = (np.asarray(colormap) >> 8).astype(np.uint8).T[:size]
+    palette = np.zeros((size, 3), np.uint8)
+    palette[:len(colours)] = colours
+    return palette
 
 
 def _check_data_within(pages: Iterable, size: int, path: Path) -> None:
