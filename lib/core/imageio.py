@@ -266,6 +266,7 @@ class _TiffLayout:
     keep: tuple[int, ...]
     flags: dict = field(default_factory=dict)  # how tifffile opens the file (see _tiff_flags)
     colormap: np.ndarray | None = None  # of a palette image: N×3 uint8, the RGB of each index
+    contiguous: _Contiguous | None = None  # of pixels stored uncompressed in one block
 
     @property
     def rows_and_columns(self) -> tuple[int, int]:
@@ -309,6 +310,8 @@ def _tiff_open(path: Path, read: bool, channel_axis: str) -> tuple[np.ndarray | 
             axes, shape, dtype = series.axes, tuple(series.shape), np.dtype(series.dtype)
             tag = tif.pages[0].tags.get("ExtraSamples")
             colormap = tif.pages[0].colormap if tif.pages[0].photometric == tifffile.PHOTOMETRIC.PALETTE else None
+            contiguous = None if series.dataoffset is None or dtype == np.bool_ else _Contiguous(
+                path, series.dataoffset, shape, np.dtype(tif.byteorder + dtype.char))
             array = series.asarray() if read else None
     except (MemoryError, UserError):
         raise
@@ -330,7 +333,28 @@ def _tiff_open(path: Path, read: bool, channel_axis: str) -> tuple[np.ndarray | 
     # a palette holds colours for one plane of 8- or 16-bit indices; any other is read as stored
     palette = _palette(colormap, dtype) if colormap is not None and channels == 1 and dtype in (np.uint8, np.uint16) \
         else None
-    return array, _TiffLayout(header, alpha, first, tuple(keep), flags, palette)
+    return array, _TiffLayout(header, alpha, first, tuple(keep), flags, palette, contiguous)
+
+
+@dataclass(frozen=True)
+class _Contiguous:
+    """The pixels of a TIFF stored uncompressed in one block, as tifffile writes a NumPy array by default (a single
+    strip of the whole image): indexed like an array, each read maps the file, copies the region asked for in native
+    byte order and unmaps it. Through tifffile's zarr store, each read decoded the whole strip it touched, there the
+    whole image, for every window or band."""
+
+    path: Path
+    offset: int
+    shape: tuple[int, ...]
+    dtype: np.dtype  # in the file's byte order
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, index: tuple[slice, ...]) -> np.ndarray:
+        pixels = np.memmap(self.path, self.dtype, "r", self.offset, self.shape)
+        return np.array(pixels[index], dtype=self.dtype.newbyteorder("="))  # a copy: the mapping goes with pixels
 
 
 def _palette(colormap: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -501,8 +525,9 @@ def _cancel_pending_reads() -> None:
 class ImageRows:
     """An image read band by band: ``rows(top, bottom)`` returns those rows as :func:`read_image` would.
 
-    A TIFF (tiled or striped, BigTIFF too) is decoded only where asked, through tifffile's zarr store, so an image
-    larger than memory can be streamed; PNG, JPEG and BMP cannot be read partially and are decoded whole (refused
+    A TIFF (tiled or striped, BigTIFF too) is decoded only where asked, through tifffile's zarr store (pixels stored
+    uncompressed in one block: straight from the file, see :class:`_Contiguous`), so an image larger than memory can
+    be streamed; PNG, JPEG and BMP cannot be read partially and are decoded whole (refused
     when they would not fit, see :func:`check_fits`). Use as a context manager, or call :meth:`close`.
     """
 
@@ -521,8 +546,11 @@ class ImageRows:
             self._colormap = layout.colormap if mask_colors is None else None  # a palette mask: its indices
             self._y, self._x = layout.rows_and_columns
             try:  # a pyramid's full size
-                self._store = tifffile.imread(self.path, aszarr=True, series=0, level=0, **layout.flags)
-                self._zarr = zarr.open(self._store, mode="r")
+                if layout.contiguous is not None:
+                    self._zarr = layout.contiguous
+                else:
+                    self._store = tifffile.imread(self.path, aszarr=True, series=0, level=0, **layout.flags)
+                    self._zarr = zarr.open(self._store, mode="r")
             except (tifffile.TiffFileError, OSError, ValueError, KeyError, TypeError) as err:
                 self.close()
                 raise UserError(f"{self.path}: not a readable image ({_reason(err)})") from None
