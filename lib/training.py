@@ -36,19 +36,25 @@ def make_inputs(images: torch.Tensor, idx: torch.Tensor, normalization: dict, ru
     return x.contiguous(memory_format=runtime.memory_format)
 
 
-def forward_loss(model: nn.Module, loss_fn: nn.Module, images: torch.Tensor, masks: torch.Tensor, idx: torch.Tensor,
-                 normalization: dict, runtime: Runtime, image_stats: torch.Tensor | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def forward(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, idx: torch.Tensor, normalization: dict,
+            runtime: Runtime, image_stats: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The forward pass of train.py and of the evaluation on the patches ``idx``: normalised inputs, the model under
-    the runtime's autocast precision, the loss on float32 logits.
+    the runtime's autocast precision.
 
     Returns:
-        ``(logits, targets, loss)``: N×C×P×P logits, N×P×P int64 class indices on the device, the scalar loss.
+        ``(logits, targets)``: N×C×P×P logits, N×P×P int64 class indices on the device.
     """
     x = make_inputs(images, idx, normalization, runtime, image_stats)
     y = masks[idx.to(masks.device)].to(runtime.device).long()
     with autocast(runtime.device, runtime.precision):
-        logits = model(x)
+        return model(x), y
+
+
+def forward_loss(model: nn.Module, loss_fn: nn.Module, images: torch.Tensor, masks: torch.Tensor, idx: torch.Tensor,
+                 normalization: dict, runtime: Runtime, image_stats: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`forward` and the loss on its float32 logits: ``(logits, targets, scalar loss)``."""
+    logits, y = forward(model, images, masks, idx, normalization, runtime, image_stats)
     return logits, y, loss_fn(logits.float(), y)
 
 
@@ -65,26 +71,32 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler:
 def evaluate(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, indices: torch.Tensor,
              normalization: dict, loss_fn: nn.Module, n_classes: int, runtime: Runtime, batch_size: int = 64,
              image_stats: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
-    """Mean loss and confusion matrix over the patches ``indices`` (each process takes every world_size-th patch;
-    the sums are reduced over processes, so the result equals a single-process evaluation).
+    """Loss and confusion matrix over the patches ``indices``, each as if of one batch of them all: the loss from the
+    sums of its statistics over batches (``loss_fn.sums``, ``loss_fn.from_sums``: a class-weighted mean or a Dice
+    term of a batch's own would move with the batch size) and the summed confusion matrix. Each process takes every
+    world_size-th patch and the sums are reduced over processes, so the result equals a single-process evaluation.
 
     Returns:
-        ``(mean loss per patch, confusion matrix)``.
+        ``(loss, confusion matrix)``.
     """
     was_training = model.training
     model.eval()
     device, info = runtime.device, runtime.dist
     shard = indices[info.rank::info.world_size]
     cm = torch.zeros(n_classes, n_classes, dtype=torch.long, device=device)
-    totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss × patches, patches
+    sums = None
     for idx in batches(shard, batch_size):
-        logits, y, loss = forward_loss(model, loss_fn, images, masks, idx, normalization, runtime, image_stats)
-        totals += torch.tensor([float(loss) * len(idx), len(idx)], dtype=torch.float64, device=device)
+        logits, y = forward(model, images, masks, idx, normalization, runtime, image_stats)
+        batch = loss_fn.sums(logits.float(), y).double()
+        sums = batch if sums is None else sums + batch
         cm += confusion_matrix(y, logits.argmax(1), n_classes)
+    if sums is None:  # a process given no patch (fewer than processes) adds zeros, shaped as a pixel's sums
+        pixel = torch.zeros(1, n_classes, 1, 1, device=device), torch.zeros(1, 1, 1, dtype=torch.long, device=device)
+        sums = loss_fn.sums(*pixel).double() * 0
     all_reduce_sum(cm, info)
-    all_reduce_sum(totals, info)
+    all_reduce_sum(sums, info)
     model.train(was_training)
-    return float(totals[0] / totals[1].clamp(min=1)), cm.cpu()
+    return float(loss_fn.from_sums(sums)), cm.cpu()
 
 
 def predict_labels(model: nn.Module, images: torch.Tensor, idx: torch.Tensor, normalization: dict,

@@ -1,4 +1,5 @@
-"""Losses: class-weighted cross-entropy equals PyTorch's, and a batch whose pixels all weigh 0 gives 0, not NaN."""
+"""Losses: class-weighted cross-entropy equals PyTorch's, a batch whose pixels all weigh 0 gives 0, not NaN, and
+the loss of summed batch statistics is that of one batch of them all (the validation loss)."""
 
 from __future__ import annotations
 
@@ -89,3 +90,44 @@ def test_losses_run_with_deterministic_algorithms_on_cuda(kind):
     finally:
         torch.use_deterministic_algorithms(False)
     assert torch.equal(logits.grad, first)
+
+
+# (id, loss, class weights)
+SUMMED = [("ce", "ce", None), ("weighted-ce", "ce", [0.1, 1.0, 5.0]), ("dice-ce", "dice_ce", None),
+          ("weighted-dice-ce", "dice_ce", [0.1, 1.0, 5.0]), ("zero-weights", "ce", [0.0, 0.0, 0.0])]
+
+
+@pytest.mark.parametrize("case", SUMMED, ids=[c[0] for c in SUMMED])
+def test_the_loss_of_summed_batches_is_the_loss_of_one_batch_of_them_all(case):
+    """``from_sums`` of the batches' ``sums`` is the loss of all their pixels at once, however they are split (a
+    class-weighted mean or a Dice term of each batch, averaged, moved with the batch size), and a single batch's
+    ``from_sums(sums)`` is its loss."""
+    _, kind, weights = case
+    loss_fn = make_loss(kind, weights, torch.device("cpu"))
+    logits, labels = _batch("random", seed=1)
+    labels[:2] = 0  # batches that differ in their classes, as patches of background alone do
+    whole = loss_fn(logits, labels)
+    assert torch.allclose(loss_fn.from_sums(loss_fn.sums(logits, labels)), whole, rtol=1e-6, atol=1e-7)
+    for size in (1, 3):
+        sums = sum(loss_fn.sums(logits[k:k + size], labels[k:k + size]).double() for k in range(0, 4, size))
+        assert torch.allclose(loss_fn.from_sums(sums).float(), whole, rtol=1e-6, atol=1e-7), size
+
+
+@pytest.mark.parametrize("kind, weights", [("ce", [0.1, 1.0, 5.0]), ("dice_ce", None)])
+def test_the_validation_loss_does_not_depend_on_the_batch_size(kind, weights):
+    """``evaluate`` averaged each batch's loss weighted by its patches: with class weights or Dice it moved with the
+    batch size (1.54, 1.33 and 1.42 at batches of 10, 5 and 3 in the report), and so with the number of processes."""
+    from lib.core.device import Runtime
+    from lib.training import evaluate
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (10, 1, 8, 8), dtype=torch.uint8, generator=g)
+    masks = torch.randint(0, 3, (10, 8, 8), dtype=torch.uint8, generator=g)
+    masks[:5] = 0  # patches of background alone
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(1, 3, 1)
+    cpu = torch.device("cpu")
+    losses = {size: evaluate(model, images, masks, torch.arange(10), {"mean": [100.0], "std": [50.0]},
+                             make_loss(kind, weights, cpu), 3, Runtime(cpu), batch_size=size)[0]
+              for size in (10, 5, 3)}
+    assert losses[5] == pytest.approx(losses[10], rel=1e-6) and losses[3] == pytest.approx(losses[10], rel=1e-6)

@@ -46,8 +46,17 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: tor
     return -(picked * weight[target]).sum() / _weight_total(weight, target)
 
 
+def _cross_entropy_sums(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """:func:`cross_entropy` of a batch as two sums that add over batches: the weighted losses and their weights
+    (the pixels, unweighted); the loss of several batches is the first sum over the second."""
+    count = target.new_tensor(target.numel(), dtype=torch.float32) if weight is None else _weight_total(weight, target)
+    return torch.stack([cross_entropy(logits, target, weight) * count, count])
+
+
 class CrossEntropyLoss(nn.Module):
-    """:func:`cross_entropy` as a module (the class weights a buffer, moved with it)."""
+    """:func:`cross_entropy` as a module (the class weights a buffer, moved with it). :meth:`sums` and
+    :meth:`from_sums` give the loss of a set of batches as the loss of one: the validation loss then depends neither
+    on the batch size nor on the number of processes."""
 
     def __init__(self, weight: torch.Tensor | None = None):
         super().__init__()
@@ -56,9 +65,19 @@ class CrossEntropyLoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return cross_entropy(logits, target, self.weight)
 
+    def sums(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The batch's statistics that add over batches (1-D)."""
+        return _cross_entropy_sums(logits, target, self.weight)
 
-class DiceCELoss(nn.Module):
-    """Cross-entropy plus soft Dice loss (mean over classes present in the batch or predicted), for unbalanced classes.
+    def from_sums(self, sums: torch.Tensor) -> torch.Tensor:
+        """The loss of the batches whose :meth:`sums` were added."""
+        return sums[0] / sums[1].clamp_min(torch.finfo(torch.float32).tiny)
+
+
+class DiceCELoss(CrossEntropyLoss):
+    """Cross-entropy plus soft Dice loss, for unbalanced classes: the Dice term is the mean over all classes of
+    ``1 - (2 |P∩T| + smooth) / (|P| + |T| + smooth)``, so a class absent from the batch and hardly predicted scores
+    about 0 but counts in the mean (as MONAI's DiceLoss with its defaults).
 
     Args:
         weight: optional class weights for the cross-entropy term.
@@ -66,19 +85,28 @@ class DiceCELoss(nn.Module):
     """
 
     def __init__(self, weight: torch.Tensor | None = None, smooth: float = 1.0):
-        super().__init__()
-        self.register_buffer("weight", weight)
+        super().__init__(weight)
         self.smooth = smooth
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        ce = cross_entropy(logits, target, self.weight)
+        return cross_entropy(logits, target, self.weight) + self._dice(*self._overlaps(logits, target))
+
+    def sums(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return torch.cat([_cross_entropy_sums(logits, target, self.weight), *self._overlaps(logits, target)])
+
+    def from_sums(self, sums: torch.Tensor) -> torch.Tensor:
+        return super().from_sums(sums[:2]) + self._dice(*sums[2:].chunk(2))
+
+    @staticmethod
+    def _overlaps(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per class: the soft intersection of prediction and truth, and the sum of their sizes."""
         probs = logits.float().softmax(1)
         onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
         dims = (0, 2, 3)
-        intersection = (probs * onehot).sum(dims)
-        total = probs.sum(dims) + onehot.sum(dims)
-        dice = (2 * intersection + self.smooth) / (total + self.smooth)
-        return ce + (1 - dice).mean()
+        return (probs * onehot).sum(dims), probs.sum(dims) + onehot.sum(dims)
+
+    def _dice(self, intersection: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+        return (1 - (2 * intersection + self.smooth) / (total + self.smooth)).mean()
 
 
 def make_loss(kind: str, class_weights: list[float] | None, device: torch.device) -> nn.Module:
