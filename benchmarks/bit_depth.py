@@ -105,7 +105,7 @@ def run_variant(work: Path, params: Path, variant: str, args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = base_parser(__doc__)
+    p = base_parser(__doc__, repeats=False, warmup=False)
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--width", type=int, default=8)

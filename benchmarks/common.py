@@ -37,18 +37,29 @@ def child_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, **extra}
 
 
-def base_parser(doc: str) -> argparse.ArgumentParser:
-    """An argument parser with the flags every benchmark has: ``--tiny``, ``--repeats``, ``--warmup``, ``--out-dir``,
-    described by the first paragraph of the benchmark's docstring ``doc`` (its first line alone broke off mid-sentence
-    where the summary runs over two lines)."""
+def base_parser(doc: str, repeats: bool = True, warmup: bool = True) -> argparse.ArgumentParser:
+    """An argument parser with the flags every benchmark has: ``--tiny``, ``--out-dir``, ``--threads``, and
+    ``--repeats`` and ``--warmup`` where the benchmark times rounds and warm-up calls (a flag offered and then
+    ignored misled), described by the first paragraph of the benchmark's docstring ``doc`` (its first line alone
+    broke off mid-sentence where the summary runs over two lines)."""
     p = ArgumentParser(description=" ".join(doc.split("\n\n")[0].split()))
     p.add_argument("--tiny", action="store_true", help="tiny sizes and one repeat (a smoke test of a few seconds)")
-    p.add_argument("--repeats", type=int, default=None, help="timed rounds per variant (default: per benchmark)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed calls per variant before timing")
+    if repeats:
+        p.add_argument("--repeats", type=int, default=None, help="timed rounds per variant (default: per benchmark)")
+    if warmup:
+        p.add_argument("--warmup", type=int, default=1, help="untimed calls per variant before timing")
     p.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="folder of the JSON result")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads, also of the commands a benchmark starts (default: torch's choice)")
     return p
+
+
+def check_device(p: argparse.ArgumentParser, device: str) -> torch.device:
+    """The ``--device`` asked for, refused in one line (the parser's error, exit 2) where it is CUDA and there is
+    none: torch's own error is a traceback from deep in the first CUDA call."""
+    if device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is available (--device cpu times this CPU)")
+    return torch.device(device)
 
 
 def apply_threads(threads: int | None) -> None:

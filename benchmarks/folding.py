@@ -21,6 +21,7 @@ import torch.nn as nn
 from benchmarks.common import (
     apply_threads,
     base_parser,
+    check_device,
     format_table,
     interleaved,
     mixed_precision_runtime,
@@ -78,7 +79,9 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--widths", type=int, nargs="+", default=[8, 16, 64], help="U-Net base channels")
     p.add_argument("--image", type=int, nargs=2, default=[480, 960], metavar=("H", "W"), help="image size")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    check_device(p, args.device)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,6 +26,7 @@ import train
 from benchmarks.common import (
     apply_threads,
     base_parser,
+    check_device,
     format_table,
     mixed_precision_runtime,
     print_header,
@@ -35,11 +36,12 @@ from benchmarks.common import (
 from lib.core.device import Runtime
 from lib.core.losses import make_loss
 from lib.core.normalization import compute_normalization
-from lib.core.params import load_params, replace
+from lib.core.params import COMPILE_MODES, load_params, replace
 from lib.training import forward_loss, optimizer_step
 from model.unet_model import UNet
 
 PUBLISHED_STEPS = 100 * 450  # 100 epochs of 7200 training patches in batches of 16
+VARIANTS = ("sync", "fused", *(mode for mode in COMPILE_MODES if mode != "off"))
 
 
 def run_variant(variant: str, rt: Runtime, width: int, batch_size: int, warmup: int, steps: int,
@@ -91,16 +93,15 @@ def run_variant(variant: str, rt: Runtime, width: int, batch_size: int, warmup: 
 
 
 def parse_args(argv: list[str] | None):
-    p = base_parser(__doc__)
+    p = base_parser(__doc__, repeats=False)
     p.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--steps", type=int, default=300, help="timed steps per variant")
-    p.add_argument("--variants", nargs="+", default=["sync", "fused", "default", "reduce-overhead"])
+    p.add_argument("--variants", nargs="+", default=["sync", "fused", "default", "reduce-overhead"], choices=VARIANTS)
     p.set_defaults(warmup=20)
     args = p.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA device is available (--device cpu times the step on this CPU)")
+    check_device(p, args.device)
     return args
 
 

@@ -9,6 +9,7 @@
 # Needs torch with CUDA, pytest, tqdm, pillow, tifffile.
 set -uo pipefail
 PY=${PYTHON:-python3}
+source "$(dirname "$0")/require_cuda.sh"
 OUT=${1:-gpu_stitching}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1

@@ -24,6 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.common import (
     apply_threads,
     base_parser,
+    check_device,
     format_table,
     mixed_precision_runtime,
     print_header,
@@ -111,12 +112,14 @@ def inference_call(width: int, shape: tuple[int, int], batch_size: int, rt: Runt
 
 
 def parse_args(argv: list[str] | None):
-    p = base_parser(__doc__)
+    p = base_parser(__doc__, warmup=False)
     p.add_argument("--widths", type=int, nargs="+", default=[8, 16, 64], help="U-Net base channels")
     p.add_argument("--batch-size", type=int, default=16, help="patches per training step")
     p.add_argument("--image", type=int, nargs=2, default=[480, 960], metavar=("H", "W"), help="inference image")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    check_device(p, args.device)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

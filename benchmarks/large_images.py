@@ -186,7 +186,7 @@ def label_agreement(ours: Path, monai: Path) -> float:
 
 
 def parse_args(argv: list[str] | None):
-    p = base_parser(__doc__)
+    p = base_parser(__doc__, repeats=False, warmup=False)
     p.add_argument("--megapixels", type=float, nargs="+", default=[8, 32, 128, 512], help="image sizes")
     p.add_argument("--giga", action="store_true", help=f"also a {GIGA[0]}×{GIGA[1]} image (about 40 minutes on 2 "
                                                       "cores)")
@@ -197,7 +197,18 @@ def parse_args(argv: list[str] | None):
                                                                "temporary folder, removed at the end)")
     p.add_argument("--probe", nargs=3, metavar=("IMAGE", "CHECKPOINT", "WORK"), help=argparse.SUPPRESS)
     p.add_argument("--monai-probe", nargs=3, metavar=("IMAGE", "CHECKPOINT", "WORK"), help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not args.tiny:  # the sizes are rounded to images WIDTH wide and 96 + a multiple of 48 high
+        smallest = aligned(0) * WIDTH / 1e6
+        monai = [args.monai_at] if args.monai_at else []
+        for flag, sizes in (("--megapixels", args.megapixels), ("--monai-at", monai)):
+            if min(sizes, default=smallest) < smallest:
+                p.error(f"{flag} {min(sizes):g}: below the smallest image, {smallest:.2f} MP ({aligned(0)}×{WIDTH})")
+        shapes = [shape_of(mp) for mp in args.megapixels]
+        if len(set(shapes)) < len(shapes):
+            p.error(f"--megapixels {' '.join(f'{mp:g}' for mp in args.megapixels)}: two sizes give the same image "
+                    f"(heights go in steps of 48 rows, {48 * WIDTH / 1e6:.2f} MP)")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,6 +48,7 @@ from benchmarks.common import (
     REPO,
     apply_threads,
     base_parser,
+    check_device,
     child_env,
     format_table,
     interleaved,
@@ -318,6 +319,7 @@ def parse_args(argv: list[str] | None):
                    help="replay the call and the model alone as CUDA graphs (with --device cuda)")
     p.add_argument("--memory-probe", type=int, nargs=2, metavar=("H", "W"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    check_device(p, args.device)
     if args.cuda_graphs and args.device != "cuda":
         p.error("--cuda-graphs: needs --device cuda")
     if args.tiny:

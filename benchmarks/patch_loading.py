@@ -100,7 +100,7 @@ def measure(code: Path, folder: Path, steps: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = base_parser(__doc__)
+    p = base_parser(__doc__, repeats=False, warmup=False)
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (each a fresh process per variant)")
     p.add_argument("--code", type=Path, action="append", default=[], help="another checkout to time on 8-bit data")
     args = p.parse_args(argv)

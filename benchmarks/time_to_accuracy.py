@@ -167,7 +167,7 @@ def joined_predict_flags(argv: list[str]) -> list[str]:
 
 
 def parse_args(argv: list[str] | None):
-    p = base_parser(__doc__)
+    p = base_parser(__doc__, repeats=False, warmup=False)
     p.add_argument("--skip-setup", action="store_true", help="leave out the virtual environment stage")
     demo = "(default: the demo's, DEMO_TRAIN_FLAGS in the Makefile, else parameters.json's)"
     p.add_argument("--epochs", type=int, help=f"-e {demo}")

@@ -5,10 +5,13 @@ They run with one torch thread: on a shared machine two threads can be many time
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -351,16 +354,53 @@ def test_hardware_tiny(tmp_path: Path):
     assert r["train_tflops"] * 1e12 == pytest.approx(r["train_fraction"] * result["peak_used"], rel=1e-9)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="refused only without a CUDA device")
-def test_gpu_step_on_a_machine_without_cuda_is_refused_in_one_line(capsys):
-    """--device cuda is the default: without a GPU, one line and the way out, not the driver's traceback."""
-    from benchmarks import gpu_step
+NO_CUDA = "error: --device cuda: no CUDA device is available (--device cpu"
+# (id, benchmark, its flags, the start of its one-line refusal, whether it holds only without a GPU)
+REFUSED_FLAGS = [
+    # gpu_step's default device: without a GPU, one line and the way out, not the driver's traceback
+    ("gpu-step-default-cuda", "gpu_step", ["--tiny"], NO_CUDA, True),
+    ("overhead-cuda", "overhead", ["--device", "cuda", "--megapixels", "0.08"], NO_CUDA, True),
+    ("folding-cuda", "folding", ["--device", "cuda"], NO_CUDA, True),
+    ("hardware-cuda", "hardware", ["--device", "cuda"], NO_CUDA, True),
+    ("gpu-step-unknown-variant", "gpu_step", ["--device", "cpu", "--variants", "bogus"],
+     "error: argument --variants: invalid choice: 'bogus'", False),
+    # flags a benchmark does not honour are not offered (they were accepted, then ignored)
+    ("large-images-repeats", "large_images", ["--repeats", "3"], "error: unrecognized arguments: --repeats 3", False),
+    ("bit-depth-warmup", "bit_depth", ["--warmup", "2"], "error: unrecognized arguments: --warmup 2", False),
+    ("gpu-step-repeats", "gpu_step", ["--device", "cpu", "--repeats", "3"],
+     "error: unrecognized arguments: --repeats 3", False),
+    # sizes below one row of windows were silently rounded up to it, two of them to one image
+    ("large-images-too-small", "large_images", ["--megapixels", "0.1"],
+     "error: --megapixels 0.1: below the smallest image, 0.77 MP (96×8016)", False),
+    ("large-images-monai-too-small", "large_images", ["--monai-at", "0.5"],
+     "error: --monai-at 0.5: below the smallest image", False),
+    ("large-images-same-image", "large_images", ["--megapixels", "8", "8.1"],
+     "error: --megapixels 8 8.1: two sizes give the same image", False),
+]
 
+
+@pytest.mark.parametrize("case", REFUSED_FLAGS, ids=[c[0] for c in REFUSED_FLAGS])
+def test_bad_benchmark_flags_are_refused_in_one_line(case, capsys):
+    _, name, flags, message, without_gpu = case
+    if without_gpu and torch.cuda.is_available():
+        pytest.skip("refused only without a CUDA device")
+    module = importlib.import_module(f"benchmarks.{name}")
     with pytest.raises(SystemExit) as stop:
-        gpu_step.main(["--tiny"])
+        module.main(flags)
     err = capsys.readouterr().err.strip()
-    assert stop.value.code == 2 and "\n" not in err
-    assert err.startswith("error: --device cuda: no CUDA device is available (--device cpu")
+    assert stop.value.code == 2 and "\n" not in err and err.startswith(message), err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="refused only without a CUDA device")
+@pytest.mark.parametrize("script", ["gpu_check.sh", "gpu_tests.sh", "gpu_stitching.sh"])
+def test_the_gpu_scripts_stop_in_one_line_without_cuda_before_writing(script, tmp_path: Path):
+    """gpu_check.sh went on without a GPU: it replaced data/ and trained the width-64 model on the CPU."""
+    result = subprocess.run(["bash", str(REPO / "benchmarks" / script), str(tmp_path / "out")], cwd=tmp_path,
+                            env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip() == f"error: {REPO / 'benchmarks' / script} needs a CUDA device, and torch " \
+                                    f"({sys.executable}) sees none"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_make_figures_without_a_trained_run_says_what_to_do(tmp_path: Path):
