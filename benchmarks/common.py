@@ -42,7 +42,8 @@ def base_parser(doc: str, repeats: bool = True, warmup: bool = True) -> argparse
     ``--repeats`` and ``--warmup`` where the benchmark times rounds and warm-up calls (a flag offered and then
     ignored misled), described by the first paragraph of the benchmark's docstring ``doc`` (its first line alone
     broke off mid-sentence where the summary runs over two lines)."""
-    p = ArgumentParser(description=" ".join(doc.split("\n\n")[0].split()))
+    # no abbreviations: a flag a benchmark does not offer (--warmup) was taken for one it does (--warmup-fraction)
+    p = ArgumentParser(description=" ".join(doc.split("\n\n")[0].split()), allow_abbrev=False)
     p.add_argument("--tiny", action="store_true", help="tiny sizes and one repeat (a smoke test of a few seconds)")
     if repeats:
         p.add_argument("--repeats", type=int, default=None, help="timed rounds per variant (default: per benchmark)")

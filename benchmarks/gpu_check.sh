@@ -7,7 +7,7 @@
 # (benchmarks/hardware.py). Needs torch with CUDA, tensorboard, tqdm, pillow, matplotlib, tifffile, zarr.
 set -uo pipefail
 PY=${PYTHON:-python3}
-source "$(dirname "$0")/require_cuda.sh"
+source "$(dirname "$(readlink -f "$0")")/require_cuda.sh" || exit 2  # beside the script, through a link too
 EPOCHS=${1:-100}
 OUT=${2:-gpu_check}
 mkdir -p "$OUT"

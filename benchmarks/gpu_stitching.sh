@@ -9,7 +9,7 @@
 # Needs torch with CUDA, pytest, tqdm, pillow, tifffile.
 set -uo pipefail
 PY=${PYTHON:-python3}
-source "$(dirname "$0")/require_cuda.sh"
+source "$(dirname "$(readlink -f "$0")")/require_cuda.sh" || exit 2  # beside the script, through a link too
 OUT=${1:-gpu_stitching}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1

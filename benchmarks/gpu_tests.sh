@@ -7,7 +7,7 @@
 # bound the run; the whole log goes to OUTDIR/log.txt.
 set -uo pipefail
 PY=${PYTHON:-python3}
-source "$(dirname "$0")/require_cuda.sh"
+source "$(dirname "$(readlink -f "$0")")/require_cuda.sh" || exit 2  # beside the script, through a link too
 OUT=${1:-gpu_tests}
 mkdir -p "$OUT"
 if compgen -G ".whl/*.whl" >/dev/null; then

@@ -369,6 +369,9 @@ REFUSED_FLAGS = [
     ("bit-depth-warmup", "bit_depth", ["--warmup", "2"], "error: unrecognized arguments: --warmup 2", False),
     ("gpu-step-repeats", "gpu_step", ["--device", "cpu", "--repeats", "3"],
      "error: unrecognized arguments: --repeats 3", False),
+    # not taken for an abbreviation of --warmup-fraction, which changed the recipe without a word
+    ("time-to-accuracy-warmup", "time_to_accuracy", ["--warmup", "0.5"],
+     "error: unrecognized arguments: --warmup 0.5", False),
     # sizes below one row of windows were silently rounded up to it, two of them to one image
     ("large-images-too-small", "large_images", ["--megapixels", "0.1"],
      "error: --megapixels 0.1: below the smallest image, 0.77 MP (96×8016)", False),
@@ -393,14 +396,20 @@ def test_bad_benchmark_flags_are_refused_in_one_line(case, capsys):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="refused only without a CUDA device")
 @pytest.mark.parametrize("script", ["gpu_check.sh", "gpu_tests.sh", "gpu_stitching.sh"])
-def test_the_gpu_scripts_stop_in_one_line_without_cuda_before_writing(script, tmp_path: Path):
-    """gpu_check.sh went on without a GPU: it replaced data/ and trained the width-64 model on the CPU."""
-    result = subprocess.run(["bash", str(REPO / "benchmarks" / script), str(tmp_path / "out")], cwd=tmp_path,
+@pytest.mark.parametrize("linked", [False, True])
+def test_the_gpu_scripts_stop_in_one_line_without_cuda_before_writing(script, linked, tmp_path: Path):
+    """gpu_check.sh went on without a GPU: it replaced data/ and trained the width-64 model on the CPU. Run through a
+    link, the check beside the script must still be found (a missing one let the script go on)."""
+    path = REPO / "benchmarks" / script
+    if linked:
+        (tmp_path / "bin").mkdir()
+        (tmp_path / "bin" / script).symlink_to(path)
+        path = tmp_path / "bin" / script
+    result = subprocess.run(["bash", str(path), str(tmp_path / "out")], cwd=tmp_path,
                             env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr.strip() == f"error: {REPO / 'benchmarks' / script} needs a CUDA device, and torch " \
-                                    f"({sys.executable}) sees none"
-    assert list(tmp_path.iterdir()) == []
+    assert result.stderr.strip() == f"error: {path} needs a CUDA device, and torch ({sys.executable}) sees none"
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["bin"] if linked else [])
 
 
 def test_make_figures_without_a_trained_run_says_what_to_do(tmp_path: Path):

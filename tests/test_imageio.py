@@ -4,6 +4,7 @@ PNG and TIFF; each unsupported file gets one clear error naming it."""
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 from collections.abc import Callable
@@ -237,6 +238,18 @@ def test_an_uncompressed_tiff_is_read_region_by_region_from_the_file(tmp_path, m
     with ImageRows(tmp_path / "a.tif") as rows:
         band = rows.rows(7, 19, 3, 25)
         assert band.dtype == np.dtype("uint16") and band.dtype.isnative and np.array_equal(band, a[7:19, 3:25])
+
+
+def test_an_open_image_is_read_from_its_file_even_when_another_takes_its_name(tmp_path):
+    """Mapped by name at each read, an uncompressed TIFF replaced while open gave rows of the new file."""
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "a.tif", np.full((40, 50), 7, np.uint8))
+    tifffile.imwrite(tmp_path / "b.tif", np.full((40, 50), 99, np.uint8))
+    with ImageRows(tmp_path / "a.tif") as rows:
+        assert np.all(rows.rows(0, 20) == 7)
+        os.replace(tmp_path / "b.tif", tmp_path / "a.tif")
+        assert np.all(rows.rows(20, 40) == 7)
 
 
 def test_pages_written_one_at_a_time_are_read_as_channels_not_as_their_first_page(tmp_path):

@@ -266,7 +266,7 @@ class _TiffLayout:
     keep: tuple[int, ...]
     flags: dict = field(default_factory=dict)  # how tifffile opens the file (see _tiff_flags)
     colormap: np.ndarray | None = None  # of a palette image: N×3 uint8, the RGB of each index
-    contiguous: _Contiguous | None = None  # of pixels stored uncompressed in one block
+    contiguous: tuple[int, tuple[int, ...], np.dtype] | None = None  # (offset, shape, file's dtype): see _Contiguous
 
     @property
     def rows_and_columns(self) -> tuple[int, int]:
@@ -310,8 +310,8 @@ def _tiff_open(path: Path, read: bool, channel_axis: str) -> tuple[np.ndarray | 
             axes, shape, dtype = series.axes, tuple(series.shape), np.dtype(series.dtype)
             tag = tif.pages[0].tags.get("ExtraSamples")
             colormap = tif.pages[0].colormap if tif.pages[0].photometric == tifffile.PHOTOMETRIC.PALETTE else None
-            contiguous = None if series.dataoffset is None or dtype == np.bool_ else _Contiguous(
-                path, series.dataoffset, shape, np.dtype(tif.byteorder + dtype.char))
+            contiguous = None if series.dataoffset is None or dtype == np.bool_ else (
+                series.dataoffset, shape, np.dtype(tif.byteorder + dtype.char))
             array = series.asarray() if read else None
     except (MemoryError, UserError):
         raise
@@ -336,25 +336,30 @@ def _tiff_open(path: Path, read: bool, channel_axis: str) -> tuple[np.ndarray | 
     return array, _TiffLayout(header, alpha, first, tuple(keep), flags, palette, contiguous)
 
 
-@dataclass(frozen=True)
 class _Contiguous:
     """The pixels of a TIFF stored uncompressed in one block, as tifffile writes a NumPy array by default (a single
     strip of the whole image): indexed like an array, each read maps the file, copies the region asked for in native
     byte order and unmaps it. Through tifffile's zarr store, each read decoded the whole strip it touched, there the
-    whole image, for every window or band."""
+    whole image, for every window or band. The file stays open until :meth:`close`, so the reads stay on it even if
+    another file takes its name.
 
-    path: Path
-    offset: int
-    shape: tuple[int, ...]
-    dtype: np.dtype  # in the file's byte order
+    Args:
+        path: the TIFF.
+        offset, shape, dtype: where its pixels start, their shape and type in the file's byte order
+            (``_TiffLayout.contiguous``).
+    """
 
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
+    def __init__(self, path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.offset, self.shape, self.dtype = offset, shape, dtype
+        self.ndim = len(shape)
+        self.file = path.open("rb")
 
     def __getitem__(self, index: tuple[slice, ...]) -> np.ndarray:
-        pixels = np.memmap(self.path, self.dtype, "r", self.offset, self.shape)
+        pixels = np.memmap(self.file, self.dtype, "r", self.offset, self.shape)
         return np.array(pixels[index], dtype=self.dtype.newbyteorder("="))  # a copy: the mapping goes with pixels
+
+    def close(self) -> None:
+        self.file.close()
 
 
 def _palette(colormap: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -547,7 +552,7 @@ class ImageRows:
             self._y, self._x = layout.rows_and_columns
             try:  # a pyramid's full size
                 if layout.contiguous is not None:
-                    self._zarr = layout.contiguous
+                    self._zarr = _Contiguous(self.path, *layout.contiguous)
                 else:
                     self._store = tifffile.imread(self.path, aszarr=True, series=0, level=0, **layout.flags)
                     self._zarr = zarr.open(self._store, mode="r")
@@ -606,6 +611,8 @@ class ImageRows:
         if self._store is not None:
             self._store.close()
             self._store = None
+        if isinstance(self._zarr, _Contiguous):
+            self._zarr.close()
 
     def __enter__(self) -> ImageRows:
         return self
