@@ -55,7 +55,8 @@ def generate_split(out: str | Path, split: str, n: int, params: Params, overwrit
     check_memory(d.height * d.width * DRAW_BYTES_PER_PIXEL[d.generator],
                  f"data.height x data.width = {d.height}x{d.width}", "to draw one image")
     out = Path(out)
-    signature = {"split": split, "n": n, "data": dataclasses.asdict(params.data)}
+    signature = {"job": "lib.generate", "split": split, "n": n, "data": dataclasses.asdict(params.data),
+                 "class_colors": [list(c) for c in params.class_colors]}
     resumed = start_job(out, signature, OWNED, overwrite)
     (out / "images").mkdir(exist_ok=True)
     (out / "masks").mkdir(exist_ok=True)

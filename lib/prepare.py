@@ -67,7 +67,10 @@ def prepare_patches(src: str | Path, out: str | Path, params: Params, overwrite:
     p = params.patches
     pairs = find_pairs(src, params.data.image_prefix, params.data.mask_prefix)
     variants = augmentations(p.flips, p.rotate90)
-    signature = {"src": str(Path(src).resolve()), "patches": dataclasses.asdict(p),
+    # everything that decides the files: what is read and how (a resumed job of other read settings mixed 3- and
+    # 4-channel patches), the class colours of the masks, and how patches are cut
+    signature = {"job": "lib.prepare", "src": str(Path(src).resolve()), "read": params.data.read_options,
+                 "class_colors": [list(c) for c in params.class_colors], "patches": dataclasses.asdict(p),
                  "sources": [pair.name for pair in pairs]}
     check_claimable(out, signature, overwrite)  # a taken output folder is refused before the inputs are read
     summary = check_pairs(pairs, params, progress)  # every input is checked before anything is written

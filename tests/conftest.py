@@ -85,6 +85,13 @@ def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> N
         assert fragment in lines[0], (fragment, lines[0])
 
 
+def recoloured(params, index: int = 1, color: tuple[int, int, int] = (0, 0, 255)):
+    """``params`` with class ``index`` in another colour."""
+    raw = params.to_dict()
+    raw["classes"][index]["color"] = list(color)
+    return params_from_dict(raw)
+
+
 def constant_checkpoint(path: Path, label: int, n_classes: int = 3, n_channels: int = 1) -> Path:
     """A checkpoint whose U-Net predicts ``label`` everywhere (zero last-layer weights, a large bias)."""
     model = UNet(n_channels, n_classes, 4)

@@ -10,7 +10,7 @@ from lib.core.errors import UserError
 from lib.core.params import load_params, replace
 from lib.core.synthetic import ELLIPSE, LINE, ellipse_mask, image_rng, line_mask, synthetic_pair
 from lib.generate import generate_dataset, generate_split
-from tests.conftest import REPO, assert_user_error, file_digests, run_cli, run_main
+from tests.conftest import REPO, assert_user_error, file_digests, recoloured, run_cli, run_main
 
 DEFAULT = load_params(REPO / "parameters.json")
 
@@ -105,6 +105,10 @@ def test_overwrite_protection_and_resume(tmp_path):
     (out / "masks" / "i1.png").unlink()
     generate_split(out, "training", 2, params, progress=False)
     assert file_digests(out, "*.png") == before and (out / ".complete.json").exists()
+    # ... but not with other class colours: the masks' palettes would mix
+    (out / ".complete.json").rename(out / ".in_progress.json")
+    with pytest.raises(UserError, match="holds an interrupted job of other settings"):
+        generate_split(out, "training", 2, recoloured(params), progress=False)
 
 
 @pytest.mark.parametrize("overwrite", [False, True])

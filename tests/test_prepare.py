@@ -16,7 +16,7 @@ from lib.core.params import load_params, replace
 from lib.core.patch_sampling import apply_augmentation, augmentations, sample_positions
 from lib.generate import generate_split
 from lib.prepare import prepare_patches
-from tests.conftest import REPO, assert_user_error, run_cli
+from tests.conftest import REPO, assert_user_error, recoloured, run_cli
 
 DEFAULT = load_params(REPO / "parameters.json")
 SMALL = replace(replace(DEFAULT, "data", height=120, width=72, line_length=[20, 72]), "patches", size=48, per_image=3)
@@ -82,6 +82,51 @@ def test_overwrite_protection(tmp_path, source):
     assert (out / "manifest.csv").read_text() == manifest
     prepare_patches(source, out, replace(SMALL, "patches", seed=3), overwrite=True, progress=False)
     assert (out / "manifest.csv").read_text() != manifest
+
+
+def _killed(out) -> None:
+    """Leave ``out`` as a job killed mid-way leaves it: in progress, one patch mask missing, a write's temporary."""
+    (out / ".complete.json").rename(out / ".in_progress.json")
+    next((out / "masks").iterdir()).unlink()
+    (out / "images" / ".p0.png.1a2b3c4d.tmp").write_bytes(b"half")
+
+
+# (id, settings of the rerun): each decides the files, so a killed job is not resumed with another
+OTHER_SETTINGS = [
+    ("keep-alpha", lambda params: replace(params, "data", keep_alpha=True)),  # 3- and 4-channel patches mixed
+    ("channel-axis", lambda params: replace(params, "data", channel_axis="last")),
+    ("class-colours", recoloured),
+]
+
+
+@pytest.mark.parametrize("case", OTHER_SETTINGS, ids=[c[0] for c in OTHER_SETTINGS])
+def test_a_killed_job_is_not_resumed_with_other_read_settings_or_colours(tmp_path, source, case):
+    out = tmp_path / "patches"
+    prepare_patches(source, out, SMALL, progress=False)
+    _killed(out)
+    with pytest.raises(UserError, match="holds an interrupted job of other settings"):
+        prepare_patches(source, out, case[1](SMALL), progress=False)
+
+
+def test_overwriting_a_killed_job_removes_its_temporary_files(tmp_path, source):
+    out = tmp_path / "patches"
+    prepare_patches(source, out, SMALL, progress=False)
+    _killed(out)
+    prepare_patches(source, out, replace(SMALL, "patches", per_image=1), overwrite=True, progress=False)
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_a_folder_of_another_command_is_refused_even_with_overwrite(tmp_path, source):
+    """prepare --overwrite into a generated folder removed its images and wrote patches in their place."""
+    other = generate_split(tmp_path / "test", "test", 2, SMALL, progress=False)
+    before = sorted(p.name for p in other.rglob("*"))
+    with pytest.raises(UserError, match="holds the output of lib.generate, not of lib.prepare; choose another"):
+        prepare_patches(source, other, SMALL, overwrite=True, progress=False)
+    assert sorted(p.name for p in other.rglob("*")) == before
+    patches = tmp_path / "patches"
+    prepare_patches(source, patches, SMALL, progress=False)
+    with pytest.raises(UserError, match="holds the output of lib.prepare, not of lib.generate; choose another"):
+        generate_split(patches, "test", 2, SMALL, overwrite=True, progress=False)
 
 
 def test_a_taken_output_folder_is_refused_before_the_inputs_are_read(tmp_path, source):

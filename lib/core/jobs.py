@@ -52,8 +52,10 @@ def check_claimable(folder: str | Path, signature: dict, overwrite: bool) -> Non
 
     Raises:
         UserError: ``folder`` is a file; or it holds files but no job's marker, whatever ``overwrite`` says (the
-            user's own files, which ``overwrite`` would remove); or it holds a finished job, or an interrupted one of
-            another ``signature``, and ``overwrite`` is false (one of the same ``signature`` is resumed).
+            user's own files, which ``overwrite`` would remove); or the output of another command (the ``job`` of
+            the signatures), whatever ``overwrite`` says (its files are not the ones this job would clear); or it
+            holds a finished job, or an interrupted one of another ``signature``, and ``overwrite`` is false (one of
+            the same ``signature`` is resumed).
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -69,7 +71,12 @@ def check_claimable(folder: str | Path, signature: dict, overwrite: bool) -> Non
         raise UserError(f"{folder}: output folder holds files that no job of this project wrote "
                         f"({found.relative_to(folder)}, and no {COMPLETE} or {IN_PROGRESS}); choose another folder, "
                         "or empty this one (--overwrite replaces only a job's folder)")
-    if overwrite or (marker.is_file() and _read(marker) == json.loads(json.dumps(signature))):
+    previous = _read(marker if marker.is_file() else folder / COMPLETE) or {}
+    job = signature.get("job")
+    if previous.get("job", job) != job:  # (a marker written before jobs were named names none)
+        raise UserError(f"{folder}: output folder holds the output of {previous['job']}, not of {job}; choose "
+                        "another folder")
+    if overwrite or (marker.is_file() and previous == json.loads(json.dumps(signature))):
         return
     state = "holds a finished job" if is_complete(folder) else "holds an interrupted job of other settings"
     raise UserError(f"{folder}: output folder {state}; pass --overwrite (overwrite=True from Python or a notebook) "
@@ -102,14 +109,14 @@ def start_job(folder: str | Path, signature: dict, owned: list[str], overwrite: 
     check_claimable(folder, signature, overwrite)
     make_folder(folder)
     marker = folder / IN_PROGRESS
+    for parent in {(folder / pattern).parent for pattern in owned}:
+        for stale in parent.glob(".*.tmp"):  # temporary files of writes a kill interrupted, overwritten or resumed
+            stale.unlink()
     resumed = False
     if overwrite:
         _clear(folder, owned)
     elif marker.is_file():  # the same signature (check_claimable refused another in a folder with files)
         resumed = True
-        for parent in {(folder / pattern).parent for pattern in owned}:
-            for stale in parent.glob(".*.tmp"):  # temporary files of writes the kill interrupted
-                stale.unlink()
     atomic_write_text(marker, json.dumps(signature, indent=1, sort_keys=True))
     return resumed
 
