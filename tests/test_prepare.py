@@ -116,6 +116,16 @@ def test_overwriting_a_killed_job_removes_its_temporary_files(tmp_path, source):
     assert not list(out.rglob("*.tmp"))
 
 
+def test_hidden_files_of_the_user_s_own_stay(tmp_path, source):
+    """Only the temporaries of this project's writes go (a first version removed any hidden ``.*.tmp``, and a hidden
+    folder of that name raised IsADirectoryError)."""
+    out = tmp_path / "patches"
+    (out / ".cache.tmp").mkdir(parents=True)
+    (out / ".mynotes.tmp").write_text("mine")
+    prepare_patches(source, out, SMALL, progress=False)
+    assert (out / ".mynotes.tmp").read_text() == "mine" and (out / ".cache.tmp").is_dir()
+
+
 def test_a_folder_of_another_command_is_refused_even_with_overwrite(tmp_path, source):
     """prepare --overwrite into a generated folder removed its images and wrote patches in their place."""
     other = generate_split(tmp_path / "test", "test", 2, SMALL, progress=False)

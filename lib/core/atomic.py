@@ -83,10 +83,10 @@ def remove_stale_temporaries(path: str | Path) -> int:
     return remove_stale_temporaries_in(path.parent, {path.name})
 
 
-def remove_stale_temporaries_in(folder: str | Path, names: Collection[str]) -> int:
-    """:func:`remove_stale_temporaries` for the files ``names`` of one folder, in one listing of it: a run writing
-    thousands of files into one folder would otherwise list it once per file. A missing folder holds none.
-    Returns how many were removed."""
+def remove_stale_temporaries_in(folder: str | Path, names: Collection[str] | None) -> int:
+    """:func:`remove_stale_temporaries` for the files ``names`` of one folder (None: of any file), in one listing
+    of it: a run writing thousands of files into one folder would otherwise list it once per file. A missing folder
+    holds none. Returns how many were removed."""
     removed = 0
     try:
         entries = list(os.scandir(folder))
@@ -94,7 +94,7 @@ def remove_stale_temporaries_in(folder: str | Path, names: Collection[str]) -> i
         return 0
     for entry in entries:
         match = _TEMPORARY.fullmatch(entry.name)
-        if match and match.group(1) in names and entry.is_file():
+        if match and (names is None or match.group(1) in names) and entry.is_file():
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
                 removed += 1

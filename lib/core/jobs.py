@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from lib.core.atomic import atomic_write_text, make_folder
+from lib.core.atomic import atomic_write_text, make_folder, remove_stale_temporaries_in
 from lib.core.errors import UserError
 
 IN_PROGRESS = ".in_progress.json"
@@ -110,8 +110,8 @@ def start_job(folder: str | Path, signature: dict, owned: list[str], overwrite: 
     make_folder(folder)
     marker = folder / IN_PROGRESS
     for parent in {(folder / pattern).parent for pattern in owned}:
-        for stale in parent.glob(".*.tmp"):  # temporary files of writes a kill interrupted, overwritten or resumed
-            stale.unlink()
+        # temporary files of the atomic writes a kill interrupted (not any hidden file of the user's)
+        remove_stale_temporaries_in(parent, None)
     resumed = False
     if overwrite:
         _clear(folder, owned)
