@@ -518,7 +518,8 @@ def restore(resumed: dict, optimizer: torch.optim.Optimizer, scaler: torch.amp.G
     optimizer.load_state_dict(resumed["optimizer_state"])
     for group, flag in zip(optimizer.param_groups, fused):  # the saved flag is that of the device it was saved on
         group["fused"] = flag
-    scaler.load_state_dict(resumed["scaler_state"])
+    if resumed["scaler_state"]:  # empty where the run was not in fp16: a resume in fp16 starts a fresh scaler
+        scaler.load_state_dict(resumed["scaler_state"])
     torch.set_rng_state(resumed["rng"]["torch"])
     loss_sum, loss_count = resumed["epoch_loss"] if rank == 0 else (0.0, 0)
     return Progress(resumed["epoch"], resumed["step_in_epoch"], loss_sum, int(loss_count), resumed["best_miou"],

@@ -126,9 +126,12 @@ class Segmenter:
         and an 8-bit RGB image given to a gray model is converted to luma (ITU-R 601), as before.
 
         Raises:
+            TypeError: ``image`` is not a NumPy array (a tensor or a list: convert it with ``np.asarray``).
             UserError: the image has another pixel type than the training data, or a channel count the model cannot
                 take (naming ``name``).
         """
+        if not isinstance(image, np.ndarray):
+            raise TypeError(f"{name}: expected a NumPy array as read_image returns it, got {type(image).__name__}")
         self.check_image(ImageHeader(image.shape[0], image.shape[1], 1 if image.ndim == 2 else image.shape[2],
                                      image.dtype.name), name)
         x = self._channels(image)

@@ -222,7 +222,8 @@ def check_resumable(state: dict[str, Any], path: str | Path) -> None:
 
 
 def model_from_checkpoint(state: dict[str, Any], path: str | Path = "checkpoint") -> UNet:
-    """Rebuild the U-Net a checkpoint describes and load its weights.
+    """Rebuild the U-Net a checkpoint describes and load its weights (in training mode, as a new module is: call
+    ``.eval()`` to predict; :class:`lib.segmenter.Segmenter` does).
 
     Raises:
         UserError: the configuration or the weights do not fit a U-Net.

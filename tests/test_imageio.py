@@ -26,6 +26,7 @@ from lib.core.imageio import (
     read_image,
     read_mask,
     save_image,
+    save_mask,
 )
 from tests.conftest import REPO
 
@@ -283,6 +284,22 @@ def test_written_images_read_back_exactly_in_the_chosen_format(tmp_path):
             save_image(tmp_path / f"{dtype}_{channels}{suffix}", a)
             got = read_image(tmp_path / f"{dtype}_{channels}{suffix}")
             assert got.dtype == a.dtype and np.array_equal(got, a), (dtype, channels)
+        # one channel as H×W×1 too (it raised Pillow's and tifffile's errors), read back as H×W
+        a = _values(dtype, (11, 13, 1))
+        save_image(tmp_path / f"{dtype}_hw1{image_suffix(dtype, 1)}", a)
+        assert np.array_equal(read_image(tmp_path / f"{dtype}_hw1{image_suffix(dtype, 1)}"), a[..., 0])
+
+
+@pytest.mark.parametrize("mask, message", [
+    (np.full((3, 3), 256), r"class indices 0\.\.2 is expected, got int64 values 256\.\.256"),  # wrapped to 0
+    (np.full((3, 3), -1), r"got int64 values -1\.\.-1"),
+    (np.full((3, 3), 3, np.uint8), r"got uint8 values 3\.\.3"),
+    (np.full((3, 3), 1.7), r"got float64 values$"),  # truncated to 1
+])
+def test_a_mask_of_values_that_are_no_class_is_not_saved(tmp_path, mask, message):
+    with pytest.raises(ValueError, match=message):
+        save_mask(tmp_path / "m.png", mask, COLORS)
+    assert not list(tmp_path.iterdir())
 
 
 def test_eight_bit_png_bytes_are_a_plain_pillow_png_at_zlib_level_1():

@@ -309,3 +309,14 @@ def test_the_output_folder_is_listed_once_whatever_the_number_of_images(test_set
     assert result.returncode == 0, result.stderr
     assert listings.count(str(out)) == 1
     assert sorted(p.name for p in out.iterdir()) == ["i0.png", "i1.png", "i2.png"]
+
+
+@pytest.mark.parametrize("image", [torch.zeros(60, 60, dtype=torch.uint8), [[0] * 60] * 60])
+def test_the_segmenter_takes_numpy_arrays_and_says_so(tmp_path, image):
+    """A tensor or a list failed deep inside with an AttributeError ('torch.dtype' object has no attribute 'name')."""
+    from lib.segmenter import Segmenter
+
+    segmenter = Segmenter.from_checkpoint(constant_checkpoint(tmp_path / "c.pth", 1), device="cpu")
+    with pytest.raises(TypeError, match=r"x: expected a NumPy array as read_image returns it, got (Tensor|list)"):
+        segmenter.predict(image, "x")
+    assert (segmenter.predict(np.zeros((60, 60), np.uint8))[1] == 1).all()

@@ -345,3 +345,6 @@ def test_the_loss_of_a_part_epoch_is_restored_on_rank_0_alone(trained):
     for rank, expected in ((0, (6.0, 4)), (1, (0.0, 0))):
         progress = train.restore(state, optimizer, scaler, rank)
         assert (progress.loss_sum, progress.loss_count) == expected
+    # a run that was not in fp16 saved an empty scaler state: resumed in fp16, a fresh scaler (it raised)
+    assert state["scaler_state"] == {}
+    train.restore(state, optimizer, torch.amp.GradScaler("cpu", enabled=True))

@@ -634,9 +634,9 @@ def image_suffix(dtype: np.dtype | str, channels: int) -> str:
 
 def encode_image(image: np.ndarray) -> bytes:
     """The bytes of ``image`` (H×W or H×W×C) in the format :func:`image_suffix` chooses; decoding gives it back
-    exactly."""
+    exactly (H×W×1 as H×W, as :func:`read_image` returns one channel)."""
+    image = np.ascontiguousarray(image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image)
     channels = 1 if image.ndim == 2 else image.shape[2]
-    image = np.ascontiguousarray(image)
     if image_suffix(image.dtype, channels) == ".png":
         return _encode_png(Image.fromarray(image))
     import tifffile
@@ -718,7 +718,15 @@ def save_mask(path: str | Path, mask: np.ndarray, colors: list[tuple[int, int, i
     """Save a label mask (H×W of class indices) as an 8-bit palette PNG showing the class colours, atomically.
 
     The pixel values are the class indices, so the file is exact for training and readable in any viewer.
+
+    Raises:
+        ValueError: a value that is no class index (a float, or outside ``0..len(colors) - 1``): as uint8 it would
+            wrap or truncate into another class without a word.
     """
+    mask = np.asarray(mask)
+    if mask.dtype.kind not in "iub" or (mask.size and not 0 <= int(mask.min()) <= int(mask.max()) < len(colors)):
+        raise ValueError(f"{path}: a mask of class indices 0..{len(colors) - 1} is expected, got {mask.dtype.name} "
+                         f"values" + (f" {int(mask.min())}..{int(mask.max())}" if mask.dtype.kind in "iub" else ""))
     img = Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8), mode="P")
     img.putpalette(palette_bytes(colors))
     atomic_write_bytes(path, _encode_png(img))

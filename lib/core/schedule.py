@@ -1,6 +1,7 @@
 """Learning-rate schedules. ``published``: constant for the first half of the epochs, then a linear decrease, epoch by
-epoch (the original project's). ``cosine``: a linear warm-up, then a half cosine down to the final factor, step by
-step (for short runs, where an epoch is a large part of the training)."""
+epoch (the original project's). ``cosine``: a linear warm-up, then a half cosine towards the final factor, step by
+step (for short runs, where an epoch is a large part of the training); its last step runs one step short of the
+factor, just above it (:func:`cosine_factor`)."""
 
 from __future__ import annotations
 
