@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm  # a widget in notebooks, the usual bar in a terminal
 
-from lib.core.errors import ArgumentParser, cli_main
+from lib.core.errors import ArgumentParser, UserError, cli_main
 from lib.core.imageio import check_memory, save_image, save_mask
 from lib.core.jobs import finish_job, start_job
 from lib.core.params import Params, load_params, replace
@@ -47,10 +47,13 @@ def generate_split(out: str | Path, split: str, n: int, params: Params, overwrit
         The folder.
 
     Raises:
-        UserError: the folder holds a finished job and ``overwrite`` is false, holds files no job wrote, or cannot
-            be written (see :func:`lib.core.jobs.check_claimable`); or an image of
-            ``data.height`` × ``data.width`` would not fit in memory (refused before any folder is made).
+        UserError: the parameters have other than 3 classes; the folder holds a finished job and ``overwrite`` is
+            false, holds files no job wrote, or cannot be written (see :func:`lib.core.jobs.check_claimable`); or an
+            image of ``data.height`` × ``data.width`` would not fit in memory (refused before any folder is made).
     """
+    if len(params.classes) != 3:  # the generators draw background 0, lines 1 and ellipses 2
+        raise UserError(f"classes: the synthetic generators draw 3 classes (0 background, 1 line, 2 ellipse); "
+                        f"the parameters have {len(params.classes)}")
     d = params.data
     check_memory(d.height * d.width * DRAW_BYTES_PER_PIXEL[d.generator],
                  f"data.height x data.width = {d.height}x{d.width}", "to draw one image")

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from lib.core.errors import UserError
-from lib.core.params import load_params, replace
+from lib.core.params import load_params, params_from_dict, replace
 from lib.core.synthetic import ELLIPSE, LINE, ellipse_mask, image_rng, line_mask, synthetic_pair
 from lib.generate import generate_dataset, generate_split
 from tests.conftest import REPO, assert_user_error, file_digests, recoloured, run_cli, run_main
@@ -250,3 +250,12 @@ def test_the_generator_flag_selects_the_second_set(tmp_path, tiny_params_file):
     p = replace(load_params(tiny_params_file), "data", generator="alternate")
     image, _ = GENERATORS["alternate"](image_rng(p.data.seed, "training", 0), p.data)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "d" / "images_training" / "images" / "i0.png")), image)
+
+
+def test_the_generators_refuse_a_class_count_they_do_not_draw(tmp_path):
+    """Two classes were accepted, then the masks' value 2 failed save_mask's check with a traceback."""
+    raw = DEFAULT.to_dict()
+    raw["classes"] = raw["classes"][:2]
+    with pytest.raises(UserError, match=r"^classes: the synthetic generators draw 3 classes .* the parameters have 2"):
+        generate_split(tmp_path / "out", "training", 2, params_from_dict(raw), progress=False)
+    assert not (tmp_path / "out").exists()

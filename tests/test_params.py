@@ -100,3 +100,16 @@ def test_the_default_file_is_the_repositorys_parameters_json():
 
     assert DEFAULT_PATH == REPO / "parameters.json" and PROVENANCE_ROOT == REPO
     assert load_params() == load_params(REPO / "parameters.json")
+
+
+@pytest.mark.parametrize("group, key, value", [
+    ("data", "seed", 10**400),  # math.isfinite(int) raised OverflowError
+    ("training", "learning_rate", 10**400),
+    ("training", "momentum", 10**400),
+    ("training", "seed", 2**64),  # beyond torch.manual_seed's range: train.py failed at its start
+])
+def test_numbers_beyond_range_are_refused_in_one_line(group, key, value):
+    raw = load_params().to_dict()
+    raw[group][key] = value
+    with pytest.raises(UserError, match=rf"^{group}\.{key}: expected"):
+        params_from_dict(raw)

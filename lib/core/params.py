@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +55,7 @@ class DataParams:
     keep_alpha: bool = _spec(False)
     channel_axis: str = _spec("auto", choices=("auto", "first", "last"))
     generator: str = _spec("default", choices=GENERATORS)
-    seed: int = _spec(0, 0)
+    seed: int = _spec(0, 0, 2**64 - 1)  # torch.manual_seed's range
     n_training: int = _spec(100, 1)
     n_test: int = _spec(10, 0)
     height: int = _spec(400, 8)
@@ -85,7 +86,7 @@ class PatchParams:
     flips: bool = _spec(True)
     rotate90: bool = _spec(False)
     foreground_fraction: float = _spec(0.0, 0.0, 1.0)
-    seed: int = _spec(0, 0)
+    seed: int = _spec(0, 0, 2**64 - 1)  # torch.manual_seed's range
 
     @property
     def folder(self) -> str:
@@ -128,7 +129,7 @@ class TrainingParams:
     val_fraction: float = _spec(0.1, 0.0, 0.9)
     loss: str = _spec("ce", choices=LOSSES)
     class_weights: list[float] | None = _spec(None, 0.0)
-    seed: int = _spec(0, 0)
+    seed: int = _spec(0, 0, 2**64 - 1)  # torch.manual_seed's range
     device: str = _spec("auto", choices=DEVICES)
     precision: str = _spec("auto", choices=PRECISIONS)
     compile: str = _spec("off", choices=COMPILE_MODES)
@@ -183,6 +184,8 @@ class _Invalid(Exception):
 
 
 def _describe(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**20:
+        return f"an integer of {len(str(abs(value)))} digits"  # one short line, not hundreds of digits
     return json.dumps(value) if not isinstance(value, float) or math.isfinite(value) else str(value)
 
 
@@ -202,7 +205,7 @@ def _check_scalar(value: Any, meta: dict, key: str, kind: str) -> None:
     lo, hi, choices = meta.get("lo"), meta.get("hi"), meta.get("choices")
     bad = (choices is not None and value not in choices) or (
         isinstance(value, (int, float)) and not isinstance(value, bool) and (
-            not math.isfinite(value)
+            (isinstance(value, float) and not math.isfinite(value))  # (an int too large for a float is compared exact)
             or (lo is not None and (value <= lo if meta.get("lo_open") else value < lo))
             or (hi is not None and value > hi)))
     if bad:
@@ -238,7 +241,8 @@ def _convert(value: Any, hint: Any, key: str, meta: dict) -> Any:
         _check_scalar(value, meta, key, "an integer")
         return value
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                isinstance(value, int) and abs(value) > sys.float_info.max):  # not a float either
             raise _Invalid(key, f"expected a number, got {_describe(value)}")
         _check_scalar(value, meta, key, "a number")
         return float(value)
