@@ -95,3 +95,58 @@ def test_the_prediction_panels_take_the_image_s_shape(height, width):
     assert box.height / box.width == pytest.approx(height / width, rel=0.05)
     assert fig.get_size_inches()[1] - box.height / fig.dpi < 1.5  # titles and margins, not empty bands
     plt.close(fig)
+
+
+@pytest.mark.parametrize("show", ["pairs", "channels"])
+@pytest.mark.parametrize("height, width", [(200, 400), (268, 27)])
+def test_the_data_figures_take_the_image_s_shape(show, height, width):
+    """show_pairs was 6 in tall and show_channels 3.2 in whatever the image: a wide image was a thin strip."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from lib.core.visualize import show_channels, show_pairs
+
+    image = np.random.default_rng(0).integers(0, 4096, (height, width, 2), dtype=np.uint16)
+    fig = show_pairs([image[..., 0]] * 2, [np.zeros((height, width), np.uint8)] * 2, [(0, 0, 0)]) \
+        if show == "pairs" else show_channels(image)
+    fig.canvas.draw()
+    drawn = max(ax.get_window_extent().height for ax in fig.axes) * (2 if show == "pairs" else 1)
+    assert fig.get_size_inches()[1] - drawn / fig.dpi < 1.5  # titles and margins, not empty bands
+    plt.close(fig)
+
+
+def _spots(background: float, spot: float, dtype: str):
+    import numpy as np
+
+    image = np.full((20, 30), background, dtype)
+    image[5, 5] = image[10, 20] = spot
+    return image
+
+
+# (id, image, expected picture where the spots are and elsewhere): the same picture whatever the data's units
+DISPLAYED = [
+    ("spots-uint16", lambda: _spots(100, 101, "uint16"), 255, 0),  # the percentiles meet: min..max
+    ("spots-float-tiny", lambda: _spots(1e-6, 2e-6, "float32"), 255, 0),  # were 0: invisible
+    ("spots-float-large", lambda: _spots(1000, 1000.5, "float32"), 255, 0),  # were 128
+    ("flat-uint16", lambda: _spots(4095, 4095, "uint16"), 128, 128),  # were black
+    ("nan-pixel", lambda: _spots(0.25, float("nan"), "float32"), 0, 128),  # the whole image was black
+    ("bool", lambda: _spots(False, True, "bool"), 255, 0),  # raised a TypeError
+]
+
+
+@pytest.mark.parametrize("case", DISPLAYED, ids=[c[0] for c in DISPLAYED])
+def test_display_stretches_whatever_the_units(case):
+    from lib.core.visualize import display_image
+
+    _, make, at_spots, elsewhere = case
+    picture = display_image(make())
+    assert picture.dtype.name == "uint8" and picture[5, 5] == at_spots and picture[0, 0] == elsewhere
+
+
+@pytest.mark.parametrize("mask", [[[-1, 0]], [[0, 3]], [[255, 0]]])
+def test_colorize_refuses_values_that_are_no_class(mask):
+    """A negative value took the last class's colour (NumPy's wrap-around); 255, an "ignore" label, an IndexError."""
+    from lib.core.visualize import colorize
+
+    with pytest.raises(ValueError, match=r"expected class indices 0\.\.2"):
+        colorize(mask, [(0, 0, 0), (255, 0, 0), (0, 255, 0)])

@@ -16,18 +16,28 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def colorize(mask: np.ndarray, colors: Sequence[tuple[int, int, int]]) -> np.ndarray:
-    """An H×W×3 uint8 picture of a class-index mask in the class colours."""
+    """An H×W×3 uint8 picture of a class-index mask in the class colours.
+
+    Raises:
+        ValueError: a value that is no class index (a negative one took the last class's colour).
+    """
     palette = np.asarray(colors, dtype=np.uint8)
-    return palette[np.asarray(mask, dtype=np.int64)]
+    mask = np.asarray(mask, dtype=np.int64)
+    if mask.size and not 0 <= int(mask.min()) <= int(mask.max()) < len(palette):
+        raise ValueError(f"mask values {int(mask.min())}..{int(mask.max())}: expected class indices "
+                         f"0..{len(palette) - 1}")
+    return palette[mask]
 
 
 def display_image(image: np.ndarray, channels: Sequence[int] | None = None,
                   percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
     """The display rule: an image of any dtype and channel count as uint8 H×W (gray) or H×W×3 (colour).
 
-    8-bit data is shown as stored. Other data is contrast-stretched per channel between its ``percentiles`` (so a
-    12-bit image in a narrow band fills the gray range). Of more than three channels, ``channels`` picks the three
-    shown as red, green and blue (default: the first three); two channels are shown as red and green.
+    8-bit data is shown as stored (booleans as 0 and 255). Other data is contrast-stretched per channel between the
+    ``percentiles`` of its finite values (so a 12-bit image in a narrow band fills the gray range), or between its
+    least and greatest value where those percentiles meet (a few spots on a flat background), whatever its units; a
+    flat channel is mid-gray, NaN black, infinities black or white. Of more than three channels, ``channels`` picks
+    the three shown as red, green and blue (default: the first three); two channels are shown as red and green.
 
     Raises:
         ValueError: a channel index outside the image.
@@ -38,16 +48,32 @@ def display_image(image: np.ndarray, channels: Sequence[int] | None = None,
     if any(not 0 <= c < x.shape[2] for c in chosen) or not 1 <= len(chosen) <= 3:
         raise ValueError(f"channels {chosen}: expected 1 to 3 indices below {x.shape[2]}")
     x = x[..., chosen]
+    if x.dtype == np.bool_:
+        x = x.astype(np.uint8) * 255
     if x.dtype != np.uint8:
         shown = np.empty(x.shape, np.uint8)
         for c in range(x.shape[2]):
-            lo, hi = np.percentile(x[..., c], percentiles)
-            scaled = (x[..., c].astype(np.float64) - lo) / (hi - lo if hi > lo else 1.0)
-            shown[..., c] = np.round(np.clip(scaled, 0, 1) * 255)
+            shown[..., c] = _stretch(x[..., c].astype(np.float64), percentiles)
         x = shown
     if x.shape[2] == 2:
         x = np.concatenate([x, np.zeros_like(x[..., :1])], axis=2)
     return x[..., 0] if x.shape[2] == 1 else x
+
+
+def _stretch(values: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
+    """``values`` to 0..255 between the percentiles of the finite ones (see :func:`display_image`)."""
+    finite = values[np.isfinite(values)]
+    lo, hi = np.percentile(finite, percentiles) if finite.size else (0.0, 0.0)
+    if hi <= lo and finite.size:  # the percentiles meet: the extremes, in the data's own units
+        lo, hi = finite.min(), finite.max()
+    scaled = (values - lo) / (hi - lo) if hi > lo else np.where(np.isnan(values), 0.0, 0.5)
+    return np.round(np.clip(np.nan_to_num(scaled, nan=0.0, posinf=1.0, neginf=0.0), 0, 1) * 255)
+
+
+def panel_height(shape: tuple[int, ...], width: float) -> float:
+    """Inches of a figure panel ``width`` inches wide showing an image of ``shape`` (H×W...), kept to 1..10: a fixed
+    height left a wide image in a band between two empty ones."""
+    return min(max(width * shape[0] / shape[1], 1.0), 10.0)
 
 
 def _show(ax, image: np.ndarray, title: str | None = None, channels: Sequence[int] | None = None) -> None:
@@ -65,7 +91,7 @@ def show_channels(image: np.ndarray, names: Sequence[str] | None = None) -> plt.
     """One panel per channel of an image, each contrast-stretched as :func:`display_image` does."""
     x = image[..., None] if image.ndim == 2 else image
     n = x.shape[2]
-    fig, axes = plt.subplots(1, n, figsize=(2.4 * n, 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(2.4 * n, panel_height(x.shape, 2.4) + 0.5), squeeze=False)
     for c in range(n):
         _show(axes[0, c], x[..., c], names[c] if names else f"channel {c}")
     fig.tight_layout()
@@ -76,7 +102,8 @@ def show_pairs(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], colors
                titles: Sequence[str] | None = None, channels: Sequence[int] | None = None) -> plt.Figure:
     """Images (top row) above their masks in class colours (bottom row)."""
     n = len(images)
-    fig, axes = plt.subplots(2, n, figsize=(2.2 * n, 6), squeeze=False)
+    height = max(panel_height(np.shape(image), 2.2) for image in images)
+    fig, axes = plt.subplots(2, n, figsize=(2.2 * n, 2 * height + 0.6), squeeze=False)
     for i in range(n):
         _show(axes[0, i], images[i], titles[i] if titles else None, channels)
         _show(axes[1, i], colorize(masks[i], colors))
@@ -149,12 +176,10 @@ def show_prediction(image: np.ndarray, truth: np.ndarray | None, probabilities: 
         panels.append((colorize(truth, colors), "ground truth"))
     panels.append((colorize(labels, colors), "prediction"))
     panels += [(probabilities[c], f"prob {name}") for c, name in enumerate(class_names)]
-    # panels 2.6 in wide and as tall as the image's shape makes them, plus room for the titles: a fixed 5.2 in left
-    # wide images in a band between two empty ones
-    height, width = labels.shape
+    # panels 2.6 in wide and as tall as the image's shape makes them, plus room for the titles
     titles = 0.9 if class_iou is not None and miou is not None else 0.5
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), min(max(2.6 * height / width, 1.0), 10.0)
-                                                       + titles), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), panel_height(labels.shape, 2.6) + titles),
+                             squeeze=False)
     for ax, (picture, title) in zip(axes[0], panels):
         if picture.ndim == 2 and picture.dtype != np.uint8:
             ax.imshow(picture, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
