@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -123,7 +124,14 @@ def _spots(background: float, spot: float, dtype: str):
     return image
 
 
-# (id, image, expected picture where the spots are and elsewhere): the same picture whatever the data's units
+def _limits():
+    """Spots at -1e308 on a flat 0, and one pixel at 1e308 (at 0, 0)."""
+    image = _spots(0.0, -1e308, "float64")
+    image[0, 0] = 1e308
+    return image
+
+
+# (id, image, expected picture where the spots are and at 0, 0): the same picture whatever the data's units
 DISPLAYED = [
     ("spots-uint16", lambda: _spots(100, 101, "uint16"), 255, 0),  # the percentiles meet: min..max
     ("spots-float-tiny", lambda: _spots(1e-6, 2e-6, "float32"), 255, 0),  # were 0: invisible
@@ -131,6 +139,8 @@ DISPLAYED = [
     ("flat-uint16", lambda: _spots(4095, 4095, "uint16"), 128, 128),  # were black
     ("nan-pixel", lambda: _spots(0.25, float("nan"), "float32"), 0, 128),  # the whole image was black
     ("bool", lambda: _spots(False, True, "bool"), 255, 0),  # raised a TypeError
+    ("infinities-alone", lambda: _spots(float("inf"), -float("inf"), "float64"), 0, 255),  # were mid-gray
+    ("float64-limits", lambda: _limits(), 0, 255),  # hi - lo overflowed: black
 ]
 
 
@@ -143,10 +153,21 @@ def test_display_stretches_whatever_the_units(case):
     assert picture.dtype.name == "uint8" and picture[5, 5] == at_spots and picture[0, 0] == elsewhere
 
 
-@pytest.mark.parametrize("mask", [[[-1, 0]], [[0, 3]], [[255, 0]]])
-def test_colorize_refuses_values_that_are_no_class(mask):
-    """A negative value took the last class's colour (NumPy's wrap-around); 255, an "ignore" label, an IndexError."""
+@pytest.mark.parametrize("mask, message", [
+    ([[-1, 0]], r"mask values -1\.\.0: expected class indices 0\.\.2"),  # took the last class's colour
+    ([[0, 3]], r"mask values 0\.\.3"),
+    ([[255, 0]], r"mask values 0\.\.255"),  # an "ignore" label: an IndexError
+    (np.array([[2**64 - 1, 0]], np.uint64), r"mask values 0\.\.18446744073709551615"),  # not the wrapped -1
+    ([[0.7, 1.2]], r"mask of float64 values: expected integer class indices"),  # shown as classes 0 and 1
+])
+def test_colorize_refuses_values_that_are_no_class(mask, message):
     from lib.core.visualize import colorize
 
-    with pytest.raises(ValueError, match=r"expected class indices 0\.\.2"):
+    with pytest.raises(ValueError, match=message):
         colorize(mask, [(0, 0, 0), (255, 0, 0), (0, 255, 0)])
+
+
+def test_the_panel_of_an_empty_image_has_a_height():
+    from lib.core.visualize import panel_height
+
+    assert 1.0 <= panel_height((5, 0), 2.4) <= 10.0  # a ZeroDivisionError

@@ -107,9 +107,29 @@ def test_the_default_file_is_the_repositorys_parameters_json():
     ("training", "learning_rate", 10**400),
     ("training", "momentum", 10**400),
     ("training", "seed", 2**64),  # beyond torch.manual_seed's range: train.py failed at its start
+    ("training", "seed", 2**63),  # DistributedSampler seeds with seed + epoch: 2**64 - 1 failed at the second epoch
 ])
 def test_numbers_beyond_range_are_refused_in_one_line(group, key, value):
     raw = load_params().to_dict()
     raw[group][key] = value
     with pytest.raises(UserError, match=rf"^{group}\.{key}: expected"):
         params_from_dict(raw)
+
+
+def test_the_largest_seed_is_said_exactly_and_trains_past_its_first_epoch():
+    from torch.utils.data import DistributedSampler
+
+    raw = load_params().to_dict()
+    raw["training"]["seed"] = 2**63
+    with pytest.raises(UserError, match=r"in \[0, 9223372036854775807\], got 9223372036854775808$"):
+        params_from_dict(raw)
+    sampler = DistributedSampler(range(10), num_replicas=1, rank=0, seed=2**63 - 1)
+    sampler.set_epoch(100)
+    assert sorted(sampler) == list(range(10))
+
+
+def test_a_number_of_more_digits_than_python_converts_is_one_line(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text('{"data": {"seed": 1' + "0" * 5000 + "}}")
+    with pytest.raises(UserError, match=r"p\.json: invalid JSON \(Exceeds the limit"):
+        load_params(path)

@@ -55,7 +55,7 @@ class DataParams:
     keep_alpha: bool = _spec(False)
     channel_axis: str = _spec("auto", choices=("auto", "first", "last"))
     generator: str = _spec("default", choices=GENERATORS)
-    seed: int = _spec(0, 0, 2**64 - 1)  # torch.manual_seed's range
+    seed: int = _spec(0, 0, 2**63 - 1)  # within torch.manual_seed's range, with room for seed + epoch
     n_training: int = _spec(100, 1)
     n_test: int = _spec(10, 0)
     height: int = _spec(400, 8)
@@ -86,7 +86,7 @@ class PatchParams:
     flips: bool = _spec(True)
     rotate90: bool = _spec(False)
     foreground_fraction: float = _spec(0.0, 0.0, 1.0)
-    seed: int = _spec(0, 0, 2**64 - 1)  # torch.manual_seed's range
+    seed: int = _spec(0, 0, 2**63 - 1)  # within torch.manual_seed's range, with room for seed + epoch
 
     @property
     def folder(self) -> str:
@@ -129,7 +129,7 @@ class TrainingParams:
     val_fraction: float = _spec(0.1, 0.0, 0.9)
     loss: str = _spec("ce", choices=LOSSES)
     class_weights: list[float] | None = _spec(None, 0.0)
-    seed: int = _spec(0, 0, 2**64 - 1)  # torch.manual_seed's range
+    seed: int = _spec(0, 0, 2**63 - 1)  # within torch.manual_seed's range, with room for seed + epoch
     device: str = _spec("auto", choices=DEVICES)
     precision: str = _spec("auto", choices=PRECISIONS)
     compile: str = _spec("off", choices=COMPILE_MODES)
@@ -191,7 +191,8 @@ def _describe(value: Any) -> str:
 
 def _bounds_text(meta: dict) -> str:
     lo, hi, choices = meta.get("lo"), meta.get("hi"), meta.get("choices")
-    lo, hi = (None if b is None else f"{b:g}" for b in (lo, hi))  # "> 0", not "> 0.0"
+    # "> 0", not "> 0.0"; an integer bound exactly
+    lo, hi = (None if b is None else f"{b:g}" if isinstance(b, float) else str(b) for b in (lo, hi))
     if choices:
         return "one of " + ", ".join(repr(c) for c in choices)
     if lo is not None and hi is not None:
@@ -348,6 +349,8 @@ def load_params(path: str | Path | None = None) -> Params:
         raise UserError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
     except UserError as err:
         raise UserError(f"{path}: {err}") from None
+    except ValueError as err:  # a number of more digits than Python converts (4300)
+        raise UserError(f"{path}: invalid JSON ({err})") from None
     try:
         return params_from_dict(raw)
     except UserError as err:

@@ -22,11 +22,13 @@ def colorize(mask: np.ndarray, colors: Sequence[tuple[int, int, int]]) -> np.nda
         ValueError: a value that is no class index (a negative one took the last class's colour).
     """
     palette = np.asarray(colors, dtype=np.uint8)
-    mask = np.asarray(mask, dtype=np.int64)
+    mask = np.asarray(mask)
+    if mask.dtype.kind not in "iub":
+        raise ValueError(f"mask of {mask.dtype.name} values: expected integer class indices 0..{len(palette) - 1}")
     if mask.size and not 0 <= int(mask.min()) <= int(mask.max()) < len(palette):
         raise ValueError(f"mask values {int(mask.min())}..{int(mask.max())}: expected class indices "
                          f"0..{len(palette) - 1}")
-    return palette[mask]
+    return palette[mask.astype(np.int64)]
 
 
 def display_image(image: np.ndarray, channels: Sequence[int] | None = None,
@@ -66,14 +68,16 @@ def _stretch(values: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray
     lo, hi = np.percentile(finite, percentiles) if finite.size else (0.0, 0.0)
     if hi <= lo and finite.size:  # the percentiles meet: the extremes, in the data's own units
         lo, hi = finite.min(), finite.max()
-    scaled = (values - lo) / (hi - lo) if hi > lo else np.where(np.isnan(values), 0.0, 0.5)
-    return np.round(np.clip(np.nan_to_num(scaled, nan=0.0, posinf=1.0, neginf=0.0), 0, 1) * 255)
+    # halved first, exactly, so that the span of values near float64's limits does not overflow
+    scaled = (values / 2 - lo / 2) / (hi / 2 - lo / 2) if hi > lo else np.full(values.shape, 0.5)
+    scaled = np.where(np.isposinf(values), 1.0, np.where(np.isnan(values) | np.isneginf(values), 0.0, scaled))
+    return np.round(np.clip(scaled, 0, 1) * 255)
 
 
 def panel_height(shape: tuple[int, ...], width: float) -> float:
     """Inches of a figure panel ``width`` inches wide showing an image of ``shape`` (H×W...), kept to 1..10: a fixed
     height left a wide image in a band between two empty ones."""
-    return min(max(width * shape[0] / shape[1], 1.0), 10.0)
+    return min(max(width * shape[0] / max(shape[1], 1), 1.0), 10.0)
 
 
 def _show(ax, image: np.ndarray, title: str | None = None, channels: Sequence[int] | None = None) -> None:
