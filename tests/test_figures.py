@@ -141,6 +141,7 @@ DISPLAYED = [
     ("bool", lambda: _spots(False, True, "bool"), 255, 0),  # raised a TypeError
     ("infinities-alone", lambda: _spots(float("inf"), -float("inf"), "float64"), 0, 255),  # were mid-gray
     ("float64-limits", lambda: _limits(), 0, 255),  # hi - lo overflowed: black
+    ("subnormal", lambda: _spots(0.0, 5e-324, "float64"), 255, 0),  # halving it, as the overflow's fix did, gave 0
 ]
 
 

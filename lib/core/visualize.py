@@ -68,8 +68,12 @@ def _stretch(values: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray
     lo, hi = np.percentile(finite, percentiles) if finite.size else (0.0, 0.0)
     if hi <= lo and finite.size:  # the percentiles meet: the extremes, in the data's own units
         lo, hi = finite.min(), finite.max()
-    # halved first, exactly, so that the span of values near float64's limits does not overflow
-    scaled = (values / 2 - lo / 2) / (hi / 2 - lo / 2) if hi > lo else np.full(values.shape, 0.5)
+    if hi <= lo:
+        scaled = np.full(values.shape, 0.5)
+    elif np.isfinite(hi - lo):
+        scaled = (values - lo) / (hi - lo)
+    else:  # a span beyond float64 (values near its limits): halved first, which is exact there
+        scaled = (values / 2 - lo / 2) / (hi / 2 - lo / 2)
     scaled = np.where(np.isposinf(values), 1.0, np.where(np.isnan(values) | np.isneginf(values), 0.0, scaled))
     return np.round(np.clip(scaled, 0, 1) * 255)
 
