@@ -68,10 +68,12 @@ def _stretch(values: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray
     lo, hi = np.percentile(finite, percentiles) if finite.size else (0.0, 0.0)
     if hi <= lo and finite.size:  # the percentiles meet: the extremes, in the data's own units
         lo, hi = finite.min(), finite.max()
+    with np.errstate(over="ignore"):
+        span = np.float64(hi) - np.float64(lo)
     if hi <= lo:
         scaled = np.full(values.shape, 0.5)
-    elif np.isfinite(hi - lo):
-        scaled = (values - lo) / (hi - lo)
+    elif np.isfinite(span):
+        scaled = (values - lo) / span
     else:  # a span beyond float64 (values near its limits): halved first, which is exact there
         scaled = (values / 2 - lo / 2) / (hi / 2 - lo / 2)
     scaled = np.where(np.isposinf(values), 1.0, np.where(np.isnan(values) | np.isneginf(values), 0.0, scaled))
