@@ -126,9 +126,9 @@ def _decode(path: Path) -> Image.Image | np.ndarray:
         with Image.open(path) as img:
             check_fits(path, img.size[1], img.size[0], len(img.getbands()) * (2 if ";16" in img.mode else 4
                                                                                if img.mode in ("I", "F") else 1))
-            if _png_16bit_colour(img):
-                return _read_png16(path)
             raw = _png_raw_mode(img)
+            if raw in _PNG_16BIT_COLOUR_PLANES:
+                return _read_png16(path)
             img.load()
             if raw in _LOW_BIT_GRAY:
                 return Image.fromarray(np.asarray(img) // _LOW_BIT_GRAY[raw])
@@ -214,10 +214,9 @@ def _png_raw_mode(img: Image.Image) -> str | None:
     return str(img.tile[0][3]) if img.format == "PNG" and img.tile else None
 
 
-def _png_16bit_colour(img: Image.Image) -> bool:
-    """An opened, not yet decoded PNG of 16 bits per sample in colour or gray+alpha (raw mode RGB;16B, RGBA;16B or
-    LA;16B), which Pillow would reduce to 8 bits."""
-    return _png_raw_mode(img) in ("RGB;16B", "RGBA;16B", "LA;16B")
+# the raw modes of PNGs of 16 bits per sample in colour or gray+alpha, which Pillow would reduce to 8 bits, and their
+# planes (read with pypng instead, see _read_png16)
+_PNG_16BIT_COLOUR_PLANES = {"RGB;16B": 3, "RGBA;16B": 4, "LA;16B": 2}
 
 
 def _read_png16(path: Path) -> np.ndarray:
@@ -486,13 +485,13 @@ def read_header(path: str | Path, keep_alpha: bool = False, channel_axis: str = 
     try:
         with Image.open(path) as img:
             (width, height), mode, info = img.size, img.mode, img.info
-            raw = str(img.tile[0][3]) if _png_16bit_colour(img) else None
+            raw = _png_raw_mode(img)
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
     except (OSError, ValueError, SyntaxError, struct.error) as err:
         raise UserError(f"{path}: not a readable image ({_reason(err)})") from None
-    if raw is not None:
-        planes = {"RGB;16B": 3, "LA;16B": 2, "RGBA;16B": 4}[raw]
+    if raw in _PNG_16BIT_COLOUR_PLANES:
+        planes = _PNG_16BIT_COLOUR_PLANES[raw]
         return ImageHeader(height, width, planes - (planes in (2, 4) and not keep_alpha), "uint16")
     if mode not in _PILLOW_MODES:
         raise UserError(f"{path}: unsupported image mode {mode!r} (expected 8- or 16-bit gray, RGB or RGBA, or a TIFF)")
