@@ -38,6 +38,7 @@ class ClassSpec:
     color: tuple[int, int, int] = _spec((0, 0, 0), 0, 255)
 
 
+SEED_MAX = 2**63 - 1  # within torch.manual_seed's range, with room for DistributedSampler's seed + epoch
 GENERATORS = ("default", "alternate")  # the synthetic sets of lib.generate (lib/core/synthetic*.py)
 
 
@@ -55,7 +56,7 @@ class DataParams:
     keep_alpha: bool = _spec(False)
     channel_axis: str = _spec("auto", choices=("auto", "first", "last"))
     generator: str = _spec("default", choices=GENERATORS)
-    seed: int = _spec(0, 0, 2**63 - 1)  # within torch.manual_seed's range, with room for seed + epoch
+    seed: int = _spec(0, 0, SEED_MAX)
     n_training: int = _spec(100, 1)
     n_test: int = _spec(10, 0)
     height: int = _spec(400, 8)
@@ -86,7 +87,7 @@ class PatchParams:
     flips: bool = _spec(True)
     rotate90: bool = _spec(False)
     foreground_fraction: float = _spec(0.0, 0.0, 1.0)
-    seed: int = _spec(0, 0, 2**63 - 1)  # within torch.manual_seed's range, with room for seed + epoch
+    seed: int = _spec(0, 0, SEED_MAX)
 
     @property
     def folder(self) -> str:
@@ -129,7 +130,7 @@ class TrainingParams:
     val_fraction: float = _spec(0.1, 0.0, 0.9)
     loss: str = _spec("ce", choices=LOSSES)
     class_weights: list[float] | None = _spec(None, 0.0)
-    seed: int = _spec(0, 0, 2**63 - 1)  # within torch.manual_seed's range, with room for seed + epoch
+    seed: int = _spec(0, 0, SEED_MAX)
     device: str = _spec("auto", choices=DEVICES)
     precision: str = _spec("auto", choices=PRECISIONS)
     compile: str = _spec("off", choices=COMPILE_MODES)
