@@ -59,7 +59,7 @@ from lib.core.params import (
 )
 from lib.core.provenance import git_commit, versions
 from lib.core.schedule import SCHEDULES, schedule_factor, set_rate
-from lib.training import batches, evaluate, forward_loss, new_run_name, optimizer_step, predict_labels
+from lib.training import batches, evaluate, forward_loss, new_run_name, optimizer_step, predict_labels, smallest_batch
 from model.checkpoint import (
     CheckpointWriter,
     build_checkpoint,
@@ -345,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
             sampler.set_epoch(epoch)
             # the epoch's order on the device: a batch's indices copied from the host each step would block on it
             order = data.train_idx[torch.tensor(list(sampler), dtype=torch.long)].to(rt.device)
-            steps = list(batches(order, t.batch_size))
+            # a lone last patch of 1x1 at the bottom joins the batch before it (BatchNorm)
+            steps = list(batches(order, t.batch_size, smallest_batch(data.patches.images.shape[-1])))
 
             def rate(step: int, epoch: int = epoch, n: int = len(steps)) -> float:
                 # a function of where the run stands alone: a resumed run follows its (possibly overridden) schedule
@@ -398,8 +399,8 @@ def load_data(params: Params, resumed: dict | None, args: argparse.Namespace, rt
     learnt from the training patches (or the resumed run's); all of it on the device.
 
     Raises:
-        UserError: a missing or malformed folder, a batch larger than the training set, or a checkpoint that does
-            not fit the patches.
+        UserError: a missing or malformed folder, a batch larger than the training set or too small for the
+            patches (:func:`lib.training.smallest_batch`), or a checkpoint that does not fit the patches.
     """
     t = params.training
     folder = patch_folder(params)
@@ -408,6 +409,11 @@ def load_data(params: Params, resumed: dict | None, args: argparse.Namespace, rt
     train_idx, val_idx = patches.subset_indices(train_sources), patches.subset_indices(val_sources)
     if t.batch_size > len(train_idx):
         raise UserError(f"--batch-size {t.batch_size}: larger than the training set ({len(train_idx)} patches)")
+    size = patches.images.shape[-1]
+    if t.batch_size < smallest_batch(size):
+        raise UserError(f"--batch-size {t.batch_size}: with patches of {size}x{size} the U-Net's bottom level is "
+                        f"1x1, and BatchNorm cannot train on one value per channel; use a batch of "
+                        f"{smallest_batch(size)} or more, or patches of 32 or more")
     if resumed:
         classes = load_params(args.params).n_classes if args.params else params.n_classes
         check_compatible(resumed, patches.n_channels, classes, args.load, patches.dtype,

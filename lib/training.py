@@ -16,12 +16,23 @@ from lib.core.distributed import all_reduce_sum
 from lib.core.errors import UserError
 from lib.core.metrics import confusion_matrix
 from lib.core.normalization import normalize
+from model.unet_model import UNet
 
 
-def batches(indices: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
-    """Consecutive slices of ``indices`` of ``batch_size`` (the last one may be shorter)."""
-    for start in range(0, len(indices), batch_size):
-        yield indices[start:start + batch_size]
+def batches(indices: torch.Tensor, batch_size: int, least: int = 1) -> Iterator[torch.Tensor]:
+    """Consecutive slices of ``indices`` of ``batch_size``. The last one may be shorter; one shorter than ``least``
+    joins the batch before it (where there is one)."""
+    starts = list(range(0, len(indices), batch_size))
+    if len(starts) > 1 and len(indices) - starts[-1] < least:
+        starts.pop()
+    for i, start in enumerate(starts):
+        yield indices[start:starts[i + 1] if i + 1 < len(starts) else len(indices)]
+
+
+def smallest_batch(patch_size: int) -> int:
+    """The fewest patches a training batch may hold: BatchNorm trains on more than one value per channel, and below
+    32 pixels the U-Net's bottom level is 1×1, one value per patch."""
+    return 2 if UNet.bottom_side(patch_size) < 2 else 1
 
 
 def make_inputs(images: torch.Tensor, idx: torch.Tensor, normalization: dict, runtime: Runtime,

@@ -40,8 +40,13 @@ class UNet(nn.Module):
         self.up4 = Up(2 * c, c, bilinear)
         self.outc = OutConv(c, n_classes)
 
+    @staticmethod
+    def bottom_side(side: int) -> int:
+        """The side of the bottom level's feature maps for an input side: four 2×2 poolings, each rounding down."""
+        return side // 16
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if min(x.shape[-2:]) < 16:  # four 2×2 poolings need at least 16 pixels per side
+        if self.bottom_side(min(x.shape[-2:])) < 1:
             raise ValueError(f"input sides must be at least 16 pixels, got {tuple(x.shape[-2:])}")
         x1 = self.inc(x)
         x2 = self.down1(x1)

@@ -16,11 +16,15 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import train
+from dataloader.patches import PatchDataset
 from lib.core.device import Runtime
 from lib.core.errors import EXIT_INTERRUPTED, UserError, cli_main
+from lib.core.params import load_params, replace
 from lib.core.visualize import colorize, validation_panel
-from lib.training import new_run_name
+from lib.prepare import prepare_patches
+from lib.training import batches, new_run_name, smallest_batch
 from model.checkpoint import CheckpointWriter, link_checkpoint, save_checkpoint
+from model.unet_model import UNet
 from tests.conftest import assert_user_error, run_main
 
 
@@ -453,3 +457,42 @@ def test_a_ctrl_c_as_the_run_takes_its_folder_stops_with_a_checkpoint(tiny_patch
     monkeypatch.setattr(train, "open_outputs", open_outputs)
     assert _run(monkeypatch, params_file, data, "early_stop", 4) == EXIT_INTERRUPTED
     assert torch.load(data / "checkpoints" / "early_stop" / "interrupted.pth", weights_only=True)["step_in_epoch"] == 4
+
+
+@pytest.mark.parametrize("n, batch_size, least, sizes", [
+    (7, 3, 1, [3, 3, 1]),
+    (7, 3, 2, [3, 4]),   # a lone last patch joins the batch before it
+    (8, 3, 2, [3, 3, 2]),
+    (6, 3, 2, [3, 3]),
+    (1, 4, 2, [1]),      # no batch before it to join
+    (0, 4, 2, []),
+])
+def test_batches_cover_the_indices_in_order_and_a_short_last_one_joins_the_one_before(n, batch_size, least, sizes):
+    indices = torch.arange(n) * 10
+    parts = list(batches(indices, batch_size, least))
+    assert [len(p) for p in parts] == sizes
+    assert torch.equal(torch.cat(parts) if parts else indices, indices)
+
+
+@pytest.mark.parametrize("side, bottom, least", [(16, 1, 2), (31, 1, 2), (32, 2, 1), (47, 2, 1), (96, 6, 1)])
+def test_patches_below_32_pixels_need_batches_of_two(side, bottom, least):
+    assert UNet.bottom_side(side) == bottom
+    assert UNet(1, 2, 4).eval()(torch.zeros(1, 1, side, side)).shape[-1] == side
+    assert smallest_batch(side) == least
+
+
+def test_16_pixel_patches_train_without_a_lone_last_patch_and_refuse_a_batch_of_one(tiny_patches, tmp_path):
+    """At 16×16 the U-Net's bottom level is 1×1; BatchNorm raised a traceback on a batch of one patch (the last,
+    partial batch of an epoch included). A lone last patch now joins the batch before it; ``-b 1`` is refused."""
+    params_file, data = tiny_patches
+    params = load_params(params_file)
+    small = replace(params, "patches", size=16, per_image=1, flips=False)
+    prepare_patches(data / "images_training", tmp_path / "patches_s16", small, progress=False)
+    n = len(PatchDataset(tmp_path / "patches_s16", params.class_colors).images)
+    common = ["--params", str(params_file), "-f", str(tmp_path / "patches_s16"), "-e", "1", "--val-fraction", "0",
+              "--precision", "fp32"]
+    assert run_main("train.py", *common, "-b", str(n - 1), "--name", "s16").returncode == 0
+    assert torch.load(data / "checkpoints" / "s16" / "last.pth", weights_only=True)["steps_done"] == 1
+    refused = run_main("train.py", *common, "-b", "1", "--name", "s16_b1")
+    assert_user_error(refused, "--batch-size 1: with patches of 16x16", "use a batch of 2 or more")
+    assert not (data / "checkpoints" / "s16_b1").exists() and not (data / "runs" / "s16_b1").exists()
