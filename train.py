@@ -66,6 +66,7 @@ from model.checkpoint import (
     check_compatible,
     check_resumable,
     load_checkpoint,
+    load_weights,
 )
 from model.unet_model import UNet
 
@@ -459,7 +460,7 @@ def build_model(params: Params, n_channels: int, resumed: dict | None, args: arg
     if resumed:
         if resumed["model_config"] != net.config():
             raise UserError(f"{args.load}: checkpoint model {resumed['model_config']} does not match {net.config()}")
-        net.load_state_dict(resumed["model_state"])
+        load_weights(net, resumed["model_state"], args.load)
     net.to(rt.device, memory_format=rt.memory_format)
     if not rt.dist.enabled:
         return net, net

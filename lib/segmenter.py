@@ -127,11 +127,13 @@ class Segmenter:
 
         Raises:
             TypeError: ``image`` is not a NumPy array (a tensor or a list: convert it with ``np.asarray``).
-            UserError: the image has another pixel type than the training data, or a channel count the model cannot
-                take (naming ``name``).
+            UserError: the image is not an H×W or H×W×C array of pixels, or has another pixel type than the
+                training data, or a channel count the model cannot take (naming ``name``).
         """
         if not isinstance(image, np.ndarray):
             raise TypeError(f"{name}: expected a NumPy array as read_image returns it, got {type(image).__name__}")
+        if image.ndim not in (2, 3) or not image.size:
+            raise UserError(f"{name}: expected an H×W or H×W×C image, got an array of shape {image.shape}")
         self.check_image(ImageHeader(image.shape[0], image.shape[1], 1 if image.ndim == 2 else image.shape[2],
                                      image.dtype.name), name)
         x = self._channels(image)

@@ -17,8 +17,8 @@ import torch
 
 from lib.core.atomic import atomic_path, atomic_write_bytes, temporary_name
 from lib.core.errors import UserError, write_error
-from lib.core.normalization import as_spec
-from lib.core.params import Params
+from lib.core.normalization import as_spec, check_spec
+from lib.core.params import Params, params_from_dict
 from model.unet_model import UNet
 
 # what inference needs (every checkpoint has these) ...
@@ -205,9 +205,41 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         reason = next((ln for ln in str(err).splitlines() if ln.strip()), err.__class__.__name__)
         raise UserError(f"{path}: not a readable checkpoint ({_first_sentence(reason)}); "
                         f"expected a whole file saved by train.py") from None
-    if not isinstance(state, dict) or any(k not in state for k in MODEL_KEYS):
-        raise UserError(f"{path}: not a checkpoint of this project (expected keys {', '.join(MODEL_KEYS)})")
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: not a checkpoint of this project (expected a dict of {', '.join(MODEL_KEYS)})")
+    missing = [k for k in MODEL_KEYS if k not in state]
+    if missing:
+        raise UserError(f"{path}: not a checkpoint of this project (lacks {', '.join(missing)}; expected keys "
+                        f"{', '.join(MODEL_KEYS)})")
+    check_model_entries(state, path)
     return state
+
+
+def check_model_entries(state: dict[str, Any], path: str | Path) -> None:
+    """Refuse a checkpoint whose model entries do not fit together: the configuration, the classes, the
+    normalisation and the parameters (the weights are checked as they load, :func:`load_weights`).
+
+    Raises:
+        UserError: naming the file and the entry.
+    """
+    config = state["model_config"]
+    if not isinstance(config, dict) or not all(
+            isinstance(config.get(k), int) and config[k] >= 1 for k in ("n_channels", "n_classes", "base_channels")):
+        raise UserError(f"{path}: model_config {str(config)[:160]}: expected positive integers n_channels, n_classes "
+                        "and base_channels")
+    for key in ("class_names", "class_colors"):
+        entries = state[key]
+        if not isinstance(entries, (list, tuple)) or len(entries) != config["n_classes"]:
+            count = f"{len(entries)} entries" if isinstance(entries, (list, tuple)) else "no list"
+            raise UserError(f"{path}: {key} has {count}, model_config.n_classes is {config['n_classes']}")
+    try:
+        check_spec(state["normalization"], config["n_channels"])
+    except ValueError as err:
+        raise UserError(f"{path}: normalization: {err}") from None
+    try:
+        params_from_dict(state["params"])
+    except UserError as err:
+        raise UserError(f"{path}: params: {err}") from None
 
 
 def check_resumable(state: dict[str, Any], path: str | Path) -> None:
@@ -231,10 +263,35 @@ def model_from_checkpoint(state: dict[str, Any], path: str | Path = "checkpoint"
     config = state["model_config"]
     try:
         model = UNet(**config)
-        model.load_state_dict(state["model_state"])
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise UserError(f"{path}: weights do not fit the model {config} ({str(err).splitlines()[0][:160]})") from None
+    except (TypeError, ValueError) as err:
+        raise UserError(f"{path}: model_config {str(config)[:160]} is not a U-Net's ({err})") from None
+    load_weights(model, state["model_state"], path)
     return model
+
+
+def load_weights(model: UNet, weights: Any, path: str | Path) -> None:
+    """Load a checkpoint's ``model_state`` into ``model``.
+
+    Raises:
+        UserError: naming the file and the first weights that are missing, unexpected, of another shape, or empty.
+    """
+    expected = model.state_dict()
+    if not isinstance(weights, dict):
+        raise UserError(f"{path}: model_state is a {type(weights).__name__}, expected a dict of weights")
+    problems = [f"lacks {k}" for k in expected if k not in weights]
+    problems += [f"has {k}, which the model lacks" for k in weights if k not in expected]
+    for key in (k for k in expected if k in weights):
+        given, shape = weights[key], expected[key].shape
+        if not isinstance(given, torch.Tensor):
+            problems.append(f"{key} is a {type(given).__name__}, not a tensor")
+        elif given.shape != shape:
+            problems.append(f"{key} is {'×'.join(map(str, given.shape))}, the model's {'×'.join(map(str, shape))}")
+        elif given.is_meta:
+            problems.append(f"{key} holds no data (a meta tensor)")
+    if problems:
+        more = f" and {len(problems) - 2} more" if len(problems) > 2 else ""
+        raise UserError(f"{path}: weights do not fit the model {model.config()} ({'; '.join(problems[:2])}{more})")
+    model.load_state_dict(weights)
 
 
 def check_compatible(state: dict[str, Any], n_channels: int, n_classes: int, path: str | Path,

@@ -141,9 +141,10 @@ def _huge_png(path: Path, side: int = 3_000_000) -> None:
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
 
 
-def _ckpt_other(w: Path, **config) -> Path:
+def _ckpt_edited(w: Path, edit: Callable[[dict], object]) -> Path:
+    """good.pth with ``edit`` applied to its state, as other.pth."""
     state = torch.load(w / "good.pth", weights_only=True)
-    state["model_config"] = {**state["model_config"], **config}
+    edit(state)
     save_checkpoint(w / "other.pth", state)
     return w / "other.pth"
 
@@ -216,8 +217,31 @@ CASES = [
      ["good.pth", "checkpoint"]),
     ("checkpoint-other-classes", lambda w: _train(w, "--load", str(constant_checkpoint(w / "c4.pth", 0, 4))),
      ["c4.pth", "4 classes"]),
-    ("checkpoint-other-channels", lambda w: _train(w, "--load", str(_ckpt_other(w, n_channels=3))),
-     ["other.pth", "3 input channel"]),
+    ("checkpoint-other-channels", lambda w: _train(w, "--load", str(constant_checkpoint(w / "c3.pth", 0,
+                                                                                        n_channels=3))),
+     ["c3.pth", "3 input channel"]),
+    # a checkpoint edited by hand or written by other code: each entry is checked as it loads, naming what is wrong
+    ("checkpoint-lacks-an-entry", lambda w: _swap(_predict(w), "--checkpoint",
+                                                  str(_ckpt_edited(w, lambda s: s.pop("class_colors")))),
+     ["other.pth", "lacks class_colors; expected keys"]),
+    ("checkpoint-normalization-emptied", lambda w: _swap(_predict(w), "--checkpoint",
+                                                         str(_ckpt_edited(w, lambda s: s.update(normalization={})))),
+     ["other.pth: normalization: expected a dict of mode"]),  # a KeyError traceback
+    ("checkpoint-normalization-of-other-channels", lambda w: _swap(_predict(w), "--checkpoint", str(_ckpt_edited(
+        w, lambda s: s["normalization"].update(mean=[0.5, 0.5])))),
+     ["other.pth: normalization: mean [0.5, 0.5]: expected 1 finite number(s), one per channel"]),
+    ("checkpoint-classes-short", lambda w: _swap(_predict(w), "--checkpoint", str(_ckpt_edited(
+        w, lambda s: s.update(class_names=s["class_names"][:2])))),
+     ["other.pth: class_names has 2 entries, model_config.n_classes is 3"]),  # a traceback in the metrics
+    ("checkpoint-weight-missing", lambda w: _swap(_predict(w), "--checkpoint", str(_ckpt_edited(
+        w, lambda s: s["model_state"].pop("inc.double_conv.0.weight")))),
+     ["other.pth: weights do not fit the model", "(lacks inc.double_conv.0.weight)"]),  # the key was not named
+    ("checkpoint-weight-of-another-shape", lambda w: _swap(_predict(w), "--checkpoint", str(_ckpt_edited(
+        w, lambda s: s["model_state"].update({"outc.conv.bias": torch.zeros(5)})))),
+     ["other.pth: weights do not fit", "(outc.conv.bias is 5, the model's 3)"]),
+    ("checkpoint-params-edited", lambda w: _swap(_predict(w), "--checkpoint", str(_ckpt_edited(
+        w, lambda s: s["params"]["patches"].update(size="x")))),
+     ["other.pth: params: patches.size: expected an integer"]),
     ("predict-image-unreadable", lambda w: (_text_png(w / "data/images_test/images/i1.png"), _predict(w))[1],
      ["i1.png", "not a readable image"]),
     ("predict-mask-other-size", lambda w: (Image.new("L", (5, 7)).save(w / "data/images_test/masks/i0.png"),
@@ -361,4 +385,4 @@ def test_images_smaller_than_a_patch_are_padded_in_preparation(world):
 
 
 def test_case_count():
-    assert len(CASES) + len(ACCEPTED) + 1 == 66  # reported in the README
+    assert len(CASES) + len(ACCEPTED) + 1 == 73  # reported in the README

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import re
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import tifffile
 import torch
 from PIL import Image
 
+from lib.core.errors import UserError
 from lib.core.params import load_params
 from lib.generate import generate_split
 from model.checkpoint import save_checkpoint
@@ -320,3 +322,14 @@ def test_the_segmenter_takes_numpy_arrays_and_says_so(tmp_path, image):
     with pytest.raises(TypeError, match=r"x: expected a NumPy array as read_image returns it, got (Tensor|list)"):
         segmenter.predict(image, "x")
     assert (segmenter.predict(np.zeros((60, 60), np.uint8))[1] == 1).all()
+
+
+@pytest.mark.parametrize("shape", [(60,), (0, 0), (60, 0), (1, 60, 60, 1), ()])
+def test_the_segmenter_refuses_arrays_that_are_no_image_in_one_line(tmp_path, shape):
+    """A 1-D array raised an IndexError, an empty one NumPy's padding error, a 4-D one a wrong channel count."""
+    from lib.segmenter import Segmenter
+
+    segmenter = Segmenter.from_checkpoint(constant_checkpoint(tmp_path / "c.pth", 1), device="cpu")
+    with pytest.raises(UserError, match=rf"^x: expected an H×W or H×W×C image, got an array of shape "
+                                        rf"{re.escape(str(shape))}$"):
+        segmenter.predict(np.zeros(shape, np.uint8), "x")

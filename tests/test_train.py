@@ -157,10 +157,16 @@ def test_bad_checkpoints(trained, tmp_path):
     truncated.write_bytes(good[: len(good) // 2])
     assert_user_error(run_main("train.py", *folder, "--load", str(truncated)), str(truncated))
     state = _weights(data / "checkpoints" / "reference" / "last.pth")
-    state["model_config"] = {**state["model_config"], "n_classes": 4}
+    four = {**state, "model_config": {**state["model_config"], "n_classes": 4},
+            "class_names": [*state["class_names"], "d"], "class_colors": [*state["class_colors"], [9, 9, 9]]}
     other = tmp_path / "four_classes.pth"
-    save_checkpoint(other, state)
+    save_checkpoint(other, four)
     assert_user_error(run_main("train.py", *folder, "--load", str(other)), str(other), "4 classes")
+    # a weight missing: a RuntimeError traceback from load_state_dict on resuming
+    state["model_state"].pop("inc.double_conv.0.weight")
+    save_checkpoint(other, state)
+    assert_user_error(run_main("train.py", *folder, "--load", str(other), "-e", "9"), str(other),
+                      "lacks inc.double_conv.0.weight")
     reference = data / "checkpoints" / "reference" / "last.pth"
     done = _weights(reference)["epoch"]
     assert_user_error(run_main("train.py", *folder, "--load", str(reference)),

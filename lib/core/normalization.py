@@ -17,7 +17,9 @@ Three modes (``data.normalization``), each per channel:
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -120,6 +122,38 @@ def as_spec(normalization: dict) -> dict:
         return normalization
     return {"mode": "zscore", "dtype": "uint8", "scale": 255.0, "mean": list(normalization["mean"]),
             "std": list(normalization["std"]), "low": None, "high": None}
+
+
+# the per-channel lists each mode applies
+_PER_CHANNEL = {"zscore": ("mean", "std"), "percentile": ("mean", "std", "low", "high"), "image": ()}
+
+
+def check_spec(normalization: Any, n_channels: int) -> None:
+    """Refuse a stored normalisation (a checkpoint's) that :func:`normalize` could not apply to images of
+    ``n_channels`` channels.
+
+    Raises:
+        ValueError: what is missing or wrong, naming the field.
+    """
+    if not isinstance(normalization, dict) or not ("mode" in normalization or {"mean", "std"} <= normalization.keys()):
+        raise ValueError("expected a dict of mode, dtype, scale, mean, std, low and high")
+    spec = as_spec(normalization)
+    missing = [k for k in ("mode", "dtype", "scale", "mean", "std", "low", "high") if k not in spec]
+    if missing:
+        raise ValueError(f"lacks {', '.join(missing)}")
+    if spec["mode"] not in MODES or spec["dtype"] not in SCALES:
+        raise ValueError(f"mode {spec['mode']!r} and dtype {spec['dtype']!r}: expected one of {MODES} and one of "
+                         f"{tuple(SCALES)}")
+    if spec["scale"] != SCALES[spec["dtype"]]:
+        raise ValueError(f"scale {spec['scale']!r}: expected {SCALES[spec['dtype']]} for {spec['dtype']}")
+    for key in _PER_CHANNEL[spec["mode"]]:
+        values = spec[key]
+        if (not isinstance(values, (list, tuple)) or len(values) != n_channels
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                           for v in values)):
+            raise ValueError(f"{key} {str(values)[:80]}: expected {n_channels} finite number(s), one per channel")
+    if _PER_CHANNEL[spec["mode"]] and min(spec["std"]) <= 0:
+        raise ValueError(f"std {spec['std']}: expected positive numbers")
 
 
 @functools.lru_cache(maxsize=64)
