@@ -36,7 +36,7 @@ from lib.core.atomic import atomic_open, atomic_write_text, remove_stale_tempora
 from lib.core.device import select_device
 from lib.core.distributed import all_reduce_sum, cleanup, exit_process, init_distributed
 from lib.core.errors import ArgumentParser, UserError, cli_main, write_error
-from lib.core.imageio import TIFF_SUFFIXES, ImageHeader, ImageRows, check_fits, read_header, save_mask, write_tiled_tiff
+from lib.core.imageio import ImageHeader, ImageRows, check_fits, is_tiff, read_header, save_mask, write_tiled_tiff
 from lib.core.params import BLENDS, DEVICES, PRECISIONS, Params, replace
 from lib.evaluation import format_table, image_confusion, metrics_json, summarize
 from lib.segmenter import Segmenter
@@ -98,7 +98,7 @@ def check_inputs(images: list[Path], masks: dict[Path, Path], segmenter: Segment
     for image in images:
         header = read_header(image, **segmenter.params.data.read_options)
         segmenter.check_image(header, str(image))
-        if image.suffix.lower() not in TIFF_SUFFIXES:  # decoded whole (PNG, JPEG, BMP cannot be read in bands)
+        if not is_tiff(image):  # decoded whole (PNG, JPEG, BMP cannot be read in bands)
             check_fits(image, header.height, header.width, header.channels * np.dtype(header.dtype).itemsize)
         if image in masks:
             mask = read_header(masks[image], mask=True)

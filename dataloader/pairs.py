@@ -11,7 +11,8 @@ import numpy as np
 from lib.core.errors import UserError
 from lib.core.imageio import read_image, read_mask
 
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+# .btf (BigTIFF) and .svs (Aperio slides) are TIFFs, read as such (lib.core.imageio.is_tiff)
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".btf", ".svs", ".jpg", ".jpeg", ".bmp")
 
 
 @dataclass(frozen=True)

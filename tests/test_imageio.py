@@ -489,6 +489,26 @@ def test_a_pyramid_is_read_at_full_resolution(tmp_path, layout):
         assert np.array_equal(rows.rows(70, 150, 10, 130), full[70:150, 10:130])
 
 
+@pytest.mark.parametrize("name", ["s.svs", "b.btf", "o.ome.btf", "x.dat"])
+@pytest.mark.parametrize("pixels, extra", [
+    (_values("uint16", (64, 48, 3)), {"photometric": "rgb"}),  # Pillow read 8 bits of each sample
+    (_values("int16", (64, 48)), {}),                          # Pillow: "unsupported image mode 'I'"
+    (_values("uint8", (5, 64, 48)), {"photometric": "minisblack"}),  # Pillow: the first of the 5 pages
+    (_values("uint8", (2, 64, 48)), {"photometric": "minisblack", "planarconfig": "separate"}),  # Pillow: unreadable
+], ids=["uint16-rgb", "int16", "5-pages", "2-planes"])
+def test_a_tiff_is_read_as_a_tiff_whatever_its_suffix(tmp_path, name, pixels, extra):
+    """Slide scanners and BigTIFF writers name their TIFFs .svs or .btf; such a file went to Pillow, which lost
+    bits, pages or channels silently."""
+    _tiff(tmp_path / name, pixels, **extra)
+    expected = np.moveaxis(pixels, 0, -1) if pixels.shape[0] in (2, 5) else pixels
+    assert np.array_equal(read_image(tmp_path / name), expected)
+    height, width = expected.shape[:2]
+    channels = expected.shape[2] if expected.ndim == 3 else 1
+    assert read_header(tmp_path / name) == ImageHeader(height, width, channels, pixels.dtype.name)
+    with ImageRows(tmp_path / name) as rows:
+        assert np.array_equal(rows.rows(10, 50, 5, 40), expected[10:50, 5:40])
+
+
 def _corrupt_last_tile(path: Path, compression: str, which: int = -1, shape: tuple[int, int] = (40, 40)) -> None:
     """A compressed TIFF whose header is sound and whose last tile (or strip, or the ``which``-th) is garbage: its
     codec's own error (zlib.error, lzma.LZMAError) must become one line naming the file, where and while it is

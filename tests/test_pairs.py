@@ -11,6 +11,8 @@ from lib.core.errors import UserError
 CASES = [
     ("suffixes-differ", ["a.png", "b.TIF", "c.1.tiff"], ["a.tif", "b.tif", "c.1.png"], "", "",
      {"a.png": "a.tif", "b.TIF": "b.tif", "c.1.tiff": "c.1.png"}),
+    ("tiffs-of-slide-scanners", ["s.svs", "b.btf", "notes.txt"], ["s.png", "b.tif"], "", "",
+     {"s.svs": "s.png", "b.btf": "b.tif"}),
     ("prefixes", ["Img_1.png", "Img_2.png"], ["Mask_1.png", "Mask_2.tif"], "Img_", "Mask_",
      {"Img_1.png": "Mask_1.png", "Img_2.png": "Mask_2.tif"}),
     ("two-masks-one-suffix-each", ["x.png"], ["x.png", "x.tif"], "", "", "x.png: 2 masks pair with it (x.png, x.tif"),

@@ -24,7 +24,6 @@ from lib.core.errors import UserError
 
 IMAGE_DTYPES = ("uint8", "uint16", "int16", "float32")
 CHANNEL_AXES = ("auto", "first", "last")
-TIFF_SUFFIXES = (".tif", ".tiff")
 MAX_AUTO_CHANNELS = 16  # with generic TIFF axes, the channel axis is the one of at most this many planes
 # Pillow stops at 89 MP by default (a "decompression bomb" guard against hostile files); our users' images are
 # legitimately that large, so the guard is lifted here, where every image is opened
@@ -72,7 +71,7 @@ def read_image(path: str | Path, keep_alpha: bool = False, channel_axis: str = "
     path = Path(path)
     if channel_axis not in CHANNEL_AXES:
         raise ValueError(f"channel_axis must be one of {CHANNEL_AXES}, got {channel_axis!r}")
-    if path.suffix.lower() in TIFF_SUFFIXES and _is_tiff(path):
+    if is_tiff(path):
         array, layout = _tiff_open(path, True, channel_axis)
         if layout.colormap is not None:
             array = layout.colormap[array]
@@ -233,7 +232,13 @@ def _read_png16(path: Path) -> np.ndarray:
     return array.reshape(height, width, info["planes"])
 
 
-def _is_tiff(path: Path) -> bool:
+def is_tiff(path: Path) -> bool:
+    """Whether a file is a TIFF or BigTIFF, by its first bytes: a TIFF is read by tifffile whatever its suffix
+    (``.svs``, ``.btf``), where Pillow would read 16-bit colour as 8-bit and only the first of several pages.
+
+    Raises:
+        UserError: the file is missing or unreadable.
+    """
     try:
         with path.open("rb") as handle:
             return handle.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
@@ -480,7 +485,7 @@ def read_header(path: str | Path, keep_alpha: bool = False, channel_axis: str = 
         UserError: the file is missing, not a readable image, or of an unsupported layout or mode.
     """
     path = Path(path)
-    if path.suffix.lower() in TIFF_SUFFIXES and _is_tiff(path):
+    if is_tiff(path):
         return _tiff_header(_tiff_open(path, False, channel_axis)[1], keep_alpha, path, mask)
     try:
         with Image.open(path) as img:
@@ -540,7 +545,7 @@ class ImageRows:
         self.path = Path(path)
         self.keep_alpha, self._whole, self._store, self._zarr = keep_alpha, None, None, None
         self.mask_colors = mask_colors  # read as a label mask: rows are uint8 class indices (see read_mask)
-        if self.path.suffix.lower() in TIFF_SUFFIXES and _is_tiff(self.path):
+        if is_tiff(self.path):
             import tifffile
             import zarr
 
@@ -741,7 +746,7 @@ def read_mask(path: str | Path, colors: list[tuple[int, int, int]]) -> np.ndarra
         UserError: the file is unreadable, or holds a value or colour that is no class (naming both).
     """
     path = Path(path)
-    if path.suffix.lower() in TIFF_SUFFIXES and _is_tiff(path):
+    if is_tiff(path):
         array = _tiff_open(path, True, "auto")[0]  # a palette TIFF by its indices
         return mask_indices(array, colors, path)
     img = _decode(path)
