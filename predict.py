@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dataloader.pairs import IMAGE_SUFFIXES, check_mask_size, list_images, mask_of, masks_by_id
+from dataloader.pairs import IMAGE_SUFFIXES, check_mask_size, image_name, list_images, mask_of, masks_by_id
 from lib.core.atomic import atomic_open, atomic_write_text, remove_stale_temporaries_in
 from lib.core.device import select_device
 from lib.core.distributed import all_reduce_sum, cleanup, exit_process, init_distributed
@@ -155,8 +155,8 @@ def check_outputs(images: list[Path], headers: list[ImageHeader], masks: dict[Pa
     written = set()
     for image, header in zip(images, headers):
         tiff = writes_tiff(fmt, header.height, header.width, tiff_above)
-        mask, probabilities = output_paths(out, image.stem, tiff)
-        for path in (mask, output_paths(out, image.stem, False)[1]):  # the .npy name in either format, as always
+        mask, probabilities = output_paths(out, image_name(image), tiff)
+        for path in (mask, output_paths(out, image_name(image), False)[1]):  # the .npy name in either format, as always
             if path.resolve() in inputs:
                 raise UserError(f"{path}: the output would replace an input file; choose another --output folder")
             written.add(path.resolve())
@@ -213,7 +213,7 @@ def segment_file(segmenter: Segmenter, image_path: Path, out: Path, mask: Path |
         truth = stack.enter_context(ImageRows(mask, mask_colors=colors)) if mask is not None else None
         height, width = source.header.height, source.header.width
         tiff = writes_tiff(fmt, height, width, tiff_above)
-        target, probabilities_path = output_paths(out, image_path.stem, tiff)
+        target, probabilities_path = output_paths(out, image_name(image_path), tiff)
         probabilities = ProbabilitySink(probabilities_path, height, width, n_classes, tiff) \
             if save_probabilities else None
         if probabilities is not None:
@@ -234,7 +234,7 @@ def segment_file(segmenter: Segmenter, image_path: Path, out: Path, mask: Path |
             write_tiled_tiff(target, (labels for _, _, labels in label_blocks()), height, width, np.uint8,
                              colors=colors)
         else:
-            scratch = stack.enter_context(scratch_array(labels_scratch(out, image_path.stem), (height, width)))
+            scratch = stack.enter_context(scratch_array(labels_scratch(out, image_name(image_path)), (height, width)))
             rows = ChunkRows(scratch)
             for top, left, labels in label_blocks():
                 rows.write(top, left, labels)
@@ -464,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     n_classes = len(segmenter.class_names)
     # one confusion matrix per image, zero for those of other processes: summed over processes, they are complete
     confusions = torch.zeros(len(images), n_classes, n_classes, dtype=torch.long)
-    remove_leftovers(out, [images[i].stem for i in mine])
+    remove_leftovers(out, [image_name(images[i]) for i in mine])
     try:
         for i in tqdm(mine, desc="predict", unit="img", disable=args.quiet or not info.is_main, file=sys.stderr):
             cm = segment_file(segmenter, images[i], out, masks.get(images[i]), args.format, args.tiff_above,

@@ -13,6 +13,7 @@ from lib.core.imageio import read_image, read_mask
 
 # .btf (BigTIFF) and .svs (Aperio slides) are TIFFs, read as such (lib.core.imageio.is_tiff)
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".btf", ".svs", ".jpg", ".jpeg", ".bmp")
+_OME_SUFFIXES = (".tif", ".tiff", ".btf")
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,14 @@ class ImagePair:
     name: str
     image: Path
     mask: Path | None
+
+
+def image_name(path: Path) -> str:
+    """A file's name without its suffix: what images and masks pair by and outputs are named by. The ``.ome`` of an
+    OME-TIFF (``slide.ome.tif``) belongs to its suffix: its mask may be ``slide.png``, and its outputs are
+    ``slide.png`` or ``slide.tif``, which are no OME-TIFFs."""
+    stem = path.stem
+    return stem[:-4] if stem.lower().endswith(".ome") and path.suffix.lower() in _OME_SUFFIXES else stem
 
 
 def _natural_key(path: Path) -> list:
@@ -47,16 +56,18 @@ def list_images(folder: str | Path) -> list[Path]:
     images = _image_files(folder)
     seen: dict[str, Path] = {}
     for image in images:
-        if image.stem in seen:
-            raise UserError(f"{image}: shares the name {image.stem!r} with {seen[image.stem].name} (images and masks "
+        name = image_name(image)
+        if name in seen:
+            raise UserError(f"{image}: shares the name {name!r} with {seen[name].name} (images and masks "
                             "pair, and outputs are named, by the name without its suffix: rename one)")
-        seen[image.stem] = image
+        seen[name] = image
     return images
 
 
 def image_id(path: Path, prefix: str) -> str:
-    """The part of a file's stem that an image and its mask share (the stem without its prefix)."""
-    return path.stem[len(prefix):] if prefix and path.stem.startswith(prefix) else path.stem
+    """The part of a file's name that an image and its mask share (:func:`image_name` without its prefix)."""
+    name = image_name(path)
+    return name[len(prefix):] if prefix and name.startswith(prefix) else name
 
 
 def masks_by_id(folder: str | Path, mask_prefix: str = "") -> dict[str, list[Path]]:
@@ -126,7 +137,7 @@ def find_pairs(folder: str | Path, image_prefix: str = "", mask_prefix: str = ""
                             "would pair with one mask; rename one")
         ids[key] = image
         mask = mask_of(image, masks, folder / "masks", image_prefix, mask_prefix) if require_masks else None
-        pairs.append(ImagePair(image.stem, image, mask))
+        pairs.append(ImagePair(image_name(image), image, mask))
     for key in ids:
         masks.pop(key, None)
     if masks:

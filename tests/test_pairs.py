@@ -11,6 +11,10 @@ from lib.core.errors import UserError
 CASES = [
     ("suffixes-differ", ["a.png", "b.TIF", "c.1.tiff"], ["a.tif", "b.tif", "c.1.png"], "", "",
      {"a.png": "a.tif", "b.TIF": "b.tif", "c.1.tiff": "c.1.png"}),
+    ("ome-tiffs", ["slide.ome.tif", "b.OME.TIFF", "c.ome.png"], ["slide.png", "b.tif", "c.ome.png"], "", "",
+     {"slide.ome.tif": "slide.png", "b.OME.TIFF": "b.tif", "c.ome.png": "c.ome.png"}),  # .ome of a TIFF alone
+    ("an-ome-tiff-and-a-tiff-of-one-name", ["a.ome.tif", "a.tif"], ["a.png"], "", "",
+     "a.ome.tif: shares the name 'a' with a.tif"),
     ("tiffs-of-slide-scanners", ["s.svs", "b.btf", "notes.txt"], ["s.png", "b.tif"], "", "",
      {"s.svs": "s.png", "b.btf": "b.tif"}),
     ("prefixes", ["Img_1.png", "Img_2.png"], ["Mask_1.png", "Mask_2.tif"], "Img_", "Mask_",

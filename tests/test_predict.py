@@ -333,3 +333,14 @@ def test_the_segmenter_refuses_arrays_that_are_no_image_in_one_line(tmp_path, sh
     with pytest.raises(UserError, match=rf"^x: expected an H×W or H×W×C image, got an array of shape "
                                         rf"{re.escape(str(shape))}$"):
         segmenter.predict(np.zeros(shape, np.uint8), "x")
+
+
+def test_an_ome_tiff_gives_masks_named_without_ome(tmp_path):
+    """``slide.ome.tif`` gave ``slide.ome.tif`` (or ``.png``) masks, which claimed an OME-TIFF's metadata they lack."""
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "slide.ome.tif", np.zeros((60, 50), np.uint8), ome=True)
+    for fmt, written in (("png", "slide.png"), ("tiff", "slide.tif")):
+        result = run_main("predict.py", "--checkpoint", str(constant_checkpoint(tmp_path / "c.pth", 1)), "--input",
+                          str(tmp_path / "in"), "--output", str(tmp_path / fmt), "--format", fmt, "--quiet")
+        assert result.returncode == 0, result.stderr
+        assert [p.name for p in (tmp_path / fmt).iterdir()] == [written]
