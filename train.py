@@ -240,6 +240,7 @@ class TrainingData:
     images: torch.Tensor  # all patches on the device (74 MB for the published set): no loader, no copy per step
     masks: torch.Tensor
     image_stats: torch.Tensor | None  # per-patch source statistics on the device (``image`` normalisation)
+    least_batch: int = 1  # the fewest patches a step may train on (BatchNorm; see lib.training.smallest_batch)
 
 
 @dataclass
@@ -346,8 +347,7 @@ def main(argv: list[str] | None = None) -> int:
             sampler.set_epoch(epoch)
             # the epoch's order on the device: a batch's indices copied from the host each step would block on it
             order = data.train_idx[torch.tensor(list(sampler), dtype=torch.long)].to(rt.device)
-            # a lone last patch of 1x1 at the bottom joins the batch before it (BatchNorm)
-            steps = list(batches(order, t.batch_size, smallest_batch(data.patches.images.shape[-1])))
+            steps = list(batches(order, t.batch_size, data.least_batch))  # a lone last patch may join the one before
 
             def rate(step: int, epoch: int = epoch, n: int = len(steps)) -> float:
                 # a function of where the run stands alone: a resumed run follows its (possibly overridden) schedule
@@ -408,13 +408,21 @@ def load_data(params: Params, resumed: dict | None, args: argparse.Namespace, rt
     patches = PatchDataset(folder, params.class_colors)
     train_sources, val_sources = split_sources(patches.source_names(), t.val_fraction, t.seed)
     train_idx, val_idx = patches.subset_indices(train_sources), patches.subset_indices(val_sources)
+    size, processes = patches.images.shape[-1], rt.dist.world_size
+    # SyncBatchNorm takes its statistics over the batches of every process
+    least = 1 if args.sync_bn and processes > 1 else smallest_batch(size)
+    share = -(-len(train_idx) // processes)  # DistributedSampler's patches per process
+    if share < least:
+        over = f" over {processes} processes" if processes > 1 else ""
+        raise UserError(f"{folder}: {len(train_idx)} training patch(es) of {size}x{size}{over} leave {share} a step, "
+                        "and BatchNorm cannot train on one value per channel at the U-Net's 1x1 bottom level; cut "
+                        "more patches, or patches of 32 or more")
     if t.batch_size > len(train_idx):
         raise UserError(f"--batch-size {t.batch_size}: larger than the training set ({len(train_idx)} patches)")
-    size = patches.images.shape[-1]
-    if t.batch_size < smallest_batch(size):
+    if t.batch_size < least:
         raise UserError(f"--batch-size {t.batch_size}: with patches of {size}x{size} the U-Net's bottom level is "
-                        f"1x1, and BatchNorm cannot train on one value per channel; use a batch of "
-                        f"{smallest_batch(size)} or more, or patches of 32 or more")
+                        f"1x1, and BatchNorm cannot train on one value per channel; use a batch of {least} or "
+                        "more, or patches of 32 or more")
     if resumed:
         classes = load_params(args.params).n_classes if args.params else params.n_classes
         check_compatible(resumed, patches.n_channels, classes, args.load, patches.dtype,
@@ -429,7 +437,7 @@ def load_data(params: Params, resumed: dict | None, args: argparse.Namespace, rt
     image_stats = patch_image_stats(patches, normalization)
     return TrainingData(folder, patches, train_idx, val_idx, val_sources, normalization,
                         move_pixels(patches.images, rt.device), patches.masks.to(rt.device),
-                        image_stats.to(rt.device) if image_stats is not None else None)
+                        image_stats.to(rt.device) if image_stats is not None else None, least)
 
 
 def _names(sources: list[str], shown: int = 3) -> str:

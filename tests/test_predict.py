@@ -344,3 +344,16 @@ def test_an_ome_tiff_gives_masks_named_without_ome(tmp_path):
                           str(tmp_path / "in"), "--output", str(tmp_path / fmt), "--format", fmt, "--quiet")
         assert result.returncode == 0, result.stderr
         assert [p.name for p in (tmp_path / fmt).iterdir()] == [written]
+
+
+def test_a_checkpoint_without_batchnorm_step_counters_loads(tmp_path):
+    """``num_batches_tracked`` are no weights (load_state_dict fills them in); the weights' check took them for
+    missing ones and refused checkpoints that loaded before."""
+    from lib.segmenter import Segmenter
+    from model.checkpoint import save_checkpoint
+
+    state = torch.load(constant_checkpoint(tmp_path / "c.pth", 1), weights_only=True)
+    state["model_state"] = {k: v for k, v in state["model_state"].items() if not k.endswith("num_batches_tracked")}
+    save_checkpoint(tmp_path / "stripped.pth", state)
+    segmenter = Segmenter.from_checkpoint(tmp_path / "stripped.pth", device="cpu")
+    assert (segmenter.predict(np.zeros((60, 60), np.uint8))[1] == 1).all()

@@ -18,6 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import train
 from dataloader.patches import PatchDataset
 from lib.core.device import Runtime
+from lib.core.distributed import DistInfo
 from lib.core.errors import EXIT_INTERRUPTED, UserError, cli_main
 from lib.core.params import load_params, replace
 from lib.core.visualize import colorize, validation_panel
@@ -496,3 +497,16 @@ def test_16_pixel_patches_train_without_a_lone_last_patch_and_refuse_a_batch_of_
     refused = run_main("train.py", *common, "-b", "1", "--name", "s16_b1")
     assert_user_error(refused, "--batch-size 1: with patches of 16x16", "use a batch of 2 or more")
     assert not (data / "checkpoints" / "s16_b1").exists() and not (data / "runs" / "s16_b1").exists()
+    # under torchrun each process trains on its share: one patch a process is refused up front (a traceback on every
+    # rank), except with SyncBatchNorm, whose statistics span the processes
+    args = train.parse_args([*common, "-b", "1"])
+    for processes, sync_bn, refused in ((n, False, True), (n, True, False), (n // 2, False, False)):
+        rt = Runtime(torch.device("cpu"), dist=DistInfo(0, processes, 0))
+        args.sync_bn, args.batch_size = sync_bn, 1 if sync_bn else 2
+        params = train.resolve_params(args, None)
+        if refused:
+            with pytest.raises(UserError, match=rf"{n} training patch\(es\) of 16x16 over {n} processes leave 1 a "
+                                                r"step, and BatchNorm cannot train"):
+                train.load_data(params, None, args, rt)
+        else:
+            assert train.load_data(params, None, args, rt).least_batch == (1 if sync_bn else 2)
