@@ -1,4 +1,4 @@
-"""Normalisation learnt from the training data: the three modes against NumPy, 8-bit results unchanged, and the one
+"""Normalisation learnt from the training data: the modes against NumPy, 8-bit results unchanged, and the one
 ``normalize`` function used everywhere."""
 
 from __future__ import annotations
@@ -49,17 +49,32 @@ def test_percentiles_match_numpy_and_clip(dtype, q):
     assert np.allclose(normalize(x, spec).numpy(), expected, atol=1e-4)
 
 
-def test_eight_bit_zscore_is_the_published_rule_bit_for_bit():
+def test_eight_bit_zscore_is_the_rule_before_the_modes_bit_for_bit():
     """A checkpoint written before the modes ({mean, std} in [0, 1] units) and a new one give the same inputs."""
     x = _images("uint8")
     legacy = {"mean": [float(v) for v in (x.double() / 255).mean(dim=(0, 2, 3))],
               "std": [float(v) for v in (x.double() / 255).std(dim=(0, 2, 3))]}
-    published = (x.float() / 255.0 - torch.tensor(legacy["mean"]).view(1, -1, 1, 1)) / torch.tensor(
+    before = (x.float() / 255.0 - torch.tensor(legacy["mean"]).view(1, -1, 1, 1)) / torch.tensor(
         legacy["std"]).view(1, -1, 1, 1)
-    assert torch.equal(normalize(x, legacy), published)
+    assert torch.equal(normalize(x, legacy), before)
     spec = compute_normalization(x)
     assert np.allclose(spec["mean"], legacy["mean"], rtol=1e-14) and np.allclose(spec["std"], legacy["std"], rtol=1e-12)
     assert as_spec(legacy)["dtype"] == "uint8" and as_spec(spec) is spec
+
+
+@pytest.mark.parametrize("dtype, scale", [("uint8", 255.0), ("uint16", 65535.0), ("int16", 32768.0),
+                                          ("float32", 1.0)])
+def test_scale_mode_divides_by_the_scale_alone_as_the_original_code_did(dtype, scale):
+    """``scale``: the original code's ``image / 255`` on 8-bit data (and the same units for other types); nothing is
+    learnt, and the spec passes the checkpoint's check."""
+    from lib.core.normalization import check_spec
+
+    x = _images(dtype)
+    spec = compute_normalization(x, "scale")
+    assert spec == {"mode": "scale", "dtype": dtype, "scale": scale, "mean": None, "std": None, "low": None,
+                    "high": None}
+    check_spec(spec, 2)
+    assert torch.equal(normalize(x, spec), x.float() / scale)
 
 
 def test_zscore_removes_an_affine_change_of_the_stored_values():

@@ -178,6 +178,22 @@ def test_int16_tiffs_with_per_image_normalisation(tmp_path):
     assert metrics["miou"] > 0.5
 
 
+def test_uint8_tiffs_with_the_original_codes_scaling_and_step_schedule(tmp_path):
+    """The original code's recipe where it differs from the defaults: inputs ``/ 255`` alone (``scale``) and
+    ``StepLR`` (``step``: ×0.1 after every int(0.3 × 2) = 0, i.e. 1, epoch), through the real commands."""
+    _write_set(tmp_path, np.array([[40.0], [120.0], [220.0]]), 20.0, "uint8")
+    params = _params(tmp_path, normalization="scale")
+    raw = json.loads(params.read_text())
+    raw["training"]["schedule"] = "step"
+    params.write_text(json.dumps(raw))
+    checkpoint, metrics = _pipeline(tmp_path, params)
+    state = torch.load(checkpoint.with_name("last.pth"), weights_only=True)
+    assert state["normalization"] == {"mode": "scale", "dtype": "uint8", "scale": 255.0, "mean": None, "std": None,
+                                      "low": None, "high": None}
+    assert [h["lr"] for h in state["history"]] == pytest.approx([0.05, 0.005])
+    assert metrics["miou"] > 0.5
+
+
 def test_twelve_bit_narrow_band_reaches_the_eight_bit_control(tmp_path):
     """The bit-depth benchmark on its tiny setting: the 12-bit set (2000 + 4·v in 16-bit PNGs, 16-bit masks) through
     the real commands reaches the 8-bit set's test mIoU within 0.01, while >> 8 would keep 5 gray levels."""

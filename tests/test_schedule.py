@@ -1,4 +1,5 @@
-"""LR schedule: constant for the first ceil(E/2) epochs, then linear down to final_factor at the last epoch."""
+"""LR schedules: constant for the first ceil(E/2) epochs, then linear down to final_factor at the last epoch
+(`published`); the original code's StepLR (`step`); warm-up and cosine (`cosine`)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import math
 
 import pytest
 
-from lib.core.schedule import cosine_factor, lr_factor, schedule_factor
+from lib.core.schedule import cosine_factor, lr_factor, schedule_factor, step_factor
 
 CASES = [
     # (epochs, final, expected factor per epoch)
@@ -66,7 +67,7 @@ def test_cosine_schedule_warms_up_then_falls_to_the_final_factor(epochs, steps, 
 
 def test_bad_schedule_or_position_raises():
     with pytest.raises(ValueError):
-        schedule_factor("step", 0, 0, 10, 2, 0.1)
+        schedule_factor("linear", 0, 0, 10, 2, 0.1)
     with pytest.raises(ValueError):
         cosine_factor(4, 4, 0, 0.1)
     with pytest.raises(ValueError):
@@ -76,3 +77,26 @@ def test_bad_schedule_or_position_raises():
 def test_bad_epoch_raises():
     with pytest.raises(ValueError):
         lr_factor(3, 3, 0.1)
+    with pytest.raises(ValueError):
+        step_factor(3, 3)
+
+
+@pytest.mark.parametrize("epochs", [4, 7, 10, 100])
+def test_the_step_schedule_is_the_original_codes_step_lr(epochs):
+    """``step``: the original project's ``StepLR(step_size=int(0.3 * epochs), gamma=0.1)``, stepped after each epoch."""
+    import torch
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(0.3 * epochs), gamma=0.1)
+    expected = []
+    for _ in range(epochs):
+        expected.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    for epoch in range(epochs):
+        assert {schedule_factor("step", epoch, k, 5, epochs, 0.5) for k in range(5)} == {step_factor(epoch, epochs)}
+    assert [step_factor(e, epochs) for e in range(epochs)] == pytest.approx(expected, rel=1e-12)
+
+
+def test_the_step_schedule_of_fewer_than_4_epochs_steps_every_epoch():
+    assert [step_factor(e, 3) for e in range(3)] == pytest.approx([1.0, 0.1, 0.01])

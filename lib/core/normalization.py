@@ -1,17 +1,19 @@
 """Input normalisation learnt from the training data, stored in checkpoints, applied by one function everywhere.
 
-Three modes (``data.normalization``), each per channel:
+Four modes (``data.normalization``), each per channel:
 
 - ``zscore`` (default): mean and std over the training patches; ``x' = (x / scale - mean) / std``. On 8-bit data
-  (scale 255) this is the published ``/255`` followed by a z-score, unchanged.
+  (scale 255) this is the original code's ``/255`` followed by a z-score.
 - ``percentile``: each channel clipped to its ``[low, high]`` percentiles over the training patches
   (``data.percentiles``, 0.5 and 99.5 by default), then z-scored with the mean and std of the clipped values
   (nnU-Net's scheme for CT).
 - ``image``: every image z-scored with its own mean and std (nnU-Net's default for other modalities); a training
   patch uses the statistics of the whole image it was cut from (``sources.json`` of the patch folder).
+- ``scale``: ``x' = x / scale`` alone, nothing learnt: the original code's ``/255`` on 8-bit data.
 
 ``scale`` is 255 for uint8, 65535 for uint16, 32768 for int16 and 1 for float32: it only sets the units in which
-``mean`` and ``std`` are stored. The settings travel as a plain dict (the checkpoint's ``normalization`` entry).
+``mean`` and ``std`` are stored (and, in ``scale`` mode, the whole normalisation). The settings travel as a plain
+dict (the checkpoint's ``normalization`` entry).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 
 from lib.core.statistics import floor_std, merge_moments, moments
 
-MODES = ("zscore", "percentile", "image")
+MODES = ("zscore", "percentile", "image", "scale")
 SCALES = {"uint8": 255.0, "uint16": 65535.0, "int16": 32768.0, "float32": 1.0}
 _EXACT_PERCENTILE_VALUES = 1 << 25  # float data with more values per channel is subsampled (strided) for percentiles
 _CHUNK = 256  # patches per chunk when computing statistics (bounded float64 temporaries)
@@ -96,7 +98,7 @@ def compute_normalization(images: torch.Tensor, mode: str = "zscore",
         raise ValueError(f"percentiles must be 0 <= low < high <= 100, got {list(percentiles)}")
     spec = {"mode": mode, "dtype": dtype, "scale": SCALES[dtype], "mean": None, "std": None, "low": None,
             "high": None}
-    if mode == "image":
+    if mode in ("image", "scale"):
         return spec
     if mode == "percentile":
         spec["low"], spec["high"] = _percentiles(images, percentiles)
@@ -125,7 +127,7 @@ def as_spec(normalization: dict) -> dict:
 
 
 # the per-channel lists each mode applies
-_PER_CHANNEL = {"zscore": ("mean", "std"), "percentile": ("mean", "std", "low", "high"), "image": ()}
+_PER_CHANNEL = {"zscore": ("mean", "std"), "percentile": ("mean", "std", "low", "high"), "image": (), "scale": ()}
 
 
 def check_spec(normalization: Any, n_channels: int) -> None:
@@ -181,6 +183,8 @@ def normalize(images: torch.Tensor, normalization: dict, image_stats: torch.Tens
         x = torch.clamp(x, _channel_constants(tuple(spec["low"]), device),
                         _channel_constants(tuple(spec["high"]), device))
     x = x / spec["scale"]
+    if spec["mode"] == "scale":
+        return x
     if spec["mode"] == "image":
         if image_stats is None:
             raise ValueError("normalization mode 'image' needs the statistics of each image (image_stats)")

@@ -51,7 +51,7 @@ class DataParams:
     test_folder: str = _spec("images_test")
     image_prefix: str = _spec("")
     mask_prefix: str = _spec("")
-    normalization: str = _spec("zscore", choices=("zscore", "percentile", "image"))
+    normalization: str = _spec("zscore", choices=("zscore", "percentile", "image", "scale"))
     percentiles: tuple[float, float] = _spec((0.5, 99.5), 0.0, 100.0)
     keep_alpha: bool = _spec(False)
     channel_axis: str = _spec("auto", choices=("auto", "first", "last"))
@@ -103,7 +103,7 @@ class ModelParams:
     bilinear: bool = _spec(False)
 
 
-SCHEDULES = ("published", "cosine")  # lib.core.schedule's (it imports torch, which this module does not)
+SCHEDULES = ("published", "cosine", "step")  # lib.core.schedule's (it imports torch, which this module does not)
 OPTIMIZERS = ("sgd", "adamw")  # train.py's make_optimizer
 LOSSES = ("ce", "dice_ce")  # lib.core.losses' make_loss
 # torch.compile of the training forward and backward: "off", or one of torch.compile's modes

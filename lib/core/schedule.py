@@ -1,7 +1,8 @@
 """Learning-rate schedules. ``published``: constant for the first half of the epochs, then a linear decrease, epoch by
-epoch (the original project's). ``cosine``: a linear warm-up, then a half cosine towards the final factor, step by
-step (for short runs, where an epoch is a large part of the training); its last step runs one step short of the
-factor, just above it (:func:`cosine_factor`)."""
+epoch (this project's reading of the published text, "decreased towards the second half of the epochs"). ``step``:
+the original code's ``StepLR``, ×0.1 every 30% of the epochs. ``cosine``: a linear warm-up, then a half cosine towards
+the final factor, step by step (for short runs, where an epoch is a large part of the training); its last step runs
+one step short of the factor, just above it (:func:`cosine_factor`)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,23 @@ def lr_factor(epoch: int, epochs: int, final_factor: float) -> float:
     return 1.0 - (1.0 - final_factor) * (epoch - half + 1) / (epochs - half)
 
 
+# the original code's optim.lr_scheduler.StepLR(optimizer, step_size=int(0.3 * epochs), gamma=0.1)
+STEP_EVERY, STEP_GAMMA = 0.3, 0.1
+
+
+def step_factor(epoch: int, epochs: int) -> float:
+    """Multiplier of the base learning rate during ``epoch`` (0-based) of ``epochs`` under the original code's
+    schedule: ×0.1 every ``int(0.3 × epochs)`` epochs (every epoch in runs of fewer than 4, where StepLR's step of
+    0 epochs would fail), whatever the final factor.
+
+    Raises:
+        ValueError: ``epochs < 1`` or ``epoch`` outside ``0..epochs-1``.
+    """
+    if epochs < 1 or not 0 <= epoch < epochs:
+        raise ValueError(f"epoch {epoch} is outside 0..{epochs - 1}")
+    return STEP_GAMMA ** (epoch // max(1, int(STEP_EVERY * epochs)))
+
+
 def cosine_factor(step: int, total: int, warmup: int, final_factor: float) -> float:
     """Multiplier of the base rate at ``step`` (0-based) of ``total``: ``(step + 1) / warmup`` during the first
     ``warmup`` steps, then ``final + (1 - final)(1 + cos(π t)) / 2`` with ``t`` going from 0 at the end of the
@@ -53,10 +71,11 @@ def schedule_factor(schedule: str, epoch: int, step: int, steps_per_epoch: int, 
     alone, so a resumed run needs no scheduler state.
 
     Args:
-        schedule: ``published`` (:func:`lr_factor`, per epoch) or ``cosine`` (:func:`cosine_factor`, per step).
+        schedule: ``published`` (:func:`lr_factor`, per epoch), ``step`` (:func:`step_factor`, per epoch) or
+            ``cosine`` (:func:`cosine_factor`, per step).
         epoch, step: where the run stands.
         steps_per_epoch, epochs: the run's length.
-        final_factor: the multiplier at the end.
+        final_factor: the multiplier at the end (``published`` and ``cosine``).
         warmup_fraction: the share of all steps that warm up (``cosine`` only).
 
     Raises:
@@ -64,6 +83,8 @@ def schedule_factor(schedule: str, epoch: int, step: int, steps_per_epoch: int, 
     """
     if schedule == "published":
         return lr_factor(epoch, epochs, final_factor)
+    if schedule == "step":
+        return step_factor(epoch, epochs)
     if schedule == "cosine":
         total = epochs * steps_per_epoch
         warmup = min(round(warmup_fraction * total), total - 1)
