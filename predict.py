@@ -9,7 +9,7 @@ Writes one palette PNG per input (same stem; pixel values are class indices, the
 above ``--tiff-above`` megapixels a tiled palette BigTIFF; every image is segmented band by band, in column blocks
 when wider than ``--block-width`` (a TIFF input is read the same way), so memory does not grow with the image.
 With ``--masks`` prints per-class IoU and mIoU over the whole set (one confusion matrix for all images, as Keras
-computes it) and the mean over images of each image's mIoU (the published notebook's figure).
+computes it) and the mean over images of each image's mIoU (the published notebook shows each image's).
 """
 
 from __future__ import annotations

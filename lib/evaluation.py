@@ -53,7 +53,7 @@ def segment_pairs(segmenter: Segmenter, pairs: list[ImagePair]) -> Iterator[Segm
 
 def summarize(confusions: list[torch.Tensor], class_names: list[str]) -> dict:
     """Metrics of a set of images: Keras-style mIoU and per-class IoU over one confusion matrix for all images, and
-    the published notebook's figure, the mean over images of each image's mIoU."""
+    the mean over images of each image's mIoU (the published notebook shows each image's)."""
     total = torch.stack(confusions).sum(0)
     per_image = [mean_iou(cm) for cm in confusions]
     iou = iou_per_class(total)
