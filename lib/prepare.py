@@ -18,6 +18,7 @@ import csv
 import dataclasses
 import io
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,11 @@ def prepare_patches(src: str | Path, out: str | Path, params: Params, overwrite:
                  "sources": [pair.name for pair in pairs]}
     check_claimable(out, signature, overwrite)  # a taken output folder is refused before the inputs are read
     summary = check_pairs(pairs, params, progress)  # every input is checked before anything is written
+    single = [name for name, image in summary["images"].items() if max(image["height"], image["width"]) <= p.size]
+    if single and p.per_image > 1:
+        print(f"note: {len(single)} image(s) ({', '.join(single[:3])}{', ...' if len(single) > 3 else ''}) are no "
+              f"larger than a patch of {p.size}x{p.size}: each has one window, and its {p.per_image} patches are "
+              "copies of it", file=sys.stderr)
     resumed = start_job(out, signature, OWNED, overwrite)
     (out / "images").mkdir(exist_ok=True)
     (out / "masks").mkdir(exist_ok=True)

@@ -296,3 +296,17 @@ def test_a_tiled_tiff_is_never_decoded_whole(tmp_path, monkeypatch):
         mean, std = image_statistics(image)
         assert np.allclose(summary["images"][name]["mean"], mean, rtol=1e-12)
         assert np.allclose(summary["images"][name]["std"], std, rtol=1e-12)
+
+
+@pytest.mark.parametrize("size, per_image, noted", [(120, 3, True), (120, 1, False), (100, 3, False)])
+def test_images_no_larger_than_a_patch_are_noted_as_giving_copies(tmp_path, source, capsys, size, per_image, noted):
+    """Every window of an image no larger than a patch is the one window: its patches are copies (written silently
+    before). The source images are 120×72."""
+    params = replace(SMALL, "patches", size=size, per_image=per_image)
+    prepare_patches(source, tmp_path / "out", params, progress=False)
+    note = capsys.readouterr().err
+    if noted:
+        assert note == (f"note: 3 image(s) (i0, i1, i2) are no larger than a patch of {size}x{size}: each has one "
+                        f"window, and its {per_image} patches are copies of it\n")
+    else:
+        assert "note:" not in note
