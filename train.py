@@ -478,9 +478,10 @@ def build_model(params: Params, n_channels: int, resumed: dict | None, args: arg
 
 
 def make_optimizer(net: torch.nn.Module, params: Params, rt: Runtime) -> torch.optim.Optimizer:
-    """``sgd``: SGD with momentum and weight decay (the published optimiser); ``adamw``: AdamW with the same weight
-    decay (decoupled) and its default betas (``training.momentum`` is SGD's alone). On CUDA either runs its fused
-    kernel, which updates all parameters in a few launches instead of a few per parameter."""
+    """``sgd``: SGD (the published optimiser) with ``training.momentum`` and ``training.weight_decay``; ``adamw``:
+    AdamW with the same weight decay (decoupled) and its default betas (``training.momentum`` is SGD's alone). On
+    CUDA either runs its fused kernel, which updates all parameters in a few launches instead of a few per
+    parameter."""
     t, fused = params.training, rt.device.type == "cuda"
     if t.optimizer == "adamw":
         return torch.optim.AdamW(net.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay, fused=fused)

@@ -13,7 +13,6 @@ from lib.core.imageio import read_image, read_mask
 
 # .btf (BigTIFF) and .svs (Aperio slides) are TIFFs, read as such (lib.core.imageio.is_tiff)
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".btf", ".svs", ".jpg", ".jpeg", ".bmp")
-_OME_SUFFIXES = (".tif", ".tiff", ".btf")
 
 
 @dataclass(frozen=True)
@@ -26,11 +25,11 @@ class ImagePair:
 
 
 def image_name(path: Path) -> str:
-    """A file's name without its suffix: what images and masks pair by and outputs are named by. The ``.ome`` of an
-    OME-TIFF (``slide.ome.tif``) belongs to its suffix: its mask may be ``slide.png``, and its outputs are
-    ``slide.png`` or ``slide.tif``, which are no OME-TIFFs."""
+    """A file's name without its suffix: what images and masks pair by and outputs are named by. An ``.ome`` before
+    the suffix belongs to it (``slide.ome.tif``, an OME-TIFF): its mask may be ``slide.png`` or ``slide.ome.png``, and
+    its outputs are ``slide.png`` or ``slide.tif``, which are no OME-TIFFs."""
     stem = path.stem
-    return stem[:-4] if stem.lower().endswith(".ome") and path.suffix.lower() in _OME_SUFFIXES else stem
+    return stem[:-4] if stem.lower().endswith(".ome") else stem
 
 
 def _natural_key(path: Path) -> list:

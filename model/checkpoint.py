@@ -278,8 +278,9 @@ def load_weights(model: UNet, weights: Any, path: str | Path) -> None:
     expected = model.state_dict()
     if not isinstance(weights, dict):
         raise UserError(f"{path}: model_state is a {type(weights).__name__}, expected a dict of weights")
-    # BatchNorm's step counters are no weights: load_state_dict fills them in where a checkpoint lacks them
-    problems = [f"lacks {k}" for k in expected if k not in weights and not k.endswith("num_batches_tracked")]
+    # BatchNorm's step counters are no weights: a checkpoint without them loads, counting from 0
+    weights = {**{k: torch.tensor(0) for k in expected if k.endswith("num_batches_tracked")}, **weights}
+    problems = [f"lacks {k}" for k in expected if k not in weights]
     problems += [f"has {k}, which the model lacks" for k in weights if k not in expected]
     for key in (k for k in expected if k in weights):
         given, shape = weights[key], expected[key].shape

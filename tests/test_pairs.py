@@ -11,8 +11,8 @@ from lib.core.errors import UserError
 CASES = [
     ("suffixes-differ", ["a.png", "b.TIF", "c.1.tiff"], ["a.tif", "b.tif", "c.1.png"], "", "",
      {"a.png": "a.tif", "b.TIF": "b.tif", "c.1.tiff": "c.1.png"}),
-    ("ome-tiffs", ["slide.ome.tif", "b.OME.TIFF", "c.ome.png"], ["slide.png", "b.tif", "c.ome.png"], "", "",
-     {"slide.ome.tif": "slide.png", "b.OME.TIFF": "b.tif", "c.ome.png": "c.ome.png"}),  # .ome of a TIFF alone
+    ("ome-tiffs", ["slide.ome.tif", "b.OME.TIFF", "c.ome.tif"], ["slide.png", "b.tif", "c.ome.png"], "", "",
+     {"slide.ome.tif": "slide.png", "b.OME.TIFF": "b.tif", "c.ome.tif": "c.ome.png"}),
     ("an-ome-tiff-and-a-tiff-of-one-name", ["a.ome.tif", "a.tif"], ["a.png"], "", "",
      "a.ome.tif: shares the name 'a' with a.tif"),
     ("tiffs-of-slide-scanners", ["s.svs", "b.btf", "notes.txt"], ["s.png", "b.tif"], "", "",

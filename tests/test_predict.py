@@ -17,6 +17,7 @@ from lib.core.errors import UserError
 from lib.core.params import load_params
 from lib.generate import generate_split
 from model.checkpoint import save_checkpoint
+from model.unet_model import UNet
 from tests.conftest import REPO, assert_user_error, constant_checkpoint, run_cli, run_main
 
 PARAMS = load_params(REPO / "parameters.json")
@@ -353,7 +354,14 @@ def test_a_checkpoint_without_batchnorm_step_counters_loads(tmp_path):
     from model.checkpoint import save_checkpoint
 
     state = torch.load(constant_checkpoint(tmp_path / "c.pth", 1), weights_only=True)
-    state["model_state"] = {k: v for k, v in state["model_state"].items() if not k.endswith("num_batches_tracked")}
-    save_checkpoint(tmp_path / "stripped.pth", state)
-    segmenter = Segmenter.from_checkpoint(tmp_path / "stripped.pth", device="cpu")
-    assert (segmenter.predict(np.zeros((60, 60), np.uint8))[1] == 1).all()
+    stripped = UNet(1, 3, 4).state_dict()  # an OrderedDict with BatchNorm's version metadata, with which
+    stripped.update(state["model_state"])  # load_state_dict needs every counter; a plain dict has none
+    for key in [k for k in stripped if k.endswith("num_batches_tracked")]:
+        del stripped[key]
+    for model_state, metadata in ((stripped, True), (dict(stripped), False)):
+        state["model_state"] = model_state
+        save_checkpoint(tmp_path / "stripped.pth", state)
+        loaded = torch.load(tmp_path / "stripped.pth", weights_only=True)["model_state"]
+        assert hasattr(loaded, "_metadata") == metadata
+        segmenter = Segmenter.from_checkpoint(tmp_path / "stripped.pth", device="cpu")
+        assert (segmenter.predict(np.zeros((60, 60), np.uint8))[1] == 1).all()

@@ -73,11 +73,11 @@ def _interpolate(order_statistic, rank: float) -> float:
 
 def compute_normalization(images: torch.Tensor, mode: str = "zscore",
                           percentiles: Sequence[float] = (0.5, 99.5)) -> dict:
-    """The normalisation of a data set, learnt from its training patches.
+    """The normalisation of a data set, learnt from its training patches (``scale`` learns nothing).
 
     Args:
         images: N×C×H×W training patches in their stored dtype (uint8, uint16, int16 or float32), on the CPU.
-        mode: ``zscore``, ``percentile`` or ``image`` (see the module docstring).
+        mode: ``zscore``, ``percentile``, ``image`` or ``scale`` (see the module docstring).
         percentiles: the clipping percentiles of ``percentile`` mode, in [0, 100].
 
     Returns:
