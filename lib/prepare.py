@@ -33,6 +33,7 @@ from lib.core.jobs import check_apart, check_claimable, finish_job, start_job
 from lib.core.padding import reflect_pad
 from lib.core.params import Params, load_params, replace
 from lib.core.patch_sampling import apply_augmentation, augmentations, sample_positions
+from lib.core.random_streams import keyed_rng
 from lib.core.statistics import band_statistics
 
 OWNED = ["images/*.png", "images/*.tif", "masks/*.png", MANIFEST, SOURCES]
@@ -97,7 +98,7 @@ def prepare_patches(src: str | Path, out: str | Path, params: Params, overwrite:
                 # an image smaller than a patch is padded as inference pads it (lib.core.padding): both see the same
                 image = reflect_pad(source.rows(0, height), p.size, p.size, (0, 1)) if whole else None
                 mask = reflect_pad(mask, p.size, p.size, (0, 1))
-                rng = np.random.default_rng([p.seed, s])
+                rng = keyed_rng(p.seed, s)
                 for top, left in sample_positions(rng, mask, p.size, p.per_image, p.foreground_fraction):
                     window = (slice(top, top + p.size), slice(left, left + p.size))
                     pixels = image[window] if image is not None else source.rows(top, top + p.size, left,

@@ -259,3 +259,29 @@ def test_the_generators_refuse_a_class_count_they_do_not_draw(tmp_path):
     with pytest.raises(UserError, match=r"^classes: the synthetic generators draw 3 classes .* the parameters have 2"):
         generate_split(tmp_path / "out", "training", 2, params_from_dict(raw), progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def _first_draws(rng: np.random.Generator) -> tuple[int, ...]:
+    return tuple(rng.integers(0, 2**63, 4))
+
+
+@pytest.mark.parametrize("seed", [0, 7, 2**32 - 1])
+def test_seeds_below_two_to_the_32_keep_their_streams(seed):
+    """Every data set generated and measured so far came from ``default_rng([seed, split, index])``."""
+    from lib.core.random_streams import keyed_rng
+
+    for split, index in ((0, 0), (1, 0), (0, 5)):
+        assert _first_draws(keyed_rng(seed, split, index)) == _first_draws(np.random.default_rng([seed, split, index]))
+
+
+def test_seeds_of_two_to_the_32_or_more_share_no_stream_with_smaller_ones():
+    """NumPy reads 2**32 + s as the words (s, 1) and drops trailing zero words: seed 2**32's first training image was
+    seed 0's first test image, and seed 2**32's first test image seed 0's second."""
+    keys = [(split, index) for split in (0, 1) for index in range(3)]
+    streams = [_first_draws(image_rng(seed, split, index)) for seed in (0, 1, 2**32, 2**32 + 1, 2**33, 2**63 - 1)
+               for split in ("training", "test") for index in range(3)]
+    assert len(set(streams)) == len(streams) == 6 * len(keys)
+    from lib.core.random_streams import keyed_rng  # the patches' streams, keyed by (patches.seed, image index)
+
+    patches = [_first_draws(keyed_rng(seed, index)) for seed in (0, 2**32, 2**33) for index in range(3)]
+    assert len(set(patches)) == 9

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from lib.core.params import DataParams
+from lib.core.random_streams import keyed_rng
 
 LINE, ELLIPSE = 1, 2  # class indices of the shapes; 0 is the background
 
@@ -83,4 +84,4 @@ def synthetic_pair(rng: np.random.Generator, p: DataParams) -> tuple[np.ndarray,
 def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
     """The random stream of one image: its own per (seed, split, index), so images are independent of each other
     and the training and test sets never share a stream."""
-    return np.random.default_rng([seed, {"training": 0, "test": 1}[split], index])
+    return keyed_rng(seed, {"training": 0, "test": 1}[split], index)

@@ -8,10 +8,10 @@ It exists to check that a training recipe chosen on our own generator holds on d
 - ellipses: rasterised by 2×2 supersampling (a pixel is inside when at least two of its four sub-samples are);
 - lines: capsules (round ends), every pixel within half the thickness of the centre segment;
 - noise: added after the shapes, so shapes are textured like the background, not flat;
-- ranges: 2–8 shapes of each kind, ellipse semi-axes 6–22 px, line length 30–160 px, thickness 2.5–5.5 px, gray
-  levels of the shapes 0.05–0.6 of full scale, noise σ 0.05–0.1.
+- ranges: 2–8 shapes of each kind, ellipses of a major semi-axis 6–22 px and a minor one 0.4–1 times it, line
+  length 30–160 px, thickness 2.5–5.5 px, gray levels of the shapes 0.05–0.6 of full scale, noise σ 0.05–0.1.
 
-Only ``height`` and ``width`` of ``data`` apply; the ranges above are fixed here.
+Only ``height``, ``width`` and ``seed`` of ``data`` apply; the ranges above are fixed here.
 """
 
 from __future__ import annotations

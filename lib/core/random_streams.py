@@ -1,0 +1,24 @@
+"""Random streams keyed by a seed and a position (an image's split and index): a stream of its own for every key."""
+
+from __future__ import annotations
+
+import numpy as np
+
+_WORD = 2**32
+
+
+def keyed_rng(seed: int, *keys: int) -> np.random.Generator:
+    """NumPy's generator of ``(seed, *keys)``: a different stream for every different tuple.
+
+    NumPy splits an entropy integer of 2**32 or more into 32-bit words and drops trailing zero words, so
+    ``default_rng([2**32 + s, 0, 0])`` was ``default_rng([s, 1])``: the first training image of seed ``s + 2**32``
+    was the first test image of seed ``s``. Seeds below 2**32 keep their streams (every data set generated and
+    measured so far); a larger one is given as its two words followed by a 1, a list of a length no smaller seed gives.
+
+    Args:
+        seed: a seed in 0..2**63 - 1 (the range of every seed parameter).
+        keys: small non-negative integers (below 2**32) that tell the streams of one seed apart.
+    """
+    if seed < _WORD:
+        return np.random.default_rng([seed, *keys])
+    return np.random.default_rng([seed % _WORD, seed // _WORD, *keys, 1])
