@@ -400,29 +400,16 @@ def load_data(params: Params, resumed: dict | None, args: argparse.Namespace, rt
     learnt from the training patches (or the resumed run's); all of it on the device.
 
     Raises:
-        UserError: a missing or malformed folder, a batch larger than the training set or too small for the
-            patches (:func:`lib.training.smallest_batch`), or a checkpoint that does not fit the patches.
+        UserError: a missing or malformed folder, a batch or training set that cannot train
+            (:func:`check_batches`), or a checkpoint that does not fit the patches.
     """
     t = params.training
     folder = patch_folder(params)
     patches = PatchDataset(folder, params.class_colors)
     train_sources, val_sources = split_sources(patches.source_names(), t.val_fraction, t.seed)
     train_idx, val_idx = patches.subset_indices(train_sources), patches.subset_indices(val_sources)
-    size, processes = patches.images.shape[-1], rt.dist.world_size
-    # SyncBatchNorm takes its statistics over the batches of every process
-    least = 1 if args.sync_bn and processes > 1 else smallest_batch(size)
-    share = -(-len(train_idx) // processes)  # DistributedSampler's patches per process
-    if share < least:
-        over = f" over {processes} processes" if processes > 1 else ""
-        raise UserError(f"{folder}: {len(train_idx)} training patch(es) of {size}x{size}{over} leave {share} a step, "
-                        "and BatchNorm cannot train on one value per channel at the U-Net's 1x1 bottom level; cut "
-                        "more patches, or patches of 32 or more")
-    if t.batch_size > len(train_idx):
-        raise UserError(f"--batch-size {t.batch_size}: larger than the training set ({len(train_idx)} patches)")
-    if t.batch_size < least:
-        raise UserError(f"--batch-size {t.batch_size}: with patches of {size}x{size} the U-Net's bottom level is "
-                        f"1x1, and BatchNorm cannot train on one value per channel; use a batch of {least} or "
-                        "more, or patches of 32 or more")
+    least = check_batches(folder, patches.images.shape[-1], len(train_idx), t.batch_size, rt.dist.world_size,
+                          args.sync_bn)
     if resumed:
         classes = load_params(args.params).n_classes if args.params else params.n_classes
         check_compatible(resumed, patches.n_channels, classes, args.load, patches.dtype,
@@ -438,6 +425,30 @@ def load_data(params: Params, resumed: dict | None, args: argparse.Namespace, rt
     return TrainingData(folder, patches, train_idx, val_idx, val_sources, normalization,
                         move_pixels(patches.images, rt.device), patches.masks.to(rt.device),
                         image_stats.to(rt.device) if image_stats is not None else None, least)
+
+
+def check_batches(folder: Path, size: int, n_train: int, batch_size: int, processes: int, sync_bn: bool) -> int:
+    """The fewest patches a step may train on (:func:`lib.training.smallest_batch`; one where SyncBatchNorm takes its
+    statistics over the batches of several processes).
+
+    Raises:
+        UserError: the batch is larger than the training set or smaller than that least, or the training set leaves
+            a process fewer patches than that least (DistributedSampler's share, rounded up).
+    """
+    least = 1 if sync_bn and processes > 1 else smallest_batch(size)
+    share = -(-n_train // processes)
+    if share < least:
+        over = f" over {processes} processes" if processes > 1 else ""
+        raise UserError(f"{folder}: {n_train} training patch(es) of {size}x{size}{over} leave {share} a step, and "
+                        "BatchNorm cannot train on one value per channel at the U-Net's 1x1 bottom level; cut more "
+                        "patches, or patches of 32 or more")
+    if batch_size > n_train:
+        raise UserError(f"--batch-size {batch_size}: larger than the training set ({n_train} patches)")
+    if batch_size < least:
+        raise UserError(f"--batch-size {batch_size}: with patches of {size}x{size} the U-Net's bottom level is 1x1, "
+                        f"and BatchNorm cannot train on one value per channel; use a batch of {least} or more, or "
+                        "patches of 32 or more")
+    return least
 
 
 def _names(sources: list[str], shown: int = 3) -> str:
