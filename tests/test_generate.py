@@ -275,8 +275,8 @@ def test_seeds_below_two_to_the_32_keep_their_streams(seed):
 
 
 def test_seeds_of_two_to_the_32_or_more_share_no_stream_with_smaller_ones():
-    """NumPy reads 2**32 + s as the words (s, 1) and pads lists with zeros to 4 words: seed 2**32's first training image was
-    seed 0's first test image, and seed 2**32's first test image seed 0's second."""
+    """NumPy reads 2**32 + s as the words (s, 1) and pads lists with zeros to 4 words: seed 2**32's first training
+    image was seed 0's first test image, and seed 2**32's first test image seed 0's second."""
     keys = [(split, index) for split in (0, 1) for index in range(3)]
     streams = [_first_draws(image_rng(seed, split, index)) for seed in (0, 1, 2**32, 2**32 + 1, 2**33, 2**63 - 1)
                for split in ("training", "test") for index in range(3)]
