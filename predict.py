@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from dataloader.pairs import IMAGE_SUFFIXES, check_mask_size, image_name, list_images, mask_of, masks_by_id
-from lib.core.atomic import atomic_open, atomic_write_text, remove_stale_temporaries_in
+from lib.core.atomic import atomic_open, atomic_write_text, hidden_name, remove_stale_temporaries_in
 from lib.core.device import select_device
 from lib.core.distributed import all_reduce_sum, cleanup, exit_process, init_distributed
 from lib.core.errors import ArgumentParser, UserError, cli_main, write_error
@@ -247,7 +247,7 @@ def segment_file(segmenter: Segmenter, image_path: Path, out: Path, mask: Path |
 
 def scratch_folder(final: Path) -> Path:
     """The temporary name of a zarr folder on its way to ``final``: fixed, so that a rerun finds one a kill left."""
-    return final.with_name(f".{final.name}.tmp")
+    return final.with_name(hidden_name(final.name, ".tmp"))
 
 
 def labels_scratch(out: Path, stem: str) -> Path:

@@ -27,8 +27,16 @@ def read_manifest(folder: str | Path) -> list[dict]:
         UserError: the folder is missing or empty, preparation was interrupted, or the manifest is missing or malformed.
     """
     folder = Path(folder)
+    try:
+        return _read_rows(folder)
+    except OSError as err:  # a folder or manifest without read rights
+        raise UserError(f"{err.filename or folder}: cannot read the patch folder ({err.strerror or err})") from None
+
+
+def _read_rows(folder: Path) -> list[dict]:
     if not folder.is_dir():
-        raise UserError(f"{folder}: patch folder not found (run python -m lib.prepare first)")
+        found = "is not a folder" if folder.exists() else "not found"
+        raise UserError(f"{folder}: patch folder {found} (run python -m lib.prepare first)")
     if (folder / IN_PROGRESS).exists():
         raise UserError(f"{folder}: patch preparation was interrupted; rerun python -m lib.prepare to finish it")
     path = folder / MANIFEST

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,9 +41,15 @@ def _natural_key(path: Path) -> list:
 def _image_files(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
-        raise UserError(f"{folder}: folder not found")
-    return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")),
-                  key=lambda p: (_natural_key(p), p.name))
+        raise UserError(f"{folder}: folder {'is not a folder' if folder.exists() else 'not found'}")
+    try:
+        entries = list(os.scandir(folder))
+    except OSError as err:
+        raise UserError(f"{folder}: cannot list the folder ({err.strerror or err})") from None
+    # a sub-folder named like an image is no image; a pipe or a broken link is listed, and refused when read
+    files = (Path(e.path) for e in entries
+             if Path(e.name).suffix.lower() in IMAGE_SUFFIXES and not e.name.startswith(".") and not e.is_dir())
+    return sorted(files, key=lambda p: (_natural_key(p), p.name))
 
 
 def list_images(folder: str | Path) -> list[Path]:

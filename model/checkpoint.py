@@ -185,7 +185,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: checkpoint not found")
+        raise UserError(f"{path}: {'not a file' if path.exists() else 'checkpoint not found'}")
     if not _is_torch_file(path):
         raise UserError(f"{path}: not a checkpoint (not a file written by torch.save)")
     try:

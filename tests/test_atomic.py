@@ -146,3 +146,20 @@ def test_an_error_inside_the_block_names_the_file_it_is_about_and_leaves_nothing
         body(tmp)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tif"]
     assert (tmp_path / "out.tif").read_bytes() == b"old"
+
+
+@pytest.mark.parametrize("name", ["a" * 251 + ".png", "é" * 125 + ".tif", "x.png"])
+def test_a_file_of_the_longest_name_is_written_and_its_stale_temporaries_found(tmp_path, name):
+    """A temporary took the whole name and 14 bytes more: a name of 242 bytes or more could not be written."""
+    atomic_write_text(tmp_path / name, "whole")
+    assert (tmp_path / name).read_text() == "whole" and os.listdir(tmp_path) == [name]
+    left = atomic.temporary_name(tmp_path / name)  # as a kill between creating and renaming it leaves it
+    left.write_text("part")
+    assert len(left.name.encode()) <= 255
+    assert atomic.remove_stale_temporaries(tmp_path / name) == 1 and os.listdir(tmp_path) == [name]
+
+
+def test_long_names_that_share_their_start_have_temporaries_apart():
+    first, second = "a" * 300 + "1.png", "a" * 300 + "2.png"
+    assert atomic.hidden_name(first, ".tmp") != atomic.hidden_name(second, ".tmp")
+    assert len(atomic.hidden_name(first, ".tmp").encode()) == 255

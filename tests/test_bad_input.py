@@ -5,6 +5,7 @@ process (:func:`run_main`); one case per command also runs as a real process (:f
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -311,6 +312,12 @@ CASES = [
      ["argument --generator: invalid choice: 'other'", "--help)"]),
     ("params-key-given-twice", lambda w: _swap(_train(w), "--params", str(_duplicate_key(w))),
      ["dup.json", "key 'epochs' appears twice"]),
+    ("predict-image-is-a-pipe", lambda w: (os.mkfifo(w / "data/images_test/images/i2.png"),
+                                           shutil.copy(w / "data/images_test/masks/i0.png",
+                                                       w / "data/images_test/masks/i2.png"), _predict(w))[2],
+     ["i2.png: not a regular file (a folder, a pipe or a device), expected an image"]),  # it blocked for ever
+    ("predict-checkpoint-is-a-folder", lambda w: _swap(_predict(w), "--checkpoint", str(w / "data")),
+     ["data: not a file"]),  # "checkpoint not found"
     ("predict-checkpoint-is-json", lambda w: ((w / "c.json").write_text('{"a": 1}'),
                                               _swap(_predict(w), "--checkpoint", str(w / "c.json")))[1],
      ["c.json", "not a checkpoint", "torch.save"]),
@@ -385,4 +392,4 @@ def test_images_smaller_than_a_patch_are_padded_in_preparation(world):
 
 
 def test_case_count():
-    assert len(CASES) + len(ACCEPTED) + 1 == 73  # reported in the README
+    assert len(CASES) + len(ACCEPTED) + 1 == 75  # reported in the README

@@ -53,3 +53,23 @@ def test_predict_is_stopped_only_by_masks_its_images_need(tmp_path):
     assert mask_of(tmp_path / "images" / "x.png", found, tmp_path / "masks").name == "x.tif"
     with pytest.raises(UserError, match="other.png: 2 masks pair with it"):
         mask_of(tmp_path / "images" / "other.png", found, tmp_path / "masks")
+
+
+def test_a_folder_named_like_an_image_is_no_image(tmp_path):
+    _layout(tmp_path, ["a.png"], ["a.png"])
+    (tmp_path / "images" / "b.png").mkdir()
+    assert [p.image.name for p in find_pairs(tmp_path)] == ["a.png"]
+
+
+def test_a_folder_that_cannot_be_listed_is_one_line(tmp_path, monkeypatch):
+    """Without read rights, the listing's PermissionError was a traceback."""
+    import os
+
+    _layout(tmp_path, ["a.png"], ["a.png"])
+
+    def refused(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(os, "scandir", refused)
+    with pytest.raises(UserError, match=r"images: cannot list the folder \(Permission denied\)$"):
+        find_pairs(tmp_path)

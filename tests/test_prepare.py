@@ -310,3 +310,22 @@ def test_images_no_larger_than_a_patch_are_noted_as_giving_copies(tmp_path, sour
                         f"window, and its {per_image} patches are copies of it\n")
     else:
         assert "note:" not in note
+
+
+def test_a_patch_folder_that_cannot_be_read_is_one_line(tmp_path, source, monkeypatch):
+    """Without read rights, the manifest's PermissionError was a traceback."""
+    from pathlib import Path
+
+    from dataloader.manifest import read_manifest
+
+    prepare_patches(source, tmp_path / "out", SMALL, progress=False)
+    opened = Path.open
+
+    def refuse_the_manifest(self, *args, **kwargs):
+        if self.name == "manifest.csv":
+            raise PermissionError(13, "Permission denied", str(self))
+        return opened(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", refuse_the_manifest)
+    with pytest.raises(UserError, match=r"manifest.csv: cannot read the patch folder \(Permission denied\)$"):
+        read_manifest(tmp_path / "out")

@@ -3,6 +3,7 @@ best.pth as a link, the torch.compile switch, and the TensorBoard panel drawn wi
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -510,3 +511,52 @@ def test_16_pixel_patches_train_without_a_lone_last_patch_and_refuse_a_batch_of_
                 train.load_data(params, None, args, rt)
         else:
             assert train.load_data(params, None, args, rt).least_batch == (1 if sync_bn else 2)
+
+
+def test_a_full_disk_under_tensorboard_ends_the_run_in_one_line_after_its_checkpoint(tiny_patches, monkeypatch):
+    """A failed TensorBoard write raised a traceback in the writer's thread and another in the run, before the
+    epoch's checkpoint was saved."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(SummaryWriter, "add_image", full)  # the first write after the epoch's checkpoint
+    params_file, data = tiny_patches
+    result = run_main("train.py", "--params", str(params_file), "-f", str(data / "patches_s48"), "-e", "2",
+                      "--precision", "fp32", "--name", "tb_full")
+    assert_user_error(result, f"{data / 'runs' / 'tb_full'}: cannot write (No space left on device)")
+    assert torch.load(data / "checkpoints" / "tb_full" / "last.pth", weights_only=True)["epoch"] == 1
+
+
+def test_the_writer_threads_failed_write_is_left_to_the_run_to_report(monkeypatch):
+    reported = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: reported.append(type(args.thread).__name__))
+    train._quiet_event_thread_errors()
+    train._quiet_event_thread_errors()  # once per process, however often a run starts
+
+    def failing(name: str) -> threading.Thread:
+        def run(self):
+            raise OSError(28, "No space left on device")
+        return type(name, (threading.Thread,), {"run": run})()
+
+    for name in ("_AsyncWriterThread", "OtherThread"):
+        thread = failing(name)
+        thread.start()
+        thread.join()
+    assert reported == ["OtherThread"]
+
+
+def test_a_run_that_cannot_open_its_outputs_gives_its_name_back(tiny_patches, tmp_path):
+    """A runs folder that could not be made (its parent a file) left an empty checkpoint folder, and the same
+    --name was then refused as a run that had saved nothing."""
+    params_file, data = tiny_patches
+    (tmp_path / "file").write_text("")
+    raw = json.loads(params_file.read_text())
+    raw["training"]["runs_dir"] = str(tmp_path / "file" / "runs")
+    blocked = tmp_path / "blocked.json"
+    blocked.write_text(json.dumps(raw))
+    common = ["-f", str(data / "patches_s48"), "-e", "1", "--precision", "fp32", "--name", "given_back"]
+    assert run_main("train.py", "--params", str(blocked), *common).returncode == 2
+    assert not (data / "checkpoints" / "given_back").exists()
+    assert run_main("train.py", "--params", str(params_file), *common).returncode == 0

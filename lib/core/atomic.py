@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import secrets
@@ -39,7 +40,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{_temporary_stem(path.name)}.", suffix=".tmp")
     except OSError as err:
         raise write_error(path, err) from None
     try:
@@ -66,11 +67,29 @@ def temporary_name(path: Path) -> Path:
     """A fresh name beside ``path`` of the form :func:`atomic_path`'s temporaries have (``.<name>.<8 random
     characters>.tmp``), for a writer that must create the file itself (a hard link): one a kill leaves is found by
     :func:`remove_stale_temporaries`."""
-    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    return path.with_name(f".{_temporary_stem(path.name)}.{secrets.token_hex(4)}.tmp")
 
 
-# a temporary of atomic_path (mkstemp's 8 random characters) or temporary_name, for the file named by group 1
+# a temporary of atomic_path (mkstemp's 8 random characters) or temporary_name, for the file whose
+# _temporary_stem is group 1
 _TEMPORARY = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.tmp")
+_NAME_BYTES = 255  # the longest file name of the common file systems (ext4, XFS, APFS, NTFS in UTF-16 units)
+
+
+def hidden_name(name: str, suffix: str) -> str:
+    """``.<name><suffix>``, the name of a temporary of the file ``name``, within the 255 bytes a file name may take:
+    a name too long for that is cut, and ends in ``~`` and 8 hex digits of its digest, so distinct names stay
+    distinct (whole, a name of 242 bytes or more made a temporary too long to create, and its write failed)."""
+    room = _NAME_BYTES - len(".") - len(suffix.encode())
+    raw = name.encode()
+    if len(raw) > room:
+        name = raw[:room - 9].decode(errors="ignore") + "~" + hashlib.sha1(raw).hexdigest()[:8]
+    return f".{name}{suffix}"
+
+
+def _temporary_stem(name: str) -> str:
+    """The part of a file's name that its temporaries carry (:func:`hidden_name` with the 8 random characters)."""
+    return hidden_name(name, ".12345678.tmp")[1:-len(".12345678.tmp")]
 
 
 def remove_stale_temporaries(path: str | Path) -> int:
@@ -88,13 +107,14 @@ def remove_stale_temporaries_in(folder: str | Path, names: Collection[str] | Non
     of it: a run writing thousands of files into one folder would otherwise list it once per file. A missing folder
     holds none. Returns how many were removed."""
     removed = 0
+    stems = None if names is None else {_temporary_stem(name) for name in names}
     try:
         entries = list(os.scandir(folder))
     except FileNotFoundError:
         return 0
     for entry in entries:
         match = _TEMPORARY.fullmatch(entry.name)
-        if match and (names is None or match.group(1) in names) and entry.is_file():
+        if match and (stems is None or match.group(1) in stems) and entry.is_file():
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
                 removed += 1

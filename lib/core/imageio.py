@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
+import stat
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -240,10 +242,12 @@ def is_tiff(path: Path) -> bool:
         UserError: the file is missing or unreadable.
     """
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a pipe would block the read below for ever
+            raise UserError(f"{path}: not a regular file (a folder, a pipe or a device), expected an image")
         with path.open("rb") as handle:
             return handle.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
     except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
+        raise UserError(f"{path}: file not found{' (a link to a missing file)' if path.is_symlink() else ''}") from None
     except OSError as err:
         raise UserError(f"{path}: not a readable image ({_reason(err)})") from None
 
