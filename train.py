@@ -20,7 +20,6 @@ import os
 import shutil
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ from lib.core.distributed import (
     cleanup,
     exit_process,
 )
-from lib.core.errors import ArgumentParser, UserError, cli_main, write_error
+from lib.core.errors import ArgumentParser, UserError, cli_main
 from lib.core.losses import make_loss
 from lib.core.metrics import iou_per_class, mean_iou
 from lib.core.normalization import as_spec, compute_normalization
@@ -61,7 +60,16 @@ from lib.core.params import (
 )
 from lib.core.provenance import git_commit, versions
 from lib.core.schedule import SCHEDULES, schedule_factor, set_rate
-from lib.training import batches, evaluate, forward_loss, new_run_name, optimizer_step, predict_labels, smallest_batch
+from lib.training import (
+    EventWriter,
+    batches,
+    evaluate,
+    forward_loss,
+    new_run_name,
+    optimizer_step,
+    predict_labels,
+    smallest_batch,
+)
 from model.checkpoint import (
     CheckpointWriter,
     build_checkpoint,
@@ -377,11 +385,14 @@ def main(argv: list[str] | None = None) -> int:
                 save("last.pth", *(["best.pth"] if improved else []))  # first: TensorBoard's disk may be full
                 log_epoch(writer, record, data, figure_idx, model, params, rt)
                 tqdm.write(summary_line(record, t.epochs, params.class_names), file=sys.stdout)
+                writer.raise_error()  # a write that failed in the epoch (a full disk), now that its checkpoint is saved
             if broadcast_flag(stop.requested, rt.dist, rt.device) and epoch + 1 < t.epochs:
                 save("interrupted.pth")
                 return interrupted(ckpt_dir, progress, rt, stop, checkpoints)
         if writer:
             log_hparams(writer, params, progress, rt, data.folder)
+            writer.flush()
+            writer.raise_error()
             print(f"done: checkpoints in {ckpt_dir}, TensorBoard events in {run_dir}")
         return 0
     finally:
@@ -626,64 +637,29 @@ def gather_epoch_loss(progress: Progress, rt: Runtime) -> None:
     progress.loss_sum, progress.loss_count = float(totals[0]), int(totals[1])
 
 
-class EventWriter:
-    """TensorBoard's ``SummaryWriter`` of one run, whose failed writes (a full disk) end the run in one line naming
-    its folder: they raised a traceback in the writer's thread and another in the run."""
-
-    _writer = None  # (an attribute of the class: __getattr__ is never asked for it)
-
-    def __init__(self, folder: Path) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        _quiet_event_thread_errors()
-        self.folder = folder
-        try:
-            self._writer = SummaryWriter(str(folder))
-        except OSError as err:
-            raise write_error(folder, err) from None
-
-    def __getattr__(self, name: str) -> Callable:
-        method = getattr(self._writer, name)
-
-        def call(*args, **kwargs):
-            try:
-                return method(*args, **kwargs)
-            except OSError as err:
-                raise write_error(self.folder, err) from None
-        return call
-
-
-def _quiet_event_thread_errors() -> None:
-    """Leave a failed write of TensorBoard's writer thread unprinted (once per process): the run's next write raises
-    it again, and :class:`EventWriter` makes that one line."""
-    previous = threading.excepthook
-    if getattr(previous, "quiets_event_writer", False):
-        return
-
-    def hook(args: threading.ExceptHookArgs) -> None:
-        if not (isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread"):
-            previous(args)
-
-    hook.quiets_event_writer = True
-    threading.excepthook = hook
-
-
 def open_outputs(ckpt_dir: Path, run_dir: Path, params: Params, rt: Runtime) -> EventWriter:
-    """The run's checkpoint folder, and its TensorBoard writer with the run's configuration as text. A run that
-    cannot open them gives its name back (an empty checkpoint folder would hold the name, as a run that saved
-    nothing)."""
+    """The run's checkpoint folder, and its TensorBoard writer with the run's configuration as text (written at
+    once, so a full disk is found here). A run that cannot open them gives its name back: the folders it made are
+    removed (an empty checkpoint folder, or a runs folder, would hold the name as a run that saved nothing)."""
     make_folder(ckpt_dir)
     for name in ("last.pth", "best.pth", "interrupted.pth"):  # a killed run's temporary files: they hold disk space
         remove_stale_temporaries(ckpt_dir / name)
+    made_run_dir, writer = not run_dir.exists(), None
     try:
         make_folder(run_dir)
         writer = EventWriter(run_dir)
+        writer.add_text("run/config", f"seed {params.training.seed}, git {git_commit()}, {versions()}, precision "
+                        f"{rt.precision}, processes {rt.dist.world_size}, parameters: {params.to_dict()}", 0)
+        writer.flush()
+        writer.raise_error()
     except UserError:
+        if writer is not None:
+            writer.close()
+        if made_run_dir:
+            shutil.rmtree(run_dir, ignore_errors=True)
         with contextlib.suppress(OSError):
             ckpt_dir.rmdir()  # only if empty: a resumed run's checkpoints stay
         raise
-    writer.add_text("run/config", f"seed {params.training.seed}, git {git_commit()}, {versions()}, precision "
-                    f"{rt.precision}, processes {rt.dist.world_size}, parameters: {params.to_dict()}", 0)
     return writer
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch.nn as nn
 from lib.core.atomic import make_folder
 from lib.core.device import Runtime, autocast, move_pixels
 from lib.core.distributed import all_reduce_sum
-from lib.core.errors import UserError
+from lib.core.errors import UserError, write_error
 from lib.core.metrics import confusion_matrix
 from lib.core.normalization import normalize
 from model.unet_model import UNet
@@ -177,3 +178,66 @@ def _taken_by(checkpoints: Path, events: Path) -> str:
     folders = " and ".join(str(f) for f in (checkpoints, events) if f.exists())
     return (f"a run of that name was started but has saved no checkpoint (it is in its first epoch, or was stopped "
             f"there); if it is not running, remove {folders} to reuse the name, or choose another name")
+
+
+class EventWriter:
+    """TensorBoard's ``SummaryWriter`` of one run, which a failed write (a full disk) does not stop: it is kept
+    (:attr:`error`, naming the folder) and nothing more is written, so the run raises it where it chooses
+    (:meth:`raise_error`, after the epoch's checkpoint). Raised at once, it lost the epoch, with a traceback in the
+    writer's thread and another in the run."""
+
+    _writer = None  # (attributes of the class: __getattr__ is never asked for them)
+    error: UserError | None = None
+
+    def __init__(self, folder: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        _quiet_event_thread_errors()
+        self.folder = folder
+        try:
+            self._writer = SummaryWriter(str(folder))
+        except OSError as err:
+            raise write_error(folder, err) from None
+
+    def __getattr__(self, name: str):
+        method = getattr(self._writer, name)
+
+        def call(*args, **kwargs):
+            if self.error is not None:
+                return None
+            try:
+                return method(*args, **kwargs)
+            except OSError as err:
+                self.error = write_error(self.folder, err)
+                return None
+        return call
+
+    def close(self) -> None:
+        """Close the file (also after a failed write; a failure of its own is kept in :attr:`error`)."""
+        try:
+            self._writer.close()
+        except OSError as err:
+            self.error = self.error or write_error(self.folder, err)
+
+    def raise_error(self) -> None:
+        """
+        Raises:
+            UserError: a write failed (``<folder>: cannot write (No space left on device)``).
+        """
+        if self.error is not None:
+            raise self.error
+
+
+def _quiet_event_thread_errors() -> None:
+    """Leave a failed write of TensorBoard's writer thread unprinted (once per process): the run's next write gets it
+    again, and :class:`EventWriter` keeps it for the run to raise in one line."""
+    previous = threading.excepthook
+    if getattr(previous, "quiets_event_writer", False):
+        return
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if not (isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread"):
+            previous(args)
+
+    hook.quiets_event_writer = True
+    threading.excepthook = hook

@@ -24,10 +24,10 @@ from lib.core.errors import EXIT_INTERRUPTED, UserError, cli_main
 from lib.core.params import load_params, replace
 from lib.core.visualize import colorize, validation_panel
 from lib.prepare import prepare_patches
-from lib.training import batches, new_run_name, smallest_batch
+from lib.training import _quiet_event_thread_errors, batches, new_run_name, smallest_batch
 from model.checkpoint import CheckpointWriter, link_checkpoint, save_checkpoint
 from model.unet_model import UNet
-from tests.conftest import assert_user_error, run_main
+from tests.conftest import assert_user_error, run_main, write_params
 
 
 def _run(monkeypatch, params_file: Path, data: Path, name: str, interval: int, *extra: str) -> int:
@@ -513,27 +513,38 @@ def test_16_pixel_patches_train_without_a_lone_last_patch_and_refuse_a_batch_of_
             assert train.load_data(params, None, args, rt).least_batch == (1 if sync_bn else 2)
 
 
-def test_a_full_disk_under_tensorboard_ends_the_run_in_one_line_after_its_checkpoint(tiny_patches, monkeypatch):
-    """A failed TensorBoard write raised a traceback in the writer's thread and another in the run, before the
-    epoch's checkpoint was saved."""
+@pytest.mark.parametrize("method, calls", [("add_image", 1), ("add_scalar", 3)])
+def test_a_full_disk_under_tensorboard_ends_the_run_in_one_line_after_its_checkpoint(tiny_patches, monkeypatch,
+                                                                                     method, calls):
+    """A failed TensorBoard write raised a traceback in the writer's thread and another in the run, losing the
+    epoch: at its end (``add_image``) before its checkpoint, or mid-way (a step's ``add_scalar``) with no
+    checkpoint of it at all. The run now ends after the epoch's checkpoint, in one line."""
     from torch.utils.tensorboard import SummaryWriter
 
-    def full(*args, **kwargs):
-        raise OSError(28, "No space left on device")
+    original, count = getattr(SummaryWriter, method), []
 
-    monkeypatch.setattr(SummaryWriter, "add_image", full)  # the first write after the epoch's checkpoint
+    def full_after(self, *args, **kwargs):
+        count.append(1)
+        if len(count) >= calls:
+            raise OSError(28, "No space left on device")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SummaryWriter, method, full_after)
     params_file, data = tiny_patches
+    name = f"tb_full_{method}"
     result = run_main("train.py", "--params", str(params_file), "-f", str(data / "patches_s48"), "-e", "2",
-                      "--precision", "fp32", "--name", "tb_full")
-    assert_user_error(result, f"{data / 'runs' / 'tb_full'}: cannot write (No space left on device)")
-    assert torch.load(data / "checkpoints" / "tb_full" / "last.pth", weights_only=True)["epoch"] == 1
+                      "--precision", "fp32", "--name", name)
+    assert_user_error(result, f"{data / 'runs' / name}: cannot write (No space left on device)")
+    state = torch.load(data / "checkpoints" / name / "last.pth", weights_only=True)
+    assert (state["epoch"], state["step_in_epoch"]) == (1, 0)
+    assert "epoch 1/2" in result.stdout  # the epoch's line, as without the failure
 
 
 def test_the_writer_threads_failed_write_is_left_to_the_run_to_report(monkeypatch):
     reported = []
     monkeypatch.setattr(threading, "excepthook", lambda args: reported.append(type(args.thread).__name__))
-    train._quiet_event_thread_errors()
-    train._quiet_event_thread_errors()  # once per process, however often a run starts
+    _quiet_event_thread_errors()
+    _quiet_event_thread_errors()  # once per process, however often a run starts
 
     def failing(name: str) -> threading.Thread:
         def run(self):
@@ -547,16 +558,27 @@ def test_the_writer_threads_failed_write_is_left_to_the_run_to_report(monkeypatc
     assert reported == ["OtherThread"]
 
 
-def test_a_run_that_cannot_open_its_outputs_gives_its_name_back(tiny_patches, tmp_path):
-    """A runs folder that could not be made (its parent a file) left an empty checkpoint folder, and the same
-    --name was then refused as a run that had saved nothing."""
+@pytest.mark.parametrize("blocked", ["runs folder", "full disk"])
+def test_a_run_that_cannot_open_its_outputs_gives_its_name_back(tiny_patches, tmp_path, monkeypatch, blocked):
+    """A runs folder that could not be made (its parent a file), or a disk too full for the first TensorBoard
+    record, left the run's folders behind, and the same --name was then refused as a run that had saved nothing."""
     params_file, data = tiny_patches
-    (tmp_path / "file").write_text("")
-    raw = json.loads(params_file.read_text())
-    raw["training"]["runs_dir"] = str(tmp_path / "file" / "runs")
-    blocked = tmp_path / "blocked.json"
-    blocked.write_text(json.dumps(raw))
-    common = ["-f", str(data / "patches_s48"), "-e", "1", "--precision", "fp32", "--name", "given_back"]
-    assert run_main("train.py", "--params", str(blocked), *common).returncode == 2
-    assert not (data / "checkpoints" / "given_back").exists()
+    name = "given_back_" + blocked.split()[0]
+    common = ["-f", str(data / "patches_s48"), "-e", "1", "--precision", "fp32", "--name", name]
+    if blocked == "runs folder":
+        (tmp_path / "file").write_text("")
+        raw = json.loads(params_file.read_text())
+        raw["training"]["runs_dir"] = str(tmp_path / "file" / "runs")
+        failing = write_params(tmp_path / "blocked.json", raw)
+    else:
+        from torch.utils.tensorboard import SummaryWriter
+
+        def full(*args, **kwargs):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(SummaryWriter, "add_text", full)
+        failing = params_file
+    assert run_main("train.py", "--params", str(failing), *common).returncode == 2
+    assert not (data / "checkpoints" / name).exists() and not (data / "runs" / name).exists()
+    monkeypatch.undo()
     assert run_main("train.py", "--params", str(params_file), *common).returncode == 0
