@@ -81,6 +81,7 @@ from model.checkpoint import (
 from model.unet_model import UNet
 
 EXIT_NONFINITE = 3
+CHECKPOINT_NAMES = ("last.pth", "best.pth", "interrupted.pth")  # what a run writes in its checkpoint folder
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -308,8 +309,10 @@ def main(argv: list[str] | None = None) -> int:
         if resumed:
             run, ckpt_dir, run_dir, branch = resumed_outputs(Path(args.load), resumed, args.name, ckpt_root, runs_root)
             check_resume_point(Path(args.load), resumed, None if branch else ckpt_dir / "last.pth", t.batch_size, rt)
-            if branch and rt.dist.is_main:  # the new name taken once every check has passed
-                new_run_name("", run, ckpt_root, runs_root)
+            if branch:
+                progress.best = -math.inf  # a new run's best.pth is the best of its own epochs, in its own folder
+                if rt.dist.is_main:  # the new name taken once every check has passed
+                    new_run_name("", run, ckpt_root, runs_root)
             if args.params and rt.dist.is_main:  # once every check has passed: an error stays one line
                 note_ignored_params(args, params)
         else:
@@ -598,8 +601,8 @@ def resumed_outputs(load: Path, resumed: dict, name: str | None, ckpt_root: Path
         run = new_run_name("", name, ckpt_root, runs_root, claim=False)
         return run, ckpt_root / run, runs_root / run, True
     run, folder, home = resumed["run_name"], load.resolve().parent, resumed.get("checkpoint_dir")
-    if home and Path(home) != folder and (Path(home) / "last.pth").is_file():
-        raise UserError(f"{load}: saved by run {run} of {home}, which has a last.pth (this folder is a copy, or was "
+    if home and Path(home) != folder and any((Path(home) / n).is_file() for n in CHECKPOINT_NAMES):
+        raise UserError(f"{load}: saved by run {run} of {home}, which has checkpoints (this folder is a copy, or was "
                         "renamed, and both would write to one TensorBoard folder); resume it there, or pass --name NEW "
                         "to go on from this checkpoint as a new run")
     recorded = Path(resumed.get("run_dir") or runs_root / run)
@@ -642,7 +645,7 @@ def open_outputs(ckpt_dir: Path, run_dir: Path, params: Params, rt: Runtime) -> 
     once, so a full disk is found here). A run that cannot open them gives its name back: the folders it made are
     removed (an empty checkpoint folder, or a runs folder, would hold the name as a run that saved nothing)."""
     make_folder(ckpt_dir)
-    for name in ("last.pth", "best.pth", "interrupted.pth"):  # a killed run's temporary files: they hold disk space
+    for name in CHECKPOINT_NAMES:  # a killed run's temporary files: they hold disk space
         remove_stale_temporaries(ckpt_dir / name)
     made_run_dir, writer = not run_dir.exists(), None
     try:

@@ -289,7 +289,7 @@ def test_a_resumed_run_goes_on_in_its_folder_and_never_from_behind_its_last(tiny
     other["training"]["momentum"] = 0.5  # a --params file the resumed run ignores: its note came before the error
     (tmp_path / "other.json").write_text(json.dumps(other))
     assert_user_error(run_main("train.py", "--load", str(copy), "-e", "2", "--params", str(tmp_path / "other.json")),
-                      f"{copy}: saved by run goes_on of {original.parent}, which has a last.pth", "--name NEW")
+                      f"{copy}: saved by run goes_on of {original.parent}, which has checkpoints", "--name NEW")
     state = _weights(original)
     state.update(step_in_epoch=3, world_size=2)  # an interrupted.pth of a 2-process run
     save_checkpoint(tmp_path / "two.pth", state)
@@ -354,3 +354,32 @@ def test_the_loss_of_a_part_epoch_is_restored_on_rank_0_alone(trained):
     # a run that was not in fp16 saved an empty scaler state: resumed in fp16, a fresh scaler (it raised)
     assert state["scaler_state"] == {}
     train.restore(state, optimizer, torch.amp.GradScaler("cpu", enabled=True))
+
+
+def test_a_copy_of_a_run_that_has_only_its_interrupted_pth_is_refused_too(tiny_patches, tmp_path):
+    """The copy check looked for the run's last.pth alone: a run stopped in its first epoch has only
+    interrupted.pth, and its copy resumed into the run's own TensorBoard folder."""
+    params_file, data = tiny_patches
+    state = _weights(_one_epoch(params_file, data, "first_epoch"))
+    home = data / "checkpoints" / "first_epoch"
+    for name in ("last.pth", "best.pth"):
+        (home / name).unlink()
+    state.update(epoch=0, step_in_epoch=2)
+    save_checkpoint(home / "interrupted.pth", state)
+    copy = tmp_path / "copied" / "interrupted.pth"
+    copy.parent.mkdir()
+    shutil.copy(home / "interrupted.pth", copy)
+    assert_user_error(run_main("train.py", "--load", str(copy), "-e", "2"),
+                      f"{copy}: saved by run first_epoch of {home}, which has checkpoints")
+
+
+def test_a_run_resumed_under_a_new_name_keeps_a_best_pth_of_its_own(tiny_patches, tmp_path):
+    """It kept the loaded run's best mIoU to beat: an epoch below it left the new folder without best.pth."""
+    params_file, data = tiny_patches
+    state = _weights(_one_epoch(params_file, data, "best_before"))
+    state["best_miou"] = 1.0  # no epoch of the new run beats it
+    save_checkpoint(tmp_path / "high.pth", state)
+    result = run_main("train.py", "--load", str(tmp_path / "high.pth"), "-e", "2", "--name", "best_after")
+    assert result.returncode == 0, result.stderr[-2000:]
+    best = _weights(data / "checkpoints" / "best_after" / "best.pth")
+    assert best["epoch"] == 2 and best["best_miou"] < 1.0
