@@ -408,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
                 stop.close()
             if writer:
                 writer.close()
+                if writer.error is not None and not writer.reported:  # a run stopped by Ctrl-C, or diverged
+                    print(f"note: TensorBoard's records of this run stop where a write failed: {writer.error}",
+                          file=sys.stderr)
             cleanup(rt.dist)
 
 
@@ -601,7 +604,8 @@ def resumed_outputs(load: Path, resumed: dict, name: str | None, ckpt_root: Path
         run = new_run_name("", name, ckpt_root, runs_root, claim=False)
         return run, ckpt_root / run, runs_root / run, True
     run, folder, home = resumed["run_name"], load.resolve().parent, resumed.get("checkpoint_dir")
-    if home and Path(home) != folder and any((Path(home) / n).is_file() for n in CHECKPOINT_NAMES):
+    if home and Path(home).is_dir() and not os.path.samefile(home, folder) and any(
+            (Path(home) / n).is_file() for n in CHECKPOINT_NAMES):
         raise UserError(f"{load}: saved by run {run} of {home}, which has checkpoints (this folder is a copy, or was "
                         "renamed, and both would write to one TensorBoard folder); resume it there, or pass --name NEW "
                         "to go on from this checkpoint as a new run")

@@ -188,6 +188,7 @@ class EventWriter:
 
     _writer = None  # (attributes of the class: __getattr__ is never asked for them)
     error: UserError | None = None
+    reported = False  # the error was raised (else the run notes it as it ends)
 
     def __init__(self, folder: Path) -> None:
         from torch.utils.tensorboard import SummaryWriter
@@ -201,6 +202,8 @@ class EventWriter:
 
     def __getattr__(self, name: str):
         method = getattr(self._writer, name)
+        if not callable(method):  # a plain attribute (log_dir)
+            return method
 
         def call(*args, **kwargs):
             if self.error is not None:
@@ -225,6 +228,7 @@ class EventWriter:
             UserError: a write failed (``<folder>: cannot write (No space left on device)``).
         """
         if self.error is not None:
+            self.reported = True
             raise self.error
 
 

@@ -383,3 +383,16 @@ def test_a_run_resumed_under_a_new_name_keeps_a_best_pth_of_its_own(tiny_patches
     assert result.returncode == 0, result.stderr[-2000:]
     best = _weights(data / "checkpoints" / "best_after" / "best.pth")
     assert best["epoch"] == 2 and best["best_miou"] < 1.0
+
+
+def test_the_run_s_own_folder_by_another_path_is_no_copy(tiny_patches):
+    """The copy check compared paths: the run's own folder named another way (a bind mount, an automount path; here
+    a path through ``..``) was refused as a copy of the run."""
+    params_file, data = tiny_patches
+    last = _one_epoch(params_file, data, "aliased")
+    state = _weights(last)
+    folder = Path(state["checkpoint_dir"])
+    state["checkpoint_dir"] = str(folder.parent / ".." / folder.parent.name / folder.name)
+    save_checkpoint(last, state)
+    result = run_main("train.py", "--load", str(last), "-e", "2")
+    assert result.returncode == 0, result.stderr[-2000:]

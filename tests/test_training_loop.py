@@ -582,3 +582,26 @@ def test_a_run_that_cannot_open_its_outputs_gives_its_name_back(tiny_patches, tm
     assert not (data / "checkpoints" / name).exists() and not (data / "runs" / name).exists()
     monkeypatch.undo()
     assert run_main("train.py", "--params", str(params_file), *common).returncode == 0
+
+
+def test_a_run_stopped_after_a_failed_tensorboard_write_says_so(tiny_patches, monkeypatch):
+    """Kept for the end of the epoch, the error of a full disk was dropped when Ctrl-C stopped the run first."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    original, calls = SummaryWriter.add_scalar, []
+
+    def full_then_ctrl_c(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            raise OSError(28, "No space left on device")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SummaryWriter, "add_scalar", full_then_ctrl_c)
+    params_file, data = tiny_patches
+    result = run_main("train.py", "--params", str(params_file), "-f", str(data / "patches_s48"), "-e", "2",
+                      "--precision", "fp32", "--name", "tb_then_stop")
+    assert result.returncode == EXIT_INTERRUPTED
+    assert (data / "checkpoints" / "tb_then_stop" / "interrupted.pth").is_file()
+    assert (f"note: TensorBoard's records of this run stop where a write failed: {data / 'runs' / 'tb_then_stop'}: "
+            "cannot write (No space left on device)") in result.stderr
