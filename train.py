@@ -38,12 +38,13 @@ from lib.core.device import Runtime, move_pixels
 from lib.core.distributed import (
     all_reduce_max,
     all_reduce_sum,
+    any_flags,
     broadcast_flag,
     broadcast_from_main,
     cleanup,
     exit_process,
 )
-from lib.core.errors import ArgumentParser, UserError, cli_main
+from lib.core.errors import EXIT_USAGE, ArgumentParser, UserError, cli_main
 from lib.core.losses import make_loss
 from lib.core.metrics import iou_per_class, mean_iou
 from lib.core.normalization import as_spec, compute_normalization
@@ -388,8 +389,15 @@ def main(argv: list[str] | None = None) -> int:
                 save("last.pth", *(["best.pth"] if improved else []))  # first: TensorBoard's disk may be full
                 log_epoch(writer, record, data, figure_idx, model, params, rt)
                 tqdm.write(summary_line(record, t.epochs, params.class_names), file=sys.stdout)
-                writer.raise_error()  # a write that failed in the epoch (a full disk), now that its checkpoint is saved
-            if broadcast_flag(stop.requested, rt.dist, rt.device) and epoch + 1 < t.epochs:
+            # one exchange for both: a stop asked on any process, and a TensorBoard write of rank 0 that failed in the
+            # epoch (a full disk), raised now that the epoch's checkpoint is saved; all processes leave together
+            stop_now, events_failed = any_flags([stop.requested, writer is not None and writer.error is not None],
+                                                rt.dist, rt.device)
+            if events_failed:
+                if writer:
+                    writer.raise_error()
+                return EXIT_USAGE  # the other processes: rank 0 says why
+            if stop_now and epoch + 1 < t.epochs:
                 save("interrupted.pth")
                 return interrupted(ckpt_dir, progress, rt, stop, checkpoints)
         if writer:
@@ -624,17 +632,18 @@ def check_resume_point(load: Path, resumed: dict, last: Path | None, batch_size:
     """
     epoch, step, saved_by = resumed["epoch"], resumed["step_in_epoch"], resumed["world_size"]
     saved_batch = resumed["params"]["training"]["batch_size"]
+    # first: a checkpoint the run has gone past is not to be resumed at all, with whatever batch size
+    if last is not None and last.is_file() and not os.path.samefile(last, load):
+        there = load_checkpoint(last)
+        if (there["epoch"], there["step_in_epoch"]) > (epoch, step):
+            raise UserError(f"{load}: {last} is further on (epoch {there['epoch']} done, step "
+                            f"{there['step_in_epoch']}; this one: epoch {epoch} done, step {step}) and resuming here "
+                            f"would replace it; resume {last.name}, or pass --name NEW to go on from {load.name} as a "
+                            "new run")
     if step and (saved_by, saved_batch) != (rt.dist.world_size, batch_size):
         raise UserError(f"{load}: saved at step {step} of epoch {epoch + 1} by {saved_by} process(es) with batch size "
                         f"{saved_batch}, whose batches its step counts; resume it with -b {saved_batch} on "
                         f"{saved_by} process(es), or resume an end-of-epoch checkpoint (last.pth) with any")
-    if last is None or not last.is_file() or os.path.samefile(last, load):
-        return
-    there = load_checkpoint(last)
-    if (there["epoch"], there["step_in_epoch"]) > (epoch, step):
-        raise UserError(f"{load}: {last} is further on (epoch {there['epoch']} done, step {there['step_in_epoch']}; "
-                        f"this one: epoch {epoch} done, step {step}) and resuming here would replace it; resume "
-                        f"{last.name}, or pass --name NEW to go on from {load.name} as a new run")
 
 
 def gather_epoch_loss(progress: Progress, rt: Runtime) -> None:

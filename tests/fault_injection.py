@@ -4,7 +4,8 @@
 
 KIND is ``replace`` (killed just before the N-th atomic rename: the temporary file is whole, the target untouched),
 ``partial`` (killed while writing the N-th file: half of it is on disk under its temporary name), ``step`` (killed
-before the N-th training step) or ``enospc`` (the N-th atomic write fails with "No space left on device").
+before the N-th training step), ``enospc`` (the N-th atomic write fails with "No space left on device") or
+``events`` (the N-th TensorBoard scalar fails so).
 """
 
 from __future__ import annotations
@@ -65,6 +66,17 @@ elif kind == "step":
         return real_make_inputs(*args, **kwargs)
 
     training.make_inputs = make_inputs
+elif kind == "events":
+    from torch.utils.tensorboard import SummaryWriter
+
+    real_add_scalar = SummaryWriter.add_scalar
+
+    def add_scalar(self, *args, **kwargs):
+        if _due():
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_add_scalar(self, *args, **kwargs)
+
+    SummaryWriter.add_scalar = add_scalar
 else:
     raise SystemExit(f"unknown fault kind {kind!r}")
 

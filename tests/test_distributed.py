@@ -154,3 +154,17 @@ def test_more_torchrun_processes_than_gpus_is_one_clear_error(monkeypatch):
     with pytest.raises(UserError, match=r"process 2 on this machine but only 1 CUDA device\(s\) are visible: one "
                                         r"process per GPU \(--nproc_per_node at most 1\), or --device cpu"):
         distributed.init_distributed("cuda")
+
+
+def test_a_full_disk_under_tensorboard_ends_every_process_together(tiny_patches):
+    """Rank 0 raised its TensorBoard failure alone, and rank 1, waiting in the epoch's stop exchange, died with a
+    traceback (gloo: "Connection closed by peer"; NCCL would have waited for its timeout)."""
+    params_file, data = tiny_patches
+    result = run_cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "tests/fault_injection.py",
+                     "train.py", "--params", str(params_file), "-f", str(data / "patches_s48"), "-e", "2",
+                     "--name", "ddp_full", "--precision", "fp32",
+                     env={"OMP_NUM_THREADS": "1", "FAULT": "events:2"}, timeout=300)
+    assert result.returncode != 0
+    assert f"error: {data / 'runs' / 'ddp_full'}: cannot write (No space left on device)" in result.stderr
+    assert "[rank1]" not in result.stderr and "Connection closed" not in result.stderr, result.stderr[-3000:]
+    assert torch.load(data / "checkpoints" / "ddp_full" / "last.pth", weights_only=True)["epoch"] == 1

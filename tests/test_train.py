@@ -396,3 +396,15 @@ def test_the_run_s_own_folder_by_another_path_is_no_copy(tiny_patches):
     save_checkpoint(last, state)
     result = run_main("train.py", "--load", str(last), "-e", "2")
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_a_checkpoint_the_run_went_past_is_refused_as_such_whatever_its_batches(tiny_patches):
+    """A stale interrupted.pth of a 2-process run, loaded in one process, was told to resume on 2 processes, which
+    was then refused as behind last.pth."""
+    params_file, data = tiny_patches
+    last = _one_epoch(params_file, data, "went_past")
+    state = _weights(last)
+    state.update(epoch=0, step_in_epoch=3, world_size=2)
+    save_checkpoint(last.with_name("interrupted.pth"), state)
+    assert_user_error(run_main("train.py", "--load", str(last.with_name("interrupted.pth")), "-e", "2"),
+                      f"{last} is further on (epoch 1 done, step 0; this one: epoch 0 done, step 3)")

@@ -69,6 +69,15 @@ def broadcast_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
     return bool(t.item() > 0)
 
 
+def any_flags(flags: list[bool], info: DistInfo, device: torch.device) -> list[bool]:
+    """:func:`broadcast_flag` of several flags in one collective: each true on every process when it is true on any."""
+    if not info.enabled:
+        return flags
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v > 0) for v in t.tolist()]
+
+
 def all_reduce_max(value: int, info: DistInfo, device: torch.device) -> int:
     """The largest of ``value`` over all processes (``value`` itself in a single process)."""
     if not info.enabled:
