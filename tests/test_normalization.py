@@ -158,3 +158,18 @@ def test_pixels_leaving_the_cpu_keep_their_values_in_a_type_the_device_can_index
             "std": [7.0], "low": None, "high": None}
     as_moved = pixels.to(moved).view(1, 1, 1, -1)
     assert torch.equal(normalize(as_moved, spec), normalize(pixels.view(1, 1, 1, -1), spec))
+
+
+def test_every_mode_the_parameters_accept_is_learnt_checked_and_applied():
+    """The modes have one home (lib.core.params.NORMALIZATIONS); each must be handled here."""
+    from lib.core.normalization import _PER_CHANNEL, MODES, check_spec
+    from lib.core.params import NORMALIZATIONS
+
+    assert MODES == NORMALIZATIONS and set(_PER_CHANNEL) == set(MODES)
+    x = _images("uint8")
+    stats = torch.zeros(len(x), 2, 2, dtype=torch.float64)
+    stats[:, 1] = 50.0
+    for mode in MODES:
+        spec = compute_normalization(x, mode)
+        check_spec(spec, 2)
+        assert torch.isfinite(normalize(x, spec, stats)).all()

@@ -100,3 +100,10 @@ def test_the_step_schedule_is_the_original_codes_step_lr(epochs):
 
 def test_the_step_schedule_of_fewer_than_4_epochs_steps_every_epoch():
     assert [step_factor(e, 3) for e in range(3)] == pytest.approx([1.0, 0.1, 0.01])
+
+
+def test_every_schedule_the_parameters_accept_gives_a_rate():
+    from lib.core.params import SCHEDULES
+
+    for schedule in SCHEDULES:
+        assert 0 < schedule_factor(schedule, 1, 0, 3, 4, 0.1, 0.1) <= 1

@@ -26,9 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from lib.core.params import NORMALIZATIONS
 from lib.core.statistics import floor_std, merge_moments, moments
 
-MODES = ("zscore", "percentile", "image", "scale")
+MODES = NORMALIZATIONS
 SCALES = {"uint8": 255.0, "uint16": 65535.0, "int16": 32768.0, "float32": 1.0}
 _EXACT_PERCENTILE_VALUES = 1 << 25  # float data with more values per channel is subsampled (strided) for percentiles
 _CHUNK = 256  # patches per chunk when computing statistics (bounded float64 temporaries)

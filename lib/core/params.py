@@ -40,6 +40,7 @@ class ClassSpec:
 
 SEED_MAX = 2**63 - 1  # within torch.manual_seed's range, with room for DistributedSampler's seed + epoch
 GENERATORS = ("default", "alternate")  # the synthetic sets of lib.generate (lib/core/synthetic*.py)
+NORMALIZATIONS = ("zscore", "percentile", "image", "scale")  # lib.core.normalization's modes (it imports torch)
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class DataParams:
     test_folder: str = _spec("images_test")
     image_prefix: str = _spec("")
     mask_prefix: str = _spec("")
-    normalization: str = _spec("zscore", choices=("zscore", "percentile", "image", "scale"))
+    normalization: str = _spec("zscore", choices=NORMALIZATIONS)
     percentiles: tuple[float, float] = _spec((0.5, 99.5), 0.0, 100.0)
     keep_alpha: bool = _spec(False)
     channel_axis: str = _spec("auto", choices=("auto", "first", "last"))
