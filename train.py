@@ -56,7 +56,6 @@ from lib.core.params import (
     PRECISIONS,
     Params,
     load_params,
-    params_from_dict,
     replace,
 )
 from lib.core.provenance import git_commit, versions
@@ -76,6 +75,7 @@ from model.checkpoint import (
     build_checkpoint,
     check_compatible,
     check_resumable,
+    checkpoint_params,
     load_checkpoint,
     load_weights,
 )
@@ -123,7 +123,7 @@ def resolve_params(args: argparse.Namespace, resumed: dict | None) -> Params:
     Raises:
         UserError: a resumed run asked for another optimiser, seed or validation share than it was trained with.
     """
-    params = params_from_dict(resumed["params"]) if resumed else load_params(args.params)
+    params = checkpoint_params(resumed, args.load) if resumed else load_params(args.params)
     if resumed:
         check_resume_flags(args, params)
     for group, values in flag_values(args).items():

@@ -35,7 +35,7 @@ def image_name(path: Path) -> str:
 
 def _natural_key(path: Path) -> list:
     # i2 before i10, as a person sorts them
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.stem)]
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", image_name(path))]
 
 
 def _image_files(folder: str | Path) -> list[Path]:

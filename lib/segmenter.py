@@ -16,9 +16,9 @@ from lib.core.errors import UserError
 from lib.core.imageio import ImageHeader, ImageRows
 from lib.core.inference import sliding_window_bands, sliding_window_predict
 from lib.core.normalization import as_spec, normalize
-from lib.core.params import InferenceParams, Params, params_from_dict
+from lib.core.params import InferenceParams, Params
 from lib.core.statistics import band_statistics
-from model.checkpoint import load_checkpoint, model_from_checkpoint
+from model.checkpoint import checkpoint_params, load_checkpoint, model_from_checkpoint
 from model.folding import fold_batch_norms
 from model.unet_model import UNet
 
@@ -76,7 +76,7 @@ class Segmenter:
             retain_freed_memory()
         # the BatchNorms folded into the convolutions: the same outputs, a pass over each activation map less
         model = fold_batch_norms(model_from_checkpoint(state, path)).to(dev, memory_format=memory_format(dev))
-        params = params_from_dict(state["params"])
+        params = checkpoint_params(state, path)
         return cls(model, state["normalization"], list(state["class_names"]),
                    [tuple(c) for c in state["class_colors"]], params.patches.size, dev,
                    resolve_precision(precision, dev, amp=True), inference or params.inference, params, cuda_graphs)

@@ -216,15 +216,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def check_model_entries(state: dict[str, Any], path: str | Path) -> None:
-    """Refuse a checkpoint whose model entries do not fit together: the configuration, the classes, the
-    normalisation and the parameters (the weights are checked as they load, :func:`load_weights`).
+    """Refuse a checkpoint whose model entries do not fit together: the configuration, the classes and the
+    normalisation (the weights are checked as they load, :func:`load_weights`; the parameters as they are read,
+    :func:`checkpoint_params`, so a tool that needs the weights alone reads a checkpoint whatever its parameters).
 
     Raises:
         UserError: naming the file and the entry.
     """
     config = state["model_config"]
     if not isinstance(config, dict) or not all(
-            isinstance(config.get(k), int) and config[k] >= 1 for k in ("n_channels", "n_classes", "base_channels")):
+            type(config.get(k)) is int and config[k] >= 1 for k in ("n_channels", "n_classes", "base_channels")):
         raise UserError(f"{path}: model_config {str(config)[:160]}: expected positive integers n_channels, n_classes "
                         "and base_channels")
     for key in ("class_names", "class_colors"):
@@ -236,8 +237,16 @@ def check_model_entries(state: dict[str, Any], path: str | Path) -> None:
         check_spec(state["normalization"], config["n_channels"])
     except ValueError as err:
         raise UserError(f"{path}: normalization: {err}") from None
+
+
+def checkpoint_params(state: dict[str, Any], path: str | Path) -> Params:
+    """The parameters a checkpoint's run was trained with.
+
+    Raises:
+        UserError: they are not valid parameters of this version (naming the file and the key).
+    """
     try:
-        params_from_dict(state["params"])
+        return params_from_dict(state["params"])
     except UserError as err:
         raise UserError(f"{path}: params: {err}") from None
 

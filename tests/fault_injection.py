@@ -4,8 +4,9 @@
 
 KIND is ``replace`` (killed just before the N-th atomic rename: the temporary file is whole, the target untouched),
 ``partial`` (killed while writing the N-th file: half of it is on disk under its temporary name), ``step`` (killed
-before the N-th training step), ``enospc`` (the N-th atomic write fails with "No space left on device") or
-``events`` (the N-th TensorBoard scalar fails so).
+before the N-th training step), ``enospc`` (the N-th atomic write fails with "No space left on device"),
+``events`` (the N-th TensorBoard scalar fails so) or ``eventfile`` (the N-th record TensorBoard's writer thread
+writes to its file fails so).
 """
 
 from __future__ import annotations
@@ -77,6 +78,17 @@ elif kind == "events":
         return real_add_scalar(self, *args, **kwargs)
 
     SummaryWriter.add_scalar = add_scalar
+elif kind == "eventfile":
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    real_write = RecordWriter.write
+
+    def write(self, data):
+        if _due():
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(self, data)
+
+    RecordWriter.write = write
 else:
     raise SystemExit(f"unknown fault kind {kind!r}")
 

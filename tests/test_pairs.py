@@ -14,7 +14,7 @@ CASES = [
     ("ome-tiffs", ["slide.ome.tif", "b.OME.TIFF", "c.ome.tif"], ["slide.png", "b.tif", "c.ome.png"], "", "",
      {"slide.ome.tif": "slide.png", "b.OME.TIFF": "b.tif", "c.ome.tif": "c.ome.png"}),
     ("an-ome-tiff-and-a-tiff-of-one-name", ["a.ome.tif", "a.tif"], ["a.png"], "", "",
-     "a.ome.tif: shares the name 'a' with a.tif"),
+     "a.tif: shares the name 'a' with a.ome.tif"),
     ("tiffs-of-slide-scanners", ["s.svs", "b.btf", "notes.txt"], ["s.png", "b.tif"], "", "",
      {"s.svs": "s.png", "b.btf": "b.tif"}),
     ("prefixes", ["Img_1.png", "Img_2.png"], ["Mask_1.png", "Mask_2.tif"], "Img_", "Mask_",

@@ -97,6 +97,17 @@ def test_full_disk_gives_a_clear_error_and_keeps_the_previous_checkpoint(referen
     assert not list((data / "checkpoints" / "disk-full").glob(".*.tmp"))
 
 
+def test_a_full_disk_in_tensorboards_writer_thread_is_one_line_after_the_epochs_checkpoint(reference):
+    """The real writer thread fails (its record write): its own traceback stays unprinted (it matches TensorBoard's
+    thread class by name, so a renamed class would bring the traceback back and fail here), and the run says it in
+    one line once the epoch is saved."""
+    train, data, _ = reference
+    result = _faulty("eventfile:5", *train, "--name", "events-full")
+    assert_user_error(result, f"{data / 'runs' / 'events-full'}: cannot write (No space left on device)")
+    assert "Exception in thread" not in result.stderr
+    assert _weights(data / "checkpoints" / "events-full" / "last.pth")["epoch"] == 1
+
+
 def test_output_folder_that_cannot_be_created(reference, tmp_path):
     train, _, _ = reference
     blocker = tmp_path / "file"

@@ -88,7 +88,8 @@ def hidden_name(name: str, suffix: str) -> str:
 
 
 def _temporary_stem(name: str) -> str:
-    """The part of a file's name that its temporaries carry (:func:`hidden_name` with the 8 random characters)."""
+    """The part of a file's name that its temporaries carry: :func:`hidden_name`'s, made for a suffix as long as
+    theirs (``.`` and 8 random characters and ``.tmp``)."""
     return hidden_name(name, ".12345678.tmp")[1:-len(".12345678.tmp")]
 
 

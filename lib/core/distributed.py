@@ -62,11 +62,7 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
 
 def broadcast_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
     """True on every process when it is true on any (used to stop all ranks together)."""
-    if not info.enabled:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
+    return any_flags([flag], info, device)[0]
 
 
 def any_flags(flags: list[bool], info: DistInfo, device: torch.device) -> list[bool]:

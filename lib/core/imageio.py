@@ -236,10 +236,11 @@ def _read_png16(path: Path) -> np.ndarray:
 
 def is_tiff(path: Path) -> bool:
     """Whether a file is a TIFF or BigTIFF, by its first bytes: a TIFF is read by tifffile whatever its suffix
-    (``.svs``, ``.btf``), where Pillow would read 16-bit colour as 8-bit and only the first of several pages.
+    (``.svs``, ``.btf``), where Pillow would read 16-bit colour as 8-bit and only the first of several pages. Every
+    reader asks this first, so it also refuses what is no regular file (a pipe would block the read for ever).
 
     Raises:
-        UserError: the file is missing or unreadable.
+        UserError: the file is missing, unreadable, or no regular file.
     """
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):  # a pipe would block the read below for ever

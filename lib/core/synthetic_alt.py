@@ -11,7 +11,7 @@ It exists to check that a training recipe chosen on our own generator holds on d
 - ranges: 2–8 shapes of each kind, ellipses of a major semi-axis 6–22 px and a minor one 0.4–1 times it, line
   length 30–160 px, thickness 2.5–5.5 px, gray levels of the shapes 0.05–0.6 of full scale, noise σ 0.05–0.1.
 
-Only ``height``, ``width`` and ``seed`` of ``data`` apply; the ranges above are fixed here.
+Of the drawing settings of ``data`` only ``height``, ``width`` and ``seed`` apply; the ranges above are fixed here.
 """
 
 from __future__ import annotations
