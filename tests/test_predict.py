@@ -365,3 +365,12 @@ def test_a_checkpoint_without_batchnorm_step_counters_loads(tmp_path):
         assert hasattr(loaded, "_metadata") == metadata
         segmenter = Segmenter.from_checkpoint(tmp_path / "stripped.pth", device="cpu")
         assert (segmenter.predict(np.zeros((60, 60), np.uint8))[1] == 1).all()
+
+
+def test_a_boolean_is_no_channel_count_of_a_checkpoint(tmp_path):
+    from model.checkpoint import check_model_entries
+
+    state = torch.load(constant_checkpoint(tmp_path / "c.pth", 1), weights_only=True)
+    state["model_config"]["n_channels"] = True
+    with pytest.raises(UserError, match=r"c.pth: model_config .*: expected positive integers n_channels"):
+        check_model_entries(state, tmp_path / "c.pth")
