@@ -385,17 +385,20 @@ def main(argv: list[str] | None = None) -> int:
                 return EXIT_NONFINITE
             rates = (progress.epoch_rate, rate(max(len(steps) - 1, 0)))  # the first and last step's
             record, improved = end_epoch(model, loss_fn, data, params, progress, rt, rates, time.perf_counter() - tic)
+            failure = None
             if rt.dist.is_main:
-                save("last.pth", *(["best.pth"] if improved else []))  # first: TensorBoard's disk may be full
-                log_epoch(writer, record, data, figure_idx, model, params, rt)
-                tqdm.write(summary_line(record, t.epochs, params.class_names), file=sys.stdout)
-            # one exchange for both: a stop asked on any process, and a TensorBoard write of rank 0 that failed in the
-            # epoch (a full disk), raised now that the epoch's checkpoint is saved; all processes leave together
-            stop_now, events_failed = any_flags([stop.requested, writer is not None and writer.error is not None],
-                                                rt.dist, rt.device)
-            if events_failed:
-                if writer:
-                    writer.raise_error()
+                try:
+                    save("last.pth", *(["best.pth"] if improved else []))  # first: TensorBoard's disk may be full
+                    log_epoch(writer, record, data, figure_idx, model, params, rt)
+                    tqdm.write(summary_line(record, t.epochs, params.class_names), file=sys.stdout)
+                    writer.raise_error()  # a TensorBoard write that failed in the epoch, now that it is saved
+                except UserError as err:  # that, or the previous checkpoint's write (raised by this save)
+                    failure = err
+            # one exchange for both: a stop asked on any process, a failure of rank 0's writes; all leave together
+            stop_now, failed = any_flags([stop.requested, failure is not None], rt.dist, rt.device)
+            if failed:
+                if failure is not None:
+                    raise failure
                 return EXIT_USAGE  # the other processes: rank 0 says why
             if stop_now and epoch + 1 < t.epochs:
                 save("interrupted.pth")
@@ -631,7 +634,7 @@ def check_resume_point(load: Path, resumed: dict, last: Path | None, batch_size:
         UserError: naming both checkpoints and where each stands, or the batch sizes or process counts.
     """
     epoch, step, saved_by = resumed["epoch"], resumed["step_in_epoch"], resumed["world_size"]
-    saved_batch = resumed["params"]["training"]["batch_size"]
+    saved_batch = checkpoint_params(resumed, load).training.batch_size  # (-b overrides the run's parameters)
     # first: a checkpoint the run has gone past is not to be resumed at all, with whatever batch size
     if last is not None and last.is_file() and not os.path.samefile(last, load):
         there = load_checkpoint(last)

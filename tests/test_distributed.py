@@ -156,15 +156,19 @@ def test_more_torchrun_processes_than_gpus_is_one_clear_error(monkeypatch):
         distributed.init_distributed("cuda")
 
 
-def test_a_full_disk_under_tensorboard_ends_every_process_together(tiny_patches):
-    """Rank 0 raised its TensorBoard failure alone, and rank 1, waiting in the epoch's stop exchange, died with a
-    traceback (gloo: "Connection closed by peer"; NCCL would have waited for its timeout)."""
+@pytest.mark.parametrize("fault, culprit, saved", [("events:2", "runs", 1), ("enospc:1", "checkpoints", None)])
+def test_a_full_disk_ends_every_process_together(tiny_patches, fault, culprit, saved):
+    """Rank 0 raised a failed write alone (TensorBoard's after the epoch's checkpoint; a checkpoint's at the next
+    save), and rank 1, waiting in the epoch's stop exchange, died with a traceback (gloo: "Connection closed by
+    peer"; NCCL would have waited for its timeout)."""
     params_file, data = tiny_patches
+    name = f"ddp_full_{culprit}"
     result = run_cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "tests/fault_injection.py",
-                     "train.py", "--params", str(params_file), "-f", str(data / "patches_s48"), "-e", "2",
-                     "--name", "ddp_full", "--precision", "fp32",
-                     env={"OMP_NUM_THREADS": "1", "FAULT": "events:2"}, timeout=300)
+                     "train.py", "--params", str(params_file), "-f", str(data / "patches_s48"), "-e", "3",
+                     "--name", name, "--precision", "fp32", env={"OMP_NUM_THREADS": "1", "FAULT": fault}, timeout=300)
     assert result.returncode != 0
-    assert f"error: {data / 'runs' / 'ddp_full'}: cannot write (No space left on device)" in result.stderr
+    where = data / "runs" / name if culprit == "runs" else data / "checkpoints" / name / "last.pth"
+    assert f"error: {where}: cannot write (No space left on device)" in result.stderr, result.stderr[-3000:]
     assert "[rank1]" not in result.stderr and "Connection closed" not in result.stderr, result.stderr[-3000:]
-    assert torch.load(data / "checkpoints" / "ddp_full" / "last.pth", weights_only=True)["epoch"] == 1
+    if saved is not None:
+        assert torch.load(data / "checkpoints" / name / "last.pth", weights_only=True)["epoch"] == saved

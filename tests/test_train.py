@@ -408,3 +408,14 @@ def test_a_checkpoint_the_run_went_past_is_refused_as_such_whatever_its_batches(
     save_checkpoint(last.with_name("interrupted.pth"), state)
     assert_user_error(run_main("train.py", "--load", str(last.with_name("interrupted.pth")), "-e", "2"),
                       f"{last} is further on (epoch 1 done, step 0; this one: epoch 0 done, step 3)")
+
+
+def test_a_checkpoint_whose_parameters_lack_the_batch_size_resumes(tiny_patches, tmp_path):
+    """Parameters missing from a checkpoint take their defaults, as everywhere; the resume check read the batch size
+    from the raw dict and raised a KeyError."""
+    params_file, data = tiny_patches
+    state = _weights(_one_epoch(params_file, data, "sparse_params"))
+    del state["params"]["training"]["batch_size"]
+    save_checkpoint(tmp_path / "sparse.pth", state)
+    result = run_main("train.py", "--load", str(tmp_path / "sparse.pth"), "-e", "2", "--name", "sparse_after")
+    assert result.returncode == 0, result.stderr[-2000:]
