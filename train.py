@@ -43,6 +43,7 @@ from lib.core.distributed import (
     broadcast_from_main,
     cleanup,
     exit_process,
+    on_main,
 )
 from lib.core.errors import EXIT_USAGE, ArgumentParser, UserError, cli_main
 from lib.core.losses import make_loss
@@ -312,21 +313,21 @@ def main(argv: list[str] | None = None) -> int:
             check_resume_point(Path(args.load), resumed, None if branch else ckpt_dir / "last.pth", t.batch_size, rt)
             if branch:
                 progress.best = -math.inf  # a new run's best.pth is the best of its own epochs, in its own folder
-                if rt.dist.is_main:  # the new name taken once every check has passed
-                    new_run_name("", run, ckpt_root, runs_root)
+                # the new name taken once every check has passed, by the process that writes the run
+                on_main(lambda: new_run_name("", run, ckpt_root, runs_root), rt.dist)
             if args.params and rt.dist.is_main:  # once every check has passed: an error stays one line
                 note_ignored_params(args, params)
         else:
             # taken by the process that writes the run, and told to the others: a default name taken meanwhile
             # moves on to _2 there alone
-            run = new_run_name(str(data.folder), args.name, ckpt_root, runs_root) if rt.dist.is_main else None
-            run = broadcast_from_main(run, rt.dist)
+            run = broadcast_from_main(on_main(lambda: new_run_name(str(data.folder), args.name, ckpt_root, runs_root),
+                                              rt.dist), rt.dist)
             ckpt_dir, run_dir = ckpt_root / run, runs_root / run
         # as soon as the run has a folder: a Ctrl-C from here on stops at a step boundary with a checkpoint (raised
         # at once, it left an empty folder that the same --name then refused)
         stop = StopRequest(ckpt_dir)
+        writer = on_main(lambda: open_outputs(ckpt_dir, run_dir, params, rt), rt.dist)
         if rt.dist.is_main:
-            writer = open_outputs(ckpt_dir, run_dir, params, rt)
             if args.amp and rt.device.type != "cuda":
                 print(f"note: --amp applies on CUDA only; this run is on {rt.device.type} in {rt.precision} "
                       "(see --precision)", file=sys.stderr)
@@ -373,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
                                   writer, f"epoch {epoch + 1}/{t.epochs}")
             if outcome == "stopped":
                 gather_epoch_loss(progress, rt)
-                save("interrupted.pth")
+                on_main(lambda: save("interrupted.pth"), rt.dist)  # (it raises an earlier write's failure)
                 return interrupted(ckpt_dir, progress, rt, stop, checkpoints)
             if outcome == "non-finite":
                 if rt.dist.is_main:
@@ -401,12 +402,13 @@ def main(argv: list[str] | None = None) -> int:
                     raise failure
                 return EXIT_USAGE  # the other processes: rank 0 says why
             if stop_now and epoch + 1 < t.epochs:
-                save("interrupted.pth")
+                on_main(lambda: save("interrupted.pth"), rt.dist)
                 return interrupted(ckpt_dir, progress, rt, stop, checkpoints)
         if writer:
             log_hparams(writer, params, progress, rt, data.folder)
             writer.flush()
             writer.raise_error()
+            checkpoints.wait()  # the last checkpoint on disk (or its failure said) before "done"
             print(f"done: checkpoints in {ckpt_dir}, TensorBoard events in {run_dir}")
         return 0
     finally:

@@ -172,3 +172,22 @@ def test_a_full_disk_ends_every_process_together(tiny_patches, fault, culprit, s
     assert "[rank1]" not in result.stderr and "Connection closed" not in result.stderr, result.stderr[-3000:]
     if saved is not None:
         assert torch.load(data / "checkpoints" / name / "last.pth", weights_only=True)["epoch"] == saved
+
+
+@pytest.mark.parametrize("case", ["name-taken", "runs-unwritable"])
+def test_a_refusal_of_rank_0_alone_ends_every_process(ddp_run, case):
+    """Rank 0 alone takes the run's name and opens its outputs; its refusal left rank 1 in the next collective
+    (the name's broadcast, the first DDP forward), where it died with a traceback."""
+    params_file, data, _ = ddp_run
+    name, env = ("ddp", {}) if case == "name-taken" else ("ddp_unwritable", {"FAULT": "eventfile:1"})
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command = ["train.py", "--params", str(params_file), "-f", str(data / "patches_s48"), "-e", "1", "--name", name,
+               "--precision", "fp32"]
+    if env:
+        command = ["tests/fault_injection.py", *command]
+    result = run_cli(*launcher, *command, env={"OMP_NUM_THREADS": "1", **env}, timeout=300)
+    assert result.returncode != 0
+    expected = "--name ddp: a run of that name exists" if case == "name-taken" else \
+        f"{data / 'runs' / name}: cannot write (No space left on device)"
+    assert expected in result.stderr, result.stderr[-3000:]
+    assert "[rank1]" not in result.stderr and "Connection" not in result.stderr, result.stderr[-3000:]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn, TypeVar
 
@@ -81,6 +82,25 @@ def all_reduce_max(value: int, info: DistInfo, device: torch.device) -> int:
     t = torch.tensor([value], dtype=torch.int64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return int(t.item())
+
+
+def on_main(action: Callable[[], T], info: DistInfo) -> T | None:
+    """``action()`` on the main process alone (None elsewhere), its :class:`UserError` raised on every process: a
+    failure of the main process alone left the others in their next collective (gloo: a traceback; NCCL: a hang).
+
+    Raises:
+        UserError: ``action`` raised it on the main process.
+    """
+    result, failure = None, None
+    if info.is_main:
+        try:
+            result = action()
+        except UserError as err:
+            failure = err
+    failure = broadcast_from_main(failure, info)
+    if failure is not None:
+        raise failure
+    return result
 
 
 def broadcast_from_main(value: T, info: DistInfo) -> T:
