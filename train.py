@@ -404,11 +404,14 @@ def main(argv: list[str] | None = None) -> int:
             if stop_now and epoch + 1 < t.epochs:
                 on_main(lambda: save("interrupted.pth"), rt.dist)
                 return interrupted(ckpt_dir, progress, rt, stop, checkpoints)
-        if writer:
+        def finish() -> None:
             log_hparams(writer, params, progress, rt, data.folder)
             writer.flush()
             writer.raise_error()
             checkpoints.wait()  # the last checkpoint on disk (or its failure said) before "done"
+
+        on_main(finish, rt.dist)  # a failure of the last writes ends every process with it
+        if writer:
             print(f"done: checkpoints in {ckpt_dir}, TensorBoard events in {run_dir}")
         return 0
     finally:

@@ -89,7 +89,8 @@ def on_main(action: Callable[[], T], info: DistInfo) -> T | None:
     failure of the main process alone left the others in their next collective (gloo: a traceback; NCCL: a hang).
 
     Raises:
-        UserError: ``action`` raised it on the main process.
+        UserError: ``action`` raised it on the main process; the others raise one without a message, which
+            :func:`lib.core.errors.cli_main` does not print (the main process says why).
     """
     result, failure = None, None
     if info.is_main:
@@ -97,9 +98,8 @@ def on_main(action: Callable[[], T], info: DistInfo) -> T | None:
             result = action()
         except UserError as err:
             failure = err
-    failure = broadcast_from_main(failure, info)
-    if failure is not None:
-        raise failure
+    if broadcast_from_main(failure is not None, info):
+        raise failure if failure is not None else UserError("")
     return result
 
 

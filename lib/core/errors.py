@@ -58,7 +58,8 @@ def cli_main(main: Callable[..., T]) -> Callable[..., T]:
             return main(*args, **kwargs)
         except UserError as err:
             message = " ".join(str(err).split())  # always one line
-            print(f"error: {message}", file=sys.stderr)
+            if message:  # (none: another torchrun process of the run says why, lib.core.distributed.on_main)
+                print(f"error: {message}", file=sys.stderr)
             sys.exit(EXIT_USAGE)
         except KeyboardInterrupt as err:  # a command may say what to do next (train.py: what to resume from)
             print(f"interrupted: every file written so far is whole; {str(err) or 'rerun the command to finish'}",
