@@ -410,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
             writer.raise_error()
             checkpoints.wait()  # the last checkpoint on disk (or its failure said) before "done"
 
+        stop.finishing()  # a Ctrl-C now waits: raised on rank 0 alone, it left the others in on_main's exchange
         on_main(finish, rt.dist)  # a failure of the last writes ends every process with it
         if writer:
             print(f"done: checkpoints in {ckpt_dir}, TensorBoard events in {run_dir}")

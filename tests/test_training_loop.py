@@ -605,3 +605,21 @@ def test_a_run_stopped_after_a_failed_tensorboard_write_says_so(tiny_patches, mo
     assert (data / "checkpoints" / "tb_then_stop" / "interrupted.pth").is_file()
     assert (f"note: TensorBoard's records of this run stop where a write failed: {data / 'runs' / 'tb_then_stop'}: "
             "cannot write (No space left on device)") in result.stderr
+
+
+def test_ctrl_c_during_the_runs_last_writes_waits_for_them(tiny_patches, monkeypatch):
+    """A second Ctrl-C during the last writes (hparams, the last checkpoint) raised on rank 0 alone, leaving the
+    other torchrun processes in the exchange of their outcome; now it waits, as in the end's checkpoint wait."""
+    real = train.log_hparams
+
+    def log_hparams_under_ctrl_c(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "log_hparams", log_hparams_under_ctrl_c)
+    params_file, data = tiny_patches
+    result = run_main("train.py", "--params", str(params_file), "-f", str(data / "patches_s48"), "-e", "1",
+                      "--precision", "fp32", "--name", "ctrl_c_at_the_end")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "writing the checkpoint; the run stops once it is whole" in result.stderr and "done:" in result.stdout
