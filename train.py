@@ -38,14 +38,13 @@ from lib.core.device import Runtime, move_pixels
 from lib.core.distributed import (
     all_reduce_max,
     all_reduce_sum,
-    any_flags,
     broadcast_flag,
     broadcast_from_main,
     cleanup,
     exit_process,
     on_main,
 )
-from lib.core.errors import EXIT_USAGE, ArgumentParser, UserError, cli_main
+from lib.core.errors import ArgumentParser, UserError, cli_main
 from lib.core.losses import make_loss
 from lib.core.metrics import iou_per_class, mean_iou
 from lib.core.normalization import as_spec, compute_normalization
@@ -386,24 +385,19 @@ def main(argv: list[str] | None = None) -> int:
                 return EXIT_NONFINITE
             rates = (progress.epoch_rate, rate(max(len(steps) - 1, 0)))  # the first and last step's
             record, improved = end_epoch(model, loss_fn, data, params, progress, rt, rates, time.perf_counter() - tic)
-            failure = None
-            if rt.dist.is_main:
-                try:
-                    save("last.pth", *(["best.pth"] if improved else []))  # first: TensorBoard's disk may be full
-                    log_epoch(writer, record, data, figure_idx, model, params, rt)
-                    tqdm.write(summary_line(record, t.epochs, params.class_names), file=sys.stdout)
-                    writer.raise_error()  # a TensorBoard write that failed in the epoch, now that it is saved
-                except UserError as err:  # that, or the previous checkpoint's write (raised by this save)
-                    failure = err
-            # one exchange for both: a stop asked on any process, a failure of rank 0's writes; all leave together
-            stop_now, failed = any_flags([stop.requested, failure is not None], rt.dist, rt.device)
-            if failed:
-                if failure is not None:
-                    raise failure
-                return EXIT_USAGE  # the other processes: rank 0 says why
-            if stop_now and epoch + 1 < t.epochs:
+
+            def write_epoch(record: dict = record, improved: bool = improved) -> None:
+                save("last.pth", *(["best.pth"] if improved else []))  # first: TensorBoard's disk may be full
+                log_epoch(writer, record, data, figure_idx, model, params, rt)
+                tqdm.write(summary_line(record, t.epochs, params.class_names), file=sys.stdout)
+                writer.raise_error()  # a TensorBoard write that failed in the epoch, now that it is saved
+
+            # its failure (that, or the previous checkpoint's write, raised by this save) ends every process
+            on_main(write_epoch, rt.dist)
+            if broadcast_flag(stop.requested, rt.dist, rt.device) and epoch + 1 < t.epochs:
                 on_main(lambda: save("interrupted.pth"), rt.dist)
                 return interrupted(ckpt_dir, progress, rt, stop, checkpoints)
+
         def finish() -> None:
             log_hparams(writer, params, progress, rt, data.folder)
             writer.flush()

@@ -63,16 +63,11 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
 
 def broadcast_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
     """True on every process when it is true on any (used to stop all ranks together)."""
-    return any_flags([flag], info, device)[0]
-
-
-def any_flags(flags: list[bool], info: DistInfo, device: torch.device) -> list[bool]:
-    """:func:`broadcast_flag` of several flags in one collective: each true on every process when it is true on any."""
     if not info.enabled:
-        return flags
-    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return [bool(v > 0) for v in t.tolist()]
+    return bool(t.item() > 0)
 
 
 def all_reduce_max(value: int, info: DistInfo, device: torch.device) -> int:
