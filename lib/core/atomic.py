@@ -76,21 +76,25 @@ _TEMPORARY = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.tmp")
 _NAME_BYTES = 255  # the longest file name of the common file systems (ext4, XFS, APFS, NTFS in UTF-16 units)
 
 
-def hidden_name(name: str, suffix: str) -> str:
-    """``.<name><suffix>``, the name of a temporary of the file ``name``, within the 255 bytes a file name may take:
-    a name too long for that is cut, and ends in ``~`` and 8 hex digits of its digest, so distinct names stay
-    distinct (whole, a name of 242 bytes or more made a temporary too long to create, and its write failed)."""
-    room = _NAME_BYTES - len(".") - len(suffix.encode())
+def _fitted(name: str, room: int) -> str:
+    """``name`` if it takes at most ``room`` bytes, else cut to end in ``~`` and 8 hex digits of its digest within
+    them, so distinct names stay distinct."""
     raw = name.encode()
-    if len(raw) > room:
-        name = raw[:room - 9].decode(errors="ignore") + "~" + hashlib.sha1(raw).hexdigest()[:8]
-    return f".{name}{suffix}"
+    if len(raw) <= room:
+        return name
+    return raw[:room - 9].decode(errors="ignore") + "~" + hashlib.sha1(raw).hexdigest()[:8]
+
+
+def hidden_name(name: str, suffix: str) -> str:
+    """``.<name><suffix>``, the name of a temporary of the file ``name``, within the 255 bytes a file name may take
+    (whole, a name of 242 bytes or more made a temporary too long to create, and its write failed)."""
+    return f".{_fitted(name, _NAME_BYTES - len('.') - len(suffix.encode()))}{suffix}"
 
 
 def _temporary_stem(name: str) -> str:
-    """The part of a file's name that its temporaries carry: :func:`hidden_name`'s, made for a suffix as long as
-    theirs (``.`` and 8 random characters and ``.tmp``)."""
-    return hidden_name(name, ".12345678.tmp")[1:-len(".12345678.tmp")]
+    """The part of a file's name that its temporaries carry, within the room their ``.`` and ``.<8 random
+    characters>.tmp`` leave."""
+    return _fitted(name, _NAME_BYTES - len(".") - len(".12345678.tmp"))
 
 
 def remove_stale_temporaries(path: str | Path) -> int:

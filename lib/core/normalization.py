@@ -99,7 +99,7 @@ def compute_normalization(images: torch.Tensor, mode: str = "zscore",
         raise ValueError(f"percentiles must be 0 <= low < high <= 100, got {list(percentiles)}")
     spec = {"mode": mode, "dtype": dtype, "scale": SCALES[dtype], "mean": None, "std": None, "low": None,
             "high": None}
-    if mode in ("image", "scale"):
+    if not _PER_CHANNEL[mode]:  # nothing learnt from the patches
         return spec
     if mode == "percentile":
         spec["low"], spec["high"] = _percentiles(images, percentiles)
