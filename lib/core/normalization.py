@@ -127,6 +127,7 @@ def as_spec(normalization: dict) -> dict:
             "std": list(normalization["std"]), "low": None, "high": None}
 
 
+_SPEC_KEYS = ("mode", "dtype", "scale", "mean", "std", "low", "high")  # a stored normalisation's entries
 # the per-channel lists each mode applies
 _PER_CHANNEL = {"zscore": ("mean", "std"), "percentile": ("mean", "std", "low", "high"), "image": (), "scale": ()}
 
@@ -139,9 +140,9 @@ def check_spec(normalization: Any, n_channels: int) -> None:
         ValueError: what is missing or wrong, naming the field.
     """
     if not isinstance(normalization, dict) or not ("mode" in normalization or {"mean", "std"} <= normalization.keys()):
-        raise ValueError("expected a dict of mode, dtype, scale, mean, std, low and high")
+        raise ValueError(f"expected a dict of {', '.join(_SPEC_KEYS[:-1])} and {_SPEC_KEYS[-1]}")
     spec = as_spec(normalization)
-    missing = [k for k in ("mode", "dtype", "scale", "mean", "std", "low", "high") if k not in spec]
+    missing = [k for k in _SPEC_KEYS if k not in spec]
     if missing:
         raise ValueError(f"lacks {', '.join(missing)}")
     if spec["mode"] not in MODES or spec["dtype"] not in SCALES:
