@@ -93,7 +93,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("-f", "--folder", help="patch folder: a name under data.root (patches_s96), or a path with a '/' "
                                           "(training.folder)")
     p.add_argument("--load", metavar="CKPT", help="resume the run of this checkpoint")
-    p.add_argument("--params", metavar="FILE", help="parameters file (default: parameters.json)")
+    p.add_argument("--params", metavar="FILE", help="parameters file (default: the repository's parameters.json)")
     p.add_argument("--seed", type=int, help="seed of initialisation, split and shuffling (training.seed)")
     p.add_argument("--device", choices=DEVICES, help="training.device")
     p.add_argument("--precision", choices=PRECISIONS, help="training.precision")

@@ -87,7 +87,7 @@ def generate_dataset(params: Params, out: str | Path | None = None, overwrite: b
 @cli_main
 def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(prog="python -m lib.generate", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default=None, help="parameters file (default: parameters.json)")
+    parser.add_argument("--params", default=None, help="parameters file (default: the repository's parameters.json)")
     parser.add_argument("--out", default=None, help="data root (default: data.root)")
     parser.add_argument("--n", type=int, default=None, help="number of training images (default: data.n_training)")
     parser.add_argument("--n-test", type=int, default=None, help="number of test images (default: data.n_test)")

@@ -167,7 +167,7 @@ def check_pairs(pairs: list[ImagePair], params: Params, progress: bool, band_pix
 @cli_main
 def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(prog="python -m lib.prepare", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default=None, help="parameters file (default: parameters.json)")
+    parser.add_argument("--params", default=None, help="parameters file (default: the repository's parameters.json)")
     parser.add_argument("--src", default=None, help="image/mask folder (default: data.root/data.training_folder)")
     parser.add_argument("--out", default=None, help="output folder (default: data.root/patches_s<P>)")
     parser.add_argument("--patch-size", type=int, default=None, help="patch side (default: patches.size)")
