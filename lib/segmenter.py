@@ -11,7 +11,7 @@ import torch
 
 from lib.core.allocator import retain_freed_memory
 from lib.core.cuda_graphs import GraphedCall
-from lib.core.device import memory_format, resolve_precision, select_device
+from lib.core.device import inference_precision, memory_format, select_device
 from lib.core.errors import UserError
 from lib.core.imageio import ImageHeader, ImageRows
 from lib.core.inference import sliding_window_bands, sliding_window_predict
@@ -54,8 +54,9 @@ class Segmenter:
         Args:
             path: a ``.pth`` written by train.py.
             device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
-            precision: ``auto`` (bf16 on CPUs with native bf16 and on CUDA devices that support it, fp16 on other
-                CUDA devices, fp32 elsewhere), ``fp32``, ``bf16`` or ``fp16``.
+            precision: ``auto`` (the training's, where this device computes it natively, else bf16 on CPUs with
+                native bf16 and on CUDA devices that support it, fp16 on other CUDA devices, fp32 elsewhere:
+                ``lib.core.device.inference_precision``), ``fp32``, ``bf16`` or ``fp16``.
             inference: overlap, blend, TTA and window batch size (default: those stored with the checkpoint).
             cuda_graphs: replay the sliding-window call of each image size as one CUDA graph (:meth:`predict`).
 
@@ -79,7 +80,8 @@ class Segmenter:
         params = checkpoint_params(state, path)
         return cls(model, state["normalization"], list(state["class_names"]),
                    [tuple(c) for c in state["class_colors"]], params.patches.size, dev,
-                   resolve_precision(precision, dev, amp=True), inference or params.inference, params, cuda_graphs)
+                   inference_precision(precision, state.get("precision"), dev), inference or params.inference, params,
+                   cuda_graphs)
 
     @property
     def n_channels(self) -> int:

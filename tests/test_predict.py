@@ -374,3 +374,46 @@ def test_a_boolean_is_no_channel_count_of_a_checkpoint(tmp_path):
     state["model_config"]["n_channels"] = True
     with pytest.raises(UserError, match=r"c.pth: model_config .*: expected positive integers n_channels"):
         check_model_entries(state, tmp_path / "c.pth")
+
+
+# the precision inference runs in, by what was asked, what the checkpoint was trained in and the CPU:
+# (asked, trained, CPU computes bf16 natively, expected)
+PRECISION_CASES = [
+    ("auto", "fp32", True, "fp32"),  # trained and validated in fp32: not run in bf16 unasked
+    ("auto", "bf16", True, "bf16"),
+    ("auto", "bf16", False, "fp32"),  # a bf16 model on a CPU without native bf16
+    ("auto", "fp16", True, "bf16"),  # a model of an fp16 GPU run, on a CPU (no fp16 there)
+    ("auto", "fp16", False, "fp32"),
+    ("auto", None, True, "bf16"),  # a checkpoint without the entry: the device's auto
+    ("auto", None, False, "fp32"),
+    ("auto", "float32", True, "bf16"),  # a value that is no precision: the device's auto
+    ("fp32", "bf16", True, "fp32"),  # asked: as given
+    ("bf16", "fp32", False, "bf16"),
+]
+
+
+@pytest.mark.parametrize("asked,trained,native,expected", PRECISION_CASES)
+def test_inference_runs_in_the_training_precision_unless_asked_or_not_native(monkeypatch, asked, trained, native,
+                                                                             expected):
+    import lib.core.device as device
+
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: native)
+    assert device.inference_precision(asked, trained, torch.device("cpu")) == expected
+
+
+@pytest.mark.parametrize("trained", ["fp32", "bf16", None])
+def test_the_segmenter_takes_the_checkpoint_precision(tmp_path, monkeypatch, trained):
+    """A model trained in fp32 was run in bf16 on a CPU with native bf16, though the README said inference runs in
+    the training precision (a QA run: 0.05–0.08% of its labels moved)."""
+    import lib.core.device as device
+    from lib.segmenter import Segmenter
+
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: True)
+    state = torch.load(constant_checkpoint(tmp_path / "c.pth", 1), weights_only=True)
+    if trained is None:
+        state.pop("precision", None)
+    else:
+        state["precision"] = trained
+    save_checkpoint(tmp_path / "t.pth", state)
+    assert Segmenter.from_checkpoint(tmp_path / "t.pth", device="cpu").precision == (trained or "bf16")
+    assert Segmenter.from_checkpoint(tmp_path / "t.pth", device="cpu", precision="bf16").precision == "bf16"

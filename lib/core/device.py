@@ -63,6 +63,33 @@ def resolve_precision(precision: str, device: torch.device, amp: bool = False) -
     return precision
 
 
+def inference_precision(precision: str, trained: object, device: torch.device) -> str:
+    """The precision inference runs in: ``auto`` is the one the model was trained and validated in (a checkpoint's
+    ``precision``) where ``device`` computes it natively, else what ``auto`` gives there with AMP (bf16 on CPUs with
+    native bf16 and on CUDA devices that support it, fp16 on other CUDA devices, fp32 elsewhere). An fp32-trained
+    model is thus not run in bf16 unasked (its labels moved on 0.05–0.08% of pixels in a QA run), and a bf16-trained
+    one not in fp32 (slower, for labels of the same accuracy).
+
+    Args:
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (any but ``auto`` is taken as given).
+        trained: the checkpoint's ``precision`` entry; None (or any other value) where it has none.
+        device: the device inference runs on.
+
+    Raises:
+        UserError: fp16 on CPU.
+    """
+    if precision == "auto" and (trained == "fp32" or (trained == "bf16" and _native_bf16(device))
+                                or (trained == "fp16" and device.type == "cuda")):
+        return str(trained)
+    return resolve_precision(precision, device, amp=True)
+
+
+def _native_bf16(device: torch.device) -> bool:
+    if device.type == "cpu":
+        return cpu_has_bf16()
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """The autocast context for a precision (a no-op for fp32)."""
     if precision == "fp32":
