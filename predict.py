@@ -58,8 +58,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto: the training's (the checkpoint's) where this device computes it natively, else bf16 "
-                        "on CPUs with native bf16 and on CUDA devices that support it, fp16 on other CUDA devices, "
-                        "fp32 elsewhere")
+                        "on CPUs and CUDA devices that compute it natively, fp16 on other CUDA devices, fp32 "
+                        "elsewhere")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="CUDA only: replay each image size's sliding window as one CUDA graph (images up to 16 "
                         "MP, read whole: --block-width does not apply to them; each new size costs two eager calls "

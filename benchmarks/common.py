@@ -74,8 +74,9 @@ def apply_threads(threads: int | None) -> None:
 
 
 def mixed_precision_runtime(device: torch.device) -> Runtime:
-    """The precision and memory format the project picks on ``device`` where mixed precision is allowed (the
-    Segmenter's, train.py's with ``--amp``): bf16 autocast on CPUs with native bf16 and on CUDA, channels_last."""
+    """The precision and memory format the project picks on ``device`` where mixed precision is allowed (train.py's
+    with ``--amp``, the Segmenter's for a bf16-trained model): bf16 autocast on CPUs and CUDA devices with native
+    bf16, channels_last."""
     return Runtime(device, resolve_precision("auto", device, amp=True), memory_format(device))
 
 

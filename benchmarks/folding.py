@@ -4,12 +4,11 @@ The Segmenter loads every checkpoint folded.
 
     python -m benchmarks.folding [--widths 8 16 64] [--image 480 960] [--repeats N] [--device cpu|cuda] [--tiny]
 
-Both variants are ``sliding_window_predict`` as predict.py calls it (the precision and memory format the Segmenter
-picks on the device, window 96, overlap 0.5, 32 windows a batch) on one image, from the same seeded weights whose
-BatchNorms hold running statistics and affine parameters away from their initial 0 and 1; timed in interleaved
-rounds. Also the largest difference of the probabilities between the two (float rounding: the folded weights are
-computed once, in float32).
-"""
+Both variants are ``sliding_window_predict`` as predict.py calls it (the precision and memory format the Segmenter picks
+for a bf16-trained model on the device, window 96, overlap 0.5, 32 windows a batch) on one image, from the same seeded
+weights whose BatchNorms hold running statistics and affine parameters away from their initial 0 and 1; timed in
+interleaved rounds. Also the largest difference of the probabilities between the two (float rounding: the folded weights
+are computed once, in float32). """
 
 from __future__ import annotations
 

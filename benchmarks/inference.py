@@ -4,7 +4,7 @@
 
 Variants, all on the same UNet(1, 3, 8) in eval mode with seeded random weights and the same normalised images:
 
-* ``ours``: ``sliding_window_predict`` as the Segmenter calls it by default (precision ``auto`` → bf16 on CPUs
+* ``ours``: ``sliding_window_predict`` as the Segmenter calls it for a bf16-trained model (bf16 on CPUs
   with native bf16, the BatchNorms folded into the convolutions, channels_last model and windows, window 96,
   overlap 0.5, 32 windows per batch, mean blend).
 * ``ours fp32 channels_last``: as the Segmenter calls it with ``--precision fp32`` (for information).

@@ -3,18 +3,18 @@
     python -m benchmarks.overhead [--megapixels 0.08 1 8 32] [--memory-at 8 32] [--repeats N] [--device cuda]
         [--launches] [--cuda-graphs] [--tiny]
 
-Time: ``sliding_window_predict`` as the Segmenter calls it by default (bf16 autocast on CPUs with native bf16 and on
-CUDA, channels_last) vs the model alone on the same window batches (cut beforehand, the same autocast per batch, no
-softmax and no stitching); overhead = call / model − 1 (target ≤ 5%), and time per megapixel to show linear growth.
-With ``--device cuda`` the model, the image and the result stay on the GPU (host transfers are not stitching), each
-timing ends with a synchronisation, and memory is not measured (it is the host's). There the model of the
-benchmark is bound by launching kernels from Python, and a busy host moves the timings by tens of percent between
-runs; ``--launches`` counts what the stitching adds per window batch, a figure that does not move.
-``--cuda-graphs`` replays the call as one CUDA graph per image size (predict.py's ``--cuda-graphs``) and the model
-alone as one graph of all its batches, so that both launch at once; the eager model alone is timed beside them.
-The minor page faults of each are shown: with glibc's malloc the model's activations are at times served from
-reused memory and at times from fresh pages that the kernel must fault in (after the heap was trimmed), which moves
-either timing by up to about 30%. To see the overhead without that effect, run with
+Time: ``sliding_window_predict`` as the Segmenter calls it for a bf16-trained model (bf16 autocast on CPUs and CUDA
+devices with native bf16, channels_last) vs the model alone on the same window batches (cut beforehand, the same
+autocast per batch, no softmax and no stitching); overhead = call / model − 1 (target ≤ 5%), and time per megapixel to
+show linear growth. With ``--device cuda`` the model, the image and the result stay on the GPU (host transfers are not
+stitching), each timing ends with a synchronisation, and memory is not measured (it is the host's). There the model of
+the benchmark is bound by launching kernels from Python, and a busy host moves the timings by tens of percent between
+runs; ``--launches`` counts what the stitching adds per window batch, a figure that does not move. ``--cuda-graphs``
+replays the call as one CUDA graph per image size (predict.py's ``--cuda-graphs``) and the model alone as one graph of
+all its batches, so that both launch at once; the eager model alone is timed beside them. The minor page faults of each
+are shown: with glibc's malloc the model's activations are at times served from reused memory and at times from fresh
+pages that the kernel must fault in (after the heap was trimmed), which moves either timing by up to about 30%. To see
+the overhead without that effect, run with
 ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824``.
 
 Memory: every measurement runs in a fresh subprocess (``--memory-probe H W``) that builds the model and image, warms
@@ -87,7 +87,7 @@ def make_model(width: int, seed: int = 0, device: torch.device = torch.device("c
 
 
 def settings(device: torch.device = torch.device("cpu")) -> tuple[torch.device, str, torch.memory_format]:
-    """Device, precision and memory format as the Segmenter picks them for ``device``."""
+    """Device, precision and memory format as the Segmenter picks them for a bf16-trained model on ``device``."""
     rt = mixed_precision_runtime(device)
     return rt.device, rt.precision, rt.memory_format
 

@@ -54,8 +54,8 @@ class Segmenter:
         Args:
             path: a ``.pth`` written by train.py.
             device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
-            precision: ``auto`` (the training's, where this device computes it natively, else bf16 on CPUs with
-                native bf16 and on CUDA devices that support it, fp16 on other CUDA devices, fp32 elsewhere:
+            precision: ``auto`` (the training's, where this device computes it natively, else bf16 on CPUs and
+                CUDA devices that compute it natively, fp16 on other CUDA devices, fp32 elsewhere:
                 ``lib.core.device.inference_precision``), ``fp32``, ``bf16`` or ``fp16``.
             inference: overlap, blend, TTA and window batch size (default: those stored with the checkpoint).
             cuda_graphs: replay the sliding-window call of each image size as one CUDA graph (:meth:`predict`).

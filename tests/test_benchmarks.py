@@ -335,8 +335,8 @@ def test_folding_tiny(tmp_path: Path):
     result = read_result(tmp_path, "folding")
     (width,) = result["results"]
     assert {"min_s", "median_s", "times_s"} <= set(width["kept"]) and width["speedup"] > 0
-    # the same probabilities up to rounding, from BatchNorms that do work; the Segmenter's precision is bf16 on a
-    # CPU with native bf16 (3 significant digits), fp32 elsewhere
+    # the same probabilities up to rounding, from BatchNorms that do work; the precision is bf16 on a CPU with
+    # native bf16 (3 significant digits), fp32 elsewhere
     assert 0 < width["max_abs_diff"] < {"fp32": 1e-5, "bf16": 2e-2}[result["precision"]]
 
 

@@ -376,44 +376,55 @@ def test_a_boolean_is_no_channel_count_of_a_checkpoint(tmp_path):
         check_model_entries(state, tmp_path / "c.pth")
 
 
-# the precision inference runs in, by what was asked, what the checkpoint was trained in and the CPU:
-# (asked, trained, CPU computes bf16 natively, expected)
+# the precision inference runs in, by what was asked, what the checkpoint was trained in, the device and whether it
+# computes bf16 natively (the CPU's flags; on CUDA, compute capability 8 or later, not emulated): expected
 PRECISION_CASES = [
-    ("auto", "fp32", True, "fp32"),  # trained and validated in fp32: not run in bf16 unasked
-    ("auto", "bf16", True, "bf16"),
-    ("auto", "bf16", False, "fp32"),  # a bf16 model on a CPU without native bf16
-    ("auto", "fp16", True, "bf16"),  # a model of an fp16 GPU run, on a CPU (no fp16 there)
-    ("auto", "fp16", False, "fp32"),
-    ("auto", None, True, "bf16"),  # a checkpoint without the entry: the device's auto
-    ("auto", None, False, "fp32"),
-    ("auto", "float32", True, "bf16"),  # a value that is no precision: the device's auto
-    ("fp32", "bf16", True, "fp32"),  # asked: as given
-    ("bf16", "fp32", False, "bf16"),
+    ("auto", "fp32", "cpu", True, "fp32"),  # trained and validated in fp32: not run in bf16 unasked
+    ("auto", "bf16", "cpu", True, "bf16"),
+    ("auto", "bf16", "cpu", False, "fp32"),  # a bf16 model on a CPU without native bf16
+    ("auto", "fp16", "cpu", True, "bf16"),  # a model of an fp16 GPU run, on a CPU (no fp16 there)
+    ("auto", "fp16", "cpu", False, "fp32"),
+    ("auto", None, "cpu", True, "bf16"),  # a checkpoint without the entry: the device's mixed precision
+    ("auto", None, "cpu", False, "fp32"),
+    ("auto", "float32", "cpu", True, "bf16"),  # a value that is no precision: as without the entry
+    ("fp32", "bf16", "cpu", True, "fp32"),  # asked: as given
+    ("bf16", "fp32", "cpu", False, "bf16"),
+    ("auto", "fp32", "cuda", True, "fp32"),
+    ("auto", "bf16", "cuda", True, "bf16"),
+    ("auto", "bf16", "cuda", False, "fp16"),  # bf16 emulated on an older GPU: its fp16
+    ("auto", "fp16", "cuda", True, "fp16"),
+    ("auto", None, "cuda", True, "bf16"),
+    ("auto", None, "cuda", False, "fp16"),
+    ("auto", "fp16", "mps", False, "fp16"),
+    ("auto", "bf16", "mps", False, "fp32"),
+    ("auto", None, "mps", False, "fp32"),
 ]
 
 
-@pytest.mark.parametrize("asked,trained,native,expected", PRECISION_CASES)
-def test_inference_runs_in_the_training_precision_unless_asked_or_not_native(monkeypatch, asked, trained, native,
-                                                                             expected):
+@pytest.mark.parametrize("asked,trained,device_type,native,expected", PRECISION_CASES)
+def test_inference_runs_in_the_training_precision_unless_asked_or_not_native(monkeypatch, asked, trained, device_type,
+                                                                             native, expected):
     import lib.core.device as device
 
     monkeypatch.setattr(device, "cpu_has_bf16", lambda: native)
-    assert device.inference_precision(asked, trained, torch.device("cpu")) == expected
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
+    assert device.inference_precision(asked, trained, torch.device(device_type)) == expected
 
 
-@pytest.mark.parametrize("trained", ["fp32", "bf16", None])
-def test_the_segmenter_takes_the_checkpoint_precision(tmp_path, monkeypatch, trained):
+@pytest.mark.parametrize("trained,native,expected", [("fp32", True, "fp32"), ("bf16", True, "bf16"),
+                                                     (None, True, "bf16"), ("bf16", False, "fp32")])
+def test_the_segmenter_takes_the_checkpoint_precision(tmp_path, monkeypatch, trained, native, expected):
     """A model trained in fp32 was run in bf16 on a CPU with native bf16, though the README said inference runs in
     the training precision (a QA run: 0.05–0.08% of its labels moved)."""
     import lib.core.device as device
     from lib.segmenter import Segmenter
 
-    monkeypatch.setattr(device, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: native)
     state = torch.load(constant_checkpoint(tmp_path / "c.pth", 1), weights_only=True)
     if trained is None:
         state.pop("precision", None)
     else:
         state["precision"] = trained
     save_checkpoint(tmp_path / "t.pth", state)
-    assert Segmenter.from_checkpoint(tmp_path / "t.pth", device="cpu").precision == (trained or "bf16")
+    assert Segmenter.from_checkpoint(tmp_path / "t.pth", device="cpu").precision == expected
     assert Segmenter.from_checkpoint(tmp_path / "t.pth", device="cpu", precision="bf16").precision == "bf16"

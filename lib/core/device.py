@@ -47,7 +47,8 @@ def resolve_precision(precision: str, device: torch.device, amp: bool = False) -
     """The precision a run uses: ``fp32``, ``bf16`` or ``fp16``.
 
     ``auto`` means bf16 on a CPU with native bf16 and fp32 on other CPUs; on CUDA it means fp32 unless ``amp``
-    (then bf16 where supported, else fp16 with a gradient scaler); on MPS fp32.
+    (then bf16 where the device computes it natively, :func:`cuda_has_bf16`, else fp16 with a gradient scaler); on
+    MPS fp32.
 
     Raises:
         UserError: fp16 on CPU (PyTorch has no fp16 CPU autocast worth using).
@@ -56,7 +57,7 @@ def resolve_precision(precision: str, device: torch.device, amp: bool = False) -
         if device.type == "cpu":
             return "bf16" if cpu_has_bf16() else "fp32"
         if device.type == "cuda" and amp:
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            return "bf16" if cuda_has_bf16() else "fp16"
         return "fp32"
     if precision == "fp16" and device.type == "cpu":
         raise UserError("--precision fp16: not supported on CPU (use bf16 or fp32)")
@@ -65,10 +66,10 @@ def resolve_precision(precision: str, device: torch.device, amp: bool = False) -
 
 def inference_precision(precision: str, trained: object, device: torch.device) -> str:
     """The precision inference runs in: ``auto`` is the one the model was trained and validated in (a checkpoint's
-    ``precision``) where ``device`` computes it natively, else what ``auto`` gives there with AMP (bf16 on CPUs with
-    native bf16 and on CUDA devices that support it, fp16 on other CUDA devices, fp32 elsewhere). An fp32-trained
-    model is thus not run in bf16 unasked (its labels moved on 0.05–0.08% of pixels in a QA run), and a bf16-trained
-    one not in fp32 (slower, for labels of the same accuracy).
+    ``precision``) where ``device`` computes it natively (bf16: CPUs with AVX-512 BF16 or AMX and CUDA devices of
+    compute capability 8 or later; fp16: CUDA and MPS), else bf16 on such CPUs and CUDA devices, fp16 on other CUDA
+    devices and fp32 elsewhere. An fp32-trained model is thus not run in bf16 unasked (its labels moved on
+    0.05–0.08% of pixels in a QA run), and a bf16-trained one not in fp32 (slower, for labels of the same accuracy).
 
     Args:
         precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (any but ``auto`` is taken as given).
@@ -79,7 +80,7 @@ def inference_precision(precision: str, trained: object, device: torch.device) -
         UserError: fp16 on CPU.
     """
     if precision == "auto" and (trained == "fp32" or (trained == "bf16" and _native_bf16(device))
-                                or (trained == "fp16" and device.type == "cuda")):
+                                or (trained == "fp16" and device.type in ("cuda", "mps"))):
         return str(trained)
     return resolve_precision(precision, device, amp=True)
 
@@ -87,7 +88,16 @@ def inference_precision(precision: str, trained: object, device: torch.device) -
 def _native_bf16(device: torch.device) -> bool:
     if device.type == "cpu":
         return cpu_has_bf16()
-    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return device.type == "cuda" and cuda_has_bf16()
+
+
+def cuda_has_bf16() -> bool:
+    """Whether the CUDA device computes bfloat16 natively (compute capability 8 or later): PyTorch also calls it
+    supported where it is emulated, slower than fp16, on older GPUs."""
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # a PyTorch that emulates nothing (before 2.4) has no such argument
+        return torch.cuda.is_bf16_supported()
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
