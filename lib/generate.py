@@ -18,7 +18,7 @@ from tqdm.auto import tqdm  # a widget in notebooks, the usual bar in a terminal
 
 from lib.core.errors import ArgumentParser, UserError, cli_main
 from lib.core.imageio import check_memory, save_image, save_mask
-from lib.core.jobs import finish_job, start_job
+from lib.core.jobs import claimed
 from lib.core.params import Params, load_params, replace
 from lib.core.synthetic import image_rng, synthetic_pair
 from lib.core.synthetic_alt import alternate_pair
@@ -60,17 +60,16 @@ def generate_split(out: str | Path, split: str, n: int, params: Params, overwrit
     out = Path(out)
     signature = {"job": "lib.generate", "split": split, "n": n, "data": dataclasses.asdict(params.data),
                  "class_colors": [list(c) for c in params.class_colors]}
-    resumed = start_job(out, signature, OWNED, overwrite)
-    (out / "images").mkdir(exist_ok=True)
-    (out / "masks").mkdir(exist_ok=True)
-    for i in tqdm(range(n), desc=f"generate {split}", disable=not progress, unit="img"):
-        name = f"i{i}.png"
-        if resumed and (out / "masks" / name).is_file():
-            continue  # written whole by the interrupted run (the mask goes last)
-        image, mask = GENERATORS[params.data.generator](image_rng(params.data.seed, split, i), params.data)
-        save_image(out / "images" / name, image)
-        save_mask(out / "masks" / name, mask, params.class_colors)
-    finish_job(out)
+    with claimed(out, signature, OWNED, overwrite) as resumed:
+        (out / "images").mkdir(exist_ok=True)
+        (out / "masks").mkdir(exist_ok=True)
+        for i in tqdm(range(n), desc=f"generate {split}", disable=not progress, unit="img"):
+            name = f"i{i}.png"
+            if resumed and (out / "masks" / name).is_file():
+                continue  # written whole by the interrupted run (the mask goes last)
+            image, mask = GENERATORS[params.data.generator](image_rng(params.data.seed, split, i), params.data)
+            save_image(out / "images" / name, image)
+            save_mask(out / "masks" / name, mask, params.class_colors)
     return out
 
 

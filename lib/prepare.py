@@ -29,7 +29,7 @@ from dataloader.pairs import ImagePair, check_mask_size, find_pairs
 from lib.core.atomic import atomic_write_text, deferred_sync
 from lib.core.errors import ArgumentParser, UserError, cli_main
 from lib.core.imageio import ImageHeader, ImageRows, image_suffix, read_mask, save_image, save_mask
-from lib.core.jobs import check_apart, check_claimable, finish_job, start_job
+from lib.core.jobs import check_apart, check_claimable, claimed
 from lib.core.padding import reflect_pad
 from lib.core.params import Params, load_params, replace
 from lib.core.patch_sampling import apply_augmentation, augmentations, sample_positions
@@ -81,44 +81,43 @@ def prepare_patches(src: str | Path, out: str | Path, params: Params, overwrite:
         print(f"note: {len(single)} image(s) ({', '.join(single[:3])}{', ...' if len(single) > 3 else ''}) are no "
               f"larger than a patch of {p.size}x{p.size}: each has one window, and its {p.per_image} patches are "
               "copies of it", file=sys.stderr)
-    resumed = start_job(out, signature, OWNED, overwrite)
-    (out / "images").mkdir(exist_ok=True)
-    (out / "masks").mkdir(exist_ok=True)
-    suffix = image_suffix(summary["dtype"], summary["channels"])
-    rows = []
-    k = 0
-    with deferred_sync():  # one sync for the thousands of patch files, before the manifest that lists them
-        for s, pair in enumerate(tqdm(pairs, desc="cut patches", disable=not progress, unit="img")):
-            with ImageRows(pair.image, **params.data.read_options) as source:
-                mask = read_mask(pair.mask, params.class_colors)
-                height, width = mask.shape
-                h = source.header
-                small = height < p.size or width < p.size
-                whole = small or height * width * h.channels * np.dtype(h.dtype).itemsize <= whole_bytes
-                # an image smaller than a patch is padded as inference pads it (lib.core.padding): both see the same
-                image = reflect_pad(source.rows(0, height), p.size, p.size, (0, 1)) if whole else None
-                mask = reflect_pad(mask, p.size, p.size, (0, 1))
-                rng = keyed_rng(p.seed, s)
-                for top, left in sample_positions(rng, mask, p.size, p.per_image, p.foreground_fraction):
-                    window = (slice(top, top + p.size), slice(left, left + p.size))
-                    pixels = image[window] if image is not None else source.rows(top, top + p.size, left,
-                                                                                left + p.size)
-                    for flip, rot in variants:
-                        name = f"p{k}{suffix}"
-                        rows.append({"file": name, "source": pair.name, "top": top, "left": left, "flip": flip,
-                                     "rot90": rot})
-                        if not (resumed and (out / "masks" / mask_file(name)).is_file()):
-                            save_image(out / "images" / name, apply_augmentation(pixels, flip, rot))
-                            save_mask(out / "masks" / mask_file(name), apply_augmentation(mask[window], flip, rot),
-                                      params.class_colors)
-                        k += 1
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, MANIFEST_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(out / SOURCES, json.dumps(summary, indent=1))
-    atomic_write_text(out / MANIFEST, buffer.getvalue())
-    finish_job(out)
+    with claimed(out, signature, OWNED, overwrite) as resumed:
+        (out / "images").mkdir(exist_ok=True)
+        (out / "masks").mkdir(exist_ok=True)
+        suffix = image_suffix(summary["dtype"], summary["channels"])
+        rows = []
+        k = 0
+        with deferred_sync():  # one sync for the thousands of patch files, before the manifest that lists them
+            for s, pair in enumerate(tqdm(pairs, desc="cut patches", disable=not progress, unit="img")):
+                with ImageRows(pair.image, **params.data.read_options) as source:
+                    mask = read_mask(pair.mask, params.class_colors)
+                    height, width = mask.shape
+                    h = source.header
+                    small = height < p.size or width < p.size
+                    whole = small or height * width * h.channels * np.dtype(h.dtype).itemsize <= whole_bytes
+                    # an image smaller than a patch is padded as inference pads it (lib.core.padding): both see the same
+                    image = reflect_pad(source.rows(0, height), p.size, p.size, (0, 1)) if whole else None
+                    mask = reflect_pad(mask, p.size, p.size, (0, 1))
+                    rng = keyed_rng(p.seed, s)
+                    for top, left in sample_positions(rng, mask, p.size, p.per_image, p.foreground_fraction):
+                        window = (slice(top, top + p.size), slice(left, left + p.size))
+                        pixels = image[window] if image is not None else source.rows(top, top + p.size, left,
+                                                                                    left + p.size)
+                        for flip, rot in variants:
+                            name = f"p{k}{suffix}"
+                            rows.append({"file": name, "source": pair.name, "top": top, "left": left, "flip": flip,
+                                         "rot90": rot})
+                            if not (resumed and (out / "masks" / mask_file(name)).is_file()):
+                                save_image(out / "images" / name, apply_augmentation(pixels, flip, rot))
+                                save_mask(out / "masks" / mask_file(name), apply_augmentation(mask[window], flip, rot),
+                                          params.class_colors)
+                            k += 1
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, MANIFEST_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(out / SOURCES, json.dumps(summary, indent=1))
+        atomic_write_text(out / MANIFEST, buffer.getvalue())
     return k
 
 

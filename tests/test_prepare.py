@@ -329,3 +329,29 @@ def test_a_patch_folder_that_cannot_be_read_is_one_line(tmp_path, source, monkey
     monkeypatch.setattr(Path, "open", refuse_the_manifest)
     with pytest.raises(UserError, match=r"manifest.csv: cannot read the patch folder \(Permission denied\)$"):
         read_manifest(tmp_path / "out")
+
+
+def test_a_folder_a_job_is_writing_is_refused_to_a_second_job(tmp_path, source):
+    """Two prepare runs started together on one folder both passed the claim check: once, one's patches ended under
+    the other's completion marker (other seed), and the other crashed with a traceback renaming the marker."""
+    from lib.core.jobs import claimed
+
+    out = tmp_path / "patches"
+    signature = {"job": "lib.prepare", "seed": 0}
+    with claimed(out, signature, ["images/*"], False) as resumed:
+        assert not resumed
+        with pytest.raises(UserError, match="another job is writing this output folder now"):
+            with claimed(out, signature, ["images/*"], False):
+                pass
+        # a real command too, in another process, even with --overwrite: one line, exit 2, nothing written or removed
+        (out / "images").mkdir()
+        (out / "images" / "p0.png").write_bytes(b"being written")
+        result = run_cli("-m", "lib.prepare", "--src", str(source), "--out", str(out), "--patch-size", "48",
+                         "--overwrite")
+        assert_user_error(result, "another job is writing this output folder now")
+        assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [".in_progress.json", ".job.lock", "images",
+                                                                           "images/p0.png"]
+    assert (out / ".complete.json").is_file()
+    with pytest.raises(UserError, match="holds a finished job"):  # released: the usual checks again
+        with claimed(out, signature, ["images/*"], False):
+            pass

@@ -2,20 +2,31 @@
 
 ``.in_progress.json`` is written before the first file and replaced by ``.complete.json`` after the last. Every file in
 between is written atomically, so a killed job leaves only whole files; rerunning the same job (same signature) resumes
-it, and a finished folder is never overwritten or mixed into without ``overwrite``.
+it, and a finished folder is never overwritten or mixed into without ``overwrite``. While a job runs it holds a lock on
+``.job.lock`` in the folder, so that a second job started on it meanwhile is refused (two prepare runs started
+together, with different seeds, left one's patches under the other's marker); the lock goes with the process, however
+it ends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: jobs run unguarded
+    fcntl = None
+
 from lib.core.atomic import atomic_write_text, make_folder, remove_stale_temporaries_in
-from lib.core.errors import UserError
+from lib.core.errors import UserError, write_error
 
 IN_PROGRESS = ".in_progress.json"
 COMPLETE = ".complete.json"
+LOCK = ".job.lock"  # kept after the job: removing it would let a job waiting on the old file and a new one both lock
 
 
 def is_complete(folder: str | Path) -> bool:
@@ -47,7 +58,7 @@ def check_apart(folder: str | Path, source: str | Path, subfolders: tuple[str, .
 
 
 def check_claimable(folder: str | Path, signature: dict, overwrite: bool) -> None:
-    """Refuse ``folder`` as :func:`start_job` would, writing nothing: a job calls it before reading its inputs, so that
+    """Refuse ``folder`` as :func:`claimed` would, writing nothing: a job calls it before reading its inputs, so that
     a folder it may not write is refused at once rather than after minutes of checks.
 
     Raises:
@@ -90,8 +101,10 @@ def _visible_files(folder: Path) -> Iterator[Path]:
             yield path
 
 
-def start_job(folder: str | Path, signature: dict, owned: list[str], overwrite: bool) -> bool:
-    """Claim ``folder`` for a job described by ``signature``.
+@contextlib.contextmanager
+def claimed(folder: str | Path, signature: dict, owned: list[str], overwrite: bool) -> Iterator[bool]:
+    """Run a job in ``folder``: claim it for the job described by ``signature``, hold it while the body runs, and mark
+    it complete when the body returns (an exception leaves it in progress, to be resumed).
 
     Args:
         folder: the output folder (created if missing).
@@ -99,15 +112,45 @@ def start_job(folder: str | Path, signature: dict, owned: list[str], overwrite: 
         owned: glob patterns, relative to ``folder``, of the files the job writes (removed by ``overwrite``).
         overwrite: replace what an earlier job wrote in the folder (never a folder no job wrote).
 
-    Returns:
+    Yields:
         True when an interrupted job with the same signature is resumed (existing files are kept).
 
     Raises:
-        UserError: see :func:`check_claimable`.
+        UserError: another job is writing the folder now; or see :func:`check_claimable`.
     """
     folder = Path(folder)
-    check_claimable(folder, signature, overwrite)
+    check_claimable(folder, signature, overwrite)  # before the folder is made: a refused job makes none
     make_folder(folder)
+    with _locked(folder):
+        yield _start(folder, signature, owned, overwrite)
+        (folder / IN_PROGRESS).replace(folder / COMPLETE)  # atomically: in progress, then complete
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive lock on ``folder``'s lock file while the body runs, or a one-line error where it is held."""
+    try:
+        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as err:
+        raise write_error(folder / LOCK, err) from None
+    try:
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{folder}: another job is writing this output folder now (it holds {LOCK}); wait for "
+                            "it to end, or choose another folder") from None
+        except OSError:  # a file system without locks (some network mounts): the job runs unguarded
+            pass
+        yield
+    finally:
+        os.close(fd)  # (releases the lock)
+
+
+def _start(folder: Path, signature: dict, owned: list[str], overwrite: bool) -> bool:
+    """Claim the locked ``folder``: checked again (a job may have ended meanwhile), its killed writes' temporaries
+    removed, cleared with ``overwrite``, and marked in progress. True when an interrupted job is resumed."""
+    check_claimable(folder, signature, overwrite)
     marker = folder / IN_PROGRESS
     for parent in {(folder / pattern).parent for pattern in owned}:
         # temporary files of the atomic writes a kill interrupted (not any hidden file of the user's)
@@ -119,12 +162,6 @@ def start_job(folder: str | Path, signature: dict, owned: list[str], overwrite: 
         resumed = True
     atomic_write_text(marker, json.dumps(signature, indent=1, sort_keys=True))
     return resumed
-
-
-def finish_job(folder: str | Path) -> None:
-    """Mark ``folder`` complete (atomically turns the in-progress marker into the completion marker)."""
-    folder = Path(folder)
-    (folder / IN_PROGRESS).replace(folder / COMPLETE)
 
 
 def _read(path: Path) -> dict | None:
