@@ -19,6 +19,7 @@ import dataclasses
 import io
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from dataloader.manifest import MANIFEST, MANIFEST_FIELDS, SOURCES, mask_file
 from dataloader.pairs import ImagePair, check_mask_size, find_pairs
 from lib.core.atomic import atomic_write_text, deferred_sync
 from lib.core.errors import ArgumentParser, UserError, cli_main
-from lib.core.imageio import ImageHeader, ImageRows, image_suffix, read_mask, save_image, save_mask
+from lib.core.imageio import ImageHeader, ImageRows, image_suffix, save_image, save_mask
 from lib.core.jobs import check_apart, check_claimable, claimed
 from lib.core.padding import reflect_pad
 from lib.core.params import Params, load_params, replace
@@ -45,9 +46,9 @@ def prepare_patches(src: str | Path, out: str | Path, params: Params, overwrite:
 
     Images smaller than a patch are reflect-padded at the bottom and right first (the manifest's coordinates refer to
     the padded image). Each source image has its own random stream, so the output is byte-identical for a seed.
-    Memory does not grow with the data set: a first pass checks every pair band by band, a second cuts one image at
-    a time, reading the windows of a TIFF larger than ``whole_bytes`` alone (its mask is held whole, one byte a
-    pixel, to sample them); a smaller image is read whole, as one read is faster than a read per window.
+    Memory does not grow with the data set or the image: a first pass checks every pair band by band, a second cuts
+    one image at a time, reading the windows of a TIFF larger than ``whole_bytes`` and of its mask alone
+    (:func:`image_windows`); a smaller image is read whole, as one read is faster than a read per window.
 
     Args:
         src: folder with ``images/`` and ``masks/``.
@@ -89,29 +90,16 @@ def prepare_patches(src: str | Path, out: str | Path, params: Params, overwrite:
         k = 0
         with deferred_sync():  # one sync for the thousands of patch files, before the manifest that lists them
             for s, pair in enumerate(tqdm(pairs, desc="cut patches", disable=not progress, unit="img")):
-                with ImageRows(pair.image, **params.data.read_options) as source:
-                    mask = read_mask(pair.mask, params.class_colors)
-                    height, width = mask.shape
-                    h = source.header
-                    small = height < p.size or width < p.size
-                    whole = small or height * width * h.channels * np.dtype(h.dtype).itemsize <= whole_bytes
-                    # an image smaller than a patch is padded as inference pads it (lib.core.padding): both see the same
-                    image = reflect_pad(source.rows(0, height), p.size, p.size, (0, 1)) if whole else None
-                    mask = reflect_pad(mask, p.size, p.size, (0, 1))
-                    rng = keyed_rng(p.seed, s)
-                    for top, left in sample_positions(rng, mask, p.size, p.per_image, p.foreground_fraction):
-                        window = (slice(top, top + p.size), slice(left, left + p.size))
-                        pixels = image[window] if image is not None else source.rows(top, top + p.size, left,
-                                                                                    left + p.size)
-                        for flip, rot in variants:
-                            name = f"p{k}{suffix}"
-                            rows.append({"file": name, "source": pair.name, "top": top, "left": left, "flip": flip,
-                                         "rot90": rot})
-                            if not (resumed and (out / "masks" / mask_file(name)).is_file()):
-                                save_image(out / "images" / name, apply_augmentation(pixels, flip, rot))
-                                save_mask(out / "masks" / mask_file(name), apply_augmentation(mask[window], flip, rot),
-                                          params.class_colors)
-                            k += 1
+                for top, left, pixels, labels in image_windows(pair, params, keyed_rng(p.seed, s), whole_bytes):
+                    for flip, rot in variants:
+                        name = f"p{k}{suffix}"
+                        rows.append({"file": name, "source": pair.name, "top": top, "left": left, "flip": flip,
+                                     "rot90": rot})
+                        if not (resumed and (out / "masks" / mask_file(name)).is_file()):
+                            save_image(out / "images" / name, apply_augmentation(pixels, flip, rot))
+                            save_mask(out / "masks" / mask_file(name), apply_augmentation(labels, flip, rot),
+                                      params.class_colors)
+                        k += 1
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, MANIFEST_FIELDS, lineterminator="\n")
         writer.writeheader()
@@ -119,6 +107,29 @@ def prepare_patches(src: str | Path, out: str | Path, params: Params, overwrite:
         atomic_write_text(out / SOURCES, json.dumps(summary, indent=1))
         atomic_write_text(out / MANIFEST, buffer.getvalue())
     return k
+
+
+def image_windows(pair: ImagePair, params: Params, rng: np.random.Generator, whole_bytes: int
+                  ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """The ``patches.per_image`` windows of one image and its mask (:func:`sample_positions`), as (top, left, pixels,
+    mask). An image of up to ``whole_bytes`` decoded bytes is read whole with its mask, as one read is faster than a
+    read per window; a larger one, and its mask, window by window, so memory does not grow with the image (a mask
+    held whole took one byte a pixel: 1.6 GB for a 40000² slide).
+    """
+    p = params.patches
+    with ImageRows(pair.image, **params.data.read_options) as source, \
+            ImageRows(pair.mask, mask_colors=params.class_colors) as labels:
+        h = source.header
+        small = h.height < p.size or h.width < p.size
+        if small or h.height * h.width * h.channels * np.dtype(h.dtype).itemsize <= whole_bytes:
+            # an image smaller than a patch is padded as inference pads it (lib.core.padding): both see the same
+            image = reflect_pad(source.rows(0, h.height), p.size, p.size, (0, 1))
+            mask = reflect_pad(labels.rows(0, h.height), p.size, p.size, (0, 1))
+        else:
+            image, mask = source, labels
+        for top, left in sample_positions(rng, mask, p.size, p.per_image, p.foreground_fraction):
+            window = (slice(top, top + p.size), slice(left, left + p.size))
+            yield top, left, image[window], mask[window]
 
 
 def describe(image: np.ndarray | ImageHeader) -> str:

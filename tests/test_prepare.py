@@ -8,9 +8,10 @@ import hashlib
 import numpy as np
 import pytest
 
+from dataloader.manifest import mask_file
 from dataloader.pairs import ImagePair, find_pairs, load_pair
 from lib.core.errors import UserError
-from lib.core.imageio import read_image
+from lib.core.imageio import read_image, read_mask
 from lib.core.padding import reflect_pad
 from lib.core.params import load_params, replace
 from lib.core.patch_sampling import apply_augmentation, augmentations, sample_positions
@@ -253,13 +254,13 @@ def test_cli_defaults_and_flags(tmp_path, tiny_params_file):
 
 
 def test_a_tiled_tiff_is_never_decoded_whole(tmp_path, monkeypatch):
-    """Memory does not grow with the data set: a TIFF's statistics come band by band and its patches window by
-    window (only its mask, one byte a pixel, is read whole), and the result is that of the whole arrays."""
+    """Memory does not grow with the data set or the image: a TIFF's statistics come band by band, and its patches
+    and their masks window by window (its mask was read whole, one byte a pixel: 1.6 GB for a 40000² slide), and
+    the result is that of the whole arrays."""
     import json
 
     import tifffile
 
-    from dataloader import pairs
     from lib.core import imageio
     from lib.core.statistics import image_statistics
 
@@ -273,26 +274,31 @@ def test_a_tiled_tiff_is_never_decoded_whole(tmp_path, monkeypatch):
         tifffile.imwrite(tmp_path / "src" / "images" / f"{name}.tif", image, tile=(64, 64),
                          photometric="minisblack", planarconfig="contig")
         tifffile.imwrite(tmp_path / "src" / "masks" / f"{name}.tif", mask, tile=(64, 64))
-        arrays[name] = image
-    whole = imageio.read_image
+        arrays[name] = image, mask
+    opened = imageio._tiff_open
 
-    def masks_only(path, *args, **kwargs):
-        assert path.parent.name == "masks", f"{path} decoded whole"
-        return whole(path, *args, **kwargs)
+    def never_whole(path, read, *args, **kwargs):
+        assert not read, f"{path} decoded whole"
+        return opened(path, read, *args, **kwargs)
 
-    monkeypatch.setattr(imageio, "read_image", masks_only)
-    monkeypatch.setattr(pairs, "read_image", masks_only)  # and wherever it was imported by name
+    monkeypatch.setattr(imageio, "_tiff_open", never_whole)
     params = replace(SMALL, "patches", foreground_fraction=0.5)
     out = tmp_path / "patches"
     assert prepare_patches(tmp_path / "src", out, params, progress=False, whole_bytes=0) == 2 * 3 * 4
     monkeypatch.undo()
     for r in _rows(out):
         top, left = int(r["top"]), int(r["left"])
-        window = arrays[r["source"]][top:top + 48, left:left + 48]
+        image, mask = (array[top:top + 48, left:left + 48] for array in arrays[r["source"]])
         assert np.array_equal(read_image(out / "images" / r["file"]),
-                              apply_augmentation(window, r["flip"], int(r["rot90"])))
+                              apply_augmentation(image, r["flip"], int(r["rot90"])))
+        assert np.array_equal(read_mask(out / "masks" / mask_file(r["file"]), SMALL.class_colors),
+                              apply_augmentation(mask, r["flip"], int(r["rot90"])))
+    # the same windows as from the whole arrays, the foreground-centred ones included
+    whole = tmp_path / "whole"
+    prepare_patches(tmp_path / "src", whole, params, progress=False)
+    assert (whole / "manifest.csv").read_text() == (out / "manifest.csv").read_text()
     summary = json.loads((out / "sources.json").read_text())
-    for name, image in arrays.items():
+    for name, (image, _) in arrays.items():
         mean, std = image_statistics(image)
         assert np.allclose(summary["images"][name]["mean"], mean, rtol=1e-12)
         assert np.allclose(summary["images"][name]["std"], std, rtol=1e-12)

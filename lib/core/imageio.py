@@ -605,6 +605,22 @@ class ImageRows:
             return mask_indices(band, self.mask_colors, where)
         return check_pixels(band, where)
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """H×W, or H×W×C for more than one channel: the shape of the array :meth:`rows` reads from."""
+        h = self.header
+        return (h.height, h.width) if h.channels == 1 else (h.height, h.width, h.channels)
+
+    def __getitem__(self, index: slice | tuple[slice, slice]) -> np.ndarray:
+        """``image[a:b]`` or ``image[a:b, c:d]``: those rows (and columns) by :meth:`rows`, bounds clipped as NumPy
+        clips them, so that code written for an array reads a window of the file instead."""
+        rows, columns = index if isinstance(index, tuple) else (index, slice(None))
+        top, bottom, row_step = rows.indices(self.header.height)
+        left, right, column_step = columns.indices(self.header.width)
+        if row_step != 1 or column_step != 1:
+            raise ValueError("ImageRows reads rows and columns with a step of 1")
+        return self.rows(top, max(top, bottom), left, max(left, right))
+
     def bands(self, band_pixels: int = 2**20) -> Iterator[np.ndarray]:
         """The whole image as :meth:`rows` gives it, top to bottom, in bands of rows of about ``band_pixels`` pixels
         (at least one row): a pass over an image of any size in bounded memory.

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from lib.core.imageio import ImageRows
 
 FLIPS = ("none", "lr", "ud", "lrud")
 
@@ -27,23 +32,31 @@ def apply_augmentation(patch: np.ndarray, flip: str, rot90: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(patch, rot90, axes=(0, 1)))
 
 
-def class_band_counts(mask: np.ndarray, band_rows: int) -> np.ndarray:
+def class_band_counts(mask: np.ndarray | ImageRows, band_rows: int, read_pixels: int = 2**22) -> np.ndarray:
     """How many pixels of each class value every band of ``band_rows`` rows of a mask holds.
 
     Args:
-        mask: H×W non-negative integer class values.
+        mask: H×W non-negative integer class values: an array, or a mask's :class:`~lib.core.imageio.ImageRows`,
+            read a few bands at a time (about ``read_pixels`` pixels a read, so that a tiled TIFF's tiles are
+            decoded once, not once a band).
         band_rows: rows a band (the last band may be shorter).
+        read_pixels: pixels a read holds, at least one band.
 
     Returns:
         ceil(H / band_rows)×K int64 counts, K the largest value + 1: a table that stays small for any mask shape
         with bands of tens of thousands of pixels (per-row counts of a 200000×96 mask of 256 classes took 410 MB).
     """
-    classes = int(mask.max()) + 1 if mask.size else 1
-    return np.stack([np.bincount(mask[top:top + band_rows].ravel(), minlength=classes)
-                     for top in range(0, mask.shape[0], band_rows)]).astype(np.int64)
+    height, width = mask.shape[:2]
+    step = band_rows * max(1, read_pixels // max(width * band_rows, 1))
+    counts = []
+    for top in range(0, height, step):
+        rows = np.asarray(mask[top:top + step])
+        counts += [np.bincount(rows[r:r + band_rows].ravel()) for r in range(0, rows.shape[0], band_rows)]
+    classes = max(max((len(c) for c in counts), default=1), 1)
+    return np.stack([np.pad(c, (0, classes - len(c))) for c in counts]).astype(np.int64)
 
 
-def sample_positions(rng: np.random.Generator, mask: np.ndarray, size: int, count: int,
+def sample_positions(rng: np.random.Generator, mask: np.ndarray | ImageRows, size: int, count: int,
                      foreground_fraction: float = 0.0, band_pixels: int = 2**16) -> list[tuple[int, int]]:
     """Top-left corners of ``count`` windows fully inside a (padded) image.
 
@@ -52,7 +65,8 @@ def sample_positions(rng: np.random.Generator, mask: np.ndarray, size: int, coun
     shifted to stay inside the image. The foreground pixel is the ``j``-th of its class in row order, ``j`` uniform:
     found from the class counts of bands of about ``band_pixels`` pixels (:func:`class_band_counts`) and one band of
     the mask, not from all the class's pixels (a comparison and ``np.nonzero`` over a whole 8000² mask per patch
-    took hundreds of MB and seconds).
+    took hundreds of MB and seconds). ``mask`` may be a mask's :class:`~lib.core.imageio.ImageRows`: it is then read
+    once in bands for the counts and once more a band for each centred window, never whole.
     """
     h, w = mask.shape
     n_fg = int(round(foreground_fraction * count))
