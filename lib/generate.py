@@ -18,7 +18,7 @@ from tqdm.auto import tqdm  # a widget in notebooks, the usual bar in a terminal
 
 from lib.core.errors import ArgumentParser, UserError, cli_main
 from lib.core.imageio import check_memory, save_image, save_mask
-from lib.core.jobs import claimed
+from lib.core.jobs import check_claimable, claimed
 from lib.core.params import Params, load_params, replace
 from lib.core.synthetic import image_rng, synthetic_pair
 from lib.core.synthetic_alt import alternate_pair
@@ -58,9 +58,7 @@ def generate_split(out: str | Path, split: str, n: int, params: Params, overwrit
     check_memory(d.height * d.width * DRAW_BYTES_PER_PIXEL[d.generator],
                  f"data.height x data.width = {d.height}x{d.width}", "to draw one image")
     out = Path(out)
-    signature = {"job": "lib.generate", "split": split, "n": n, "data": dataclasses.asdict(params.data),
-                 "class_colors": [list(c) for c in params.class_colors]}
-    with claimed(out, signature, OWNED, overwrite) as resumed:
+    with claimed(out, split_signature(split, n, params), OWNED, overwrite) as resumed:
         (out / "images").mkdir(exist_ok=True)
         (out / "masks").mkdir(exist_ok=True)
         for i in tqdm(range(n), desc=f"generate {split}", disable=not progress, unit="img"):
@@ -73,13 +71,26 @@ def generate_split(out: str | Path, split: str, n: int, params: Params, overwrit
     return out
 
 
+def split_signature(split: str, n: int, params: Params) -> dict:
+    """What decides a split's files: a resumed job must have the same (:mod:`lib.core.jobs`)."""
+    return {"job": "lib.generate", "split": split, "n": n, "data": dataclasses.asdict(params.data),
+            "class_colors": [list(c) for c in params.class_colors]}
+
+
 def generate_dataset(params: Params, out: str | Path | None = None, overwrite: bool = False,
                      progress: bool = True) -> tuple[Path, Path]:
-    """Write the training and test splits under ``out`` (default ``params.data.root``); return their folders."""
+    """Write the training and test splits under ``out`` (default ``params.data.root``); return their folders.
+
+    Raises:
+        UserError: as :func:`generate_split`; both folders are checked before either is written (a test folder that
+            another job was writing was refused only after ``overwrite`` had replaced the training folder).
+    """
     root = Path(out if out is not None else params.data.root)
     d = params.data
-    train = generate_split(root / d.training_folder, "training", d.n_training, params, overwrite, progress)
-    test = generate_split(root / d.test_folder, "test", d.n_test, params, overwrite, progress)
+    splits = [(root / d.training_folder, "training", d.n_training), (root / d.test_folder, "test", d.n_test)]
+    for folder, split, n in splits:
+        check_claimable(folder, split_signature(split, n, params), overwrite)
+    train, test = (generate_split(folder, split, n, params, overwrite, progress) for folder, split, n in splits)
     return train, test
 
 

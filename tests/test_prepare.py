@@ -339,21 +339,28 @@ def test_a_patch_folder_that_cannot_be_read_is_one_line(tmp_path, source, monkey
 
 def test_a_folder_a_job_is_writing_is_refused_to_a_second_job(tmp_path, source):
     """Two prepare runs started together on one folder both passed the claim check: once, one's patches ended under
-    the other's completion marker (other seed), and the other crashed with a traceback renaming the marker."""
-    from lib.core.jobs import claimed
+    the other's completion marker (other seed), and the other crashed with a traceback renaming the marker. A second
+    job is refused whatever its settings (a first version told one of other settings that the folder held an
+    interrupted job, to be replaced with --overwrite), before it reads its inputs."""
+    from lib.core.jobs import check_claimable, claimed
 
     out = tmp_path / "patches"
     signature = {"job": "lib.prepare", "seed": 0}
     with claimed(out, signature, ["images/*"], False) as resumed:
         assert not resumed
-        with pytest.raises(UserError, match="another job is writing this output folder now"):
-            with claimed(out, signature, ["images/*"], False):
-                pass
-        # a real command too, in another process, even with --overwrite: one line, exit 2, nothing written or removed
+        for other, overwrite in ((signature, False), ({"job": "lib.prepare", "seed": 7}, False), (signature, True)):
+            with pytest.raises(UserError, match="another job is writing this output folder now"):
+                check_claimable(out, other, overwrite)
+            with pytest.raises(UserError, match="another job is writing this output folder now"):
+                with claimed(out, other, ["images/*"], overwrite):
+                    pass
+        # a real command too, in another process, with other settings and --overwrite: one line, exit 2, at once
+        # (before reading its unreadable image), nothing written or removed
         (out / "images").mkdir()
         (out / "images" / "p0.png").write_bytes(b"being written")
+        next((source / "images").iterdir()).write_bytes(b"not an image")
         result = run_cli("-m", "lib.prepare", "--src", str(source), "--out", str(out), "--patch-size", "48",
-                         "--overwrite")
+                         "--seed", "7", "--overwrite")
         assert_user_error(result, "another job is writing this output folder now")
         assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [".in_progress.json", ".job.lock", "images",
                                                                            "images/p0.png"]
@@ -361,3 +368,19 @@ def test_a_folder_a_job_is_writing_is_refused_to_a_second_job(tmp_path, source):
     with pytest.raises(UserError, match="holds a finished job"):  # released: the usual checks again
         with claimed(out, signature, ["images/*"], False):
             pass
+
+
+def test_generation_checks_both_splits_before_writing_either(tmp_path):
+    """With the test folder being written by another job, generate --overwrite replaced the training folder first
+    and was refused only at the test folder, leaving the two of different settings."""
+    from lib.core.jobs import claimed
+    from lib.generate import generate_dataset
+
+    root = tmp_path / "data"
+    params = replace(SMALL, "data", n_training=2, n_test=2, root=str(root))
+    generate_dataset(params, progress=False)
+    before = {p: p.read_bytes() for p in (root / "images_training").rglob("*") if p.is_file()}
+    with claimed(root / "images_test", {"job": "lib.generate", "other": True}, [], True):
+        with pytest.raises(UserError, match="images_test: another job is writing"):
+            generate_dataset(replace(params, "data", seed=5), overwrite=True, progress=False)
+    assert {p: p.read_bytes() for p in (root / "images_training").rglob("*") if p.is_file()} == before

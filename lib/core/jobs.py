@@ -62,17 +62,25 @@ def check_claimable(folder: str | Path, signature: dict, overwrite: bool) -> Non
     a folder it may not write is refused at once rather than after minutes of checks.
 
     Raises:
-        UserError: ``folder`` is a file; or it holds files but no job's marker, whatever ``overwrite`` says (the
-            user's own files, which ``overwrite`` would remove); or the output of another command (the ``job`` of
-            the signatures), whatever ``overwrite`` says (its files are not the ones this job would clear); or it
-            holds a finished job, or an interrupted one of another ``signature``, and ``overwrite`` is false (one of
-            the same ``signature`` is resumed).
+        UserError: ``folder`` is a file; or another job is writing it now (whatever its settings: its marker says
+            in progress, but it is no interrupted job); or it holds files but no job's marker, whatever
+            ``overwrite`` says (the user's own files, which ``overwrite`` would remove); or the output of another
+            command (the ``job`` of the signatures), whatever ``overwrite`` says (its files are not the ones this
+            job would clear); or it holds a finished job, or an interrupted one of another ``signature``, and
+            ``overwrite`` is false (one of the same ``signature`` is resumed).
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{folder}: exists and is not a folder")
     if not folder.is_dir():
         return
+    with _locked(folder, create=False):  # taken and released: held, it is refused here
+        pass
+    _check_markers(folder, signature, overwrite)
+
+
+def _check_markers(folder: Path, signature: dict, overwrite: bool) -> None:
+    """:func:`check_claimable`'s judgement of an existing folder by its files and markers."""
     marker = folder / IN_PROGRESS
     if not marker.is_file() and not is_complete(folder):
         found = next(_visible_files(folder), None)
@@ -127,30 +135,35 @@ def claimed(folder: str | Path, signature: dict, owned: list[str], overwrite: bo
 
 
 @contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    """An exclusive lock on ``folder``'s lock file while the body runs, or a one-line error where it is held."""
-    try:
-        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+def _locked(folder: Path, create: bool = True) -> Iterator[None]:
+    """An exclusive lock on ``folder``'s lock file while the body runs (made if missing and ``create``), or a one-line
+    error where another job holds it. Unguarded where no lock can be had: no lock file and not ``create``, a lock
+    file this user cannot read, a file system without locks (some network mounts), a system without ``fcntl``."""
+    try:  # read-only: flock needs no more, and another user of a shared folder may lock a file they cannot write
+        fd = os.open(folder / LOCK, os.O_RDONLY | (os.O_CREAT if create else 0), 0o666)
     except OSError as err:
-        raise write_error(folder / LOCK, err) from None
+        if not (isinstance(err, PermissionError) or (isinstance(err, FileNotFoundError) and not create)):
+            raise write_error(folder / LOCK, err) from None
+        fd = None
     try:
         try:
-            if fcntl is not None:
+            if fd is not None and fcntl is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise UserError(f"{folder}: another job is writing this output folder now (it holds {LOCK}); wait for "
                             "it to end, or choose another folder") from None
-        except OSError:  # a file system without locks (some network mounts): the job runs unguarded
+        except OSError:
             pass
         yield
     finally:
-        os.close(fd)  # (releases the lock)
+        if fd is not None:
+            os.close(fd)  # (releases the lock)
 
 
 def _start(folder: Path, signature: dict, owned: list[str], overwrite: bool) -> bool:
     """Claim the locked ``folder``: checked again (a job may have ended meanwhile), its killed writes' temporaries
     removed, cleared with ``overwrite``, and marked in progress. True when an interrupted job is resumed."""
-    check_claimable(folder, signature, overwrite)
+    _check_markers(folder, signature, overwrite)  # (not check_claimable: its probe of the lock would meet ours)
     marker = folder / IN_PROGRESS
     for parent in {(folder / pattern).parent for pattern in owned}:
         # temporary files of the atomic writes a kill interrupted (not any hidden file of the user's)
