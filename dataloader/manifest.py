@@ -7,7 +7,7 @@ import csv
 from pathlib import Path
 
 from lib.core.errors import UserError
-from lib.core.jobs import IN_PROGRESS
+from lib.core.jobs import check_finished
 
 MANIFEST = "manifest.csv"
 MANIFEST_FIELDS = ["file", "source", "top", "left", "flip", "rot90"]
@@ -37,8 +37,7 @@ def _read_rows(folder: Path) -> list[dict]:
     if not folder.is_dir():
         found = "is not a folder" if folder.exists() else "not found"
         raise UserError(f"{folder}: patch folder {found} (run python -m lib.prepare first)")
-    if (folder / IN_PROGRESS).exists():
-        raise UserError(f"{folder}: patch preparation was interrupted; rerun python -m lib.prepare to finish it")
+    check_finished(folder)
     path = folder / MANIFEST
     if not path.is_file():
         if not any(folder.iterdir()):

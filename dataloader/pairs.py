@@ -11,6 +11,7 @@ import numpy as np
 
 from lib.core.errors import UserError
 from lib.core.imageio import read_image, read_mask
+from lib.core.jobs import check_finished
 
 # .btf (BigTIFF) and .svs (Aperio slides) are TIFFs, read as such (lib.core.imageio.is_tiff)
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".btf", ".svs", ".jpg", ".jpeg", ".bmp")
@@ -131,6 +132,7 @@ def find_pairs(folder: str | Path, image_prefix: str = "", mask_prefix: str = ""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder}: data folder not found")
+    check_finished(folder)  # a generated folder: not one being written or left interrupted
     images = list_images(folder / "images")
     if not images:
         raise UserError(f"{folder / 'images'}: no images found (expected PNG or TIFF files)")

@@ -384,3 +384,24 @@ def test_generation_checks_both_splits_before_writing_either(tmp_path):
         with pytest.raises(UserError, match="images_test: another job is writing"):
             generate_dataset(replace(params, "data", seed=5), overwrite=True, progress=False)
     assert {p: p.read_bytes() for p in (root / "images_training").rglob("*") if p.is_file()} == before
+
+
+def test_a_data_or_patch_folder_a_job_has_not_finished_is_refused_to_its_readers(tmp_path, source):
+    """lib.prepare read a data folder that lib.generate was still writing (or had been killed in), and train.py
+    called a patch folder being written an interrupted one."""
+    from dataloader.manifest import read_manifest
+    from lib.core.jobs import claimed
+
+    patches = tmp_path / "patches"
+    prepare_patches(source, patches, SMALL, progress=False)
+    cases = [(source, lambda: prepare_patches(source, tmp_path / "out", SMALL, progress=False), "lib.generate"),
+             (patches, lambda: read_manifest(patches), "lib.prepare")]
+    for folder, read, job in cases:
+        signature = {"job": job, "other": True}
+        with claimed(folder, signature, [], True):
+            with pytest.raises(UserError, match=f"{folder.name}: python -m {job} is writing this folder now; wait"):
+                read()
+        (folder / ".complete.json").rename(folder / ".in_progress.json")  # what a kill leaves
+        with pytest.raises(UserError, match=f"python -m {job} was interrupted writing this folder; rerun it"):
+            read()
+    assert not (tmp_path / "out").exists()

@@ -74,8 +74,8 @@ def check_claimable(folder: str | Path, signature: dict, overwrite: bool) -> Non
         raise UserError(f"{folder}: exists and is not a folder")
     if not folder.is_dir():
         return
-    with _locked(folder, create=False):  # taken and released: held, it is refused here
-        pass
+    if being_written(folder):  # whatever the markers say: it is no interrupted job
+        raise _being_written(folder)
     _check_markers(folder, signature, overwrite)
 
 
@@ -135,29 +135,79 @@ def claimed(folder: str | Path, signature: dict, owned: list[str], overwrite: bo
 
 
 @contextlib.contextmanager
-def _locked(folder: Path, create: bool = True) -> Iterator[None]:
-    """An exclusive lock on ``folder``'s lock file while the body runs (made if missing and ``create``), or a one-line
-    error where another job holds it. Unguarded where no lock can be had: no lock file and not ``create``, a lock
-    file this user cannot read, a file system without locks (some network mounts), a system without ``fcntl``."""
-    try:  # read-only: flock needs no more, and another user of a shared folder may lock a file they cannot write
-        fd = os.open(folder / LOCK, os.O_RDONLY | (os.O_CREAT if create else 0), 0o666)
-    except OSError as err:
-        if not (isinstance(err, PermissionError) or (isinstance(err, FileNotFoundError) and not create)):
-            raise write_error(folder / LOCK, err) from None
-        fd = None
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive lock on ``folder``'s lock file (made if missing) while the body runs, or a one-line error where
+    another job holds it."""
+    fd = _open_lock(folder, create=True)
     try:
-        try:
-            if fd is not None and fcntl is not None:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"{folder}: another job is writing this output folder now (it holds {LOCK}); wait for "
-                            "it to end, or choose another folder") from None
-        except OSError:
-            pass
+        if not _take(fd):
+            raise _being_written(folder)
         yield
     finally:
         if fd is not None:
             os.close(fd)  # (releases the lock)
+
+
+def being_written(folder: str | Path) -> bool:
+    """Whether a job holds ``folder``'s lock now (taken and released at once where it is free)."""
+    fd = _open_lock(Path(folder), create=False)
+    try:
+        return not _take(fd)
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _being_written(folder: Path) -> UserError:
+    return UserError(f"{folder}: another job is writing this output folder now (it holds {LOCK}); wait for it to "
+                     "end, or choose another folder")
+
+
+def _open_lock(folder: Path, create: bool) -> int | None:
+    """A read-only descriptor of the lock file (flock needs no more, and another user of a shared folder may lock a
+    file they cannot write), or None where it cannot be had: missing and not ``create``, or not this user's to read.
+
+    Raises:
+        UserError: it cannot be made (a read-only folder, a full disk).
+    """
+    try:
+        return os.open(folder / LOCK, os.O_RDONLY | (os.O_CREAT if create else 0), 0o666)
+    except OSError as err:
+        if isinstance(err, PermissionError) or (isinstance(err, FileNotFoundError) and not create):
+            return None
+        raise write_error(folder / LOCK, err) from None
+
+
+def _take(fd: int | None) -> bool:
+    """Lock ``fd`` exclusively, without waiting: False where another job holds it. Where no lock can be had (no
+    descriptor, a file system without locks such as some network mounts, a system without ``fcntl``) the job runs
+    unguarded: True."""
+    if fd is None or fcntl is None:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:
+        pass
+    return True
+
+
+def check_finished(folder: str | Path) -> None:
+    """Refuse to read a folder that a job of this project has not finished: one it is writing now, or one it was
+    interrupted in (some of its files are missing). A folder without markers (the user's own data) passes.
+
+    Raises:
+        UserError: naming the folder and the command to wait for or to rerun.
+    """
+    folder = Path(folder)
+    marker = folder / IN_PROGRESS
+    if not marker.is_file():
+        return
+    command = f"python -m {(_read(marker) or {}).get('job', 'lib.prepare')}"
+    if being_written(folder):
+        raise UserError(f"{folder}: {command} is writing this folder now; wait for it to end")
+    raise UserError(f"{folder}: {command} was interrupted writing this folder; rerun it to finish")
 
 
 def _start(folder: Path, signature: dict, owned: list[str], overwrite: bool) -> bool:
