@@ -114,19 +114,20 @@ def image_windows(pair: ImagePair, params: Params, rng: np.random.Generator, who
     """The ``patches.per_image`` windows of one image and its mask (:func:`sample_positions`), as (top, left, pixels,
     mask). An image of up to ``whole_bytes`` decoded bytes is read whole with its mask, as one read is faster than a
     read per window; a larger one, and its mask, window by window, so memory does not grow with the image (a mask
-    held whole took one byte a pixel: 1.6 GB for a 40000² slide).
+    held whole took one byte a pixel: 1.6 GB for a 40000² slide), unless one read of the mask decodes most of it.
     """
     p = params.patches
     with ImageRows(pair.image, **params.data.read_options) as source, \
             ImageRows(pair.mask, mask_colors=params.class_colors) as labels:
         h = source.header
         small = h.height < p.size or h.width < p.size
-        if small or h.height * h.width * h.channels * np.dtype(h.dtype).itemsize <= whole_bytes:
-            # an image smaller than a patch is padded as inference pads it (lib.core.padding): both see the same
-            image = reflect_pad(source.rows(0, h.height), p.size, p.size, (0, 1))
-            mask = reflect_pad(labels.rows(0, h.height), p.size, p.size, (0, 1))
-        else:
-            image, mask = source, labels
+        whole = small or h.height * h.width * h.channels * np.dtype(h.dtype).itemsize <= whole_bytes
+        # an image smaller than a patch is padded as inference pads it (lib.core.padding): both see the same
+        image = reflect_pad(source.rows(0, h.height), p.size, p.size, (0, 1)) if whole else source
+        # so is a mask that a read decodes (nearly) whole anyway (a PNG, a compressed TIFF of one strip): read by
+        # window, it was decoded again for every window
+        held = whole or 4 * labels.decoded_at_once >= h.height * h.width
+        mask = reflect_pad(labels.rows(0, h.height), p.size, p.size, (0, 1)) if held else labels
         for top, left in sample_positions(rng, mask, p.size, p.per_image, p.foreground_fraction):
             window = (slice(top, top + p.size), slice(left, left + p.size))
             yield top, left, image[window], mask[window]

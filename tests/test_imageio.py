@@ -658,3 +658,48 @@ def test_tiled_tiff_refuses_bands_that_do_not_cover_the_image(tmp_path):
     with pytest.raises(ValueError, match="covered 100 of 300 rows"):
         write_tiled_tiff(tmp_path / "out.tif", [np.zeros((100, 50), np.uint8)], 300, 50, "uint8", tile=64)
     assert not list(tmp_path.iterdir())  # nothing left under the final name or a temporary one
+
+
+# (index) an ImageRows of a 7×5×2 image answers as the NumPy array does
+ROW_INDICES = [np.s_[2:5], np.s_[2:5, 1:3], np.s_[-3:], np.s_[:, -2:], np.s_[5:2], np.s_[0:100, 4:100], np.s_[3],
+               np.s_[-1], np.s_[3, 1:4], np.s_[1:4, 2], np.s_[6, 4], np.s_[np.int64(2)]]
+
+
+@pytest.mark.parametrize("index", ROW_INDICES, ids=[str(i) for i in ROW_INDICES])
+def test_image_rows_index_as_numpy_does(tmp_path, index):
+    image = np.arange(7 * 5 * 2, dtype=np.uint16).reshape(7, 5, 2)
+    tifffile.imwrite(tmp_path / "a.tif", image, tile=(16, 16), photometric="minisblack", planarconfig="contig")
+    with ImageRows(tmp_path / "a.tif") as rows:
+        assert rows.shape == image.shape
+        assert np.array_equal(rows[index], image[index])
+        for bad, error in ((np.s_[7], IndexError), (np.s_[:, -6], IndexError), (np.s_[::2], ValueError)):
+            with pytest.raises(error):
+                rows[bad]
+
+
+def test_a_colour_mask_reads_as_an_array_of_indices(tmp_path):
+    """A colour mask's header has 3 channels, but its rows are class indices: its shape said H×W×3, and patch
+    sampling on it failed to unpack (a review)."""
+    colors = [(0, 0, 0), (255, 0, 0), (0, 0, 255)]
+    indices = np.random.default_rng(0).integers(0, 3, (9, 11)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "m.tif", np.array(colors, np.uint8)[indices], tile=(16, 16), photometric="rgb")
+    with ImageRows(tmp_path / "m.tif", mask_colors=colors) as rows:
+        assert rows.shape == (9, 11) and np.array_equal(rows[2:5, 3:9], indices[2:5, 3:9])
+
+
+@pytest.mark.parametrize("layout,decoded", [("tiles", 16 * 16), ("strips", 4 * 40), ("one strip", 40 * 30),
+                                            ("uncompressed", 40), ("png", 40 * 30)])
+def test_the_pixels_one_read_decodes_are_known(tmp_path, layout, decoded):
+    """lib.prepare holds a mask whole where any read of it decodes most of it anyway (a compressed TIFF of one
+    strip was decoded once a window)."""
+    mask = np.zeros((30, 40), np.uint8)
+    path = tmp_path / ("m.png" if layout == "png" else "m.tif")
+    if layout == "png":
+        Image.fromarray(mask).save(path)
+    else:
+        options = {"tiles": {"tile": (16, 16), "compression": "zlib"}, "strips": {"rowsperstrip": 4,
+                   "compression": "zlib"}, "one strip": {"rowsperstrip": 30, "compression": "zlib"},
+                   "uncompressed": {}}[layout]
+        tifffile.imwrite(path, mask, **options)
+    with ImageRows(path, mask_colors=[(0, 0, 0), (255, 255, 255)]) as rows:
+        assert rows.decoded_at_once == decoded

@@ -405,3 +405,69 @@ def test_a_data_or_patch_folder_a_job_has_not_finished_is_refused_to_its_readers
         with pytest.raises(UserError, match=f"python -m {job} was interrupted writing this folder; rerun it"):
             read()
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind", ["rgb tiff", "rgb png", "palette tiff", "one-strip zlib tiff", "16-bit png"])
+def test_masks_of_every_kind_give_the_same_patches_read_whole_or_by_window(tmp_path, kind):
+    """A colour mask of an image read window by window failed with a traceback (its rows are indices, its header
+    has 3 channels); every kind gives the patches of the whole-image route."""
+    import png
+    import tifffile
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    colors = SMALL.class_colors
+    (tmp_path / "src" / "images").mkdir(parents=True)
+    (tmp_path / "src" / "masks").mkdir()
+    indices = rng.integers(0, 3, (150, 130)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "src" / "images" / "a.tif", rng.integers(0, 4096, (150, 130), dtype=np.uint16),
+                     tile=(32, 32))
+    mask = tmp_path / "src" / "masks" / ("a.png" if "png" in kind else "a.tif")
+    if kind == "rgb tiff":
+        tifffile.imwrite(mask, np.array(colors, np.uint8)[indices], tile=(32, 32), photometric="rgb")
+    elif kind == "rgb png":
+        Image.fromarray(np.array(colors, np.uint8)[indices]).save(mask)
+    elif kind == "palette tiff":
+        colormap = np.zeros((3, 256), np.uint16)
+        colormap[:, :3] = np.array(colors).T * 257
+        tifffile.imwrite(mask, indices, photometric="palette", colormap=colormap, tile=(32, 32))
+    elif kind == "one-strip zlib tiff":
+        tifffile.imwrite(mask, indices, rowsperstrip=150, compression="zlib")
+    else:
+        png.from_array(indices.astype(np.uint16), "L;16").save(str(mask))
+    params = replace(SMALL, "patches", foreground_fraction=0.5)
+    by_window, whole = tmp_path / "by_window", tmp_path / "whole"
+    prepare_patches(tmp_path / "src", by_window, params, progress=False, whole_bytes=0)
+    prepare_patches(tmp_path / "src", whole, params, progress=False)
+    assert (by_window / "manifest.csv").read_text() == (whole / "manifest.csv").read_text()
+    for row in _rows(whole):
+        name = mask_file(row["file"])
+        assert (by_window / "masks" / name).read_bytes() == (whole / "masks" / name).read_bytes()
+        top, left = int(row["top"]), int(row["left"])
+        assert np.array_equal(read_mask(whole / "masks" / name, colors), apply_augmentation(
+            indices[top:top + 48, left:left + 48], row["flip"], int(row["rot90"])))
+
+
+def test_a_finished_folder_being_replaced_or_an_old_or_odd_marker_is_refused_in_one_line(tmp_path, source):
+    """A folder whose lock was held but whose completion marker --overwrite had just cleared was read as it emptied;
+    a marker of an older version (no job named) was said to be lib.prepare's, and one that is no JSON object raised
+    an AttributeError (a review)."""
+    from dataloader.manifest import read_manifest
+    from lib.core.jobs import _locked, check_claimable
+
+    patches = tmp_path / "patches"
+    prepare_patches(source, patches, SMALL, progress=False)
+    with _locked(patches):
+        with pytest.raises(UserError, match="patches: a job is writing this folder now; wait for it to end"):
+            read_manifest(patches)
+    assert len(read_manifest(patches)) == 3 * 3 * 4
+    for marker, message in (('{"split": "training", "n": 3, "data": {}}', "the job that wrote it was interrupted"),
+                            ("[1]", "the job that wrote it was interrupted"), ("{", "the job that wrote it")):
+        (source / ".in_progress.json").write_text(marker)
+        with pytest.raises(UserError, match=message):
+            find_pairs(source)
+        odd = tmp_path / "odd"
+        odd.mkdir(exist_ok=True)
+        (odd / ".in_progress.json").write_text(marker)
+        with pytest.raises(UserError, match="holds an interrupted job of other settings"):  # as an output folder
+            check_claimable(odd, {"job": "lib.prepare"}, False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import operator
 import os
 import stat
 import struct
@@ -607,19 +608,36 @@ class ImageRows:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        """H×W, or H×W×C for more than one channel: the shape of the array :meth:`rows` reads from."""
+        """H×W (a mask's class indices, or one channel), or H×W×C: the shape of the array :meth:`rows` reads from."""
         h = self.header
-        return (h.height, h.width) if h.channels == 1 else (h.height, h.width, h.channels)
+        one = h.channels == 1 or self.mask_colors is not None  # (a colour mask reads as indices)
+        return (h.height, h.width) if one else (h.height, h.width, h.channels)
 
-    def __getitem__(self, index: slice | tuple[slice, slice]) -> np.ndarray:
-        """``image[a:b]`` or ``image[a:b, c:d]``: those rows (and columns) by :meth:`rows`, bounds clipped as NumPy
-        clips them, so that code written for an array reads a window of the file instead."""
+    @property
+    def decoded_at_once(self) -> int:
+        """The most pixels one read may decode, whatever its size: the whole image for a PNG (decoded on opening) or
+        a compressed TIFF of one strip, a strip or tile otherwise (a row for an uncompressed TIFF of one block)."""
+        if self._whole is not None:
+            return self.header.height * self.header.width
+        if isinstance(self._zarr, _Contiguous):
+            return self.header.width
+        chunks = self._zarr.chunks
+        return chunks[self._y] * chunks[self._x]
+
+    def __getitem__(self, index: int | slice | tuple[int | slice, int | slice]) -> np.ndarray:
+        """``image[a:b]``, ``image[a:b, c:d]``, ``image[i]``...: those rows and columns by :meth:`rows`, indexed as
+        NumPy indexes an array (bounds clipped, negative indices from the end, an integer drops its axis), so that
+        code written for an array reads a window of the file instead.
+
+        Raises:
+            IndexError: an integer index out of range; ValueError: a slice with a step other than 1.
+        """
         rows, columns = index if isinstance(index, tuple) else (index, slice(None))
-        top, bottom, row_step = rows.indices(self.header.height)
-        left, right, column_step = columns.indices(self.header.width)
-        if row_step != 1 or column_step != 1:
-            raise ValueError("ImageRows reads rows and columns with a step of 1")
-        return self.rows(top, max(top, bottom), left, max(left, right))
+        (top, bottom, drop_row), (left, right, drop_column) = (
+            _index_range(i, n, axis) for i, n, axis in ((rows, self.header.height, 0),
+                                                        (columns, self.header.width, 1)))
+        window = self.rows(top, bottom, left, right)
+        return window[(0 if drop_row else slice(None), 0 if drop_column else slice(None))]
 
     def bands(self, band_pixels: int = 2**20) -> Iterator[np.ndarray]:
         """The whole image as :meth:`rows` gives it, top to bottom, in bands of rows of about ``band_pixels`` pixels
@@ -644,6 +662,20 @@ class ImageRows:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _index_range(index: int | slice, size: int, axis: int) -> tuple[int, int, bool]:
+    """``start, stop, is_integer`` of a NumPy index along an axis of ``size`` (see :meth:`ImageRows.__getitem__`)."""
+    if isinstance(index, slice):
+        start, stop, step = index.indices(size)
+        if step != 1:
+            raise ValueError("ImageRows reads rows and columns with a step of 1")
+        return start, max(start, stop), False
+    position = operator.index(index)
+    if not -size <= position < size:
+        raise IndexError(f"index {position} is out of bounds for axis {axis} with size {size}")
+    position %= size
+    return position, position + 1, True
 
 
 # ---- images out ----

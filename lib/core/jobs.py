@@ -202,12 +202,13 @@ def check_finished(folder: str | Path) -> None:
     """
     folder = Path(folder)
     marker = folder / IN_PROGRESS
-    if not marker.is_file():
-        return
-    command = f"python -m {(_read(marker) or {}).get('job', 'lib.prepare')}"
-    if being_written(folder):
-        raise UserError(f"{folder}: {command} is writing this folder now; wait for it to end")
-    raise UserError(f"{folder}: {command} was interrupted writing this folder; rerun it to finish")
+    job = (_read(marker) or {}).get("job") if marker.is_file() else None
+    command = f"python -m {job}" if isinstance(job, str) else None  # (older markers name none)
+    if being_written(folder):  # whatever the markers say: --overwrite clears the completion marker first
+        raise UserError(f"{folder}: {command or 'a job'} is writing this folder now; wait for it to end")
+    if marker.is_file():
+        raise UserError(f"{folder}: {command or 'the job that wrote it'} was interrupted writing this folder; rerun "
+                        "it to finish")
 
 
 def _start(folder: Path, signature: dict, owned: list[str], overwrite: bool) -> bool:
@@ -228,7 +229,10 @@ def _start(folder: Path, signature: dict, owned: list[str], overwrite: bool) -> 
 
 
 def _read(path: Path) -> dict | None:
+    """A marker's signature; None where it is unreadable, or no JSON object (a marker edited or half written by
+    hand)."""
     try:
-        return json.loads(path.read_text())
+        signature = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    return signature if isinstance(signature, dict) else None
