@@ -38,7 +38,8 @@ def build_checkpoint(model: UNet, params: Params, normalization: dict, training:
     that resumes it.
 
     Args:
-        model: the U-Net (not a DDP wrapper).
+        model: the U-Net (a ``torch.compile`` or DDP wrapper of it is unwrapped: its weights' names carry a prefix
+            that no U-Net loads).
         params: every parameter of the run, flags applied.
         normalization: the input normalisation (see :func:`lib.core.normalization.compute_normalization`).
         training: exactly the entries of :data:`RESUME_KEYS` (train.py's checkpoints), or None.
@@ -47,8 +48,19 @@ def build_checkpoint(model: UNet, params: Params, normalization: dict, training:
         The checkpoint as plain data, for :func:`save_checkpoint`.
 
     Raises:
-        ValueError: ``training`` lacks an entry of :data:`RESUME_KEYS` or has another.
+        ValueError: ``training`` lacks an entry of :data:`RESUME_KEYS` or has another; the model's class count is not
+            that of ``params``, or ``normalization`` does not fit its input channels (a checkpoint no load takes).
     """
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            break
+    if model.n_classes != len(params.class_names):
+        raise ValueError(f"a U-Net of {model.n_classes} classes for parameters of {len(params.class_names)} classes")
+    check_spec(normalization, model.n_channels)
     state = {"model_state": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
              "model_config": model.config(), "class_names": list(params.class_names),
              "class_colors": [list(c) for c in params.class_colors], "normalization": normalization,

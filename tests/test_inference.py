@@ -113,10 +113,42 @@ def test_agrees_with_monai_on_an_untrained_unet(size):
 
 
 @pytest.mark.parametrize("kwargs,match", [({"overlap": 1.0}, "overlap"), ({"blend": "max"}, "blend"),
-                                          ({"batch_size": 0}, "positive"), ({"activation": "sigmoid"}, "activation")])
+                                          ({"batch_size": 0}, "positive"), ({"activation": "sigmoid"}, "activation"),
+                                          ({"precision": "float32"}, "precision")])  # (it ran in fp16)
 def test_bad_options_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         sliding_window_predict(_identity, torch.zeros(1, 10, 10), **kwargs)
+
+
+# (predictor, what a researcher's model might give instead of N×C×P×P outputs): each refused in one message, where a
+# model of valid convolutions gave a map with holes and shifted values, and the others errors from deep inside
+BAD_PREDICTORS = [("valid convolutions", lambda x: x[:, :, 1:-1, 1:-1]),
+                  ("upsampling", lambda x: torch.nn.functional.interpolate(x, scale_factor=2)),
+                  ("fewer windows", lambda x: x[:1]), ("classification", lambda x: x.mean((2, 3))),
+                  ("a tuple", lambda x: (x, x))]
+
+
+@pytest.mark.parametrize("predictor", [p for _, p in BAD_PREDICTORS], ids=[name for name, _ in BAD_PREDICTORS])
+@pytest.mark.parametrize("tta", [False, True])
+def test_outputs_that_are_not_one_map_a_window_are_refused(predictor, tta):
+    with pytest.raises(ValueError, match=r"predictor returned .* for \d+ windows of 32x32: expected an"):
+        sliding_window_predict(predictor, torch.rand(1, 64, 64), window=32, overlap=0.0, batch_size=2,
+                               activation=None, tta=tta)
+
+
+@pytest.mark.parametrize("window,batch_size,overlap", [(96, 4, 0.5), (torch.tensor(33), torch.tensor(3), 0.25)])
+def test_numbers_of_numpy_and_torch_are_options_as_python_s(window, batch_size, overlap):
+    """``window=np.int64(32)`` failed with an IndexError deep in the row buffer."""
+    import numpy as np
+
+    image = torch.rand(2, 150, 130)
+    expected, _ = sliding_window_predict(_identity, image, window=int(window), overlap=overlap,
+                                         batch_size=int(batch_size), activation=None)
+    for w, b, o in ((np.int64(window), np.int32(batch_size), np.float32(overlap)), (window, batch_size, overlap)):
+        got, _ = sliding_window_predict(_identity, image, window=w, overlap=o, batch_size=b, activation=None)
+        assert torch.equal(got, expected)
+    with pytest.raises(TypeError, match="torch.from_numpy"):
+        sliding_window_predict(_identity, image.numpy())
 
 
 @pytest.fixture

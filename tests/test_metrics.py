@@ -76,3 +76,14 @@ def test_the_metrics_table_counts_its_images_in_words(n_images, said):
     table = format_table({"miou": 0.5, "iou": {"background": 1.0, "line": 0.0}, "mean_image_miou": 0.5,
                           "n_images": n_images})
     assert said in table.splitlines()[3]
+
+
+def test_labels_of_numpy_count_and_float_labels_are_refused():
+    """Float labels (a mask resized with interpolation) were cut to integers without a word; NumPy arrays raised an
+    AttributeError."""
+    target, pred = np.array([[0, 1], [2, 2]]), np.array([[0, 2], [2, 1]], np.uint8)
+    cm = confusion_matrix(target, pred, 3)
+    assert torch.equal(cm, confusion_matrix(torch.as_tensor(target), torch.as_tensor(pred), 3))
+    assert math.isclose(mean_iou(cm.numpy()), mean_iou(cm))
+    with pytest.raises(ValueError, match="labels must be integers, got torch.float32"):
+        confusion_matrix(torch.tensor([1.7, 0.2]), torch.tensor([1, 0]), 2)

@@ -54,3 +54,24 @@ def test_parts_are_the_published_blocks():
     assert isinstance(Up(8, 4).up, torch.nn.ConvTranspose2d) and isinstance(Up(8, 4, True).up, torch.nn.Upsample)
     assert OutConv(4, 3).conv.kernel_size == (1, 1)
     assert UNet(1, 3, 4, True).config() == {"n_channels": 1, "n_classes": 3, "base_channels": 4, "bilinear": True}
+
+
+def test_a_compiled_model_is_saved_as_the_model_and_a_mismatched_one_refused(tmp_path):
+    """A torch.compile'd U-Net was saved with '_orig_mod.' weight names that no load takes; a U-Net of other classes
+    than the parameters' was saved and refused only at load."""
+    from lib.core.params import load_params
+    from lib.segmenter import Segmenter
+    from model.checkpoint import build_checkpoint, save_checkpoint
+    from tests.conftest import REPO
+
+    params = load_params(REPO / "parameters.json")
+    spec = {"mode": "scale", "dtype": "uint8", "scale": 255.0, "mean": None, "std": None, "low": None, "high": None}
+    net = UNet(1, 3, 4)
+    state = build_checkpoint(torch.compile(net), params, spec)
+    assert list(state["model_state"]) == list(net.state_dict())
+    save_checkpoint(tmp_path / "c.pth", state)
+    assert Segmenter.from_checkpoint(tmp_path / "c.pth", device="cpu").n_channels == 1
+    with pytest.raises(ValueError, match="a U-Net of 4 classes for parameters of 3 classes"):
+        build_checkpoint(UNet(1, 4, 4), params, spec)
+    with pytest.raises(ValueError, match="mean"):
+        build_checkpoint(net, params, {**spec, "mode": "zscore", "mean": [0.5, 0.5], "std": [1.0, 1.0]})

@@ -173,3 +173,18 @@ def test_every_mode_the_parameters_accept_is_learnt_checked_and_applied():
         spec = compute_normalization(x, mode)
         check_spec(spec, 2)
         assert torch.isfinite(normalize(x, spec, stats)).all()
+
+
+@pytest.mark.parametrize("mode", ["zscore", "percentile", "image"])
+def test_a_normalisation_of_another_channel_count_is_refused(mode):
+    """One channel's statistics were applied to every channel of 3-channel images, and 3 channels' statistics
+    turned a 1-channel image into 3 channels, silently."""
+    images = _images("uint16", (6, 1, 12, 12))
+    spec = compute_normalization(images, mode)
+    stats = torch.ones(6, 2, 1)
+    for other in (images.repeat(1, 3, 1, 1), images[0]):
+        with pytest.raises(ValueError, match="channel|N×C×H×W|N×2×C"):
+            normalize(other, spec, stats)  # (image mode: the statistics of 1 channel)
+    with pytest.raises(TypeError, match="torch.from_numpy"):
+        normalize(images.numpy(), spec, stats)
+    assert normalize(images, spec, stats).shape == images.shape

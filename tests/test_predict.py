@@ -428,3 +428,16 @@ def test_the_segmenter_takes_the_checkpoint_precision(tmp_path, monkeypatch, tra
     save_checkpoint(tmp_path / "t.pth", state)
     assert Segmenter.from_checkpoint(tmp_path / "t.pth", device="cpu").precision == expected
     assert Segmenter.from_checkpoint(tmp_path / "t.pth", device="cpu", precision="bf16").precision == "bf16"
+
+
+@pytest.mark.parametrize("precision", ["float32", "FP32", "half"])
+def test_a_precision_that_is_none_is_refused_not_run_in_fp16(tmp_path, precision):
+    """Any value but fp32 and bf16 ran in fp16 autocast, on a CPU too, where fp16 is refused (a QA run)."""
+    import lib.core.device as device
+    from lib.segmenter import Segmenter
+
+    path = constant_checkpoint(tmp_path / "c.pth", 1)
+    with pytest.raises(UserError, match=f"precision '{precision}': expected auto, fp32, bf16 or fp16"):
+        Segmenter.from_checkpoint(path, device="cpu", precision=precision)
+    with pytest.raises(ValueError, match="precision must be 'fp32', 'bf16' or 'fp16'"):
+        device.autocast(torch.device("cpu"), precision)

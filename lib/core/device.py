@@ -10,7 +10,7 @@ import torch
 
 from lib.core.distributed import DistInfo, init_distributed
 from lib.core.errors import UserError
-from lib.core.params import DEVICES
+from lib.core.params import DEVICES, PRECISIONS
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -59,6 +59,8 @@ def resolve_precision(precision: str, device: torch.device, amp: bool = False) -
         if device.type == "cuda" and amp:
             return "bf16" if cuda_has_bf16() else "fp16"
         return "fp32"
+    if precision not in PRECISIONS:  # (from Python: anything else ran in fp16, see autocast)
+        raise UserError(f"precision {precision!r}: expected {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}")
     if precision == "fp16" and device.type == "cpu":
         raise UserError("--precision fp16: not supported on CPU (use bf16 or fp32)")
     return precision
@@ -101,9 +103,15 @@ def cuda_has_bf16() -> bool:
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """The autocast context for a precision (a no-op for fp32)."""
+    """The autocast context for a precision (a no-op for fp32).
+
+    Raises:
+        ValueError: a precision other than ``fp32``, ``bf16`` or ``fp16`` (``float32`` ran in fp16).
+    """
     if precision == "fp32":
         return contextlib.nullcontext()
+    if precision not in ("bf16", "fp16"):
+        raise ValueError(f"precision must be 'fp32', 'bf16' or 'fp16', got {precision!r}")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype)
 

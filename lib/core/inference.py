@@ -4,6 +4,7 @@ half a patch, and the class probabilities of overlapping windows are averaged.""
 from __future__ import annotations
 
 import functools
+import operator
 from collections import deque
 from collections.abc import Callable, Iterator
 
@@ -114,7 +115,11 @@ def class_argmax(probabilities: torch.Tensor) -> torch.Tensor:
     return labels
 
 
-def _check_options(overlap: float, blend: str, window: int, batch_size: int, activation: str | None) -> None:
+def _check_options(overlap: float, blend: str, window: int, batch_size: int, activation: str | None,
+                   precision: str) -> tuple[int, int, float]:
+    """``window``, ``batch_size`` and ``overlap`` as Python numbers (NumPy's and 0-d tensors taken too), once every
+    option is checked."""
+    window, batch_size, overlap = operator.index(window), operator.index(batch_size), float(overlap)
     if not 0 <= overlap < 1:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
     if blend not in BLENDS:
@@ -123,6 +128,9 @@ def _check_options(overlap: float, blend: str, window: int, batch_size: int, act
         raise ValueError("window and batch_size must be positive")
     if activation not in ("softmax", None):
         raise ValueError(f"activation must be 'softmax' or None, got {activation!r}")
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"precision must be 'fp32', 'bf16' or 'fp16', got {precision!r}")
+    return window, batch_size, overlap
 
 
 def _forward(predictor: Callable[[torch.Tensor], torch.Tensor], windows: torch.Tensor, tta: bool, precision: str,
@@ -133,8 +141,20 @@ def _forward(predictor: Callable[[torch.Tensor], torch.Tensor], windows: torch.T
     views = []
     for dims in _flip_views(tta):
         with autocast(device, precision):
-            views.append(predictor(windows.flip(dims) if dims else windows))
+            views.append(_checked(predictor(windows.flip(dims) if dims else windows), windows.shape))
     return views[0].unsqueeze(1) if len(views) == 1 else torch.stack(views, 1)
+
+
+def _checked(outputs: object, shape: torch.Size) -> torch.Tensor:
+    """The predictor's outputs, if they are one N×C×P×P tensor for the N windows of P×P it was given: a model of
+    valid convolutions (outputs smaller than its inputs) gave maps with holes and shifted values, and no error."""
+    n, _, p, q = shape
+    if not isinstance(outputs, torch.Tensor) or outputs.ndim != 4 or outputs.shape[0] != n or \
+            outputs.shape[2:] != (p, q):
+        got = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__
+        raise ValueError(f"predictor returned {got} for {n} windows of {p}x{q}: expected an {n}xCx{p}x{q} tensor "
+                         "(outputs the size of the inputs, as of a U-Net with padded convolutions)")
+    return outputs
 
 
 def _probabilities(outputs: torch.Tensor, activation: str | None) -> torch.Tensor:
@@ -224,7 +244,7 @@ def sliding_window_bands(
     Raises:
         ValueError: a bad option, or a side shorter than the window.
     """
-    _check_options(overlap, blend, window, batch_size, activation)
+    window, batch_size, overlap = _check_options(overlap, blend, window, batch_size, activation, precision)
     if block_width < window:
         raise ValueError(f"block_width must be at least the window {window}, got {block_width}")
     if height < window or width < window:
@@ -507,9 +527,12 @@ def sliding_window_predict(
     Raises:
         ValueError: a bad option or an image that is not C×H×W.
     """
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(f"image must be a torch.Tensor, got {type(image).__name__} (torch.from_numpy converts an "
+                        "array)")
     if image.ndim != 3:
         raise ValueError(f"image must be C×H×W, got shape {tuple(image.shape)}")
-    _check_options(overlap, blend, window, batch_size, activation)
+    window, batch_size, overlap = _check_options(overlap, blend, window, batch_size, activation, precision)
     device = torch.device(device) if device is not None else image.device
     height, width = image.shape[-2:]
     # the accumulator lives where the model runs: on a GPU no window goes back to the host

@@ -17,8 +17,13 @@ def confusion_matrix(target: torch.Tensor, pred: torch.Tensor, n_classes: int) -
         int64 tensor ``n_classes × n_classes`` (on the inputs' device).
 
     Raises:
-        ValueError: shapes differ, or a label is outside ``0..n_classes-1``.
+        ValueError: shapes differ, a label is outside ``0..n_classes-1``, or the labels are floats (a mask resized
+            with interpolation: its fractions were cut to integers).
     """
+    target, pred = torch.as_tensor(target), torch.as_tensor(pred)  # (NumPy arrays too)
+    if target.is_floating_point() or pred.is_floating_point():
+        raise ValueError(f"labels must be integers, got {target.dtype} and {pred.dtype} (resize masks with "
+                         "nearest-neighbour, not interpolation)")
     if target.shape != pred.shape:
         raise ValueError(f"target shape {tuple(target.shape)} differs from prediction shape {tuple(pred.shape)}")
     t, p = target.reshape(-1).long(), pred.reshape(-1).long()
@@ -30,7 +35,7 @@ def confusion_matrix(target: torch.Tensor, pred: torch.Tensor, n_classes: int) -
 def iou_per_class(cm: torch.Tensor) -> torch.Tensor:
     """IoU_c = TP / (TP + FP + FN) for each class; NaN where the denominator is 0 (class absent from truth and
     prediction). A class predicted but absent from the truth gets 0."""
-    cm = cm.double()
+    cm = torch.as_tensor(cm).double()
     tp = cm.diagonal()
     denom = cm.sum(0) + cm.sum(1) - tp
     return torch.where(denom > 0, tp / denom.clamp(min=1), torch.full_like(tp, float("nan")))

@@ -90,6 +90,7 @@ def compute_normalization(images: torch.Tensor, mode: str = "zscore",
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    _check_tensor(images)
     dtype = str(images.dtype).removeprefix("torch.")
     if dtype not in SCALES:
         raise ValueError(f"images must be one of {tuple(SCALES)}, got {dtype}")
@@ -167,6 +168,12 @@ def _channel_constants(values: tuple[float, ...], device: torch.device) -> torch
     return torch.tensor(values, dtype=torch.float32, device=device).view(1, -1, 1, 1)
 
 
+def _check_tensor(images: object) -> None:
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__} (torch.from_numpy converts an "
+                        "array)")
+
+
 def normalize(images: torch.Tensor, normalization: dict, image_stats: torch.Tensor | None = None) -> torch.Tensor:
     """The one normalisation rule: N×C×H×W images in their stored dtype → float32 network inputs.
 
@@ -176,9 +183,18 @@ def normalize(images: torch.Tensor, normalization: dict, image_stats: torch.Tens
         image_stats: for ``image`` mode, N×2×C: the mean and std (stored units) of each patch's whole image.
 
     Raises:
-        ValueError: ``image`` mode without ``image_stats``.
+        TypeError: ``images`` is no tensor.
+        ValueError: images that are not N×C×H×W, a normalisation of another channel count, or ``image`` mode
+            without ``image_stats`` (or with those of another channel count).
     """
+    _check_tensor(images)
     spec = as_spec(normalization)
+    if images.ndim != 4:
+        raise ValueError(f"images must be N×C×H×W, got shape {tuple(images.shape)}")
+    channels = images.shape[1]
+    for key in _PER_CHANNEL[spec["mode"]]:  # (one channel's statistics were applied to every channel)
+        if len(spec[key]) != channels:
+            raise ValueError(f"a normalisation of {len(spec[key])} channel(s) ({key}) for images of {channels}")
     x = images.float()
     device = images.device
     if spec["mode"] == "percentile":
@@ -188,8 +204,9 @@ def normalize(images: torch.Tensor, normalization: dict, image_stats: torch.Tens
     if spec["mode"] == "scale":
         return x
     if spec["mode"] == "image":
-        if image_stats is None:
-            raise ValueError("normalization mode 'image' needs the statistics of each image (image_stats)")
+        if image_stats is None or tuple(image_stats.shape) != (images.shape[0], 2, channels):
+            raise ValueError(f"normalization mode 'image' needs the N×2×C statistics of each image (image_stats), "
+                             f"N×2×C = {images.shape[0]}×2×{channels}")
         stats = image_stats.to(dtype=torch.float32, device=device) / spec["scale"]
         mean, std = stats[:, 0, :, None, None], stats[:, 1, :, None, None]
     else:
