@@ -19,6 +19,8 @@ class UNet(nn.Module):
         bilinear: bilinear upsampling instead of transposed convolutions (fewer parameters).
 
     Any input of at least 16 × 16 pixels works, divisible by 16 or not: ``Up`` pads to the skip connection's size.
+    In training mode a batch of one needs sides of 32 pixels or more: below, the bottom level is 1 × 1, and
+    BatchNorm needs more than one value per channel (``lib.training.smallest_batch``).
     """
 
     def __init__(self, n_channels: int, n_classes: int, base_channels: int = 64, bilinear: bool = False):
