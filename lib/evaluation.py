@@ -73,6 +73,18 @@ def format_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def format_image_table(image_names: list[str], confusions: list[torch.Tensor], class_names: list[str]) -> str:
+    """Each image's mIoU and class IoUs as a text table, each column as wide as its name (a fixed width ran long
+    class names into each other)."""
+    first = max(len(n) for n in [*image_names, "image"]) + 2
+    widths = [max(len(n), 6) + 2 for n in class_names]
+    lines = [f"{'image':<{first}}{'mIoU':>8}" + "".join(f"{n:>{w}}" for n, w in zip(class_names, widths))]
+    for name, cm in zip(image_names, confusions):
+        lines.append(f"{name:<{first}}{mean_iou(cm):>8.4f}"
+                     + "".join(f"{v:>{w}.4f}" for v, w in zip(iou_per_class(cm).tolist(), widths)))
+    return "\n".join(lines)
+
+
 def metrics_json(metrics: dict) -> str:
     """The metrics as JSON, NaN (a class absent everywhere) written as null; names are left as they are."""
     return json.dumps(_nan_as_none(metrics), indent=2, allow_nan=False) + "\n"

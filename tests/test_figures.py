@@ -172,3 +172,35 @@ def test_the_panel_of_an_empty_image_has_a_height():
     from lib.core.visualize import panel_height
 
     assert 1.0 <= panel_height((5, 0), 2.4) <= 10.0  # a ZeroDivisionError
+
+
+def test_a_prediction_of_many_classes_shows_the_most_predicted_and_tables_keep_long_names_apart():
+    """A 256-class model drew 259 panels in one row (67330 px wide), titles over each other; the notebook's table
+    of per-image IoU ran class names of 12 characters or more into each other (a QA run)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from lib.core.visualize import predicted_classes, show_prediction
+    from lib.evaluation import format_image_table
+
+    rng = np.random.default_rng(0)
+    probabilities = rng.random((40, 60, 50)).astype(np.float32)
+    probabilities[[3, 17, 30]] += 0.6  # the most predicted, with a little of class 0
+    probabilities[0, :5] += 2
+    names = [f"class {i} with a name far longer than any title has room for" for i in range(40)]
+    colors = [tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in names]
+    assert predicted_classes(probabilities.argmax(0), 40, 4) == [0, 3, 17, 30]
+    assert predicted_classes(probabilities.argmax(0), 3, 4) == [0, 1, 2]
+    fig = show_prediction(probabilities[0], probabilities.argmax(0), probabilities, names, colors,
+                          list(rng.random(40)), 0.5)
+    assert len(fig.axes) == 3 + 4 and fig._suptitle.get_text().startswith("class IoU (4 of 40 classes): class 0 w")
+    assert max(len(ax.get_title()) for ax in fig.axes) <= len("prob ") + 24
+    plt.close(fig)
+    confusion = torch.eye(3, dtype=torch.int64) * 5
+    table = format_image_table(["a.png", "bb.png"], [confusion, confusion], ["blood vessel", "x", "background tissue"])
+    header, *rows = table.splitlines()
+    assert header.split() == ["image", "mIoU", "blood", "vessel", "x", "background", "tissue"]
+    assert all(len(row) == len(header) for row in rows)
+    for name in ("blood vessel", "background tissue"):  # each value right-aligned under its name
+        end = header.index(name) + len(name)
+        assert all(row[end - 6:end] == "1.0000" for row in rows)

@@ -114,7 +114,9 @@ def test_agrees_with_monai_on_an_untrained_unet(size):
 
 @pytest.mark.parametrize("kwargs,match", [({"overlap": 1.0}, "overlap"), ({"blend": "max"}, "blend"),
                                           ({"batch_size": 0}, "positive"), ({"activation": "sigmoid"}, "activation"),
-                                          ({"precision": "float32"}, "precision")])  # (it ran in fp16)
+                                          ({"precision": "float32"}, "precision"),  # (it ran in fp16)
+                                          ({"batch_size": 2.0}, "integers"), ({"window": None}, "integers"),
+                                          ({"overlap": "0.5"}, "overlap")])
 def test_bad_options_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         sliding_window_predict(_identity, torch.zeros(1, 10, 10), **kwargs)

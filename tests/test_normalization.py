@@ -188,3 +188,4 @@ def test_a_normalisation_of_another_channel_count_is_refused(mode):
     with pytest.raises(TypeError, match="torch.from_numpy"):
         normalize(images.numpy(), spec, stats)
     assert normalize(images, spec, stats).shape == images.shape
+    assert torch.equal(normalize(images, spec, stats[:1]), normalize(images, spec, stats))  # one image's, for all

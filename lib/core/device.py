@@ -79,7 +79,7 @@ def inference_precision(precision: str, trained: object, device: torch.device) -
         device: the device inference runs on.
 
     Raises:
-        UserError: fp16 on CPU.
+        UserError: a precision that is none, or fp16 on CPU.
     """
     if precision == "auto" and (trained == "fp32" or (trained == "bf16" and _native_bf16(device))
                                 or (trained == "fp16" and device.type in ("cuda", "mps"))):

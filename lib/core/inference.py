@@ -4,6 +4,7 @@ half a patch, and the class probabilities of overlapping windows are averaged.""
 from __future__ import annotations
 
 import functools
+import numbers
 import operator
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -119,7 +120,13 @@ def _check_options(overlap: float, blend: str, window: int, batch_size: int, act
                    precision: str) -> tuple[int, int, float]:
     """``window``, ``batch_size`` and ``overlap`` as Python numbers (NumPy's and 0-d tensors taken too), once every
     option is checked."""
-    window, batch_size, overlap = operator.index(window), operator.index(batch_size), float(overlap)
+    try:
+        window, batch_size = operator.index(window), operator.index(batch_size)
+    except TypeError:
+        raise ValueError(f"window and batch_size must be integers, got {window!r} and {batch_size!r}") from None
+    if isinstance(overlap, (str, bytes)) or not isinstance(overlap, (numbers.Real, torch.Tensor)):
+        raise ValueError(f"overlap must be a number in [0, 1), got {overlap!r}")
+    overlap = float(overlap)
     if not 0 <= overlap < 1:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
     if blend not in BLENDS:

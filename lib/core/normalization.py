@@ -180,7 +180,8 @@ def normalize(images: torch.Tensor, normalization: dict, image_stats: torch.Tens
     Args:
         images: N×C×H×W, any supported dtype, on any device.
         normalization: a dict of :func:`compute_normalization` (or a checkpoint's, see :func:`as_spec`).
-        image_stats: for ``image`` mode, N×2×C: the mean and std (stored units) of each patch's whole image.
+        image_stats: for ``image`` mode, N×2×C: the mean and std (stored units) of each patch's whole image (1×2×C:
+            one image's, for all N).
 
     Raises:
         TypeError: ``images`` is no tensor.
@@ -204,9 +205,10 @@ def normalize(images: torch.Tensor, normalization: dict, image_stats: torch.Tens
     if spec["mode"] == "scale":
         return x
     if spec["mode"] == "image":
-        if image_stats is None or tuple(image_stats.shape) != (images.shape[0], 2, channels):
-            raise ValueError(f"normalization mode 'image' needs the N×2×C statistics of each image (image_stats), "
-                             f"N×2×C = {images.shape[0]}×2×{channels}")
+        got = None if image_stats is None else tuple(image_stats.shape)
+        if got not in ((images.shape[0], 2, channels), (1, 2, channels)):
+            raise ValueError(f"normalization mode 'image' needs the N×2×C (or 1×2×C) statistics of each image "
+                             f"(image_stats) for images of N×C = {images.shape[0]}×{channels}, got {got}")
         stats = image_stats.to(dtype=torch.float32, device=device) / spec["scale"]
         mean, std = stats[:, 0, :, None, None], stats[:, 1, :, None, None]
     else:

@@ -178,14 +178,20 @@ def validation_panel(images: np.ndarray, truths: np.ndarray, preds: np.ndarray,
 def show_prediction(image: np.ndarray, truth: np.ndarray | None, probabilities: np.ndarray,
                     class_names: Sequence[str], colors: Sequence[tuple[int, int, int]],
                     class_iou: Sequence[float] | None = None, miou: float | None = None,
-                    channels: Sequence[int] | None = None) -> plt.Figure:
-    """The published six-panel figure: original, ground truth, prediction, then one probability map per class."""
+                    channels: Sequence[int] | None = None, max_maps: int = 4) -> plt.Figure:
+    """The published six-panel figure: original, ground truth, prediction, then one probability map per class.
+
+    Of more than ``max_maps`` classes, the maps (and class IoUs in the title) are those of the ``max_maps`` classes
+    most predicted, in class order, and the title says how many are shown: a 256-class model drew 259 panels in one
+    row, 67330 pixels wide, their titles over each other. Names are cut to 24 characters in titles.
+    """
     labels = probabilities.argmax(0)
+    shown = predicted_classes(labels, len(class_names), max_maps)
     panels = [(display_image(image, channels), "original")]
     if truth is not None:
         panels.append((colorize(truth, colors), "ground truth"))
     panels.append((colorize(labels, colors), "prediction"))
-    panels += [(probabilities[c], f"prob {name}") for c, name in enumerate(class_names)]
+    panels += [(probabilities[c], f"prob {_cut(class_names[c])}") for c in shown]
     # panels 2.6 in wide and as tall as the image's shape makes them, plus room for the titles
     titles = 0.9 if class_iou is not None and miou is not None else 0.5
     fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), panel_height(labels.shape, 2.6) + titles),
@@ -198,10 +204,24 @@ def show_prediction(image: np.ndarray, truth: np.ndarray | None, probabilities: 
         else:
             _show(ax, picture, title)
     if class_iou is not None and miou is not None:
-        ious = "  ".join(f"{n} {v:.3f}" for n, v in zip(class_names, class_iou))
-        fig.suptitle(f"class IoU: {ious}   |   mean IoU: {miou:.3f}", fontsize=11, family="monospace")
+        ious = "  ".join(f"{_cut(class_names[c])} {class_iou[c]:.3f}" for c in shown)
+        of = f" ({len(shown)} of {len(class_names)} classes)" if len(shown) < len(class_names) else ""
+        fig.suptitle(f"class IoU{of}: {ious}   |   mean IoU: {miou:.3f}", fontsize=11, family="monospace")
     fig.tight_layout()
     return fig
+
+
+def predicted_classes(labels: np.ndarray, n_classes: int, most: int) -> list[int]:
+    """All classes if they are at most ``most``, else the ``most`` with the most predicted pixels (ties: the lower
+    index), in class order."""
+    if n_classes <= most:
+        return list(range(n_classes))
+    counts = np.bincount(np.asarray(labels, dtype=np.int64).ravel(), minlength=n_classes)
+    return sorted(np.argsort(-counts, kind="stable")[:most].tolist())
+
+
+def _cut(name: str, most: int = 24) -> str:
+    return name if len(name) <= most else name[:most - 1] + "…"
 
 
 def add_class_legend(fig: plt.Figure, class_names: Sequence[str], colors: Sequence[tuple[int, int, int]]
