@@ -2,31 +2,24 @@
 
 ``.in_progress.json`` is written before the first file and replaced by ``.complete.json`` after the last. Every file in
 between is written atomically, so a killed job leaves only whole files; rerunning the same job (same signature) resumes
-it, and a finished folder is never overwritten or mixed into without ``overwrite``. While a job runs it holds a lock on
-``.job.lock`` in the folder, so that a second job started on it meanwhile is refused (two prepare runs started
-together, with different seeds, left one's patches under the other's marker); the lock goes with the process, however
-it ends.
+it, and a finished folder is never overwritten or mixed into without ``overwrite``. While a job runs it holds the
+folder's lock (:mod:`lib.core.locks`), so that a second job started on it meanwhile is refused (two prepare runs
+started together, with different seeds, left one's patches under the other's marker), and so are its readers.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
-try:
-    import fcntl
-except ImportError:  # not POSIX: jobs run unguarded
-    fcntl = None
-
 from lib.core.atomic import atomic_write_text, make_folder, remove_stale_temporaries_in
-from lib.core.errors import UserError, write_error
+from lib.core.errors import UserError
+from lib.core.locks import LOCK, folder_lock, held_elsewhere
 
 IN_PROGRESS = ".in_progress.json"
 COMPLETE = ".complete.json"
-LOCK = ".job.lock"  # kept after the job: removing it would let a job waiting on the old file and a new one both lock
 
 
 def is_complete(folder: str | Path) -> bool:
@@ -74,7 +67,7 @@ def check_claimable(folder: str | Path, signature: dict, overwrite: bool) -> Non
         raise UserError(f"{folder}: exists and is not a folder")
     if not folder.is_dir():
         return
-    if being_written(folder):  # whatever the markers say: it is no interrupted job
+    if held_elsewhere(folder):  # whatever the markers say: it is no interrupted job
         raise _being_written(folder)
     _check_markers(folder, signature, overwrite)
 
@@ -129,68 +122,16 @@ def claimed(folder: str | Path, signature: dict, owned: list[str], overwrite: bo
     folder = Path(folder)
     check_claimable(folder, signature, overwrite)  # before the folder is made: a refused job makes none
     make_folder(folder)
-    with _locked(folder):
+    with folder_lock(folder) as held:
+        if not held:
+            raise _being_written(folder)
         yield _start(folder, signature, owned, overwrite)
         (folder / IN_PROGRESS).replace(folder / COMPLETE)  # atomically: in progress, then complete
 
 
-@contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    """An exclusive lock on ``folder``'s lock file (made if missing) while the body runs, or a one-line error where
-    another job holds it."""
-    fd = _open_lock(folder, create=True)
-    try:
-        if not _take(fd):
-            raise _being_written(folder)
-        yield
-    finally:
-        if fd is not None:
-            os.close(fd)  # (releases the lock)
-
-
-def being_written(folder: str | Path) -> bool:
-    """Whether a job holds ``folder``'s lock now (taken and released at once where it is free)."""
-    fd = _open_lock(Path(folder), create=False)
-    try:
-        return not _take(fd)
-    finally:
-        if fd is not None:
-            os.close(fd)
-
-
-def _being_written(folder: Path) -> UserError:
-    return UserError(f"{folder}: another job is writing this output folder now (it holds {LOCK}); wait for it to "
-                     "end, or choose another folder")
-
-
-def _open_lock(folder: Path, create: bool) -> int | None:
-    """A read-only descriptor of the lock file (flock needs no more, and another user of a shared folder may lock a
-    file they cannot write), or None where it cannot be had: missing and not ``create``, or not this user's to read.
-
-    Raises:
-        UserError: it cannot be made (a read-only folder, a full disk).
-    """
-    try:
-        return os.open(folder / LOCK, os.O_RDONLY | (os.O_CREAT if create else 0), 0o666)
-    except OSError as err:
-        if isinstance(err, PermissionError) or (isinstance(err, FileNotFoundError) and not create):
-            return None
-        raise write_error(folder / LOCK, err) from None
-
-
-def _take(fd: int | None) -> bool:
-    """Lock ``fd`` exclusively, without waiting: False where another job holds it. Where no lock can be had (no
-    descriptor, a file system without locks such as some network mounts, a system without ``fcntl``) the job runs
-    unguarded: True."""
-    if fd is None or fcntl is None:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    except OSError:
-        pass
-    return True
+def _being_written(folder: Path, command: str | None = None) -> UserError:
+    return UserError(f"{folder}: {command or 'another job'} is writing this folder now (it holds {LOCK}); wait for "
+                     "it to end, or choose another folder")
 
 
 def check_finished(folder: str | Path) -> None:
@@ -204,8 +145,8 @@ def check_finished(folder: str | Path) -> None:
     marker = folder / IN_PROGRESS
     job = (_read(marker) or {}).get("job") if marker.is_file() else None
     command = f"python -m {job}" if isinstance(job, str) else None  # (older markers name none)
-    if being_written(folder):  # whatever the markers say: --overwrite clears the completion marker first
-        raise UserError(f"{folder}: {command or 'a job'} is writing this folder now; wait for it to end")
+    if held_elsewhere(folder):  # whatever the markers say: --overwrite clears the completion marker first
+        raise _being_written(folder, command)
     if marker.is_file():
         raise UserError(f"{folder}: {command or 'the job that wrote it'} was interrupted writing this folder; rerun "
                         "it to finish")
