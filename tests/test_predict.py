@@ -439,5 +439,5 @@ def test_a_precision_that_is_none_is_refused_not_run_in_fp16(tmp_path, precision
     path = constant_checkpoint(tmp_path / "c.pth", 1)
     with pytest.raises(UserError, match=f"precision '{precision}': expected auto, fp32, bf16 or fp16"):
         Segmenter.from_checkpoint(path, device="cpu", precision=precision)
-    with pytest.raises(ValueError, match="precision must be 'fp32', 'bf16' or 'fp16'"):
+    with pytest.raises(ValueError, match="precision must be one of"):
         device.autocast(torch.device("cpu"), precision)

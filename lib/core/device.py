@@ -10,7 +10,7 @@ import torch
 
 from lib.core.distributed import DistInfo, init_distributed
 from lib.core.errors import UserError
-from lib.core.params import DEVICES, PRECISIONS
+from lib.core.params import COMPUTE_PRECISIONS, DEVICES, PRECISIONS
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -51,15 +51,16 @@ def resolve_precision(precision: str, device: torch.device, amp: bool = False) -
     MPS fp32.
 
     Raises:
-        UserError: fp16 on CPU (PyTorch has no fp16 CPU autocast worth using).
+        UserError: a precision that is none (from Python, anything else ran in fp16), or fp16 on CPU (PyTorch has no
+            fp16 CPU autocast worth using).
     """
     if precision == "auto":
         if device.type == "cpu":
-            return "bf16" if cpu_has_bf16() else "fp32"
+            return "bf16" if native(device, "bf16") else "fp32"
         if device.type == "cuda" and amp:
-            return "bf16" if cuda_has_bf16() else "fp16"
+            return "bf16" if native(device, "bf16") else "fp16"
         return "fp32"
-    if precision not in PRECISIONS:  # (from Python: anything else ran in fp16, see autocast)
+    if precision not in PRECISIONS:
         raise UserError(f"precision {precision!r}: expected {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}")
     if precision == "fp16" and device.type == "cpu":
         raise UserError("--precision fp16: not supported on CPU (use bf16 or fp32)")
@@ -68,10 +69,10 @@ def resolve_precision(precision: str, device: torch.device, amp: bool = False) -
 
 def inference_precision(precision: str, trained: object, device: torch.device) -> str:
     """The precision inference runs in: ``auto`` is the one the model was trained and validated in (a checkpoint's
-    ``precision``) where ``device`` computes it natively (bf16: CPUs with AVX-512 BF16 or AMX and CUDA devices of
-    compute capability 8 or later; fp16: CUDA and MPS), else bf16 on such CPUs and CUDA devices, fp16 on other CUDA
-    devices and fp32 elsewhere. An fp32-trained model is thus not run in bf16 unasked (its labels moved on
-    0.05–0.08% of pixels in a QA run), and a bf16-trained one not in fp32 (slower, for labels of the same accuracy).
+    ``precision``) where ``device`` computes it natively (:func:`native`), else what ``auto`` gives there with AMP
+    (bf16 on CPUs and CUDA devices with native bf16, fp16 on other CUDA devices, fp32 elsewhere). An fp32-trained
+    model is thus not run in bf16 unasked (its labels moved on 0.05–0.08% of pixels in a QA run), and a bf16-trained
+    one not in fp32 (slower, for labels of the same accuracy).
 
     Args:
         precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (any but ``auto`` is taken as given).
@@ -81,16 +82,17 @@ def inference_precision(precision: str, trained: object, device: torch.device) -
     Raises:
         UserError: a precision that is none, or fp16 on CPU.
     """
-    if precision == "auto" and (trained == "fp32" or (trained == "bf16" and _native_bf16(device))
-                                or (trained == "fp16" and device.type in ("cuda", "mps"))):
+    if precision == "auto" and trained in COMPUTE_PRECISIONS and native(device, trained):
         return str(trained)
     return resolve_precision(precision, device, amp=True)
 
 
-def _native_bf16(device: torch.device) -> bool:
-    if device.type == "cpu":
-        return cpu_has_bf16()
-    return device.type == "cuda" and cuda_has_bf16()
+def native(device: torch.device, precision: str) -> bool:
+    """Whether ``device`` computes in ``precision`` natively: fp32 everywhere; bf16 on CPUs with AVX-512 BF16 or AMX
+    and on CUDA devices of compute capability 8 or later; fp16 on CUDA and MPS devices."""
+    if precision == "bf16":
+        return cpu_has_bf16() if device.type == "cpu" else device.type == "cuda" and cuda_has_bf16()
+    return precision == "fp32" or (precision == "fp16" and device.type in ("cuda", "mps"))
 
 
 def cuda_has_bf16() -> bool:
@@ -102,16 +104,25 @@ def cuda_has_bf16() -> bool:
         return torch.cuda.is_bf16_supported()
 
 
+def check_compute_precision(precision: str) -> None:
+    """Refuse a precision that no run computes in.
+
+    Raises:
+        ValueError: not one of ``fp32``, ``bf16`` or ``fp16``.
+    """
+    if precision not in COMPUTE_PRECISIONS:
+        raise ValueError(f"precision must be one of {COMPUTE_PRECISIONS}, got {precision!r}")
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """The autocast context for a precision (a no-op for fp32).
 
     Raises:
         ValueError: a precision other than ``fp32``, ``bf16`` or ``fp16`` (``float32`` ran in fp16).
     """
+    check_compute_precision(precision)
     if precision == "fp32":
         return contextlib.nullcontext()
-    if precision not in ("bf16", "fp16"):
-        raise ValueError(f"precision must be 'fp32', 'bf16' or 'fp16', got {precision!r}")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype)
 

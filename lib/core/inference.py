@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from lib.core.cuda_graphs import to_device
-from lib.core.device import autocast
+from lib.core.device import autocast, check_compute_precision
 from lib.core.padding import reflect_pad
 from lib.core.params import BLENDS
 
@@ -116,7 +116,7 @@ def class_argmax(probabilities: torch.Tensor) -> torch.Tensor:
     return labels
 
 
-def _check_options(overlap: float, blend: str, window: int, batch_size: int, activation: str | None,
+def _checked_options(overlap: float, blend: str, window: int, batch_size: int, activation: str | None,
                    precision: str) -> tuple[int, int, float]:
     """``window``, ``batch_size`` and ``overlap`` as Python numbers (NumPy's and 0-d tensors taken too), once every
     option is checked."""
@@ -135,8 +135,7 @@ def _check_options(overlap: float, blend: str, window: int, batch_size: int, act
         raise ValueError("window and batch_size must be positive")
     if activation not in ("softmax", None):
         raise ValueError(f"activation must be 'softmax' or None, got {activation!r}")
-    if precision not in ("fp32", "bf16", "fp16"):
-        raise ValueError(f"precision must be 'fp32', 'bf16' or 'fp16', got {precision!r}")
+    check_compute_precision(precision)
     return window, batch_size, overlap
 
 
@@ -251,7 +250,7 @@ def sliding_window_bands(
     Raises:
         ValueError: a bad option, or a side shorter than the window.
     """
-    window, batch_size, overlap = _check_options(overlap, blend, window, batch_size, activation, precision)
+    window, batch_size, overlap = _checked_options(overlap, blend, window, batch_size, activation, precision)
     if block_width < window:
         raise ValueError(f"block_width must be at least the window {window}, got {block_width}")
     if height < window or width < window:
@@ -539,7 +538,7 @@ def sliding_window_predict(
                         "array)")
     if image.ndim != 3:
         raise ValueError(f"image must be C×H×W, got shape {tuple(image.shape)}")
-    window, batch_size, overlap = _check_options(overlap, blend, window, batch_size, activation, precision)
+    window, batch_size, overlap = _checked_options(overlap, blend, window, batch_size, activation, precision)
     device = torch.device(device) if device is not None else image.device
     height, width = image.shape[-2:]
     # the accumulator lives where the model runs: on a GPU no window goes back to the host

@@ -109,7 +109,8 @@ OPTIMIZERS = ("sgd", "adamw")  # train.py's make_optimizer
 LOSSES = ("ce", "dice_ce")  # lib.core.losses' make_loss
 # torch.compile of the training forward and backward: "off", or one of torch.compile's modes
 DEVICES = ("auto", "cpu", "cuda", "mps")  # lib.core.device's select_device
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # lib.core.device's resolve_precision
+COMPUTE_PRECISIONS = ("fp32", "bf16", "fp16")  # what a run computes in (lib.core.device's autocast)
+PRECISIONS = ("auto", *COMPUTE_PRECISIONS)  # lib.core.device's resolve_precision
 BLENDS = ("mean", "gaussian")  # lib.core.inference's blend weights
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
