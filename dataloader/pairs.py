@@ -127,7 +127,8 @@ def find_pairs(folder: str | Path, image_prefix: str = "", mask_prefix: str = ""
         The pairs, in natural order of the image names.
 
     Raises:
-        UserError: a folder is missing or empty, or an image has no mask or a mask no image (naming the file).
+        UserError: a folder is missing or empty, a job of this project is writing it or was interrupted in it
+            (:func:`lib.core.jobs.check_finished`), or an image has no mask or a mask no image (naming the file).
     """
     folder = Path(folder)
     if not folder.is_dir():

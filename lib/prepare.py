@@ -46,9 +46,10 @@ def prepare_patches(src: str | Path, out: str | Path, params: Params, overwrite:
 
     Images smaller than a patch are reflect-padded at the bottom and right first (the manifest's coordinates refer to
     the padded image). Each source image has its own random stream, so the output is byte-identical for a seed.
-    Memory does not grow with the data set or the image: a first pass checks every pair band by band, a second cuts
-    one image at a time, reading the windows of a TIFF larger than ``whole_bytes`` and of its mask alone
-    (:func:`image_windows`); a smaller image is read whole, as one read is faster than a read per window.
+    Memory does not grow with the data set, nor with the image where it is a TIFF stored in tiles or strips: a first
+    pass checks every pair band by band, a second cuts one image at a time, reading the windows of a TIFF larger
+    than ``whole_bytes`` and of its mask alone; a smaller image, and one that any read decodes mostly whole (a PNG,
+    a compressed TIFF of one strip), is read whole (:func:`image_windows`).
 
     Args:
         src: folder with ``images/`` and ``masks/``.
@@ -112,25 +113,31 @@ def prepare_patches(src: str | Path, out: str | Path, params: Params, overwrite:
 def image_windows(pair: ImagePair, params: Params, rng: np.random.Generator, whole_bytes: int
                   ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
     """The ``patches.per_image`` windows of one image and its mask (:func:`sample_positions`), as (top, left, pixels,
-    mask). An image of up to ``whole_bytes`` decoded bytes is read whole with its mask, as one read is faster than a
-    read per window; a larger one, and its mask, window by window, so memory does not grow with the image (a mask
-    held whole took one byte a pixel: 1.6 GB for a 40000² slide), unless one read of the mask decodes most of it.
+    mask). Each is read whole where :func:`read_whole` says so (the mask too where the image is), else window by
+    window, so memory does not grow with the image (a mask held whole took one byte a pixel: 1.6 GB for a 40000²
+    slide).
     """
     p = params.patches
     with ImageRows(pair.image, **params.data.read_options) as source, \
             ImageRows(pair.mask, mask_colors=params.class_colors) as labels:
         h = source.header
-        small = h.height < p.size or h.width < p.size
-        whole = small or h.height * h.width * h.channels * np.dtype(h.dtype).itemsize <= whole_bytes
         # an image smaller than a patch is padded as inference pads it (lib.core.padding): both see the same
+        whole = h.height < p.size or h.width < p.size or read_whole(source, whole_bytes)
         image = reflect_pad(source.rows(0, h.height), p.size, p.size, (0, 1)) if whole else source
-        # so is a mask that a read decodes (nearly) whole anyway (a PNG, a compressed TIFF of one strip): read by
-        # window, it was decoded again for every window
-        held = whole or 4 * labels.decoded_at_once >= h.height * h.width
+        held = whole or read_whole(labels, whole_bytes)
         mask = reflect_pad(labels.rows(0, h.height), p.size, p.size, (0, 1)) if held else labels
         for top, left in sample_positions(rng, mask, p.size, p.per_image, p.foreground_fraction):
             window = (slice(top, top + p.size), slice(left, left + p.size))
             yield top, left, image[window], mask[window]
+
+
+def read_whole(rows: ImageRows, whole_bytes: int) -> bool:
+    """Whether to read an image (or mask) whole rather than window by window: it decodes to at most ``whole_bytes``
+    (one read is faster than a read per window), or one read decodes most of it anyway (a PNG, a compressed TIFF of
+    one strip: read by window, it was decoded again for every window)."""
+    h = rows.header
+    pixels = h.height * h.width
+    return pixels * h.channels * np.dtype(h.dtype).itemsize <= whole_bytes or 4 * rows.decoded_at_once >= pixels
 
 
 def describe(image: np.ndarray | ImageHeader) -> str:

@@ -48,16 +48,11 @@ def build_checkpoint(model: UNet, params: Params, normalization: dict, training:
         The checkpoint as plain data, for :func:`save_checkpoint`.
 
     Raises:
-        ValueError: ``training`` lacks an entry of :data:`RESUME_KEYS` or has another; the model's class count is not
-            that of ``params``, or ``normalization`` does not fit its input channels (a checkpoint no load takes).
+        ValueError: ``training`` lacks an entry of :data:`RESUME_KEYS` or has another; the model is no U-Net, its
+            class count is not that of ``params``, or ``normalization`` does not fit its input channels (a checkpoint
+            no load takes).
     """
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
-            model = model.module
-        else:
-            break
+    model = _unwrapped(model)
     if model.n_classes != len(params.class_names):
         raise ValueError(f"a U-Net of {model.n_classes} classes for parameters of {len(params.class_names)} classes")
     check_spec(normalization, model.n_channels)
@@ -70,6 +65,23 @@ def build_checkpoint(model: UNet, params: Params, normalization: dict, training:
             raise ValueError(f"training entries differ from RESUME_KEYS: {sorted(set(training) ^ set(RESUME_KEYS))}")
         state.update(training)
     return state
+
+
+def _unwrapped(model: torch.nn.Module) -> UNet:
+    """The U-Net inside ``torch.compile`` and DDP wrappers.
+
+    Raises:
+        ValueError: no U-Net is inside.
+    """
+    while not isinstance(model, UNet):
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            raise ValueError(f"expected a U-Net of model.unet_model (or a compiled or DDP one), got "
+                             f"{type(model).__name__}")
+    return model
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:

@@ -71,6 +71,8 @@ def test_a_compiled_model_is_saved_as_the_model_and_a_mismatched_one_refused(tmp
     assert list(state["model_state"]) == list(net.state_dict())
     save_checkpoint(tmp_path / "c.pth", state)
     assert Segmenter.from_checkpoint(tmp_path / "c.pth", device="cpu").n_channels == 1
+    with pytest.raises(ValueError, match="expected a U-Net of model.unet_model .*, got Conv2d"):
+        build_checkpoint(torch.nn.Conv2d(1, 3, 1), params, spec)
     with pytest.raises(ValueError, match="a U-Net of 4 classes for parameters of 3 classes"):
         build_checkpoint(UNet(1, 4, 4), params, spec)
     with pytest.raises(ValueError, match="mean"):

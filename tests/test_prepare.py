@@ -472,3 +472,48 @@ def test_a_finished_folder_being_replaced_or_an_old_or_odd_marker_is_refused_in_
         (odd / ".in_progress.json").write_text(marker)
         with pytest.raises(UserError, match="holds an interrupted job of other settings"):  # as an output folder
             check_claimable(odd, {"job": "lib.prepare"}, False)
+
+
+@pytest.mark.parametrize("mask_layout", ["tiles", "one strip"])
+def test_a_large_tiff_and_its_mask_are_read_by_window_unless_a_read_decodes_most_of_them(tmp_path, monkeypatch,
+                                                                                          mask_layout):
+    """After the check of every pair, no read of a tiled image above whole_bytes, nor of its tiled mask, spans the
+    image (the mask was held whole: one byte a pixel); a mask of one compressed strip is read once, whole (read by
+    window, it was decoded again for every window)."""
+    import tifffile
+
+    from lib.core import imageio
+    from lib.prepare import check_pairs
+
+    rng = np.random.default_rng(2)
+    height, width = 2100, 2000  # above the 4 MP a count of class bands reads at once
+    (tmp_path / "src" / "images").mkdir(parents=True)
+    (tmp_path / "src" / "masks").mkdir()
+    tifffile.imwrite(tmp_path / "src" / "images" / "a.tif", rng.integers(0, 8, (height, width), dtype=np.uint16),
+                     tile=(256, 256), compression="zlib")
+    mask = np.zeros((height, width), np.uint8)
+    mask[1000:1010, 500:520] = 2
+    layout = {"tile": (256, 256)} if mask_layout == "tiles" else {"rowsperstrip": height}
+    tifffile.imwrite(tmp_path / "src" / "masks" / "a.tif", mask, compression="zlib", **layout)
+    spans = {"images": [], "masks": []}
+    checked, read = [], imageio.ImageRows.rows
+
+    def recorded(self, top, bottom, *args):
+        if checked:  # the cutting pass
+            spans[self.path.parent.name].append(bottom - top)
+        return read(self, top, bottom, *args)
+
+    def check_then_record(*args, **kwargs):
+        summary = check_pairs(*args, **kwargs)
+        checked.append(True)
+        return summary
+
+    monkeypatch.setattr(imageio.ImageRows, "rows", recorded)
+    monkeypatch.setattr("lib.prepare.check_pairs", check_then_record)
+    params = replace(SMALL, "patches", foreground_fraction=0.5, per_image=6)
+    prepare_patches(tmp_path / "src", tmp_path / "patches", params, progress=False, whole_bytes=2**20)
+    assert spans["images"] and max(spans["images"]) == 48
+    if mask_layout == "tiles":
+        assert spans["masks"] and max(spans["masks"]) < height
+    else:
+        assert spans["masks"] == [height]
