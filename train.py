@@ -22,7 +22,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -45,6 +45,7 @@ from lib.core.distributed import (
     on_main,
 )
 from lib.core.errors import ArgumentParser, UserError, cli_main
+from lib.core.jobs import finished_signature
 from lib.core.losses import make_loss
 from lib.core.metrics import iou_per_class, mean_iou
 from lib.core.normalization import as_spec, compute_normalization
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # ---- data, model, optimiser: every check happens before anything is written ----
         data = load_data(params, resumed, args, rt)
-        params = with_trained_patch_size(params, data, rt)
+        params = with_patch_settings(params, data, rt)
         net, model = build_model(params, data.patches.n_channels, resumed, args, rt)
         check_deterministic(args.deterministic, rt.device, net.bilinear)
         step_model = compiled(model, t.compile, rt)
@@ -448,7 +449,8 @@ def load_data(params: Params, resumed: dict | None, args: argparse.Namespace, rt
         if sorted(val_sources) != sorted(resumed["val_sources"]):  # it would validate on images it trained on
             raise UserError(f"{folder}: its validation images would be {_names(val_sources)}, but {args.load} "
                             f"validated on {_names(resumed['val_sources'])}; resume with the run's patch folder, "
-                            f"{resumed['patch_folder']}")
+                            f"{resumed['patch_folder']} (--load continues a run on its own images; fine-tuning on "
+                            "other data is not supported)")
     normalization = resumed["normalization"] if resumed else compute_normalization(
         patches.images[train_idx], params.data.normalization, params.data.percentiles)
     image_stats = patch_image_stats(patches, normalization)
@@ -487,17 +489,24 @@ def _names(sources: list[str], shown: int = 3) -> str:
     return head + (f" and {len(sources) - shown} more" if len(sources) > shown else "")
 
 
-def with_trained_patch_size(params: Params, data: TrainingData, rt: Runtime) -> Params:
-    """``params`` with ``patches.size`` set to the side of the patches in the folder: the checkpoint records it and
-    predict.py slides windows of it, so the model is applied at the size it learnt, also when the folder was
-    prepared with ``--patch-size`` or for another ``patches.size`` than the parameters file gives now."""
+def with_patch_settings(params: Params, data: TrainingData, rt: Runtime) -> Params:
+    """``params`` with ``patches`` as the folder's patches were cut, so that the checkpoint records how its training
+    data was made (it kept parameters.json's ``per_image``, ``seed`` and sampling, not those of ``lib.prepare``'s
+    flags): the settings of the job that wrote the folder, and ``size`` the side of its patches, which predict.py
+    slides as its window (a note where it differs from the parameters file's)."""
     size = data.patches.images.shape[-1]
-    if size == params.patches.size:
-        return params
-    if rt.dist.is_main:
+    made = (finished_signature(data.folder) or {}).get("patches")
+    names = {f.name for f in fields(params.patches)}
+    cut = {k: v for k, v in made.items() if k in names} if isinstance(made, dict) else {}
+    cut["size"] = size
+    if size != params.patches.size and rt.dist.is_main:
         print(f"note: {data.folder} holds patches of {size}x{size}, not patches.size {params.patches.size}: the "
               f"checkpoint records {size}, the window predict.py will slide", file=sys.stderr)
-    return replace(params, "patches", size=size)
+    changed = {k: v for k, v in cut.items() if getattr(params.patches, k) != v}
+    try:
+        return replace(params, "patches", **changed) if changed else params
+    except UserError:  # a marker edited by hand: the size alone, as before
+        return replace(params, "patches", size=size)
 
 
 def build_model(params: Params, n_channels: int, resumed: dict | None, args: argparse.Namespace, rt: Runtime

@@ -190,19 +190,23 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_patches):
     assert all(torch.isfinite(v.float()).all() for v in _weights(last)["model_state"].values())
 
 
-def test_the_checkpoint_records_the_size_of_the_patches_it_learnt(tiny_patches, tmp_path):
+def test_the_checkpoint_records_how_the_patches_it_learnt_were_cut(tiny_patches, tmp_path):
     """patches.size 64 in the parameters file but a folder of 48×48 patches (prepared with --patch-size, or before
-    the size was changed): the checkpoint says 48, so predict.py slides the window the model learnt."""
+    the size was changed): the checkpoint says 48, so predict.py slides the window the model learnt. The rest of
+    ``patches`` is the folder's too: it kept the parameters file's per_image, seed and sampling, so the run could
+    not be rebuilt from its checkpoint (a QA run)."""
     params_file, data = tiny_patches
     raw = json.loads(params_file.read_text())
-    raw["patches"]["size"] = 64
+    cut = dict(raw["patches"])
+    raw["patches"].update(size=64, per_image=cut["per_image"] + 5, seed=cut["seed"] + 1, foreground_fraction=0.5,
+                          rotate90=not cut.get("rotate90", False))
     other = write_params(tmp_path / "params_64.json", raw)
     result = run_main("train.py", "--params", str(other), "-f", str(data / "patches_s48"), "-e", "1",
                       "--name", "size48", "--precision", "fp32")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "holds patches of 48x48, not patches.size 64" in result.stderr
     state = _weights(data / "checkpoints" / "size48" / "last.pth")
-    assert state["params"]["patches"]["size"] == 48
+    assert state["params"]["patches"] == {**load_params(params_file).to_dict()["patches"], "size": 48}
     assert Segmenter.from_checkpoint(data / "checkpoints" / "size48" / "last.pth", device="cpu").window == 48
 
 

@@ -27,6 +27,12 @@ def is_complete(folder: str | Path) -> bool:
     return (Path(folder) / COMPLETE).is_file()
 
 
+def finished_signature(folder: str | Path) -> dict | None:
+    """What the job that finished ``folder`` was run with (its completion marker's signature); None where no job of
+    this project finished it, or its marker cannot be read."""
+    return _read(Path(folder) / COMPLETE)
+
+
 def _clear(folder: Path, owned: list[str]) -> None:
     for pattern in owned + [IN_PROGRESS, COMPLETE]:
         for path in folder.glob(pattern):
