@@ -165,7 +165,8 @@ def note_ignored_params(args: argparse.Namespace, params: Params) -> None:
     flagged = {f"{group}.{key}" for group, values in flag_values(args).items() for key, v in values.items()
                if v is not None}
     given, kept = _flat(load_params(path).to_dict()), _flat(params.to_dict())
-    differ = [k for k in given if given[k] != kept.get(k) and k not in flagged]
+    # (patches.*: the folder's, see with_patch_settings; the file's are lib.prepare's, not ignored by the run)
+    differ = [k for k in given if given[k] != kept.get(k) and k not in flagged and not k.startswith("patches.")]
     if differ:
         shown = ", ".join(f"{k} ({given[k]!r}; the run: {kept.get(k)!r})" for k in differ[:3])
         more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
@@ -490,10 +491,10 @@ def _names(sources: list[str], shown: int = 3) -> str:
 
 
 def with_patch_settings(params: Params, data: TrainingData, rt: Runtime) -> Params:
-    """``params`` with ``patches`` as the folder's patches were cut, so that the checkpoint records how its training
-    data was made (it kept parameters.json's ``per_image``, ``seed`` and sampling, not those of ``lib.prepare``'s
-    flags): the settings of the job that wrote the folder, and ``size`` the side of its patches, which predict.py
-    slides as its window (a note where it differs from the parameters file's)."""
+    """``params`` with ``patches`` as the folder's patches were cut, so that the checkpoint records how its patches were
+    cut from their source images (it kept parameters.json's ``per_image``, ``seed`` and sampling, not those of
+    ``lib.prepare``'s flags): the settings of the job that wrote the folder, and ``size`` the side of its patches,
+    which predict.py slides as its window (a note where it differs from the parameters file's)."""
     size = data.patches.images.shape[-1]
     made = (finished_signature(data.folder) or {}).get("patches")
     names = {f.name for f in fields(params.patches)}

@@ -12,6 +12,7 @@ import torch
 from dataloader.manifest import SOURCES, mask_file, read_manifest
 from lib.core.errors import UserError
 from lib.core.imageio import read_image, read_mask
+from lib.core.jobs import reading
 
 
 class PatchDataset:
@@ -35,6 +36,10 @@ class PatchDataset:
 
     def __init__(self, folder: str | Path, colors: Sequence[tuple[int, int, int]]):
         self.folder = Path(folder)
+        with reading(self.folder):  # held against a lib.prepare --overwrite until every patch is in memory
+            self._load(colors)
+
+    def _load(self, colors: Sequence[tuple[int, int, int]]) -> None:
         self.rows = read_manifest(self.folder)
         self.sources = [r["source"] for r in self.rows]
         images, masks = [], []

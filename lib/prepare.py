@@ -30,7 +30,7 @@ from dataloader.pairs import ImagePair, check_mask_size, find_pairs
 from lib.core.atomic import atomic_write_text, deferred_sync
 from lib.core.errors import ArgumentParser, UserError, cli_main
 from lib.core.imageio import ImageHeader, ImageRows, image_suffix, save_image, save_mask
-from lib.core.jobs import check_apart, check_claimable, claimed
+from lib.core.jobs import check_apart, check_claimable, claimed, reading
 from lib.core.padding import reflect_pad
 from lib.core.params import Params, load_params, replace
 from lib.core.patch_sampling import apply_augmentation, augmentations, sample_positions
@@ -48,8 +48,8 @@ def prepare_patches(src: str | Path, out: str | Path, params: Params, overwrite:
     the padded image). Each source image has its own random stream, so the output is byte-identical for a seed.
     Memory does not grow with the data set, nor with the image where it is a TIFF stored in tiles or strips: a first
     pass checks every pair band by band, a second cuts one image at a time, reading the windows of a TIFF larger
-    than ``whole_bytes`` and of its mask alone; a smaller image, and one that any read decodes mostly whole (a PNG,
-    a compressed TIFF of one strip), is read whole (:func:`image_windows`).
+    than ``whole_bytes`` and of its mask alone; a smaller image or mask, and one that any read decodes half of or
+    more anyway (a PNG, a compressed TIFF of one or two strips), is read whole (:func:`image_windows`).
 
     Args:
         src: folder with ``images/`` and ``masks/``.
@@ -68,6 +68,12 @@ def prepare_patches(src: str | Path, out: str | Path, params: Params, overwrite:
     """
     out = Path(out)
     check_apart(out, src)
+    with reading(src):  # held against a lib.generate --overwrite of the data while its images are read
+        return _cut_patches(Path(src), out, params, overwrite, progress, whole_bytes)
+
+
+def _cut_patches(src: Path, out: Path, params: Params, overwrite: bool, progress: bool, whole_bytes: int) -> int:
+    """:func:`prepare_patches` once the output folder is apart from the data and the data held."""
     p = params.patches
     pairs = find_pairs(src, params.data.image_prefix, params.data.mask_prefix)
     variants = augmentations(p.flips, p.rotate90)
@@ -113,19 +119,20 @@ def prepare_patches(src: str | Path, out: str | Path, params: Params, overwrite:
 def image_windows(pair: ImagePair, params: Params, rng: np.random.Generator, whole_bytes: int
                   ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
     """The ``patches.per_image`` windows of one image and its mask (:func:`sample_positions`), as (top, left, pixels,
-    mask). Each is read whole where :func:`read_whole` says so (the mask too where the image is), else window by
-    window, so memory does not grow with the image (a mask held whole took one byte a pixel: 1.6 GB for a 40000²
-    slide).
+    mask). Each is read whole where :func:`read_whole` says so (both where the image is smaller than a patch), else
+    window by window, so memory does not grow with the image (a mask held whole took one byte a pixel: 1.6 GB for a
+    40000² slide).
     """
     p = params.patches
     with ImageRows(pair.image, **params.data.read_options) as source, \
             ImageRows(pair.mask, mask_colors=params.class_colors) as labels:
         h = source.header
         # an image smaller than a patch is padded as inference pads it (lib.core.padding): both see the same
-        whole = h.height < p.size or h.width < p.size or read_whole(source, whole_bytes)
-        image = reflect_pad(source.rows(0, h.height), p.size, p.size, (0, 1)) if whole else source
-        held = whole or read_whole(labels, whole_bytes)
-        mask = reflect_pad(labels.rows(0, h.height), p.size, p.size, (0, 1)) if held else labels
+        small = h.height < p.size or h.width < p.size
+        image = reflect_pad(source.rows(0, h.height), p.size, p.size, (0, 1)) \
+            if small or read_whole(source, whole_bytes) else source
+        mask = reflect_pad(labels.rows(0, h.height), p.size, p.size, (0, 1)) \
+            if small or read_whole(labels, whole_bytes) else labels
         for top, left in sample_positions(rng, mask, p.size, p.per_image, p.foreground_fraction):
             window = (slice(top, top + p.size), slice(left, left + p.size))
             yield top, left, image[window], mask[window]
@@ -133,11 +140,11 @@ def image_windows(pair: ImagePair, params: Params, rng: np.random.Generator, who
 
 def read_whole(rows: ImageRows, whole_bytes: int) -> bool:
     """Whether to read an image (or mask) whole rather than window by window: it decodes to at most ``whole_bytes``
-    (one read is faster than a read per window), or one read decodes most of it anyway (a PNG, a compressed TIFF of
-    one strip: read by window, it was decoded again for every window)."""
+    (one read is faster than a read per window), or one read decodes half of it or more anyway (a PNG, a compressed
+    TIFF of one or two strips: read by window, it was decoded again for every window)."""
     h = rows.header
     pixels = h.height * h.width
-    return pixels * h.channels * np.dtype(h.dtype).itemsize <= whole_bytes or 4 * rows.decoded_at_once >= pixels
+    return pixels * h.channels * np.dtype(h.dtype).itemsize <= whole_bytes or 2 * rows.decoded_at_once >= pixels
 
 
 def describe(image: np.ndarray | ImageHeader) -> str:

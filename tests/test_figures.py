@@ -204,3 +204,36 @@ def test_a_prediction_of_many_classes_shows_the_most_predicted_and_tables_keep_l
     for name in ("blood vessel", "background tissue"):  # each value right-aligned under its name
         end = header.index(name) + len(name)
         assert all(row[end - 6:end] == "1.0000" for row in rows)
+
+
+@pytest.mark.parametrize("channels,expected", [([2, 0, 1], [2, 0, 1]), ("1,2,3", [1, 2, 3]), ("[4, 0]", [4, 0]),
+                                               ((3,), [3]), ("2", [2])])
+def test_display_channels_are_taken_as_papermill_passes_them(channels, expected):
+    """papermill's -p passes a list as text: ``-p display_channels 1,2,3`` failed with a TypeError (a QA run)."""
+    import numpy as np
+
+    from lib.core.visualize import channel_indices, display_image
+
+    assert channel_indices(channels) == expected
+    image = np.arange(5 * 4 * 6, dtype=np.uint8).reshape(5, 4, 6) % 250
+    shown = display_image(image, channels)
+    assert np.array_equal(shown.reshape(5, 4, -1)[..., 0], image[..., expected[0]])
+    with pytest.raises(ValueError, match="expected indices"):
+        channel_indices("1;2")
+
+
+@pytest.mark.parametrize("patches", [2, 8, 16, 32])
+def test_the_class_legend_lies_below_the_panels_of_any_grid(patches):
+    """A grid of one row of patches was too short for the legend's fixed 8% margin: the masks covered its top."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from lib.core.visualize import add_class_legend, show_patch_grid
+
+    colors = [(0, 0, 0), (255, 0, 0), (0, 255, 0)]
+    fig = show_patch_grid([np.zeros((48, 48), np.uint8)] * patches, [np.ones((48, 48), np.uint8)] * patches, colors)
+    add_class_legend(fig, ["background", "line", "ellipse"], colors)
+    fig.canvas.draw()
+    legend_top = fig.legends[0].get_window_extent().y1
+    assert legend_top <= min(ax.get_window_extent().y0 for ax in fig.axes) + 0.5
+    plt.close(fig)

@@ -410,7 +410,8 @@ def test_a_data_or_patch_folder_a_job_has_not_finished_is_refused_to_its_readers
 @pytest.mark.parametrize("kind", ["rgb tiff", "rgb png", "palette tiff", "one-strip zlib tiff", "16-bit png"])
 def test_masks_of_every_kind_give_the_same_patches_read_whole_or_by_window(tmp_path, kind):
     """A colour mask of an image read window by window failed with a traceback (its rows are indices, its header
-    has 3 channels); every kind gives the patches of the whole-image route."""
+    has 3 channels); every kind gives the patches of the whole-image route (a PNG or a one-strip mask is held whole
+    on both routes, as any read decodes it whole: these check the patches against the mask)."""
     import png
     import tifffile
     from PIL import Image
@@ -517,3 +518,21 @@ def test_a_large_tiff_and_its_mask_are_read_by_window_unless_a_read_decodes_most
         assert spans["masks"] and max(spans["masks"]) < height
     else:
         assert spans["masks"] == [height]
+
+
+def test_a_folder_being_read_is_refused_to_a_job_that_would_rewrite_it(tmp_path, source):
+    """A reader checked the folder and then read it holding nothing, so lib.prepare --overwrite could clear the files
+    of a patch folder train.py was loading (a review)."""
+    from dataloader.patches import PatchDataset
+    from lib.core.jobs import claimed, reading
+
+    patches = tmp_path / "patches"
+    prepare_patches(source, patches, SMALL, progress=False)
+    with reading(patches), reading(patches):  # readers do not exclude each other
+        with pytest.raises(UserError, match="another job is reading or writing this folder now"):
+            prepare_patches(source, patches, SMALL, overwrite=True, progress=False)
+    with reading(source):  # the data a prepare reads
+        with pytest.raises(UserError, match="another job is reading or writing this folder now"):
+            with claimed(source, {"job": "lib.generate"}, ["images/*.png"], True):
+                pass
+    assert len(PatchDataset(patches, SMALL.class_colors).rows) == 3 * 3 * 4

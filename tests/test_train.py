@@ -207,6 +207,11 @@ def test_the_checkpoint_records_how_the_patches_it_learnt_were_cut(tiny_patches,
     assert "holds patches of 48x48, not patches.size 64" in result.stderr
     state = _weights(data / "checkpoints" / "size48" / "last.pth")
     assert state["params"]["patches"] == {**load_params(params_file).to_dict()["patches"], "size": 48}
+    # resumed with the same file: its patches are lib.prepare's, not settings the run ignores (a spurious note)
+    resumed = run_main("train.py", "--params", str(other), "--load", str(data / "checkpoints" / "size48" / "last.pth"),
+                       "-e", "2")
+    assert resumed.returncode == 0 and "differ from the parameters" in resumed.stderr  # (-f and --precision)
+    assert "patches." not in resumed.stderr, resumed.stderr[-2000:]
     assert Segmenter.from_checkpoint(data / "checkpoints" / "size48" / "last.pth", device="cpu").window == 48
 
 

@@ -123,14 +123,15 @@ def claimed(folder: str | Path, signature: dict, owned: list[str], overwrite: bo
         True when an interrupted job with the same signature is resumed (existing files are kept).
 
     Raises:
-        UserError: another job is writing the folder now; or see :func:`check_claimable`.
+        UserError: another job is reading or writing the folder now; or see :func:`check_claimable`.
     """
     folder = Path(folder)
     check_claimable(folder, signature, overwrite)  # before the folder is made: a refused job makes none
     make_folder(folder)
     with folder_lock(folder) as held:
         if not held:
-            raise _being_written(folder)
+            raise UserError(f"{folder}: another job is reading or writing this folder now (it holds {LOCK}); wait "
+                            "for it to end, or choose another folder")
         yield _start(folder, signature, owned, overwrite)
         (folder / IN_PROGRESS).replace(folder / COMPLETE)  # atomically: in progress, then complete
 
@@ -141,21 +142,35 @@ def _being_written(folder: Path, command: str | None = None) -> UserError:
 
 
 def check_finished(folder: str | Path) -> None:
-    """Refuse to read a folder that a job of this project has not finished: one it is writing now, or one it was
-    interrupted in (some of its files are missing). A folder without markers (the user's own data) passes.
+    """Refuse to read a folder that a job of this project has not finished (see :func:`reading`), holding nothing.
+
+    Raises:
+        UserError: as :func:`reading`.
+    """
+    with reading(folder):
+        pass
+
+
+@contextlib.contextmanager
+def reading(folder: str | Path) -> Iterator[None]:
+    """Read ``folder`` holding it (a shared lock) against a job that would rewrite it meanwhile, once it is known
+    finished: not being written now, nor left by an interrupted job (some of its files are missing). A folder
+    without markers or lock file (the user's own data) passes, unguarded.
 
     Raises:
         UserError: naming the folder and the command to wait for or to rerun.
     """
     folder = Path(folder)
     marker = folder / IN_PROGRESS
-    job = (_read(marker) or {}).get("job") if marker.is_file() else None
-    command = f"python -m {job}" if isinstance(job, str) else None  # (older markers name none)
-    if held_elsewhere(folder):  # whatever the markers say: --overwrite clears the completion marker first
-        raise _being_written(folder, command)
-    if marker.is_file():
-        raise UserError(f"{folder}: {command or 'the job that wrote it'} was interrupted writing this folder; rerun "
-                        "it to finish")
+    with folder_lock(folder, shared=True) as free:
+        job = (_read(marker) or {}).get("job") if marker.is_file() else None
+        command = f"python -m {job}" if isinstance(job, str) else None  # (older markers name none)
+        if not free:  # whatever the markers say: --overwrite clears the completion marker first
+            raise _being_written(folder, command)
+        if marker.is_file():
+            raise UserError(f"{folder}: {command or 'the job that wrote it'} was interrupted writing this folder; "
+                            "rerun it to finish")
+        yield
 
 
 def _start(folder: Path, signature: dict, owned: list[str], overwrite: bool) -> bool:

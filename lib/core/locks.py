@@ -1,6 +1,7 @@
 """Folder locks: a job that writes a folder holds an exclusive ``flock`` on the folder's hidden ``.job.lock`` while it
-runs; a reader, or a job about to start, asks whether one is held with a shared lock taken and released at once, so
-that readers checking together do not take each other for writers. The lock goes with the process however it ends.
+runs, and a job that reads one a shared lock while it reads, so that readers do not exclude each other but a writer
+is refused while anyone reads (it cleared the files of a folder being read); a job about to start asks whether one is
+held with a shared lock taken and released at once. The lock goes with the process however it ends.
 It is advisory: where the file system has no locks (some network mounts), the system has no ``fcntl``, or the lock
 file is not this user's to read, nothing is locked and jobs run unguarded.
 """
@@ -26,19 +27,21 @@ _TRIES, _PAUSE_S = 20, 0.01
 
 
 @contextlib.contextmanager
-def folder_lock(folder: Path) -> Iterator[bool]:
-    """Hold ``folder``'s lock exclusively while the body runs (the lock file made if missing).
+def folder_lock(folder: Path, shared: bool = False) -> Iterator[bool]:
+    """Hold ``folder``'s lock while the body runs: exclusively to write the folder (the lock file made if missing), or
+    shared to read it (readers do not exclude each other; a folder without a lock file is not locked).
 
     Yields:
-        False where another job holds it (the body should refuse the folder, holding nothing), True otherwise.
+        False where another job holds it (exclusively, or at all for an exclusive lock) after retries: the body should
+        refuse the folder, holding nothing. True otherwise.
 
     Raises:
         UserError: the lock file cannot be made (a read-only folder, a full disk).
     """
-    fd = _open(folder, create=True)
+    fd = _open(folder, create=not shared)
     try:
         for _ in range(_TRIES):
-            if _take(fd, shared=False):
+            if _take(fd, shared):
                 break
             time.sleep(_PAUSE_S)
         else:
@@ -62,7 +65,7 @@ def held_elsewhere(folder: str | Path) -> bool:
 
 def _open(folder: Path, create: bool) -> int | None:
     """A read-only descriptor of the lock file (flock needs no more, and another user of a shared folder may lock a
-    file they cannot write), or None where it cannot be had: missing and not ``create``, or not this user's to read.
+    file they cannot write), or None where it cannot be had: not this user's to read, or not there to read.
 
     Raises:
         UserError: it cannot be made.
@@ -70,7 +73,7 @@ def _open(folder: Path, create: bool) -> int | None:
     try:
         return os.open(folder / LOCK, os.O_RDONLY | (os.O_CREAT if create else 0), 0o666)
     except OSError as err:
-        if isinstance(err, PermissionError) or (isinstance(err, FileNotFoundError) and not create):
+        if isinstance(err, PermissionError) or not create:  # (a missing folder, or a file: the read says so)
             return None
         raise write_error(folder / LOCK, err) from None
 

@@ -31,6 +31,21 @@ def colorize(mask: np.ndarray, colors: Sequence[tuple[int, int, int]]) -> np.nda
     return palette[mask.astype(np.int64)]
 
 
+def channel_indices(channels: Sequence[int] | str) -> list[int]:
+    """Channel indices as a list, also from text such as ``"1,2,3"`` or ``"[1, 2, 3]"`` (what papermill's ``-p``
+    passes for a list).
+
+    Raises:
+        ValueError: text that is not integers separated by commas.
+    """
+    if not isinstance(channels, str):
+        return [int(c) for c in channels]
+    parts = [part.strip() for part in channels.strip().strip("[]()").split(",")]
+    if not all(part.lstrip("-").isdigit() for part in parts):
+        raise ValueError(f"channels {channels!r}: expected indices such as 0,1,2")
+    return [int(part) for part in parts]
+
+
 def display_image(image: np.ndarray, channels: Sequence[int] | None = None,
                   percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
     """The display rule: an image of any dtype and channel count as uint8 H×W (gray) or H×W×3 (colour).
@@ -46,7 +61,7 @@ def display_image(image: np.ndarray, channels: Sequence[int] | None = None,
     """
     image = np.asarray(image)
     x = image[..., None] if image.ndim == 2 else image
-    chosen = list(channels) if channels is not None else list(range(min(x.shape[2], 3)))
+    chosen = channel_indices(channels) if channels is not None else list(range(min(x.shape[2], 3)))
     if any(not 0 <= c < x.shape[2] for c in chosen) or not 1 <= len(chosen) <= 3:
         raise ValueError(f"channels {chosen}: expected 1 to 3 indices below {x.shape[2]}")
     x = x[..., chosen]
@@ -230,9 +245,13 @@ def add_class_legend(fig: plt.Figure, class_names: Sequence[str], colors: Sequen
     from matplotlib.patches import Patch
 
     handles = [Patch(facecolor=np.asarray(c) / 255.0, edgecolor="gray", label=n) for n, c in zip(class_names, colors)]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=9,
-               bbox_to_anchor=(0.5, 0.0))
-    fig.subplots_adjust(bottom=max(fig.subplotpars.bottom, 0.08))
+    legend = fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=9,
+                        bbox_to_anchor=(0.5, 0.0))
+    # room below the panels for the legend's height, whatever the figure's: a fixed 8% of a short figure (one row of
+    # patches) was less than the legend, which the panels then covered
+    fig.canvas.draw()
+    top = legend.get_window_extent().y1 / fig.bbox.height
+    fig.subplots_adjust(bottom=max(fig.subplotpars.bottom, top + 0.01))
     return fig
 
 
