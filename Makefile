@@ -55,9 +55,10 @@ lint: $(VENV)/.dev-installed
 bench: $(VENV)/.dev-installed
 	$(PY) -m benchmarks.run_all
 
-# README figures from the newest trained run (or CHECKPOINT=...), of parameters.json's data (or PARAMS=...)
+# README figures from the newest trained run (or CHECKPOINT=...), of parameters.json's data (or PARAMS=...), into
+# figures/ (or OUT=...: figures of your own data, the README's left as they are)
 figures: $(VENV)/.installed
 	@checkpoint="$(or $(CHECKPOINT),$$(ls -t checkpoints/*/best.pth 2>/dev/null | head -1))"; \
 	if [ -z "$$checkpoint" ]; then echo "error: no checkpoints/*/best.pth: run make demo first, or pass CHECKPOINT=PATH" >&2; exit 2; fi; \
-	echo "$(PY) -m figures.make_figures --checkpoint $$checkpoint $(if $(PARAMS),--params $(PARAMS))"; \
-	$(PY) -m figures.make_figures --checkpoint "$$checkpoint" $(if $(PARAMS),--params $(PARAMS))
+	echo "$(PY) -m figures.make_figures --checkpoint $$checkpoint $(if $(PARAMS),--params $(PARAMS)) $(if $(OUT),--out $(OUT))"; \
+	$(PY) -m figures.make_figures --checkpoint "$$checkpoint" $(if $(PARAMS),--params $(PARAMS)) $(if $(OUT),--out "$(OUT)")
