@@ -45,7 +45,6 @@ from lib.core.distributed import (
     on_main,
 )
 from lib.core.errors import ArgumentParser, UserError, cli_main
-from lib.core.jobs import finished_signature
 from lib.core.losses import make_loss
 from lib.core.metrics import iou_per_class, mean_iou
 from lib.core.normalization import as_spec, compute_normalization
@@ -496,7 +495,7 @@ def with_patch_settings(params: Params, data: TrainingData, rt: Runtime) -> Para
     ``lib.prepare``'s flags): the settings of the job that wrote the folder, and ``size`` the side of its patches,
     which predict.py slides as its window (a note where it differs from the parameters file's)."""
     size = data.patches.images.shape[-1]
-    made = (finished_signature(data.folder) or {}).get("patches")
+    made = (data.patches.cut_with or {}).get("patches")
     names = {f.name for f in fields(params.patches)}
     cut = {k: v for k, v in made.items() if k in names} if isinstance(made, dict) else {}
     cut["size"] = size

@@ -12,7 +12,7 @@ import torch
 from dataloader.manifest import SOURCES, mask_file, read_manifest
 from lib.core.errors import UserError
 from lib.core.imageio import read_image, read_mask
-from lib.core.jobs import reading
+from lib.core.jobs import finished_signature, reading
 
 
 class PatchDataset:
@@ -38,6 +38,9 @@ class PatchDataset:
         self.folder = Path(folder)
         with reading(self.folder):  # held against a lib.prepare --overwrite until every patch is in memory
             self._load(colors)
+            # how they were cut (lib.prepare's settings), read with them: None where no job of this project wrote
+            # the folder
+            self.cut_with: dict | None = finished_signature(self.folder)
 
     def _load(self, colors: Sequence[tuple[int, int, int]]) -> None:
         self.rows = read_manifest(self.folder)

@@ -207,7 +207,7 @@ def test_a_prediction_of_many_classes_shows_the_most_predicted_and_tables_keep_l
 
 
 @pytest.mark.parametrize("channels,expected", [([2, 0, 1], [2, 0, 1]), ("1,2,3", [1, 2, 3]), ("[4, 0]", [4, 0]),
-                                               ((3,), [3]), ("2", [2])])
+                                               ((3,), [3]), ("2", [2]), (2, [2])])
 def test_display_channels_are_taken_as_papermill_passes_them(channels, expected):
     """papermill's -p passes a list as text: ``-p display_channels 1,2,3`` failed with a TypeError (a QA run)."""
     import numpy as np

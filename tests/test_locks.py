@@ -15,17 +15,21 @@ def _hold(folder, mode: int) -> int:
     return fd
 
 
-def test_a_reader_s_check_is_no_writer_and_a_writer_is_one(tmp_path):
+def test_readers_share_a_folder_and_a_job_that_would_write_it_sees_them(tmp_path):
     """Readers probed with an exclusive lock: two checking one folder at once each saw the other as a writer
-    (77 and 2387 false answers in 20000 checks each, a review)."""
+    (77 and 2387 false answers in 20000 checks each, a review). A job about to write must see readers too (a first
+    shared probe did not, and generation replaced a split that was being read)."""
     assert not held_elsewhere(tmp_path)  # no lock file: nothing held
-    reader = _hold(tmp_path, fcntl.LOCK_SH)  # another reader's check, at this moment
-    assert not held_elsewhere(tmp_path)
+    reader = _hold(tmp_path, fcntl.LOCK_SH)  # another reader, at this moment
+    with folder_lock(tmp_path, shared=True) as free:
+        assert free  # readers do not exclude each other
+    assert held_elsewhere(tmp_path)  # but a writer is told
     os.close(reader)
+    assert not held_elsewhere(tmp_path)
     with folder_lock(tmp_path) as held:
         assert held and held_elsewhere(tmp_path)
-        with folder_lock(tmp_path) as second:
-            assert not second
+        with folder_lock(tmp_path) as second, folder_lock(tmp_path, shared=True) as read:
+            assert not second and not read
     assert not held_elsewhere(tmp_path)
 
 

@@ -349,9 +349,9 @@ def test_a_folder_a_job_is_writing_is_refused_to_a_second_job(tmp_path, source):
     with claimed(out, signature, ["images/*"], False) as resumed:
         assert not resumed
         for other, overwrite in ((signature, False), ({"job": "lib.prepare", "seed": 7}, False), (signature, True)):
-            with pytest.raises(UserError, match="another job is writing this folder now"):
+            with pytest.raises(UserError, match="another job is reading or writing this folder now"):
                 check_claimable(out, other, overwrite)
-            with pytest.raises(UserError, match="another job is writing this folder now"):
+            with pytest.raises(UserError, match="another job is reading or writing this folder now"):
                 with claimed(out, other, ["images/*"], overwrite):
                     pass
         # a real command too, in another process, with other settings and --overwrite: one line, exit 2, at once
@@ -361,7 +361,7 @@ def test_a_folder_a_job_is_writing_is_refused_to_a_second_job(tmp_path, source):
         next((source / "images").iterdir()).write_bytes(b"not an image")
         result = run_cli("-m", "lib.prepare", "--src", str(source), "--out", str(out), "--patch-size", "48",
                          "--seed", "7", "--overwrite")
-        assert_user_error(result, "another job is writing this folder now")
+        assert_user_error(result, "another job is reading or writing this folder now")
         assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [".in_progress.json", ".job.lock", "images",
                                                                            "images/p0.png"]
     assert (out / ".complete.json").is_file()
@@ -373,7 +373,7 @@ def test_a_folder_a_job_is_writing_is_refused_to_a_second_job(tmp_path, source):
 def test_generation_checks_both_splits_before_writing_either(tmp_path):
     """With the test folder being written by another job, generate --overwrite replaced the training folder first
     and was refused only at the test folder, leaving the two of different settings."""
-    from lib.core.jobs import claimed
+    from lib.core.jobs import claimed, reading
     from lib.generate import generate_dataset
 
     root = tmp_path / "data"
@@ -381,7 +381,10 @@ def test_generation_checks_both_splits_before_writing_either(tmp_path):
     generate_dataset(params, progress=False)
     before = {p: p.read_bytes() for p in (root / "images_training").rglob("*") if p.is_file()}
     with claimed(root / "images_test", {"job": "lib.generate", "other": True}, [], True):
-        with pytest.raises(UserError, match="images_test: another job is writing"):
+        with pytest.raises(UserError, match="images_test: another job is reading or writing"):
+            generate_dataset(replace(params, "data", seed=5), overwrite=True, progress=False)
+    with reading(root / "images_test"):  # a lib.prepare reading it (a first probe saw writers only)
+        with pytest.raises(UserError, match="images_test: another job is reading or writing"):
             generate_dataset(replace(params, "data", seed=5), overwrite=True, progress=False)
     assert {p: p.read_bytes() for p in (root / "images_training").rglob("*") if p.is_file()} == before
 
@@ -535,4 +538,8 @@ def test_a_folder_being_read_is_refused_to_a_job_that_would_rewrite_it(tmp_path,
         with pytest.raises(UserError, match="another job is reading or writing this folder now"):
             with claimed(source, {"job": "lib.generate"}, ["images/*.png"], True):
                 pass
-    assert len(PatchDataset(patches, SMALL.class_colors).rows) == 3 * 3 * 4
+    dataset = PatchDataset(patches, SMALL.class_colors)
+    assert len(dataset.rows) == 3 * 3 * 4
+    prepare_patches(source, patches, replace(SMALL, "patches", seed=5), overwrite=True, progress=False)
+    # how the loaded patches were cut, read while they were held (train.py read the marker after, of the new job)
+    assert dataset.cut_with["patches"]["seed"] == SMALL.patches.seed != 5

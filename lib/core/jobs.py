@@ -61,8 +61,8 @@ def check_claimable(folder: str | Path, signature: dict, overwrite: bool) -> Non
     a folder it may not write is refused at once rather than after minutes of checks.
 
     Raises:
-        UserError: ``folder`` is a file; or another job is writing it now (whatever its settings: its marker says
-            in progress, but it is no interrupted job); or it holds files but no job's marker, whatever
+        UserError: ``folder`` is a file; or another job is reading or writing it now (whatever its settings: a
+            marker that says in progress is then no interrupted job's); or it holds files but no job's marker, whatever
             ``overwrite`` says (the user's own files, which ``overwrite`` would remove); or the output of another
             command (the ``job`` of the signatures), whatever ``overwrite`` says (its files are not the ones this
             job would clear); or it holds a finished job, or an interrupted one of another ``signature``, and
@@ -74,7 +74,7 @@ def check_claimable(folder: str | Path, signature: dict, overwrite: bool) -> Non
     if not folder.is_dir():
         return
     if held_elsewhere(folder):  # whatever the markers say: it is no interrupted job
-        raise _being_written(folder)
+        raise _in_use(folder)
     _check_markers(folder, signature, overwrite)
 
 
@@ -130,10 +130,14 @@ def claimed(folder: str | Path, signature: dict, owned: list[str], overwrite: bo
     make_folder(folder)
     with folder_lock(folder) as held:
         if not held:
-            raise UserError(f"{folder}: another job is reading or writing this folder now (it holds {LOCK}); wait "
-                            "for it to end, or choose another folder")
+            raise _in_use(folder)
         yield _start(folder, signature, owned, overwrite)
         (folder / IN_PROGRESS).replace(folder / COMPLETE)  # atomically: in progress, then complete
+
+
+def _in_use(folder: Path) -> UserError:
+    return UserError(f"{folder}: another job is reading or writing this folder now (it holds {LOCK}); wait for it "
+                     "to end, or choose another folder")
 
 
 def _being_written(folder: Path, command: str | None = None) -> UserError:

@@ -27,9 +27,10 @@ _TRIES, _PAUSE_S = 20, 0.01
 
 
 @contextlib.contextmanager
-def folder_lock(folder: Path, shared: bool = False) -> Iterator[bool]:
-    """Hold ``folder``'s lock while the body runs: exclusively to write the folder (the lock file made if missing), or
-    shared to read it (readers do not exclude each other; a folder without a lock file is not locked).
+def folder_lock(folder: Path, shared: bool = False, create: bool | None = None) -> Iterator[bool]:
+    """Hold ``folder``'s lock while the body runs: exclusively to write the folder (the lock file made if missing,
+    unless ``create`` is False), or shared to read it (readers do not exclude each other; a folder without a lock
+    file is not locked).
 
     Yields:
         False where another job holds it (exclusively, or at all for an exclusive lock) after retries: the body should
@@ -38,7 +39,7 @@ def folder_lock(folder: Path, shared: bool = False) -> Iterator[bool]:
     Raises:
         UserError: the lock file cannot be made (a read-only folder, a full disk).
     """
-    fd = _open(folder, create=not shared)
+    fd = _open(folder, create=not shared if create is None else create)
     try:
         for _ in range(_TRIES):
             if _take(fd, shared):
@@ -54,28 +55,30 @@ def folder_lock(folder: Path, shared: bool = False) -> Iterator[bool]:
 
 
 def held_elsewhere(folder: str | Path) -> bool:
-    """Whether a job holds ``folder``'s lock now: a shared lock taken and released at once where it is free."""
-    fd = _open(Path(folder), create=False)
-    try:
-        return not _take(fd, shared=True)
-    finally:
-        if fd is not None:
-            os.close(fd)
+    """Whether another job reads or writes ``folder`` now: its lock taken exclusively and released at once where it
+    is free (after the retries a writer makes, so that two such checks at once do not refuse each other)."""
+    with folder_lock(Path(folder), shared=False, create=False) as free:
+        return not free
 
 
 def _open(folder: Path, create: bool) -> int | None:
-    """A read-only descriptor of the lock file (flock needs no more, and another user of a shared folder may lock a
-    file they cannot write), or None where it cannot be had: not this user's to read, or not there to read.
+    """A descriptor of the lock file: read-write where this user may write it (an exclusive flock on NFS needs it),
+    else read-only (enough elsewhere, and another user of a shared folder may lock a file they cannot write); None
+    where it cannot be had (missing and not ``create``, not this user's to read, a read-only or missing folder).
 
     Raises:
-        UserError: it cannot be made.
+        UserError: it cannot be made where ``create``.
     """
+    path = folder / LOCK
     try:
-        return os.open(folder / LOCK, os.O_RDONLY | (os.O_CREAT if create else 0), 0o666)
+        return os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o666)
     except OSError as err:
-        if isinstance(err, PermissionError) or not create:  # (a missing folder, or a file: the read says so)
-            return None
-        raise write_error(folder / LOCK, err) from None
+        if create and not isinstance(err, PermissionError):  # a full disk, a read-only file system
+            raise write_error(path, err) from None
+    try:
+        return os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
 
 
 def _take(fd: int | None, shared: bool) -> bool:

@@ -31,13 +31,15 @@ def colorize(mask: np.ndarray, colors: Sequence[tuple[int, int, int]]) -> np.nda
     return palette[mask.astype(np.int64)]
 
 
-def channel_indices(channels: Sequence[int] | str) -> list[int]:
-    """Channel indices as a list, also from text such as ``"1,2,3"`` or ``"[1, 2, 3]"`` (what papermill's ``-p``
-    passes for a list).
+def channel_indices(channels: Sequence[int] | str | int) -> list[int]:
+    """Channel indices as a list, also from one index or from text such as ``"1,2,3"`` or ``"[1, 2, 3]"`` (what
+    papermill's ``-p`` passes for a list).
 
     Raises:
         ValueError: text that is not integers separated by commas.
     """
+    if isinstance(channels, int):  # (papermill's -p gives one index as a number)
+        return [channels]
     if not isinstance(channels, str):
         return [int(c) for c in channels]
     parts = [part.strip() for part in channels.strip().strip("[]()").split(",")]
@@ -247,10 +249,9 @@ def add_class_legend(fig: plt.Figure, class_names: Sequence[str], colors: Sequen
     handles = [Patch(facecolor=np.asarray(c) / 255.0, edgecolor="gray", label=n) for n, c in zip(class_names, colors)]
     legend = fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=9,
                         bbox_to_anchor=(0.5, 0.0))
-    # room below the panels for the legend's height, whatever the figure's: a fixed 8% of a short figure (one row of
+    # room below the panels for the legend, whatever the figure's height: a fixed 8% of a short figure (one row of
     # patches) was less than the legend, which the panels then covered
-    fig.canvas.draw()
-    top = legend.get_window_extent().y1 / fig.bbox.height
+    top = legend.get_window_extent(fig.canvas.get_renderer()).y1 / fig.bbox.height  # (laid out, not drawn)
     fig.subplots_adjust(bottom=max(fig.subplotpars.bottom, top + 0.01))
     return fig
 
