@@ -222,16 +222,20 @@ def test_display_channels_are_taken_as_papermill_passes_them(channels, expected)
         channel_indices("1;2")
 
 
-@pytest.mark.parametrize("patches", [2, 8, 16, 32])
-def test_the_class_legend_lies_below_the_panels_of_any_grid(patches):
-    """A grid of one row of patches was too short for the legend's fixed 8% margin: the masks covered its top."""
+@pytest.mark.parametrize("patches,canvas", [(2, "agg"), (8, "agg"), (16, "agg"), (32, "agg"), (8, "svg")])
+def test_the_class_legend_lies_below_the_panels_of_any_grid(patches, canvas):
+    """A grid of one row of patches was too short for the legend's fixed 8% margin: the masks covered its top. The
+    legend is measured on any backend (Agg's renderer alone failed on svg, pdf and ps)."""
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.backends.backend_svg import FigureCanvasSVG
 
     from lib.core.visualize import add_class_legend, show_patch_grid
 
     colors = [(0, 0, 0), (255, 0, 0), (0, 255, 0)]
     fig = show_patch_grid([np.zeros((48, 48), np.uint8)] * patches, [np.ones((48, 48), np.uint8)] * patches, colors)
+    if canvas == "svg":
+        FigureCanvasSVG(fig)
     add_class_legend(fig, ["background", "line", "ellipse"], colors)
     fig.canvas.draw()
     legend_top = fig.legends[0].get_window_extent().y1

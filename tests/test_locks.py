@@ -28,8 +28,10 @@ def test_readers_share_a_folder_and_a_job_that_would_write_it_sees_them(tmp_path
     assert not held_elsewhere(tmp_path)
     with folder_lock(tmp_path) as held:
         assert held and held_elsewhere(tmp_path)
-        with folder_lock(tmp_path) as second, folder_lock(tmp_path, shared=True) as read:
-            assert not second and not read
+    writer = _hold(tmp_path, fcntl.LOCK_EX)  # another job, writing
+    with folder_lock(tmp_path) as second, folder_lock(tmp_path, shared=True) as read:
+        assert not second and not read
+    os.close(writer)
     assert not held_elsewhere(tmp_path)
 
 
@@ -38,3 +40,19 @@ def test_a_writer_waits_out_a_reader_s_check(tmp_path):
     threading.Timer(0.05, os.close, [reader]).start()  # a check lasts microseconds; this one 50 ms
     with folder_lock(tmp_path) as held:
         assert held
+
+
+def test_a_read_nested_in_a_read_of_this_process_opens_no_second_descriptor(tmp_path, monkeypatch):
+    """On NFS (flock emulated by POSIX locks) closing any descriptor of the lock file drops all of the process's
+    locks on it: a check within a read (read_manifest inside PatchDataset) released the reader's lock (a review)."""
+    import lib.core.locks as locks
+
+    opened = []
+    real_open = locks._open
+    monkeypatch.setattr(locks, "_open", lambda *args, **kwargs: opened.append(args) or real_open(*args, **kwargs))
+    os.close(_hold(tmp_path, fcntl.LOCK_SH))  # (a lock file, as a job leaves one)
+    with folder_lock(tmp_path, shared=True) as outer:
+        with folder_lock(tmp_path, shared=True) as inner, folder_lock(tmp_path / ".", shared=True) as again:
+            assert outer and inner and again
+        assert len(opened) == 1 and held_elsewhere(tmp_path)  # (the probe: a writer would still be refused)
+    assert not held_elsewhere(tmp_path) and not locks._held.get(tmp_path.resolve())

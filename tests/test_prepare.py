@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import hashlib
+import os
 
 import numpy as np
 import pytest
@@ -389,22 +392,31 @@ def test_generation_checks_both_splits_before_writing_either(tmp_path):
     assert {p: p.read_bytes() for p in (root / "images_training").rglob("*") if p.is_file()} == before
 
 
+@contextlib.contextmanager
+def _writer_elsewhere(folder):
+    """The folder's lock as another process's job holds it (this process's readers take its own locks again)."""
+    fd = os.open(folder / ".job.lock", os.O_RDONLY | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
 def test_a_data_or_patch_folder_a_job_has_not_finished_is_refused_to_its_readers(tmp_path, source):
     """lib.prepare read a data folder that lib.generate was still writing (or had been killed in), and train.py
     called a patch folder being written an interrupted one."""
     from dataloader.manifest import read_manifest
-    from lib.core.jobs import claimed
 
     patches = tmp_path / "patches"
     prepare_patches(source, patches, SMALL, progress=False)
     cases = [(source, lambda: prepare_patches(source, tmp_path / "out", SMALL, progress=False), "lib.generate"),
              (patches, lambda: read_manifest(patches), "lib.prepare")]
     for folder, read, job in cases:
-        signature = {"job": job, "other": True}
-        with claimed(folder, signature, [], True):
+        (folder / ".complete.json").rename(folder / ".in_progress.json")  # its job running, or killed
+        with _writer_elsewhere(folder):
             with pytest.raises(UserError, match=f"{folder.name}: python -m {job} is writing this folder now .*; wait"):
                 read()
-        (folder / ".complete.json").rename(folder / ".in_progress.json")  # what a kill leaves
         with pytest.raises(UserError, match=f"python -m {job} was interrupted writing this folder; rerun it"):
             read()
     assert not (tmp_path / "out").exists()
@@ -458,11 +470,10 @@ def test_a_finished_folder_being_replaced_or_an_old_or_odd_marker_is_refused_in_
     an AttributeError (a review)."""
     from dataloader.manifest import read_manifest
     from lib.core.jobs import check_claimable
-    from lib.core.locks import folder_lock
 
     patches = tmp_path / "patches"
     prepare_patches(source, patches, SMALL, progress=False)
-    with folder_lock(patches):
+    with _writer_elsewhere(patches):
         with pytest.raises(UserError, match="patches: another job is writing this folder now .*; wait for it to end"):
             read_manifest(patches)
     assert len(read_manifest(patches)) == 3 * 3 * 4

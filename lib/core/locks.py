@@ -24,6 +24,10 @@ from lib.core.errors import write_error
 LOCK = ".job.lock"  # kept after the job: removing it would let a job waiting on the old file and a new one both lock
 # a writer's tries before it gives up: a reader's shared lock lasts microseconds, a writer's the whole job
 _TRIES, _PAUSE_S = 20, 0.01
+# the folders this process holds a lock on, and how many times: a reader nested in another (a check within a read)
+# does not open the lock file again, since on NFS, where flock is emulated by POSIX locks, closing any descriptor of
+# a file drops every lock the process holds on it
+_held: dict[Path, int] = {}
 
 
 @contextlib.contextmanager
@@ -39,6 +43,14 @@ def folder_lock(folder: Path, shared: bool = False, create: bool | None = None) 
     Raises:
         UserError: the lock file cannot be made (a read-only folder, a full disk).
     """
+    key = Path(folder).resolve()
+    if shared and _held.get(key):  # held by this process already: not opened again (see _held)
+        _held[key] += 1
+        try:
+            yield True
+        finally:
+            _held[key] -= 1
+        return
     fd = _open(folder, create=not shared if create is None else create)
     try:
         for _ in range(_TRIES):
@@ -48,7 +60,11 @@ def folder_lock(folder: Path, shared: bool = False, create: bool | None = None) 
         else:
             yield False
             return
-        yield True
+        _held[key] = _held.get(key, 0) + 1
+        try:
+            yield True
+        finally:
+            _held[key] -= 1
     finally:
         if fd is not None:
             os.close(fd)  # (releases the lock)

@@ -251,7 +251,10 @@ def add_class_legend(fig: plt.Figure, class_names: Sequence[str], colors: Sequen
                         bbox_to_anchor=(0.5, 0.0))
     # room below the panels for the legend, whatever the figure's height: a fixed 8% of a short figure (one row of
     # patches) was less than the legend, which the panels then covered
-    top = legend.get_window_extent(fig.canvas.get_renderer()).y1 / fig.bbox.height  # (laid out, not drawn)
+    renderer = getattr(fig.canvas, "get_renderer", None)  # Agg's (inline, PNG): laid out, not drawn
+    if renderer is None:  # a vector backend (svg, pdf): laid out by a draw that renders nothing
+        fig.draw_without_rendering()
+    top = legend.get_window_extent(renderer() if renderer else None).y1 / fig.bbox.height
     fig.subplots_adjust(bottom=max(fig.subplotpars.bottom, top + 0.01))
     return fig
 
