@@ -31,7 +31,7 @@ from benchmarks.common import (
     synchronize,
     write_json,
 )
-from lib.core.device import Runtime, autocast, cpu_has_bf16
+from lib.core.device import Runtime, autocast, native
 from lib.core.inference import sliding_window_predict, window_grid
 from lib.core.losses import make_loss
 from lib.core.normalization import compute_normalization
@@ -133,10 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     print_header(f"distance to the hardware on {device.type} ({rt.precision} for the U-Net)")
     # a CPU without native bf16 converts in software: its bf16 "peak" would measure that, not the hardware (and a
     # full run with it passed 10 minutes on such a CPU)
-    native_bf16 = device.type == "cuda" or cpu_has_bf16()
+    # (lib.core.device.native: on a GPU before compute capability 8, bf16 is emulated too)
     peaks = {"fp32": matmul_peak(device, torch.float32, n, repeats),
-             "bf16": matmul_peak(device, torch.bfloat16, n, repeats) if native_bf16 else None}
-    peak_precision = "bf16" if rt.precision in ("bf16", "fp16") else "fp32"
+             "bf16": matmul_peak(device, torch.bfloat16, n, repeats) if native(device, "bf16") else None}
+    peak_precision = "bf16" if rt.precision in ("bf16", "fp16") and peaks["bf16"] else "fp32"
     peak = peaks[peak_precision]
     results = []
     for width in widths:
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                         "train_fraction": step_flops / step_s / peak, "inference_gflop": call_flops / 1e9,
                         "inference_s": call_s, "inference_tflops": call_flops / call_s / 1e12,
                         "inference_fraction": call_flops / call_s / peak})
-    bf16 = f"{peaks['bf16'] / 1e12:.3f} TFLOP/s" if peaks["bf16"] else "not native on this CPU"
+    bf16 = f"{peaks['bf16'] / 1e12:.3f} TFLOP/s" if peaks["bf16"] else "not native on this device"
     print(f"matmul {n}²: fp32 {peaks['fp32'] / 1e12:.3f} TFLOP/s, bf16 {bf16}")
     rows = [[r["width"], f"{r['train_gflop_per_patch']:.3f}", f"{r['train_tflops']:.3f}",
              f"{100 * r['train_fraction']:.1f}%", f"{r['inference_tflops']:.3f}",

@@ -49,7 +49,7 @@ def prepare_patches(src: str | Path, out: str | Path, params: Params, overwrite:
     Memory does not grow with the data set, nor with the image where it is a TIFF stored in tiles or strips: a first
     pass checks every pair band by band, a second cuts one image at a time, reading the windows of a TIFF larger
     than ``whole_bytes`` and of its mask alone; a smaller image or mask, and one that any read decodes half of or
-    more anyway (a PNG, a compressed TIFF of one or two strips), is read whole (:func:`image_windows`).
+    more anyway (a PNG, a compressed TIFF of one or two strips), is read whole (:func:`read_whole`).
 
     Args:
         src: folder with ``images/`` and ``masks/``.
@@ -57,14 +57,16 @@ def prepare_patches(src: str | Path, out: str | Path, params: Params, overwrite:
         params: patch parameters, class colours, and the name rule of ``data``.
         overwrite: replace an output folder an earlier job wrote (never one no job wrote: the user's own files).
         progress: show a tqdm bar.
-        whole_bytes: the largest image (in decoded bytes) read whole rather than window by window.
+        whole_bytes: the largest image or mask (in decoded bytes) read whole rather than window by window (see
+            :func:`read_whole`).
 
     Returns:
         The number of patches written.
 
     Raises:
         UserError: bad input data (naming the file), an output folder inside ``src``, or one that may not be
-            written (see :func:`lib.core.jobs.check_claimable`).
+            written (see :func:`lib.core.jobs.check_claimable`); a source folder that another job is writing or was
+            interrupted in (:func:`lib.core.jobs.reading`).
     """
     out = Path(out)
     check_apart(out, src)

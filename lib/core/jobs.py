@@ -135,14 +135,9 @@ def claimed(folder: str | Path, signature: dict, owned: list[str], overwrite: bo
         (folder / IN_PROGRESS).replace(folder / COMPLETE)  # atomically: in progress, then complete
 
 
-def _in_use(folder: Path) -> UserError:
-    return UserError(f"{folder}: another job is reading or writing this folder now (it holds {LOCK}); wait for it "
-                     "to end, or choose another folder")
-
-
-def _being_written(folder: Path, command: str | None = None) -> UserError:
-    return UserError(f"{folder}: {command or 'another job'} is writing this folder now (it holds {LOCK}); wait for "
-                     "it to end, or choose another folder")
+def _in_use(folder: Path, doing: str = "reading or writing", who: str | None = None) -> UserError:
+    return UserError(f"{folder}: {who or 'another job'} is {doing} this folder now (it holds {LOCK}); wait for it to "
+                     "end, or choose another folder")
 
 
 def check_finished(folder: str | Path) -> None:
@@ -170,7 +165,7 @@ def reading(folder: str | Path) -> Iterator[None]:
         job = (_read(marker) or {}).get("job") if marker.is_file() else None
         command = f"python -m {job}" if isinstance(job, str) else None  # (older markers name none)
         if not free:  # whatever the markers say: --overwrite clears the completion marker first
-            raise _being_written(folder, command)
+            raise _in_use(folder, "writing", command)
         if marker.is_file():
             raise UserError(f"{folder}: {command or 'the job that wrote it'} was interrupted writing this folder; "
                             "rerun it to finish")

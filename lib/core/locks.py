@@ -1,9 +1,9 @@
 """Folder locks: a job that writes a folder holds an exclusive ``flock`` on the folder's hidden ``.job.lock`` while it
 runs, and a job that reads one a shared lock while it reads, so that readers do not exclude each other but a writer
-is refused while anyone reads (it cleared the files of a folder being read); a job about to start asks whether one is
-held with a shared lock taken and released at once. The lock goes with the process however it ends.
-It is advisory: where the file system has no locks (some network mounts), the system has no ``fcntl``, or the lock
-file is not this user's to read, nothing is locked and jobs run unguarded.
+is refused while anyone reads (it cleared the files of a folder being read); a job about to start asks whether anyone
+holds it with an exclusive lock taken and released at once (after a writer's retries). The lock goes with the process
+however it ends. It is advisory: where the file system has no locks (some network mounts), the system has no
+``fcntl``, or the lock file is not this user's to read, nothing is locked and jobs run unguarded.
 """
 
 from __future__ import annotations

@@ -32,22 +32,24 @@ def apply_augmentation(patch: np.ndarray, flip: str, rot90: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(patch, rot90, axes=(0, 1)))
 
 
-def class_band_counts(mask: np.ndarray | ImageRows, band_rows: int, read_pixels: int = 2**22) -> np.ndarray:
+_READ_PIXELS = 2**22  # a read of class_band_counts: a few bands, so that a tiled TIFF's tiles are decoded once
+
+
+def class_band_counts(mask: np.ndarray | ImageRows, band_rows: int) -> np.ndarray:
     """How many pixels of each class value every band of ``band_rows`` rows of a mask holds.
 
     Args:
         mask: H×W non-negative integer class values: an array, or a mask's :class:`~lib.core.imageio.ImageRows`,
-            read a few bands at a time (about ``read_pixels`` pixels a read, so that a tiled TIFF's tiles are
-            decoded once, not once a band).
+            read a few bands at a time (about 4 million pixels a read, at least one band, so that a tiled TIFF's
+            tiles are decoded once, not once a band).
         band_rows: rows a band (the last band may be shorter).
-        read_pixels: pixels a read holds, at least one band.
 
     Returns:
         ceil(H / band_rows)×K int64 counts, K the largest value + 1: a table that stays small for any mask shape
         with bands of tens of thousands of pixels (per-row counts of a 200000×96 mask of 256 classes took 410 MB).
     """
     height, width = mask.shape[:2]
-    step = band_rows * max(1, read_pixels // max(width * band_rows, 1))
+    step = band_rows * max(1, _READ_PIXELS // max(width * band_rows, 1))
     counts = []
     for top in range(0, height, step):
         rows = np.asarray(mask[top:top + step])
