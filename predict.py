@@ -484,7 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     cleanup(info)
     if not info.is_main:
         return 0
-    print(f"wrote {len(images)} mask(s) to {out}" + (f" ({info.world_size} processes)" if info.enabled else ""))
+    print(f"wrote {len(images)} mask(s) to {out}" + (f" ({info.world_size} processes)" if info.enabled else "")
+          + f", {segmenter.device.type} {segmenter.precision}")
     if masks:
         metrics = summarize(list(confusions), segmenter.class_names)
         metrics["images"] = [p.name for p in images]

@@ -107,7 +107,8 @@ class Segmenter:
 
     def _channels(self, image: np.ndarray) -> torch.Tensor:
         """H×W or H×W×C → C×H×W in the model's channel count (8-bit gray repeated, or 8-bit RGB to luma)."""
-        x = torch.from_numpy(np.array(image))  # a writable copy (decoded images are read-only)
+        # a writable copy (decoded images are read-only), in native byte order (torch refuses a big-endian array)
+        x = torch.from_numpy(np.array(image, dtype=image.dtype.newbyteorder("=")))
         x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)
         if x.shape[0] == 3 and self.n_channels == 1:
             x = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]).round().clamp(0, 255)[None]

@@ -80,6 +80,8 @@ def test_single_file_probabilities_and_options(test_set, tmp_path):
                      "--output", str(tmp_path / "o"), "--save-probabilities", "--overlap", "0.25", "--blend",
                      "gaussian", "--tta", "--quiet")
     assert result.returncode == 0, result.stderr
+    # the device and precision it ran in, which the checkpoint's training precision decides by default
+    assert re.search(r"wrote 1 mask\(s\) to .*, cpu (fp32|bf16)$", result.stdout.strip()), result.stdout
     probs = np.load(tmp_path / "o" / "i1_probabilities.npy")
     assert probs.shape == (3, 100, 60) and np.allclose(probs.sum(0), 1, atol=1e-4) and (probs[1] > 0.99).all()
     assert set(np.unique(np.asarray(Image.open(tmp_path / "o" / "i1.png")))) == {1}
@@ -441,3 +443,20 @@ def test_a_precision_that_is_none_is_refused_not_run_in_fp16(tmp_path, precision
         Segmenter.from_checkpoint(path, device="cpu", precision=precision)
     with pytest.raises(ValueError, match="precision must be one of"):
         device.autocast(torch.device("cpu"), precision)
+
+
+def test_a_big_endian_array_is_segmented_as_its_native_twin(tmp_path):
+    """torch.from_numpy refused a big-endian array (as tifffile returns some files' pixels with astype('>u2')) with
+    a raw ValueError (a QA run)."""
+    from lib.segmenter import Segmenter
+    from tests.conftest import random_checkpoint
+
+    state = torch.load(random_checkpoint(tmp_path / "c.pth"), weights_only=True)
+    state["normalization"] = {"mode": "zscore", "dtype": "uint16", "scale": 65535.0, "mean": [0.5], "std": [0.2],
+                              "low": None, "high": None}
+    save_checkpoint(tmp_path / "u16.pth", state)
+    segmenter = Segmenter.from_checkpoint(tmp_path / "u16.pth", device="cpu", precision="fp32")
+    image = np.random.default_rng(0).integers(0, 65535, (70, 90), dtype=np.uint16)
+    native, swapped = segmenter.predict(image), segmenter.predict(image.astype(">u2"))
+    assert torch.equal(torch.as_tensor(native[0]), torch.as_tensor(swapped[0]))
+    assert np.array_equal(np.asarray(native[1]), np.asarray(swapped[1]))
