@@ -129,12 +129,14 @@ def image_windows(pair: ImagePair, params: Params, rng: np.random.Generator, who
     with ImageRows(pair.image, **params.data.read_options) as source, \
             ImageRows(pair.mask, mask_colors=params.class_colors) as labels:
         h = source.header
-        # an image smaller than a patch is padded as inference pads it (lib.core.padding): both see the same
         small = h.height < p.size or h.width < p.size
-        image = reflect_pad(source.rows(0, h.height), p.size, p.size, (0, 1)) \
-            if small or read_whole(source, whole_bytes) else source
-        mask = reflect_pad(labels.rows(0, h.height), p.size, p.size, (0, 1)) \
-            if small or read_whole(labels, whole_bytes) else labels
+
+        def held(rows: ImageRows) -> np.ndarray | ImageRows:
+            # an image smaller than a patch is padded as inference pads it (lib.core.padding): both see the same
+            whole = small or read_whole(rows, whole_bytes)
+            return reflect_pad(rows.rows(0, h.height), p.size, p.size, (0, 1)) if whole else rows
+
+        image, mask = held(source), held(labels)
         for top, left in sample_positions(rng, mask, p.size, p.per_image, p.foreground_fraction):
             window = (slice(top, top + p.size), slice(left, left + p.size))
             yield top, left, image[window], mask[window]

@@ -54,7 +54,7 @@ def class_band_counts(mask: np.ndarray | ImageRows, band_rows: int) -> np.ndarra
     for top in range(0, height, step):
         rows = np.asarray(mask[top:top + step])
         counts += [np.bincount(rows[r:r + band_rows].ravel()) for r in range(0, rows.shape[0], band_rows)]
-    classes = max(max((len(c) for c in counts), default=1), 1)
+    classes = max([1, *(len(c) for c in counts)])  # (a band of no pixels counts nothing)
     return np.stack([np.pad(c, (0, classes - len(c))) for c in counts]).astype(np.int64)
 
 
